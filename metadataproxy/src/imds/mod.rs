@@ -1,0 +1,1 @@
+//! The IMDS HTTP API: routing, IMDSv2 tokens, IAM handlers, passthrough and mock tree.

@@ -1,0 +1,4 @@
+//! metadataproxy: an EC2 instance metadata service that gives every caller its own scoped IAM credentials.
+
+pub mod identity;
+pub mod imds;
