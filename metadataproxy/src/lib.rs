@@ -1,4 +1,5 @@
 //! metadataproxy: an EC2 instance metadata service that gives every caller its own scoped IAM credentials.
 
+pub mod clock;
 pub mod identity;
 pub mod imds;

@@ -1,0 +1,58 @@
+//! Time as a dependency: the real clock in production, a hand-driven one in tests.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+/// A source of wall-clock and monotonic time.
+///
+/// Credential expiry is wall-clock (STS returns timestamps); token expiry is monotonic.
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
+    /// Wall-clock now.
+    fn now(&self) -> SystemTime;
+    /// Monotonic now.
+    fn monotonic(&self) -> Instant;
+}
+
+/// The operating system's clocks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+    fn monotonic(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A clock that only moves when told to; both readings advance together.
+#[derive(Debug, Clone)]
+pub struct ManualClock {
+    inner: Arc<Mutex<(SystemTime, Instant)>>,
+}
+
+impl ManualClock {
+    /// A clock starting at the given wall-clock time.
+    pub fn new(start: SystemTime) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new((start, Instant::now()))),
+        }
+    }
+
+    /// Moves both readings forward.
+    pub fn advance(&self, by: Duration) {
+        let mut t = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        t.0 += by;
+        t.1 += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).0
+    }
+    fn monotonic(&self) -> Instant {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).1
+    }
+}
