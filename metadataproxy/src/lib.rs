@@ -1,5 +1,6 @@
 //! metadataproxy: an EC2 instance metadata service that gives every caller its own scoped IAM credentials.
 
 pub mod clock;
+pub mod creds;
 pub mod identity;
 pub mod imds;

@@ -1,0 +1,334 @@
+//! The credential cache: one slot per (role ARN, external id, session name), single flight,
+//! refreshed ahead of expiry, still-valid credentials kept when STS fails, failures backed off.
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::Shared;
+use lru::LruCache;
+
+use super::sts::BoxFuture;
+use super::{Credentials, Sts, StsError};
+use crate::clock::Clock;
+
+/// What a credential set is for. Two callers share credentials only when all three are equal.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    /// The role's ARN.
+    pub role_arn: Arc<str>,
+    /// `ExternalId` passed to `sts:AssumeRole`.
+    pub external_id: Option<Arc<str>>,
+    /// `RoleSessionName`.
+    pub session_name: Arc<str>,
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheKey")
+            .field("role_arn", &self.role_arn)
+            .field(
+                "external_id",
+                &self.external_id.as_ref().map(|_| "** redacted **"),
+            )
+            .field("session_name", &self.session_name)
+            .finish()
+    }
+}
+
+/// Tuning of the cache.
+#[derive(Debug, Clone, Copy)]
+pub struct CredentialCacheConfig {
+    /// Most slots kept; the least recently used is dropped beyond this.
+    pub capacity: NonZeroUsize,
+    /// Callers are always given credentials with more than this left (`ROLE_EXPIRATION_THRESHOLD`).
+    pub threshold: Duration,
+    /// Validity requested from STS.
+    pub session_duration: Duration,
+    /// Slots not used for this long are no longer refreshed in the background.
+    pub idle_after: Duration,
+}
+
+type Flight = Shared<BoxFuture<'static, Result<Arc<Credentials>, StsError>>>;
+
+#[derive(Default)]
+struct SlotState {
+    current: Option<Arc<Credentials>>,
+    flight: Option<Flight>,
+    last_used: Option<Instant>,
+    failures: u32,
+    retry_after: Option<Instant>,
+    last_error: Option<StsError>,
+}
+
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What to do on a request, decided under the slot's lock.
+enum Plan {
+    Serve(Arc<Credentials>),
+    Fail(StsError),
+    Wait(Flight, Option<Arc<Credentials>>),
+}
+
+/// The credential cache.
+pub struct CredentialCache {
+    slots: Mutex<LruCache<CacheKey, Arc<Slot>>>,
+    sts: Arc<dyn Sts>,
+    clock: Arc<dyn Clock>,
+    config: CredentialCacheConfig,
+    sts_calls: AtomicU64,
+}
+
+impl fmt::Debug for CredentialCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialCache")
+            .field("config", &self.config)
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Is `creds` good enough to hand out at `now`: strictly more than `threshold` left.
+pub fn is_fresh(creds: &Credentials, now: std::time::SystemTime, threshold: Duration) -> bool {
+    creds.remaining(now) > threshold
+}
+
+/// Delay before retrying after `failures` consecutive failures: 1 s doubling to 60 s, with
+/// "equal jitter" (half fixed, half random) so many slots do not retry in step.
+pub fn backoff(failures: u32, random: u32) -> Duration {
+    let base =
+        Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60));
+    let half = base / 2;
+    half + half.mul_f64(f64::from(random) / f64::from(u32::MAX))
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // On failure the jitter is simply zero: the backoff is still correct, only less spread.
+    let _ = getrandom::fill(&mut b);
+    u32::from_ne_bytes(b)
+}
+
+impl CredentialCache {
+    /// A cache calling `sts`.
+    pub fn new(
+        sts: Arc<dyn Sts>,
+        clock: Arc<dyn Clock>,
+        config: CredentialCacheConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Mutex::new(LruCache::new(config.capacity)),
+            sts,
+            clock,
+            config,
+            sts_calls: AtomicU64::new(0),
+        })
+    }
+
+    /// Number of slots.
+    pub fn len(&self) -> usize {
+        self.slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether the cache holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many `sts:AssumeRole` calls were started.
+    pub fn sts_calls(&self) -> u64 {
+        self.sts_calls.load(Ordering::Relaxed)
+    }
+
+    fn slot(&self, key: &CacheKey) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(slots.get_or_insert(key.clone(), || Arc::new(Slot::default())))
+    }
+
+    /// Credentials for `key` with more than the threshold left, from cache or from STS.
+    ///
+    /// Concurrent misses share one STS call. If STS fails, credentials that have not expired yet
+    /// are still served; after a failure, STS is not asked again before the backoff has passed.
+    pub async fn get(self: &Arc<Self>, key: &CacheKey) -> Result<Arc<Credentials>, StsError> {
+        let slot = self.slot(key);
+        let plan = {
+            let mut st = slot.lock();
+            st.last_used = Some(self.clock.monotonic());
+            self.plan(key, &slot, &mut st)
+        };
+        match plan {
+            Plan::Serve(c) => Ok(c),
+            Plan::Fail(e) => Err(e),
+            Plan::Wait(flight, fallback) => match flight.await {
+                Ok(c) => Ok(c),
+                Err(e) => match fallback.filter(|c| c.remaining(self.clock.now()) > Duration::ZERO)
+                {
+                    Some(c) => {
+                        tracing::warn!(role = %key.role_arn, error = %e, "STS failed; serving credentials that are still valid");
+                        Ok(c)
+                    }
+                    None => Err(e),
+                },
+            },
+        }
+    }
+
+    fn plan(self: &Arc<Self>, key: &CacheKey, slot: &Arc<Slot>, st: &mut SlotState) -> Plan {
+        let now = self.clock.now();
+        if let Some(c) = st
+            .current
+            .as_ref()
+            .filter(|c| is_fresh(c, now, self.config.threshold))
+        {
+            return Plan::Serve(Arc::clone(c));
+        }
+        let valid = st
+            .current
+            .clone()
+            .filter(|c| c.remaining(now) > Duration::ZERO);
+        if let Some(flight) = &st.flight {
+            return Plan::Wait(flight.clone(), valid);
+        }
+        if st.retry_after.is_some_and(|t| self.clock.monotonic() < t) {
+            return match (valid, &st.last_error) {
+                (Some(c), _) => Plan::Serve(c),
+                (None, Some(e)) => Plan::Fail(e.clone()),
+                (None, None) => Plan::Wait(self.start_flight(key, slot, st), None),
+            };
+        }
+        Plan::Wait(self.start_flight(key, slot, st), valid)
+    }
+
+    /// Starts an STS call for the slot (the caller holds the slot's lock). The call runs on its
+    /// own task, so it completes and fills the slot even if every waiting caller goes away.
+    fn start_flight(
+        self: &Arc<Self>,
+        key: &CacheKey,
+        slot: &Arc<Slot>,
+        st: &mut SlotState,
+    ) -> Flight {
+        self.sts_calls.fetch_add(1, Ordering::Relaxed);
+        let this = Arc::clone(self);
+        let key = key.clone();
+        let slot_ref = Arc::clone(slot);
+        let task = tokio::spawn(async move {
+            let result = this
+                .sts
+                .assume_role(&key, this.config.session_duration)
+                .await
+                .map(Arc::new);
+            let mut st = slot_ref.lock();
+            st.flight = None;
+            match &result {
+                Ok(c) => {
+                    tracing::debug!(role = %key.role_arn, session = %key.session_name, key_hint = c.key_hint(), "credentials obtained");
+                    st.current = Some(Arc::clone(c));
+                    st.failures = 0;
+                    st.retry_after = None;
+                    st.last_error = None;
+                }
+                Err(e) => {
+                    st.failures = st.failures.saturating_add(1);
+                    let wait = backoff(st.failures, random_u32());
+                    st.retry_after = Some(this.clock.monotonic() + wait);
+                    st.last_error = Some(e.clone());
+                    tracing::error!(role = %key.role_arn, session = %key.session_name, error = %e, retry_in = ?wait, "sts:AssumeRole failed");
+                }
+            }
+            result
+        });
+        let flight: BoxFuture<'static, _> = Box::pin(async move {
+            task.await.unwrap_or_else(|join| {
+                Err(StsError {
+                    operation: "sts:AssumeRole",
+                    kind: super::StsErrorKind::Unavailable,
+                    code: None,
+                    message: format!("internal task failed: {join}"),
+                })
+            })
+        });
+        let flight = flight.shared();
+        st.flight = Some(flight.clone());
+        flight
+    }
+
+    /// Starts fetching credentials for `key` in the background unless fresh ones are cached.
+    pub fn prefetch(self: &Arc<Self>, key: &CacheKey) {
+        let slot = self.slot(key);
+        let mut st = slot.lock();
+        st.last_used = Some(self.clock.monotonic());
+        let _ = self.plan(key, &slot, &mut st);
+    }
+
+    /// One pass of the background refresher: every slot used within `idle_after` whose
+    /// credentials have less than `threshold + margin` left starts a refresh. Returns how many.
+    pub fn refresh_due(self: &Arc<Self>, margin: Duration) -> usize {
+        let entries: Vec<(CacheKey, Arc<Slot>)> = {
+            let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            slots
+                .iter()
+                .map(|(k, s)| (k.clone(), Arc::clone(s)))
+                .collect()
+        };
+        let now = self.clock.now();
+        let mono = self.clock.monotonic();
+        let mut started = 0;
+        for (key, slot) in entries {
+            let mut st = slot.lock();
+            let recently_used = st
+                .last_used
+                .is_some_and(|t| mono.saturating_duration_since(t) < self.config.idle_after);
+            let due = st
+                .current
+                .as_ref()
+                .is_some_and(|c| !is_fresh(c, now, self.config.threshold + margin));
+            let idle = st.flight.is_none() && st.retry_after.is_none_or(|t| mono >= t);
+            if recently_used && due && idle {
+                drop(self.start_flight(&key, &slot, &mut st));
+                started += 1;
+            }
+        }
+        started
+    }
+
+    /// Runs [`Self::refresh_due`] forever, every `every`, refreshing ahead of the threshold by a
+    /// margin of up to 5 minutes (less for short sessions) plus jitter.
+    pub fn spawn_refresher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let this = Arc::clone(self);
+        let room = this
+            .config
+            .session_duration
+            .saturating_sub(this.config.threshold);
+        let margin = Duration::from_secs(300).min(room / 3) + every;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let n = this.refresh_due(margin);
+                if n > 0 {
+                    tracing::debug!(count = n, "background credential refresh started");
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "cache_tests.rs"]
+mod tests;

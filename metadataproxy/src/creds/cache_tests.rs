@@ -1,0 +1,250 @@
+//! Unit tests of the credential cache against a fake STS and a hand-driven clock.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::creds::sts::BoxFuture;
+use crate::creds::{Secret, StsErrorKind};
+
+#[derive(Debug)]
+struct FakeSts {
+    clock: ManualClock,
+    calls: AtomicU64,
+    failing: AtomicBool,
+    delay: Duration,
+}
+
+impl FakeSts {
+    fn new(clock: &ManualClock, delay: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            clock: clock.clone(),
+            calls: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            delay,
+        })
+    }
+}
+
+impl Sts for FakeSts {
+    fn assume_role<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        duration: Duration,
+    ) -> BoxFuture<'a, Result<Credentials, StsError>> {
+        Box::pin(async move {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(self.delay).await;
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(StsError {
+                    operation: "sts:AssumeRole",
+                    kind: StsErrorKind::Unavailable,
+                    code: None,
+                    message: "down".into(),
+                });
+            }
+            let now = self.clock.now();
+            Ok(Credentials {
+                access_key_id: format!("ASIA{n:016}"),
+                secret_access_key: Secret::new(format!("secret-{n}")),
+                session_token: Secret::new(format!("token-{n}-{}", key.session_name)),
+                expiration: now + duration,
+                last_updated: now,
+                assumed_role_arn: String::new(),
+                assumed_role_id: String::new(),
+            })
+        })
+    }
+
+    fn role_arn<'a>(
+        &'a self,
+        _path: &'a str,
+        _name: &'a str,
+    ) -> BoxFuture<'a, Result<String, StsError>> {
+        Box::pin(async { unreachable!("not used by the cache") })
+    }
+}
+
+fn setup(delay: Duration) -> (ManualClock, Arc<FakeSts>, Arc<CredentialCache>) {
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    let sts = FakeSts::new(&clock, delay);
+    let cache = CredentialCache::new(
+        sts.clone(),
+        Arc::new(clock.clone()),
+        CredentialCacheConfig {
+            capacity: NonZeroUsize::new(3).unwrap(),
+            threshold: Duration::from_secs(15 * 60),
+            session_duration: Duration::from_secs(3600),
+            idle_after: Duration::from_secs(3600),
+        },
+    );
+    (clock, sts, cache)
+}
+
+fn key(role: &str, ext: Option<&str>, session: &str) -> CacheKey {
+    CacheKey {
+        role_arn: format!("arn:aws:iam::123456789012:role/{role}").into(),
+        external_id: ext.map(Into::into),
+        session_name: session.into(),
+    }
+}
+
+#[tokio::test]
+async fn second_get_is_served_from_cache() {
+    let (_, sts, cache) = setup(Duration::ZERO);
+    let k = key("a", None, "s");
+    let first = cache.get(&k).await.unwrap();
+    let second = cache.get(&k).await.unwrap();
+    assert_eq!(first.access_key_id, second.access_key_id);
+    assert_eq!(sts.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn external_id_and_session_name_are_part_of_the_key() {
+    let (_, sts, cache) = setup(Duration::ZERO);
+    let a = cache.get(&key("a", None, "s")).await.unwrap();
+    let b = cache.get(&key("a", Some("ext"), "s")).await.unwrap();
+    let c = cache.get(&key("a", None, "other")).await.unwrap();
+    assert_eq!(sts.calls.load(Ordering::SeqCst), 3);
+    assert_ne!(a.access_key_id, b.access_key_id);
+    assert_ne!(a.access_key_id, c.access_key_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_make_one_sts_call() {
+    let (_, sts, cache) = setup(Duration::from_millis(50));
+    let k = key("a", None, "s");
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let cache = Arc::clone(&cache);
+            let k = k.clone();
+            tokio::spawn(async move { cache.get(&k).await.unwrap().access_key_id.clone() })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    assert_eq!(sts.calls.load(Ordering::SeqCst), 1);
+    assert!(ids.iter().all(|id| *id == ids[0]));
+}
+
+#[tokio::test]
+async fn refreshed_once_past_the_threshold() {
+    let (clock, sts, cache) = setup(Duration::ZERO);
+    let k = key("a", None, "s");
+    let first = cache.get(&k).await.unwrap();
+    // 44 minutes later: 16 minutes left, still more than the 15-minute threshold.
+    clock.advance(Duration::from_secs(44 * 60));
+    assert_eq!(
+        cache.get(&k).await.unwrap().access_key_id,
+        first.access_key_id
+    );
+    // Exactly 15 minutes left is not "more than 15": refreshed.
+    clock.advance(Duration::from_secs(60));
+    let second = cache.get(&k).await.unwrap();
+    assert_ne!(second.access_key_id, first.access_key_id);
+    assert!(second.remaining(clock.now()) > Duration::from_secs(15 * 60));
+    assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn still_valid_credentials_are_served_when_sts_fails() {
+    let (clock, sts, cache) = setup(Duration::ZERO);
+    let k = key("a", None, "s");
+    let first = cache.get(&k).await.unwrap();
+    sts.failing.store(true, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(50 * 60)); // 10 minutes left: due, but still valid
+    assert_eq!(
+        cache.get(&k).await.unwrap().access_key_id,
+        first.access_key_id
+    );
+    clock.advance(Duration::from_secs(11 * 60)); // expired
+    // Within the backoff after the failure, the error is returned without asking STS again.
+    let calls = sts.calls.load(Ordering::SeqCst);
+    let err = cache.get(&k).await.unwrap_err();
+    assert_eq!(err.kind, StsErrorKind::Unavailable);
+    assert!(sts.calls.load(Ordering::SeqCst) <= calls + 1);
+}
+
+#[tokio::test]
+async fn failures_back_off_then_retry() {
+    let (clock, sts, cache) = setup(Duration::ZERO);
+    sts.failing.store(true, Ordering::SeqCst);
+    let k = key("a", None, "s");
+    assert!(cache.get(&k).await.is_err());
+    assert!(cache.get(&k).await.is_err());
+    assert_eq!(
+        sts.calls.load(Ordering::SeqCst),
+        1,
+        "second request within the backoff must not call STS"
+    );
+    clock.advance(Duration::from_secs(2));
+    sts.failing.store(false, Ordering::SeqCst);
+    assert!(cache.get(&k).await.is_ok());
+    assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn backoff_grows_with_jitter_and_is_capped() {
+    assert_eq!(backoff(1, 0), Duration::from_millis(500));
+    assert_eq!(backoff(1, u32::MAX), Duration::from_secs(1));
+    assert_eq!(backoff(3, 0), Duration::from_secs(2));
+    assert!(backoff(30, u32::MAX) <= Duration::from_secs(60));
+    assert!(backoff(30, 0) >= Duration::from_secs(30));
+}
+
+#[tokio::test]
+async fn background_refresh_renews_used_credentials_before_the_threshold() {
+    let (clock, sts, cache) = setup(Duration::ZERO);
+    let k = key("a", None, "s");
+    let first = cache.get(&k).await.unwrap();
+    assert_eq!(
+        cache.refresh_due(Duration::from_secs(300)),
+        0,
+        "fresh credentials are not refreshed"
+    );
+    clock.advance(Duration::from_secs(41 * 60)); // 19 minutes left < 15 + 5
+    assert_eq!(cache.refresh_due(Duration::from_secs(300)), 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = cache.get(&k).await.unwrap();
+    assert_ne!(second.access_key_id, first.access_key_id);
+    assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn idle_slots_are_not_refreshed() {
+    let (clock, sts, cache) = setup(Duration::ZERO);
+    cache.get(&key("a", None, "s")).await.unwrap();
+    clock.advance(Duration::from_secs(3601));
+    assert_eq!(cache.refresh_due(Duration::from_secs(300)), 0);
+    assert_eq!(sts.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn prefetch_fills_the_cache_without_a_caller() {
+    let (_, sts, cache) = setup(Duration::ZERO);
+    let k = key("a", None, "s");
+    cache.prefetch(&k);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(sts.calls.load(Ordering::SeqCst), 1);
+    cache.get(&k).await.unwrap();
+    assert_eq!(sts.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn cache_is_bounded() {
+    let (_, _, cache) = setup(Duration::ZERO);
+    for r in ["a", "b", "c", "d", "e"] {
+        cache.get(&key(r, None, "s")).await.unwrap();
+    }
+    assert_eq!(cache.len(), 3);
+}
+
+#[test]
+fn cache_key_debug_hides_external_id() {
+    let text = format!("{:?}", key("a", Some("sekrit-ext"), "s"));
+    assert!(!text.contains("sekrit-ext"), "{text}");
+}
