@@ -1,1 +1,62 @@
-fn main() {}
+//! `cargo xtask`: the developer commands (setup, test, demo, build-ebpf).
+#![expect(
+    clippy::print_stdout,
+    reason = "xtask is a command-line tool; stdout is its interface"
+)]
+
+mod demo;
+mod ebpf;
+mod process;
+mod repo;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Developer commands for metadataproxy.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create `.venv` with moto, boto3, botocore and awscli from `tests/requirements.txt`.
+    Setup,
+    /// Set up, build the daemon, then run `cargo test --workspace` against real peers.
+    Test {
+        /// Extra arguments passed through to `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// End to end on this machine: moto, the daemon, and the aws CLI getting its credentials from it.
+    Demo,
+    /// Build the eBPF programs with nightly and bpf-linker (installing what is missing).
+    BuildEbpf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run().map(|_| ()),
+        Command::Test { args } => test::run(&args),
+        Command::Demo => demo::run(),
+        Command::BuildEbpf => ebpf::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a step header so long commands say where they are.
+fn step(title: &str) {
+    println!("\n==> {title}");
+}

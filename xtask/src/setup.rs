@@ -1,0 +1,56 @@
+//! `cargo xtask setup`: the Python virtualenv holding the test peers (moto, botocore, the aws CLI).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::{process, repo, step};
+
+/// Name of the file inside the venv that records which requirements it was built from.
+const STAMP: &str = ".xtask-requirements-hash";
+
+/// Makes sure `.venv` exists and holds exactly `tests/requirements.txt`; quick when it already does.
+pub fn run() -> Result<PathBuf> {
+    step("setup: Python virtualenv with the test peers");
+    let venv = repo::venv();
+    let requirements = repo::root().join("tests").join("requirements.txt");
+    let wanted = requirements_hash(&requirements)?;
+    let python = venv.join("bin").join("python");
+    let stamp = venv.join(STAMP);
+    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        println!(
+            "{} is up to date with {}",
+            venv.display(),
+            requirements.display()
+        );
+        return Ok(venv);
+    }
+    if !python.exists() {
+        println!("creating {}", venv.display());
+        process::run(Command::new("python3").arg("-m").arg("venv").arg(&venv)).context(
+            "python3 -m venv failed (on Debian without pyenv: apt-get install python3-venv)",
+        )?;
+    }
+    println!(
+        "installing {} into {}",
+        requirements.display(),
+        venv.display()
+    );
+    process::run(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "--disable-pip-version-check", "-r"])
+            .arg(&requirements),
+    )?;
+    std::fs::write(&stamp, &wanted).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(venv)
+}
+
+/// FNV-1a of the requirements file: stable across Rust versions, enough to notice an edit.
+fn requirements_hash(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    Ok(format!("{hash:016x}"))
+}

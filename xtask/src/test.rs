@@ -1,0 +1,33 @@
+//! `cargo xtask test`: set up the peers, build the daemon, run the whole suite against them.
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::{process, repo, setup, step};
+
+/// Runs `cargo test --workspace` with the environment the integration tests need.
+pub fn run(extra: &[String]) -> Result<()> {
+    let venv = setup::run()?;
+    step("build: cargo build -p metadataproxy");
+    process::run(
+        Command::new(repo::cargo())
+            .args(["build", "-p", "metadataproxy"])
+            .current_dir(repo::root()),
+    )?;
+    let bin = repo::daemon_bin()?;
+    let moto = venv.join("bin").join("moto_server");
+    step("test: cargo test --workspace");
+    println!("MOTO_SERVER={}", moto.display());
+    println!("METADATAPROXY_VENV={}", venv.display());
+    println!("METADATAPROXY_BIN={}", bin.display());
+    process::run(
+        Command::new(repo::cargo())
+            .args(["test", "--workspace"])
+            .args(extra)
+            .env("MOTO_SERVER", &moto)
+            .env("METADATAPROXY_VENV", &venv)
+            .env("METADATAPROXY_BIN", &bin)
+            .current_dir(repo::root()),
+    )
+}
