@@ -1,0 +1,48 @@
+//! Loopback ports and waiting for a child process to listen.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// A TCP port free on 127.0.0.1 right now (the caller hands it to a server soon after).
+pub fn free_port() -> u16 {
+    match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(addr) => addr.port(),
+        Err(e) => panic!("cannot bind 127.0.0.1:0 to find a free port: {e}"),
+    }
+}
+
+/// `127.0.0.1:port`.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// Polls `addr` until it accepts TCP; `Err` says why not (the child exited, or time ran out).
+pub async fn wait_listening(
+    addr: SocketAddr,
+    timeout: Duration,
+    child: &mut Child,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                return Err(format!("exited ({status}) before listening on {addr}"));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("cannot poll the process: {e}")),
+        }
+        let attempt = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await;
+        if matches!(attempt, Ok(Ok(_))) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("not listening on {addr} after {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
