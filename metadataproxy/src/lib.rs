@@ -1,6 +1,10 @@
 //! metadataproxy: an EC2 instance metadata service that gives every caller its own scoped IAM credentials.
 
+pub mod app;
 pub mod clock;
+pub mod config;
 pub mod creds;
 pub mod identity;
 pub mod imds;
+pub mod resolver;
+pub mod role;

@@ -3,8 +3,14 @@
 //! Every source (mapping file, default role; later the eBPF cgroup table and the Docker index)
 //! implements [`Identify`]; a [`Chain`] asks them in order.
 
+pub mod mapping_file;
+
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::creds::sts::BoxFuture;
+use crate::role::RoleAssignment;
 
 /// What the socket layer knows about one accepted connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,5 +36,111 @@ impl fmt::Display for Identity {
             Self::Ip(ip) => write!(f, "ip:{ip}"),
             Self::Cgroup(id) => write!(f, "cgroup:{id}"),
         }
+    }
+}
+
+impl Identity {
+    /// The identity of a connection known only by its source address.
+    pub fn from_peer(peer: SocketAddr) -> Self {
+        Self::Ip(canonical_ip(peer.ip()))
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, seen on dual-stack sockets) as plain IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// Which source identified a caller (for logs, audit and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// An entry of `ROLE_MAPPING_FILE`.
+    MappingFile,
+    /// `DEFAULT_ROLE`, because no source knew the caller.
+    DefaultRole,
+}
+
+impl Source {
+    /// Stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MappingFile => "mapping_file",
+            Self::DefaultRole => "default_role",
+        }
+    }
+}
+
+/// A caller, identified, with the role it is entitled to (if any).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Who it is.
+    pub identity: Identity,
+    /// The role it may have, and which source said so; `None`: no credentials for it.
+    pub assignment: Option<(Arc<RoleAssignment>, Source)>,
+}
+
+/// One way of finding the role of a connection.
+pub trait Identify: Send + Sync + fmt::Debug {
+    /// The role assignment for this connection, if this source knows it.
+    fn identify<'a>(
+        &'a self,
+        conn: &'a ConnInfo,
+    ) -> BoxFuture<'a, Option<(Arc<RoleAssignment>, Source)>>;
+}
+
+/// The sources in order; the first that knows the caller wins, then `DEFAULT_ROLE`.
+#[derive(Debug, Default)]
+pub struct Chain {
+    sources: Vec<Box<dyn Identify>>,
+    default_role: Option<Arc<RoleAssignment>>,
+}
+
+impl Chain {
+    /// A chain of `sources`, falling back to `default_role`.
+    pub fn new(sources: Vec<Box<dyn Identify>>, default_role: Option<RoleAssignment>) -> Self {
+        Self {
+            sources,
+            default_role: default_role.map(Arc::new),
+        }
+    }
+
+    /// The identity of a connection, without looking up its role (cheap; used for tokens).
+    pub fn identity(conn: &ConnInfo) -> Identity {
+        Identity::from_peer(conn.peer)
+    }
+
+    /// Identifies the caller and finds its role.
+    pub async fn identify(&self, conn: &ConnInfo) -> Caller {
+        let identity = Self::identity(conn);
+        for source in &self.sources {
+            if let Some(found) = source.identify(conn).await {
+                return Caller {
+                    identity,
+                    assignment: Some(found),
+                };
+            }
+        }
+        let assignment = self
+            .default_role
+            .as_ref()
+            .map(|r| (Arc::clone(r), Source::DefaultRole));
+        Caller {
+            identity,
+            assignment,
+        }
+    }
+}
+
+/// [`mapping_file::MappingFile`] as an identification source: by the caller's IP address.
+impl Identify for mapping_file::MappingFile {
+    fn identify<'a>(
+        &'a self,
+        conn: &'a ConnInfo,
+    ) -> BoxFuture<'a, Option<(Arc<RoleAssignment>, Source)>> {
+        let found = self.current().lookup_ip(canonical_ip(conn.peer.ip()));
+        Box::pin(std::future::ready(found.map(|a| (a, Source::MappingFile))))
     }
 }

@@ -1,0 +1,193 @@
+//! Wiring: builds every component from the configuration, serves the IMDS API, shuts down cleanly.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::creds::aws::AwsSts;
+use crate::creds::{CredentialCache, CredentialCacheConfig, Sts};
+use crate::identity::mapping_file::{MappingError, MappingFile};
+use crate::identity::{Chain, ConnInfo, Identify};
+use crate::imds::iam::Iam;
+use crate::imds::mock::MockTree;
+use crate::imds::proxy::Upstream;
+use crate::imds::service::{Imds, Passthrough};
+use crate::imds::token::TokenStore;
+use crate::resolver::Resolver;
+use crate::role::RoleAssignment;
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head accepted (request line + headers); larger gets 431.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// How long in-flight requests may finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often the background refresher looks for credentials due for renewal.
+const REFRESH_TICK: Duration = Duration::from_secs(15);
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// `ROLE_MAPPING_FILE` cannot be loaded at start-up.
+    #[error(transparent)]
+    MappingFile(#[from] MappingError),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Builds the IMDS API from the configuration (no socket; used by `run` and by tests).
+pub fn build(
+    config: &Config,
+    sts: Arc<dyn Sts>,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<Imds>, AppError> {
+    let mut sources: Vec<Box<dyn Identify>> = Vec::new();
+    if let Some(path) = &config.role_mapping_file {
+        let file = Arc::new(MappingFile::load(path)?);
+        Arc::clone(&file).spawn_reloader(config.mapping_reload_interval);
+        sources.push(Box::new(SharedMapping(file)));
+    }
+    let default_role = config.default_role.clone().map(RoleAssignment::from_role);
+    let chain = Arc::new(Chain::new(sources, default_role));
+    let resolver = Arc::new(Resolver::new(
+        config.account_map.clone(),
+        config.default_account_id.clone(),
+        config.aws_region.as_deref(),
+        Arc::clone(&sts),
+        Arc::clone(&clock),
+    ));
+    let cache = CredentialCache::new(
+        sts,
+        Arc::clone(&clock),
+        CredentialCacheConfig {
+            capacity: NonZeroUsize::new(config.credential_cache_size).unwrap_or(NonZeroUsize::MIN),
+            threshold: config.expiration_threshold,
+            session_duration: config.role_session_duration,
+            idle_after: config.role_session_duration * 2,
+        },
+    );
+    cache.spawn_refresher(REFRESH_TICK);
+    let passthrough = if config.mock_api {
+        Passthrough::Mock(MockTree::new(&config.mocked_instance_id))
+    } else {
+        Passthrough::Proxy(Box::new(Upstream::new(
+            config.metadata_url.clone(),
+            config.upstream_timeout,
+            config.proxy_allowed_paths.clone(),
+        )))
+    };
+    Ok(Arc::new(Imds {
+        iam: Iam {
+            chain,
+            resolver,
+            cache,
+            clock: Arc::clone(&clock),
+        },
+        tokens: TokenStore::new(
+            config.token_max_total,
+            config.token_max_per_caller,
+            Arc::clone(&clock),
+        ),
+        passthrough,
+        imdsv2_required: config.imdsv2_required,
+        clock,
+    }))
+}
+
+/// The mapping file shared between the identification chain and its reloader task.
+#[derive(Debug)]
+struct SharedMapping(Arc<MappingFile>);
+
+impl Identify for SharedMapping {
+    fn identify<'a>(
+        &'a self,
+        conn: &'a ConnInfo,
+    ) -> crate::creds::sts::BoxFuture<'a, Option<(Arc<RoleAssignment>, crate::identity::Source)>>
+    {
+        self.0.identify(conn)
+    }
+}
+
+/// Runs the daemon until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let sts = AwsSts::load(config.aws_region.clone(), Arc::clone(&clock)).await;
+    tracing::info!(region = ?sts.region(), "AWS clients ready");
+    let imds = build(&config, Arc::new(sts), clock)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| AppError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| AppError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    tracing::info!(addr = %local, mock_api = config.mock_api, imdsv2_required = config.imdsv2_required, "listening");
+    serve(listener, imds, shutdown).await;
+    Ok(())
+}
+
+/// Accepts connections until `shutdown`, then lets in-flight requests finish (bounded).
+pub async fn serve(listener: TcpListener, imds: Arc<Imds>, shutdown: impl Future<Output = ()>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving the connections we have.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn_info = ConnInfo { peer, local };
+        let imds = Arc::clone(&imds);
+        let service = service_fn(move |req| {
+            let imds = Arc::clone(&imds);
+            async move { Ok::<_, Infallible>(imds.handle(&req, &conn_info).await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    tracing::info!("shutting down: no new connections; waiting for in-flight requests");
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests did not finish in time");
+    }
+}

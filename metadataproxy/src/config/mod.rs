@@ -1,0 +1,112 @@
+//! Configuration: Lyft-compatible settings from flags and environment, validated all at once.
+
+mod env;
+mod parse;
+pub mod settings;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use env::{Env, ProcessEnv};
+pub use parse::{ConfigError, ConfigErrors};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where a container's role session name comes from (`ROLE_SESSION_KEY`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionKey {
+    /// `Env:KEY` — an environment variable of the container.
+    Env(String),
+    /// `Labels:KEY` — a label of the container.
+    Label(String),
+}
+
+/// The validated configuration; nothing in it needs checking again.
+#[derive(Debug, Clone)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one field per boolean setting"
+)]
+pub struct Config {
+    /// Address the IMDS API listens on (`HOST`, `PORT`).
+    pub listen: SocketAddr,
+    /// `DEBUG`.
+    pub debug: bool,
+    /// `DOCKER_URL`.
+    pub docker_url: String,
+    /// `METADATA_URL`: upstream for proxied routes.
+    pub metadata_url: http::Uri,
+    /// `MOCK_API`.
+    pub mock_api: bool,
+    /// `MOCKED_INSTANCE_ID`.
+    pub mocked_instance_id: String,
+    /// `DEFAULT_ROLE`, parsed.
+    pub default_role: Option<crate::role::RoleSpec>,
+    /// `DEFAULT_ACCOUNT_ID` (12 digits).
+    pub default_account_id: Option<String>,
+    /// `AWS_ACCOUNT_MAP`.
+    pub account_map: crate::role::AccountMap,
+    /// `AWS_REGION`.
+    pub aws_region: Option<String>,
+    /// `ROLE_EXPIRATION_THRESHOLD`, as a duration.
+    pub expiration_threshold: Duration,
+    /// `ROLE_MAPPING_FILE`.
+    pub role_mapping_file: Option<PathBuf>,
+    /// `ROLE_REVERSE_LOOKUP`.
+    pub role_reverse_lookup: bool,
+    /// `HOSTNAME_MATCH_REGEX`, compiled.
+    pub hostname_match_regex: regex::Regex,
+    /// `ROLE_SESSION_KEY`.
+    pub role_session_key: Option<SessionKey>,
+    /// `PATCH_ECS_ALLOWED_HOSTS`.
+    pub patch_ecs_allowed_hosts: Option<String>,
+    /// `IMDSV2_REQUIRED`.
+    pub imdsv2_required: bool,
+    /// `LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// `LOG_LEVEL`, or the default derived from `DEBUG`.
+    pub log_filter: String,
+    /// `PROXY_ALLOWED_PATHS`; empty means every non-IAM path.
+    pub proxy_allowed_paths: Vec<String>,
+    /// `UPSTREAM_TIMEOUT`.
+    pub upstream_timeout: Duration,
+    /// `ROLE_SESSION_DURATION`.
+    pub role_session_duration: Duration,
+    /// `CREDENTIAL_CACHE_SIZE`.
+    pub credential_cache_size: usize,
+    /// `TOKEN_MAX_TOTAL`.
+    pub token_max_total: usize,
+    /// `TOKEN_MAX_PER_CALLER`.
+    pub token_max_per_caller: usize,
+    /// `ROLE_MAPPING_RELOAD_INTERVAL`.
+    pub mapping_reload_interval: Duration,
+}
+
+impl Config {
+    /// Reads and validates every setting from command-line arguments and the environment.
+    ///
+    /// `args` includes the program name. Every invalid value is reported, by name, in one error.
+    pub fn load<I, T>(args: I, env: &dyn Env) -> Result<Self, ConfigErrors>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        parse::load(args, env)
+    }
+
+    /// The clap command describing every flag (for `--help`).
+    pub fn command() -> clap::Command {
+        parse::command()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,389 @@
+//! Turning raw setting values into a validated [`Config`], collecting every error.
+
+use std::ffi::OsString;
+use std::fmt::{self, Write as _};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Arg, ArgAction, ArgMatches, Command};
+
+use super::settings::{self as s, Kind, SETTINGS, Setting};
+use super::{Config, Env, LogFormat, SessionKey};
+use crate::role::{AccountMap, RoleSpec};
+
+/// One invalid setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The environment name of the setting.
+    pub name: &'static str,
+    /// The value as given.
+    pub value: String,
+    /// Why it is invalid.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={:?}: {}", self.name, self.value, self.reason)
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigErrors {
+    /// The command line itself is malformed (or asks for `--help`/`--version`).
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
+    /// One or more settings have invalid values; all of them are listed.
+    #[error("invalid configuration:{}", list(.0))]
+    Invalid(Vec<ConfigError>),
+}
+
+fn list(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .fold(String::new(), |acc, e| acc + "\n  " + &e.to_string())
+}
+
+pub(super) fn command() -> Command {
+    let mut cmd = Command::new("metadataproxy")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("EC2 instance metadata service that gives every container its own scoped IAM credentials")
+        .after_help("Every option can also be set by the environment variable named in its help.");
+    for setting in SETTINGS {
+        cmd = cmd.arg(arg(setting));
+    }
+    cmd
+}
+
+fn arg(setting: &'static Setting) -> Arg {
+    let mut help = format!("{} [env: {}]", setting.help, setting.env);
+    if let Some(default) = setting.default {
+        let _ = write!(help, " [default: {default}]");
+    }
+    let arg = Arg::new(setting.env)
+        .long(setting.flag)
+        .help(help)
+        .action(ArgAction::Set);
+    match setting.kind {
+        Kind::Value => arg.value_name("VALUE"),
+        Kind::Bool => arg
+            .value_name("BOOL")
+            .num_args(0..=1)
+            .default_missing_value("true"),
+    }
+}
+
+/// Reads raw values (flag, else environment, else default) and records errors as it parses.
+struct Reader<'a> {
+    matches: &'a ArgMatches,
+    env: &'a dyn Env,
+    errors: Vec<ConfigError>,
+}
+
+impl Reader<'_> {
+    /// The raw value; `None` when unset and without a default.
+    fn raw(&mut self, name: &'static str) -> Option<String> {
+        if let Some(v) = self.matches.get_one::<String>(name) {
+            return Some(v.clone());
+        }
+        match self.env.var(name) {
+            Some(Ok(v)) => Some(v),
+            Some(Err(raw)) => {
+                self.fail(name, &raw.to_string_lossy(), "not valid UTF-8");
+                None
+            }
+            None => s::by_env(name).and_then(|d| d.default).map(str::to_owned),
+        }
+    }
+
+    /// A value where the empty string means "use the default" (unset when there is none).
+    fn optional(&mut self, name: &'static str) -> Option<String> {
+        match self.raw(name) {
+            Some(v) if v.trim().is_empty() => {
+                s::by_env(name).and_then(|d| d.default).map(str::to_owned)
+            }
+            other => other,
+        }
+    }
+
+    /// Lyft's boolean rule.
+    fn boolean(&mut self, name: &'static str) -> bool {
+        self.raw(name)
+            .is_some_and(|v| !matches!(v.as_str(), "" | "False" | "false" | "0"))
+    }
+
+    /// Parses a present value with `f`, recording its error.
+    fn parse<T>(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let value = self.optional(name)?;
+        match f(value.trim()) {
+            Ok(v) => Some(v),
+            Err(reason) => {
+                self.fail(name, &value, &reason);
+                None
+            }
+        }
+    }
+
+    fn fail(&mut self, name: &'static str, value: &str, reason: &str) {
+        self.errors.push(ConfigError {
+            name,
+            value: value.to_owned(),
+            reason: reason.to_owned(),
+        });
+    }
+}
+
+fn integer(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> {
+    move |v| match v.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        Ok(_) => Err(format!("must be between {min} and {max}")),
+        Err(_) => Err(format!("not a whole number (expected {min} to {max})")),
+    }
+}
+
+fn usize_in(min: u64, max: u64) -> impl Fn(&str) -> Result<usize, String> {
+    let int = integer(min, max);
+    move |v| int(v).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
+}
+
+fn account_id(v: &str) -> Result<String, String> {
+    if v.len() == 12 && v.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(v.to_owned())
+    } else {
+        Err("an AWS account id is exactly 12 digits".to_owned())
+    }
+}
+
+fn metadata_url(v: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = v.parse().map_err(|e| format!("not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err("must be an http:// URL (the metadata service speaks plain HTTP)".to_owned());
+    }
+    if uri.authority().is_none() {
+        return Err("has no host".to_owned());
+    }
+    if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
+        return Err("must not have a path or query (give only scheme, host and port)".to_owned());
+    }
+    Ok(uri)
+}
+
+fn docker_url(v: &str) -> Result<String, String> {
+    let ok = ["unix://", "tcp://", "http://", "https://"]
+        .iter()
+        .any(|p| v.starts_with(p) && v.len() > p.len());
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err("must start with unix://, tcp://, http:// or https://".to_owned())
+    }
+}
+
+fn session_key(v: &str) -> Result<SessionKey, String> {
+    let (kind, key) = if let Some(k) = v.strip_prefix("Env:") {
+        (SessionKey::Env as fn(String) -> SessionKey, k)
+    } else if let Some(k) = v.strip_prefix("Labels:") {
+        (SessionKey::Label as fn(String) -> SessionKey, k)
+    } else {
+        return Err("must be `Env:KEY` or `Labels:KEY`".to_owned());
+    };
+    if key.is_empty() {
+        Err("names no key after the prefix".to_owned())
+    } else {
+        Ok(kind(key.to_owned()))
+    }
+}
+
+fn log_format(v: &str) -> Result<LogFormat, String> {
+    match v {
+        "plain" | "text" => Ok(LogFormat::Plain),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("must be `plain` or `json`".to_owned()),
+    }
+}
+
+fn path_prefixes(v: &str) -> Result<Vec<String>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let p = p.trim_matches('/');
+            let bad = p
+                .split('/')
+                .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b));
+            if bad {
+                Err(format!(
+                    "`{p}` is not a plain path prefix like `meta-data/placement`"
+                ))
+            } else {
+                Ok(p.to_owned())
+            }
+        })
+        .collect()
+}
+
+fn log_filter(v: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(v)
+        .map(|_| v.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+#[expect(
+    clippy::too_many_lines,
+    reason = "one line per setting; splitting it would scatter the table"
+)]
+pub(super) fn load<I, T>(args: I, env: &dyn Env) -> Result<Config, super::ConfigErrors>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = command().try_get_matches_from(args)?;
+    let mut r = Reader {
+        matches: &matches,
+        env,
+        errors: Vec::new(),
+    };
+
+    let host = r.parse(s::HOST, |v| {
+        v.parse::<IpAddr>()
+            .map_err(|_| "not an IP address".to_owned())
+    });
+    let port = r.parse(s::PORT, |v| {
+        v.parse::<u16>()
+            .map_err(|_| "not a port number (0 to 65535)".to_owned())
+    });
+    let debug = r.boolean(s::DEBUG);
+    let docker_url = r.parse(s::DOCKER_URL, docker_url);
+    let metadata_url = r.parse(s::METADATA_URL, metadata_url);
+    let mock_api = r.boolean(s::MOCK_API);
+    let mocked_instance_id = r.optional(s::MOCKED_INSTANCE_ID).unwrap_or_default();
+    let default_role = r.parse(s::DEFAULT_ROLE, |v| {
+        RoleSpec::parse(v).map_err(|e| e.to_string())
+    });
+    let default_account_id = r.parse(s::DEFAULT_ACCOUNT_ID, account_id);
+    let account_map = r.parse(s::AWS_ACCOUNT_MAP, |v| {
+        AccountMap::parse_json(v).map_err(|e| e.to_string())
+    });
+    let aws_region = r.parse(s::AWS_REGION, |v| {
+        let ok = v
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            Ok(v.to_owned())
+        } else {
+            Err("not a region name like `us-east-1`".to_owned())
+        }
+    });
+    let threshold = r.parse(s::ROLE_EXPIRATION_THRESHOLD, integer(0, 720));
+    let role_mapping_file = r.optional(s::ROLE_MAPPING_FILE).map(PathBuf::from);
+    let role_reverse_lookup = r.boolean(s::ROLE_REVERSE_LOOKUP);
+    let hostname_match_regex = r.parse(s::HOSTNAME_MATCH_REGEX, |v| {
+        regex::Regex::new(v).map_err(|e| e.to_string())
+    });
+    let role_session_key = r.parse(s::ROLE_SESSION_KEY, session_key);
+    let patch_ecs_allowed_hosts = r.optional(s::PATCH_ECS_ALLOWED_HOSTS);
+    let imdsv2_required = r.boolean(s::IMDSV2_REQUIRED);
+    let log_format = r.parse(s::LOG_FORMAT, log_format);
+    let log_filter = r.parse(s::LOG_LEVEL, log_filter);
+    let proxy_allowed_paths = r
+        .parse(s::PROXY_ALLOWED_PATHS, path_prefixes)
+        .unwrap_or_default();
+    let upstream_timeout = r.parse(s::UPSTREAM_TIMEOUT, integer(1, 300));
+    let session_duration = r.parse(s::ROLE_SESSION_DURATION, integer(900, 43_200));
+    let credential_cache_size = r.parse(s::CREDENTIAL_CACHE_SIZE, usize_in(1, 10_000_000));
+    let token_max_total = r.parse(s::TOKEN_MAX_TOTAL, usize_in(1, 10_000_000));
+    let token_max_per_caller = r.parse(s::TOKEN_MAX_PER_CALLER, usize_in(1, 100_000));
+    let reload = r.parse(s::ROLE_MAPPING_RELOAD_INTERVAL, integer(1, 3600));
+
+    // Cross-setting rule: a refresh threshold at or beyond the session length would refresh forever.
+    if let (Some(t), Some(d)) = (threshold, session_duration)
+        && t * 60 >= d
+    {
+        {
+            let value = r.raw(s::ROLE_EXPIRATION_THRESHOLD).unwrap_or_default();
+            r.fail(
+                s::ROLE_EXPIRATION_THRESHOLD,
+                &value,
+                &format!("{t} minutes is not shorter than ROLE_SESSION_DURATION ({d} s)"),
+            );
+        }
+    }
+
+    let errors = std::mem::take(&mut r.errors);
+    let (
+        Some(host),
+        Some(port),
+        Some(docker_url),
+        Some(metadata_url),
+        Some(account_map),
+        Some(threshold),
+        Some(hostname_match_regex),
+        Some(log_format),
+        Some(upstream_timeout),
+        Some(session_duration),
+        Some(credential_cache_size),
+        Some(token_max_total),
+        Some(token_max_per_caller),
+        Some(reload),
+    ) = (
+        host,
+        port,
+        docker_url,
+        metadata_url,
+        account_map,
+        threshold,
+        hostname_match_regex,
+        log_format,
+        upstream_timeout,
+        session_duration,
+        credential_cache_size,
+        token_max_total,
+        token_max_per_caller,
+        reload,
+    )
+    else {
+        return Err(super::ConfigErrors::Invalid(errors));
+    };
+    if !errors.is_empty() {
+        return Err(super::ConfigErrors::Invalid(errors));
+    }
+    let log_filter =
+        log_filter.unwrap_or_else(|| if debug { "debug".into() } else { "info".into() });
+    Ok(Config {
+        listen: SocketAddr::new(host, port),
+        debug,
+        docker_url,
+        metadata_url,
+        mock_api,
+        mocked_instance_id,
+        default_role,
+        default_account_id,
+        account_map,
+        aws_region,
+        expiration_threshold: Duration::from_secs(threshold * 60),
+        role_mapping_file,
+        role_reverse_lookup,
+        hostname_match_regex,
+        role_session_key,
+        patch_ecs_allowed_hosts,
+        imdsv2_required,
+        log_format,
+        log_filter,
+        proxy_allowed_paths,
+        upstream_timeout: Duration::from_secs(upstream_timeout),
+        role_session_duration: Duration::from_secs(session_duration),
+        credential_cache_size,
+        token_max_total,
+        token_max_per_caller,
+        mapping_reload_interval: Duration::from_secs(reload),
+    })
+}

@@ -1,0 +1,291 @@
+//! The table of every setting: environment name, command-line flag, default and help.
+//!
+//! One table drives the command line, the environment lookup and the configuration reference,
+//! so the three cannot drift apart.
+
+/// How a setting's value is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Free text, a number, a URL, JSON…
+    Value,
+    /// Lyft's boolean rule: `False`, `false`, `0` and the empty string are false, anything else true.
+    /// On the command line the flag alone means true.
+    Bool,
+}
+
+/// One setting.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// Environment variable name (Lyft's name for Lyft's settings).
+    pub env: &'static str,
+    /// Long command-line flag, without the dashes.
+    pub flag: &'static str,
+    /// Default, as it would be written in the environment; `None` means unset.
+    pub default: Option<&'static str>,
+    /// How the value is written.
+    pub kind: Kind,
+    /// Whether Lyft's metadataproxy 2.2.0 has this setting.
+    pub lyft: bool,
+    /// One-line description.
+    pub help: &'static str,
+}
+
+const fn lyft(
+    env: &'static str,
+    flag: &'static str,
+    default: Option<&'static str>,
+    kind: Kind,
+    help: &'static str,
+) -> Setting {
+    Setting {
+        env,
+        flag,
+        default,
+        kind,
+        lyft: true,
+        help,
+    }
+}
+
+const fn ours(
+    env: &'static str,
+    flag: &'static str,
+    default: Option<&'static str>,
+    kind: Kind,
+    help: &'static str,
+) -> Setting {
+    Setting {
+        env,
+        flag,
+        default,
+        kind,
+        lyft: false,
+        help,
+    }
+}
+
+pub const HOST: &str = "HOST";
+pub const PORT: &str = "PORT";
+pub const DEBUG: &str = "DEBUG";
+pub const DOCKER_URL: &str = "DOCKER_URL";
+pub const METADATA_URL: &str = "METADATA_URL";
+pub const MOCK_API: &str = "MOCK_API";
+pub const MOCKED_INSTANCE_ID: &str = "MOCKED_INSTANCE_ID";
+pub const DEFAULT_ROLE: &str = "DEFAULT_ROLE";
+pub const DEFAULT_ACCOUNT_ID: &str = "DEFAULT_ACCOUNT_ID";
+pub const AWS_ACCOUNT_MAP: &str = "AWS_ACCOUNT_MAP";
+pub const AWS_REGION: &str = "AWS_REGION";
+pub const ROLE_EXPIRATION_THRESHOLD: &str = "ROLE_EXPIRATION_THRESHOLD";
+pub const ROLE_MAPPING_FILE: &str = "ROLE_MAPPING_FILE";
+pub const ROLE_REVERSE_LOOKUP: &str = "ROLE_REVERSE_LOOKUP";
+pub const HOSTNAME_MATCH_REGEX: &str = "HOSTNAME_MATCH_REGEX";
+pub const ROLE_SESSION_KEY: &str = "ROLE_SESSION_KEY";
+pub const PATCH_ECS_ALLOWED_HOSTS: &str = "PATCH_ECS_ALLOWED_HOSTS";
+pub const IMDSV2_REQUIRED: &str = "IMDSV2_REQUIRED";
+pub const LOG_FORMAT: &str = "LOG_FORMAT";
+pub const LOG_LEVEL: &str = "LOG_LEVEL";
+pub const PROXY_ALLOWED_PATHS: &str = "PROXY_ALLOWED_PATHS";
+pub const UPSTREAM_TIMEOUT: &str = "UPSTREAM_TIMEOUT";
+pub const ROLE_SESSION_DURATION: &str = "ROLE_SESSION_DURATION";
+pub const CREDENTIAL_CACHE_SIZE: &str = "CREDENTIAL_CACHE_SIZE";
+pub const TOKEN_MAX_TOTAL: &str = "TOKEN_MAX_TOTAL";
+pub const TOKEN_MAX_PER_CALLER: &str = "TOKEN_MAX_PER_CALLER";
+pub const ROLE_MAPPING_RELOAD_INTERVAL: &str = "ROLE_MAPPING_RELOAD_INTERVAL";
+
+/// Every setting, Lyft's first (in the order of its README), then ours.
+pub const SETTINGS: &[Setting] = &[
+    lyft(
+        HOST,
+        "host",
+        Some("0.0.0.0"),
+        Kind::Value,
+        "IP address to listen on",
+    ),
+    lyft(
+        PORT,
+        "port",
+        Some("45001"),
+        Kind::Value,
+        "TCP port to listen on",
+    ),
+    lyft(
+        DEFAULT_ROLE,
+        "default-role",
+        None,
+        Kind::Value,
+        "role for callers that have none; unset: no credentials",
+    ),
+    lyft(
+        DEFAULT_ACCOUNT_ID,
+        "default-account-id",
+        None,
+        Kind::Value,
+        "account for bare role names; unset: look the role up with iam:GetRole",
+    ),
+    lyft(
+        ROLE_SESSION_KEY,
+        "role-session-key",
+        None,
+        Kind::Value,
+        "`Env:KEY` or `Labels:KEY` of a container giving its role session name",
+    ),
+    lyft(
+        DEBUG,
+        "debug",
+        Some("false"),
+        Kind::Bool,
+        "verbose logging (secrets are still redacted)",
+    ),
+    lyft(
+        DOCKER_URL,
+        "docker-url",
+        Some("unix://var/run/docker.sock"),
+        Kind::Value,
+        "Docker daemon URL (unix:// or tcp://)",
+    ),
+    lyft(
+        METADATA_URL,
+        "metadata-url",
+        Some("http://169.254.169.254"),
+        Kind::Value,
+        "upstream metadata service for proxied routes",
+    ),
+    lyft(
+        MOCK_API,
+        "mock-api",
+        Some("false"),
+        Kind::Bool,
+        "serve a mock metadata tree instead of proxying non-IAM routes",
+    ),
+    lyft(
+        MOCKED_INSTANCE_ID,
+        "mocked-instance-id",
+        Some("mockedid"),
+        Kind::Value,
+        "mocked instance-id is `i-` followed by this",
+    ),
+    lyft(
+        AWS_ACCOUNT_MAP,
+        "aws-account-map",
+        Some("{}"),
+        Kind::Value,
+        "JSON object of account alias to account id, for `role@alias`",
+    ),
+    lyft(
+        AWS_REGION,
+        "aws-region",
+        None,
+        Kind::Value,
+        "region of the STS endpoint (regional endpoint; any partition)",
+    ),
+    lyft(
+        ROLE_EXPIRATION_THRESHOLD,
+        "role-expiration-threshold",
+        Some("15"),
+        Kind::Value,
+        "minutes before expiry at which credentials are refreshed; callers always get more than this left",
+    ),
+    lyft(
+        ROLE_MAPPING_FILE,
+        "role-mapping-file",
+        None,
+        Kind::Value,
+        "JSON file mapping caller IP (or `cgroup:/path`) to a role; reloaded when it changes",
+    ),
+    lyft(
+        ROLE_REVERSE_LOOKUP,
+        "role-reverse-lookup",
+        Some("false"),
+        Kind::Bool,
+        "match callers to containers by reverse DNS",
+    ),
+    lyft(
+        HOSTNAME_MATCH_REGEX,
+        "hostname-match-regex",
+        Some("^.*$"),
+        Kind::Value,
+        "limits reverse-lookup matches",
+    ),
+    lyft(
+        PATCH_ECS_ALLOWED_HOSTS,
+        "patch-ecs-allowed-hosts",
+        None,
+        Kind::Value,
+        "extra host allowed in the daemon's own AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ),
+    ours(
+        IMDSV2_REQUIRED,
+        "imdsv2-required",
+        Some("false"),
+        Kind::Bool,
+        "refuse requests without an IMDSv2 session token (401)",
+    ),
+    ours(
+        LOG_FORMAT,
+        "log-format",
+        Some("plain"),
+        Kind::Value,
+        "`plain` or `json`",
+    ),
+    ours(
+        LOG_LEVEL,
+        "log-level",
+        None,
+        Kind::Value,
+        "tracing filter, e.g. `info` or `metadataproxy=debug`; default `info` (`debug` with DEBUG)",
+    ),
+    ours(
+        PROXY_ALLOWED_PATHS,
+        "proxy-allowed-paths",
+        None,
+        Kind::Value,
+        "comma-separated path prefixes (after the version, e.g. `meta-data/placement`) that may be proxied; unset: all non-IAM paths",
+    ),
+    ours(
+        UPSTREAM_TIMEOUT,
+        "upstream-timeout",
+        Some("2"),
+        Kind::Value,
+        "seconds to wait for the upstream metadata service",
+    ),
+    ours(
+        ROLE_SESSION_DURATION,
+        "role-session-duration",
+        Some("3600"),
+        Kind::Value,
+        "seconds of validity requested from sts:AssumeRole (900 to 43200)",
+    ),
+    ours(
+        CREDENTIAL_CACHE_SIZE,
+        "credential-cache-size",
+        Some("4096"),
+        Kind::Value,
+        "most credential sets kept (least recently used are dropped)",
+    ),
+    ours(
+        TOKEN_MAX_TOTAL,
+        "token-max-total",
+        Some("65536"),
+        Kind::Value,
+        "most live IMDSv2 tokens",
+    ),
+    ours(
+        TOKEN_MAX_PER_CALLER,
+        "token-max-per-caller",
+        Some("128"),
+        Kind::Value,
+        "most live IMDSv2 tokens per caller; a caller's oldest is dropped first",
+    ),
+    ours(
+        ROLE_MAPPING_RELOAD_INTERVAL,
+        "role-mapping-reload-interval",
+        Some("1"),
+        Kind::Value,
+        "seconds between checks of ROLE_MAPPING_FILE for changes",
+    ),
+];
+
+/// The setting with this environment name.
+pub fn by_env(env: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.env == env)
+}

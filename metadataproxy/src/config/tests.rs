@@ -1,0 +1,220 @@
+//! Unit tests of configuration loading: defaults, Lyft's boolean rule, every error at once.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::settings::SETTINGS;
+use super::*;
+
+fn load(env: &[(&str, &str)], args: &[&str]) -> Result<Config, ConfigErrors> {
+    let env: HashMap<&str, &str> = env.iter().copied().collect();
+    let cmdline = std::iter::once("metadataproxy").chain(args.iter().copied());
+    Config::load(cmdline, &env)
+}
+
+fn invalid(env: &[(&str, &str)]) -> Vec<ConfigError> {
+    match load(env, &[]) {
+        Err(ConfigErrors::Invalid(errors)) => errors,
+        other => panic!("expected invalid configuration, got {other:?}"),
+    }
+}
+
+#[test]
+fn defaults_match_lyft() {
+    let c = load(&[], &[]).unwrap();
+    assert_eq!(c.listen.to_string(), "0.0.0.0:45001");
+    assert!(!c.debug && !c.mock_api && !c.role_reverse_lookup && !c.imdsv2_required);
+    assert_eq!(c.docker_url, "unix://var/run/docker.sock");
+    assert_eq!(c.metadata_url.to_string(), "http://169.254.169.254/");
+    assert_eq!(c.mocked_instance_id, "mockedid");
+    assert!(
+        c.default_role.is_none() && c.default_account_id.is_none() && c.role_mapping_file.is_none()
+    );
+    assert!(c.account_map.is_empty());
+    assert_eq!(c.expiration_threshold, Duration::from_secs(15 * 60));
+    assert_eq!(c.hostname_match_regex.as_str(), "^.*$");
+    assert_eq!(c.log_format, LogFormat::Plain);
+    assert_eq!(c.log_filter, "info");
+}
+
+#[test]
+fn lyft_boolean_rule() {
+    for (value, expected) in [
+        ("False", false),
+        ("false", false),
+        ("0", false),
+        ("", false),
+        ("true", true),
+        ("True", true),
+        ("1", true),
+        ("yes", true),
+        ("no", true),
+    ] {
+        let c = load(&[("MOCK_API", value)], &[]).unwrap();
+        assert_eq!(c.mock_api, expected, "MOCK_API={value:?}");
+    }
+}
+
+#[test]
+fn every_setting_is_read_from_env_and_flag() {
+    let c = load(
+        &[
+            ("HOST", "127.0.0.1"),
+            ("PORT", "8080"),
+            ("DEFAULT_ROLE", "my-role@123456789012"),
+            ("DEFAULT_ACCOUNT_ID", "000000000001"),
+            ("AWS_ACCOUNT_MAP", r#"{"prod": "111111111111"}"#),
+            ("AWS_REGION", "cn-north-1"),
+            ("ROLE_EXPIRATION_THRESHOLD", "5"),
+            ("ROLE_MAPPING_FILE", "/etc/roles.json"),
+            ("ROLE_SESSION_KEY", "Labels:job"),
+            ("HOSTNAME_MATCH_REGEX", "^(.*)\\.example$"),
+            ("DEBUG", "1"),
+            ("IMDSV2_REQUIRED", "true"),
+            ("LOG_FORMAT", "json"),
+            (
+                "PROXY_ALLOWED_PATHS",
+                "meta-data/placement, /dynamic/instance-identity/",
+            ),
+        ],
+        &[
+            "--port",
+            "9090",
+            "--mock-api",
+            "--mocked-instance-id",
+            "abc",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        c.listen.to_string(),
+        "127.0.0.1:9090",
+        "the flag wins over the environment"
+    );
+    assert!(c.mock_api && c.debug && c.imdsv2_required);
+    assert_eq!(c.mocked_instance_id, "abc");
+    assert_eq!(c.default_role.unwrap().name(), "my-role");
+    assert_eq!(c.default_account_id.as_deref(), Some("000000000001"));
+    assert_eq!(c.account_map.get("prod"), Some("111111111111"));
+    assert_eq!(c.aws_region.as_deref(), Some("cn-north-1"));
+    assert_eq!(c.expiration_threshold, Duration::from_secs(300));
+    assert_eq!(c.role_session_key, Some(SessionKey::Label("job".into())));
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.log_filter, "debug");
+    assert_eq!(
+        c.proxy_allowed_paths,
+        vec!["meta-data/placement", "dynamic/instance-identity"]
+    );
+}
+
+#[test]
+fn every_bad_value_is_reported_by_name_at_once() {
+    let errors = invalid(&[
+        ("PORT", "abc"),
+        ("HOST", "not-an-ip"),
+        ("ROLE_EXPIRATION_THRESHOLD", "-1"),
+        ("AWS_ACCOUNT_MAP", "{"),
+        ("DEFAULT_ACCOUNT_ID", "12345"),
+        ("METADATA_URL", "ftp://x"),
+        ("HOSTNAME_MATCH_REGEX", "("),
+        ("ROLE_SESSION_KEY", "Foo:bar"),
+        ("LOG_FORMAT", "xml"),
+        ("DEFAULT_ROLE", "@123"),
+        ("DOCKER_URL", "/var/run/docker.sock"),
+        ("TOKEN_MAX_PER_CALLER", "0"),
+    ]);
+    let names: Vec<&str> = errors.iter().map(|e| e.name).collect();
+    for expected in [
+        "PORT",
+        "HOST",
+        "ROLE_EXPIRATION_THRESHOLD",
+        "AWS_ACCOUNT_MAP",
+        "DEFAULT_ACCOUNT_ID",
+        "METADATA_URL",
+        "HOSTNAME_MATCH_REGEX",
+        "ROLE_SESSION_KEY",
+        "LOG_FORMAT",
+        "DEFAULT_ROLE",
+        "DOCKER_URL",
+        "TOKEN_MAX_PER_CALLER",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    assert_eq!(names.len(), 12, "{errors:?}");
+    let text = ConfigErrors::Invalid(errors).to_string();
+    assert!(text.contains("PORT=\"abc\""), "{text}");
+}
+
+#[test]
+fn threshold_must_be_shorter_than_the_session() {
+    let errors = invalid(&[
+        ("ROLE_EXPIRATION_THRESHOLD", "60"),
+        ("ROLE_SESSION_DURATION", "3600"),
+    ]);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].name, "ROLE_EXPIRATION_THRESHOLD");
+}
+
+#[test]
+fn empty_values_fall_back_to_defaults() {
+    let c = load(
+        &[("PORT", ""), ("DEFAULT_ROLE", ""), ("AWS_ACCOUNT_MAP", "")],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.listen.port(), 45001);
+    assert!(c.default_role.is_none());
+}
+
+#[test]
+fn metadata_url_must_be_plain_http_without_path() {
+    assert_eq!(
+        invalid(&[("METADATA_URL", "http://x/latest")])[0].name,
+        "METADATA_URL"
+    );
+    assert!(load(&[("METADATA_URL", "http://127.0.0.1:8080")], &[]).is_ok());
+}
+
+#[test]
+fn unknown_flag_is_a_cli_error() {
+    assert!(matches!(
+        load(&[], &["--no-such-flag"]),
+        Err(ConfigErrors::Cli(_))
+    ));
+}
+
+#[test]
+fn settings_table_has_unique_names_and_every_lyft_variable() {
+    let mut envs: Vec<&str> = SETTINGS.iter().map(|s| s.env).collect();
+    let mut flags: Vec<&str> = SETTINGS.iter().map(|s| s.flag).collect();
+    envs.sort_unstable();
+    flags.sort_unstable();
+    let (n_env, n_flag) = (envs.len(), flags.len());
+    envs.dedup();
+    flags.dedup();
+    assert_eq!((envs.len(), flags.len()), (n_env, n_flag));
+    for lyft in [
+        "HOST",
+        "PORT",
+        "DEBUG",
+        "DOCKER_URL",
+        "METADATA_URL",
+        "MOCK_API",
+        "MOCKED_INSTANCE_ID",
+        "DEFAULT_ROLE",
+        "DEFAULT_ACCOUNT_ID",
+        "AWS_ACCOUNT_MAP",
+        "AWS_REGION",
+        "ROLE_EXPIRATION_THRESHOLD",
+        "ROLE_MAPPING_FILE",
+        "ROLE_REVERSE_LOOKUP",
+        "HOSTNAME_MATCH_REGEX",
+        "ROLE_SESSION_KEY",
+        "PATCH_ECS_ALLOWED_HOSTS",
+    ] {
+        assert!(SETTINGS.iter().any(|s| s.env == lyft && s.lyft), "{lyft}");
+    }
+}

@@ -1,0 +1,172 @@
+//! The IAM routes, answered locally: role listing, `iam/info`, and the caller's own credentials.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use serde::Serialize;
+
+use super::path::Category;
+use super::response::{self, Body};
+use super::service::{ImdsVersion, not_found};
+use crate::clock::Clock;
+use crate::creds::{CredentialCache, Credentials, StsError, StsErrorKind};
+use crate::identity::{Caller, Chain, ConnInfo};
+use crate::resolver::{ResolveFailure, Resolver};
+use crate::role::RoleArn;
+
+/// The credentials document, fields in the order the real service writes them.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct CredentialsDoc<'a> {
+    code: &'static str,
+    last_updated: String,
+    #[serde(rename = "Type")]
+    kind: &'static str,
+    access_key_id: &'a str,
+    secret_access_key: &'a str,
+    token: &'a str,
+    expiration: String,
+}
+
+/// The `iam/info` document.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct InfoDoc {
+    code: &'static str,
+    last_updated: String,
+    instance_profile_arn: String,
+    instance_profile_id: String,
+}
+
+/// Handles the IAM routes.
+#[derive(Debug)]
+pub struct Iam {
+    /// Identifies callers.
+    pub chain: Arc<Chain>,
+    /// Turns role assignments into cache keys.
+    pub resolver: Arc<Resolver>,
+    /// Holds the credentials.
+    pub cache: Arc<CredentialCache>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Iam {
+    /// Answers one IAM route for the caller on `conn`.
+    pub async fn handle(
+        &self,
+        route: &Category,
+        conn: &ConnInfo,
+        version: ImdsVersion,
+    ) -> Response<Body> {
+        let caller = self.chain.identify(conn).await;
+        let Some((assignment, source)) = &caller.assignment else {
+            tracing::info!(caller = %caller.identity, peer = %conn.peer, "no role for caller");
+            return not_found();
+        };
+        let role_name = assignment.role.name();
+        match route {
+            Category::IamListing => response::text(StatusCode::OK, "info\nsecurity-credentials/"),
+            Category::IamCredentialsList => response::text(StatusCode::OK, role_name.to_owned()),
+            Category::IamCredentials(asked) if asked != role_name => {
+                tracing::info!(caller = %caller.identity, asked = %asked, role = %role_name, "caller asked for a role that is not its own");
+                not_found()
+            }
+            Category::IamCredentials(_) | Category::IamInfo => {
+                let (creds, arn) = match self.credentials(&caller).await {
+                    Ok(found) => found,
+                    Err(resp) => return resp,
+                };
+                if matches!(route, Category::IamInfo) {
+                    return Self::info(&creds, &arn);
+                }
+                tracing::info!(
+                    target: "audit",
+                    caller = %caller.identity,
+                    peer = %conn.peer,
+                    role_arn = %arn,
+                    session = %creds.assumed_role_arn.rsplit('/').next().unwrap_or_default(),
+                    access_key = %format_args!("…{}", creds.key_hint()),
+                    source = source.as_str(),
+                    imds = version.as_str(),
+                    "credentials served"
+                );
+                credentials_response(&creds)
+            }
+            _ => not_found(),
+        }
+    }
+
+    async fn credentials(
+        &self,
+        caller: &Caller,
+    ) -> Result<(Arc<Credentials>, RoleArn), Response<Body>> {
+        let Some((assignment, _)) = &caller.assignment else {
+            return Err(not_found());
+        };
+        let now = self.clock.now();
+        let (key, arn) = self.resolver.cache_key(assignment).await.map_err(|e| {
+            tracing::warn!(caller = %caller.identity, role = %assignment.role, error = %e, "cannot resolve role");
+            match e {
+                ResolveFailure::Lookup(e) => sts_error(&e, now),
+                other => response::error(StatusCode::INTERNAL_SERVER_ERROR, "InvalidRole", &other.to_string(), now),
+            }
+        })?;
+        let creds = self.cache.get(&key).await.map_err(|e| sts_error(&e, now))?;
+        Ok((creds, arn))
+    }
+
+    fn info(creds: &Credentials, arn: &RoleArn) -> Response<Body> {
+        let doc = InfoDoc {
+            code: "Success",
+            last_updated: response::timestamp(creds.last_updated),
+            instance_profile_arn: arn.instance_profile_arn(),
+            instance_profile_id: instance_profile_id(&creds.assumed_role_id),
+        };
+        response::with_type(
+            StatusCode::OK,
+            Bytes::from(serde_json::to_vec_pretty(&doc).unwrap_or_default()),
+            "text/plain",
+        )
+    }
+}
+
+/// The credentials document for `creds`.
+pub fn credentials_response(creds: &Credentials) -> Response<Body> {
+    let doc = CredentialsDoc {
+        code: "Success",
+        last_updated: response::timestamp(creds.last_updated),
+        kind: "AWS-HMAC",
+        access_key_id: &creds.access_key_id,
+        secret_access_key: creds.secret_access_key.expose(),
+        token: creds.session_token.expose(),
+        expiration: response::timestamp(creds.expiration),
+    };
+    response::with_type(
+        StatusCode::OK,
+        Bytes::from(serde_json::to_vec_pretty(&doc).unwrap_or_default()),
+        "text/plain",
+    )
+}
+
+/// An `AIPA…` id derived from the role's unique id (`AROA…`), stable for the role.
+fn instance_profile_id(assumed_role_id: &str) -> String {
+    let unique = assumed_role_id.split(':').next().unwrap_or_default();
+    let rest = unique.strip_prefix("AROA").unwrap_or(unique);
+    format!("AIPA{rest}")
+}
+
+/// The response for a failed STS or IAM call: IMDS-style JSON, status by who is to blame.
+fn sts_error(e: &StsError, now: std::time::SystemTime) -> Response<Body> {
+    let status = match e.kind {
+        StsErrorKind::Denied => StatusCode::BAD_GATEWAY,
+        StsErrorKind::Throttled | StsErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        StsErrorKind::NoCredentials => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let message = match &e.code {
+        Some(code) => format!("{} failed: {code}: {}", e.operation, e.message),
+        None => format!("{} failed: {}", e.operation, e.message),
+    };
+    response::error(status, e.imds_code(), &message, now)
+}

@@ -1,0 +1,220 @@
+//! The request handler: routes a request to the token, IAM, mock or passthrough handler.
+
+use std::sync::Arc;
+
+use http::header::HeaderValue;
+use http::{Method, Request, Response, StatusCode};
+
+use super::iam::Iam;
+use super::mock::MockTree;
+use super::path::{self, Category, ImdsPath};
+use super::proxy::Upstream;
+use super::response::{self, Body};
+use super::token::{self, TokenStore};
+use crate::clock::Clock;
+use crate::identity::{Chain, ConnInfo, Identity};
+
+/// Where non-IAM routes go.
+#[derive(Debug)]
+pub enum Passthrough {
+    /// `MOCK_API`: answered from the mock tree.
+    Mock(MockTree),
+    /// Proxy mode: forwarded to `METADATA_URL`.
+    Proxy(Box<Upstream>),
+}
+
+/// Which IMDS protocol version a request used (for logs and audit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImdsVersion {
+    /// No session token.
+    V1,
+    /// A valid session token.
+    V2,
+}
+
+impl ImdsVersion {
+    /// `v1` or `v2`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V1 => "v1",
+            Self::V2 => "v2",
+        }
+    }
+}
+
+/// The IMDS API.
+#[derive(Debug)]
+pub struct Imds {
+    /// Answers the IAM routes.
+    pub iam: Iam,
+    /// Issues and checks session tokens.
+    pub tokens: TokenStore,
+    /// Non-IAM routes.
+    pub passthrough: Passthrough,
+    /// `IMDSV2_REQUIRED`.
+    pub imdsv2_required: bool,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Imds {
+    /// Handles one request from the connection `conn`.
+    pub async fn handle<B>(&self, req: &Request<B>, conn: &ConnInfo) -> Response<Body> {
+        let raw_path = req.uri().path();
+        let parsed = match path::parse(raw_path) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::info!(peer = %conn.peer, path = %raw_path.escape_debug(), error = %e, "refused path");
+                let status = if matches!(e, path::PathError::TooLong) {
+                    StatusCode::URI_TOO_LONG
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                return response::text(status, format!("Bad Request: {e}\n"));
+            }
+        };
+        let category = path::classify(&parsed);
+        let identity = Chain::identity(conn);
+        if category == Category::Token {
+            return self.token(req, &identity);
+        }
+        let version = match self.check_token(req, &identity) {
+            Ok(v) => v,
+            Err(resp) => return resp,
+        };
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            let mut resp = response::text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
+            resp.headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return resp;
+        }
+        match category {
+            Category::IamListing
+            | Category::IamInfo
+            | Category::IamCredentialsList
+            | Category::IamCredentials(_) => self.iam.handle(&category, conn, version).await,
+            Category::IamOther | Category::HostIdentityCredentials => {
+                tracing::info!(peer = %conn.peer, path = %parsed.as_path(), "refused IAM path");
+                not_found()
+            }
+            Category::Token => unreachable_token(),
+            Category::Root | Category::VersionRoot | Category::Other => {
+                self.passthrough(req.method(), &parsed, req.uri().query())
+                    .await
+            }
+        }
+    }
+
+    fn token<B>(&self, req: &Request<B>, identity: &Identity) -> Response<Body> {
+        if req.method() != Method::PUT {
+            let mut resp = response::text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method Not Allowed: use PUT for a token\n",
+            );
+            resp.headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static("PUT"));
+            return resp;
+        }
+        if req.headers().contains_key("x-forwarded-for") {
+            return response::text(
+                StatusCode::FORBIDDEN,
+                "Forbidden: token requests must not be proxied\n",
+            );
+        }
+        let ttl = match token::parse_ttl(req.headers().get(token::TTL_HEADER)) {
+            Ok(ttl) => ttl,
+            Err(e) => {
+                return response::text(StatusCode::BAD_REQUEST, format!("Bad Request: {e}\n"));
+            }
+        };
+        match self.tokens.issue(identity, ttl) {
+            Ok(t) => {
+                let mut resp = response::text(StatusCode::OK, t);
+                resp.headers_mut()
+                    .insert(token::TTL_HEADER, HeaderValue::from(ttl));
+                resp
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot issue a session token");
+                response::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+            }
+        }
+    }
+
+    /// Checks the session token, if any. Without one, v1 is allowed unless `IMDSV2_REQUIRED`.
+    #[expect(clippy::result_large_err, reason = "the error is the response to send")]
+    fn check_token<B>(
+        &self,
+        req: &Request<B>,
+        identity: &Identity,
+    ) -> Result<ImdsVersion, Response<Body>> {
+        let Some(value) = req.headers().get(token::TOKEN_HEADER) else {
+            return if self.imdsv2_required {
+                Err(response::text(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized: a session token is required\n",
+                ))
+            } else {
+                Ok(ImdsVersion::V1)
+            };
+        };
+        let valid = value
+            .to_str()
+            .map_err(|_| token::TokenError::Unknown)
+            .and_then(|t| self.tokens.validate(t, identity));
+        match valid {
+            Ok(()) => Ok(ImdsVersion::V2),
+            Err(e) => {
+                tracing::info!(caller = %identity, error = %e, "refused session token");
+                Err(response::text(StatusCode::UNAUTHORIZED, "Unauthorized\n"))
+            }
+        }
+    }
+
+    async fn passthrough(
+        &self,
+        method: &Method,
+        p: &ImdsPath,
+        query: Option<&str>,
+    ) -> Response<Body> {
+        match &self.passthrough {
+            Passthrough::Mock(tree) => match tree.get(p) {
+                Some(a) => response::with_type(StatusCode::OK, a.body.into(), a.content_type),
+                None => not_found(),
+            },
+            Passthrough::Proxy(upstream) => {
+                if !upstream.allows(p) {
+                    tracing::info!(path = %p.as_path(), "path not in PROXY_ALLOWED_PATHS");
+                    return response::text(
+                        StatusCode::FORBIDDEN,
+                        "Forbidden: path not allowed by PROXY_ALLOWED_PATHS\n",
+                    );
+                }
+                match upstream.forward(method, p, query).await {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        tracing::warn!(path = %p.as_path(), error = %e, "upstream metadata service failed");
+                        let status = super::proxy_status(&e);
+                        response::text(
+                            status,
+                            format!(
+                                "{}: upstream metadata service: {e}\n",
+                                status.canonical_reason().unwrap_or("Error")
+                            ),
+                        )
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The 404 every unknown or refused path gets.
+pub fn not_found() -> Response<Body> {
+    response::text(StatusCode::NOT_FOUND, "Not Found\n")
+}
+
+fn unreachable_token() -> Response<Body> {
+    // Token paths are answered before the token check; kept total rather than panicking.
+    response::text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n")
+}
