@@ -194,6 +194,11 @@ impl Mapping {
         self.cgroups.get(path).cloned()
     }
 
+    /// Every assignment in the mapping (one per entry; equal roles may repeat).
+    pub fn assignments(&self) -> impl Iterator<Item = &Arc<RoleAssignment>> {
+        self.ips.values().chain(self.cgroups.values())
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.ips.len() + self.cgroups.len()
@@ -435,9 +440,13 @@ impl MappingFile {
         ReloadOutcome::Failed(error)
     }
 
-    /// Checks the file every `every` (at least 1 ms) on the blocking pool, until the task is aborted.
-    /// Must be called inside a Tokio runtime.
-    pub fn spawn_reloader(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+    /// Checks the file every `every` (at least 1 ms) on the blocking pool, until the task is aborted;
+    /// `on_reload` gets each newly applied mapping. Must be called inside a Tokio runtime.
+    pub fn spawn_reloader(
+        self: Arc<Self>,
+        every: Duration,
+        on_reload: impl Fn(Arc<Mapping>) + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every.max(Duration::from_millis(1)));
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -445,9 +454,12 @@ impl MappingFile {
             loop {
                 ticks.tick().await;
                 let this = Arc::clone(&self);
-                if let Err(e) = tokio::task::spawn_blocking(move || this.reload_if_changed()).await
-                {
-                    tracing::error!(path = %self.path.display(), error = %e, "role mapping reload task failed");
+                match tokio::task::spawn_blocking(move || this.reload_if_changed()).await {
+                    Ok(ReloadOutcome::Reloaded { .. }) => on_reload(self.current()),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(path = %self.path.display(), error = %e, "role mapping reload task failed");
+                    }
                 }
             }
         })
@@ -797,7 +809,7 @@ mod tests {
     async fn reloader_task_applies_changes() {
         let file = TempFile::new(r#"{"10.0.0.1": "one"}"#);
         let mf = Arc::new(load(&file));
-        let task = Arc::clone(&mf).spawn_reloader(Duration::from_millis(10));
+        let task = Arc::clone(&mf).spawn_reloader(Duration::from_millis(10), |_| {});
         file.replace(r#"{"10.0.0.1": "two"}"#);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while role_of(&mf.current(), "10.0.0.1").as_deref() != Some("two") {
