@@ -2,6 +2,8 @@
 
 pub mod aws;
 mod cache;
+#[cfg(test)]
+pub mod fake;
 mod secret;
 pub mod sts;
 
