@@ -90,7 +90,7 @@ pub fn build(
         Arc::clone(&file).spawn_reloader(config.mapping_reload_interval, move |mapping| {
             prefetch(&resolver, &cache, mapping.assignments().cloned().collect());
         });
-        sources.push(Box::new(SharedMapping(file)));
+        sources.push(Box::new(file));
     }
     prefetch(&resolver, &cache, known);
     let chain = Arc::new(Chain::new(sources, default_role));
@@ -141,20 +141,6 @@ fn prefetch(
             }
         }
     });
-}
-
-/// The mapping file shared between the identification chain and its reloader task.
-#[derive(Debug)]
-struct SharedMapping(Arc<MappingFile>);
-
-impl Identify for SharedMapping {
-    fn identify<'a>(
-        &'a self,
-        conn: &'a ConnInfo,
-    ) -> crate::creds::sts::BoxFuture<'a, Option<(Arc<RoleAssignment>, crate::identity::Source)>>
-    {
-        self.0.identify(conn)
-    }
 }
 
 /// Runs the daemon until `shutdown` completes.
