@@ -146,7 +146,12 @@ fn prefetch(
 /// Runs the daemon until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let sts = AwsSts::load(config.aws_region.clone(), Arc::clone(&clock)).await;
+    let sts = AwsSts::load(
+        config.aws_region.clone(),
+        config.patch_ecs_allowed_hosts.as_deref(),
+        Arc::clone(&clock),
+    )
+    .await;
     tracing::info!(region = ?sts.region(), "AWS clients ready");
     let imds = build(&config, Arc::new(sts), clock)?;
     let listener = TcpListener::bind(config.listen)

@@ -2,6 +2,7 @@
 
 pub mod aws;
 mod cache;
+pub mod ecs_patch;
 #[cfg(test)]
 pub mod fake;
 mod secret;
