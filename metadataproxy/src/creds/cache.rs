@@ -59,6 +59,10 @@ struct SlotState {
     current: Option<Arc<Credentials>>,
     flight: Option<Flight>,
     last_used: Option<Instant>,
+    /// How many running containers hold this slot: held slots are always kept refreshed.
+    holders: u32,
+    /// When the last holder let go: background refresh stops unless a request came after.
+    released_at: Option<Instant>,
     failures: u32,
     retry_after: Option<Instant>,
     last_error: Option<StsError>,
@@ -275,8 +279,35 @@ impl CredentialCache {
         let _ = self.plan(key, &slot, &mut st);
     }
 
-    /// One pass of the background refresher: every slot used within `idle_after` whose
-    /// credentials have less than `threshold + margin` left starts a refresh. Returns how many.
+    /// Holds the slot for `key` (a container that will use it is running) and prefetches it:
+    /// a held slot is refreshed ahead of expiry for as long as it is held.
+    pub fn retain(self: &Arc<Self>, key: &CacheKey) {
+        let slot = self.slot(key);
+        let mut st = slot.lock();
+        st.holders = st.holders.saturating_add(1);
+        st.last_used = Some(self.clock.monotonic());
+        let _ = self.plan(key, &slot, &mut st);
+    }
+
+    /// Lets go of one hold taken by [`Self::retain`]. When the last holder lets go, the slot is
+    /// no longer refreshed in the background (its credentials expire) unless requests use it.
+    pub fn release(&self, key: &CacheKey) {
+        let slot = {
+            let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            slots.peek(key).map(Arc::clone)
+        };
+        if let Some(slot) = slot {
+            let mut st = slot.lock();
+            st.holders = st.holders.saturating_sub(1);
+            if st.holders == 0 {
+                st.released_at = Some(self.clock.monotonic());
+            }
+        }
+    }
+
+    /// One pass of the background refresher: every slot held, or used within `idle_after` (and
+    /// since its last release), whose credentials have less than `threshold + margin` left
+    /// starts a refresh. Returns how many.
     pub fn refresh_due(self: &Arc<Self>, margin: Duration) -> usize {
         let entries: Vec<(CacheKey, Arc<Slot>)> = {
             let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
@@ -290,15 +321,17 @@ impl CredentialCache {
         let mut started = 0;
         for (key, slot) in entries {
             let mut st = slot.lock();
-            let recently_used = st
-                .last_used
-                .is_some_and(|t| mono.saturating_duration_since(t) < self.config.idle_after);
+            let recently_used = st.last_used.is_some_and(|t| {
+                mono.saturating_duration_since(t) < self.config.idle_after
+                    && st.released_at.is_none_or(|r| t > r)
+            });
+            let wanted = st.holders > 0 || recently_used;
             let due = st
                 .current
                 .as_ref()
                 .is_some_and(|c| !is_fresh(c, now, self.config.threshold + margin));
             let idle = st.flight.is_none() && st.retry_after.is_none_or(|t| mono >= t);
-            if recently_used && due && idle {
+            if wanted && due && idle {
                 drop(self.start_flight(&key, &slot, &mut st));
                 started += 1;
             }

@@ -177,6 +177,46 @@ async fn prefetch_fills_the_cache_without_a_caller() {
 }
 
 #[tokio::test]
+async fn held_slots_are_refreshed_until_the_last_holder_releases() {
+    let (clock, sts, cache) = setup(Duration::ZERO);
+    let k = key("a", None, "s");
+    let margin = Duration::from_secs(300);
+    let settle = || tokio::time::sleep(Duration::from_millis(20));
+    cache.retain(&k);
+    cache.retain(&k);
+    settle().await;
+    assert_eq!(sts.calls.load(Ordering::SeqCst), 1, "retain prefetches");
+    clock.advance(Duration::from_secs(41 * 60));
+    assert_eq!(cache.refresh_due(margin), 1);
+    settle().await;
+    // Held slots are refreshed even when no request used them for longer than `idle_after`.
+    clock.advance(Duration::from_secs(2 * 3600));
+    assert_eq!(cache.refresh_due(margin), 1, "held slot past idle_after");
+    settle().await;
+    cache.release(&k);
+    clock.advance(Duration::from_secs(46 * 60));
+    assert_eq!(cache.refresh_due(margin), 1, "one holder is left");
+    settle().await;
+    cache.release(&k);
+    clock.advance(Duration::from_secs(46 * 60));
+    assert_eq!(cache.refresh_due(margin), 0, "released: left to expire");
+    assert_eq!(sts.calls.load(Ordering::SeqCst), 4);
+    // A request after the release makes it a used slot again.
+    cache.get(&k).await.unwrap();
+    assert_eq!(sts.calls.load(Ordering::SeqCst), 5);
+    clock.advance(Duration::from_secs(41 * 60));
+    assert_eq!(cache.refresh_due(margin), 1, "used again after release");
+}
+
+#[tokio::test]
+async fn release_of_an_unknown_key_is_harmless() {
+    let (_, sts, cache) = setup(Duration::ZERO);
+    cache.release(&key("never", None, "s"));
+    assert!(cache.is_empty());
+    assert_eq!(sts.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn cache_is_bounded() {
     let (_, _, cache) = setup(Duration::ZERO);
     for r in ["a", "b", "c", "d", "e"] {

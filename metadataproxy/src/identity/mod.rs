@@ -1,7 +1,7 @@
 //! Who is calling: the identity of a connection and the role assignment it maps to.
 //!
-//! Every source (mapping file, default role; later the eBPF cgroup table and the Docker index)
-//! implements [`Identify`]; a [`Chain`] asks them in order.
+//! Every source (mapping file, Docker IP, reverse DNS; later the eBPF cgroup table) implements
+//! [`Identify`]; a [`Chain`] asks them in order, then falls back to `DEFAULT_ROLE`.
 
 pub mod mapping_file;
 
@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::creds::sts::BoxFuture;
-use crate::role::RoleAssignment;
+use crate::role::{RoleAssignment, SessionName};
 
 /// What the socket layer knows about one accepted connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +61,10 @@ pub enum Source {
     MappingFile,
     /// `DEFAULT_ROLE`, because no source knew the caller.
     DefaultRole,
+    /// A running Docker container, found by the caller's IP address.
+    DockerIp,
+    /// A running Docker container whose `Hostname.Domainname` matches the caller's reverse DNS.
+    ReverseDns,
 }
 
 impl Source {
@@ -69,6 +73,8 @@ impl Source {
         match self {
             Self::MappingFile => "mapping_file",
             Self::DefaultRole => "default_role",
+            Self::DockerIp => "docker_ip",
+            Self::ReverseDns => "reverse_dns",
         }
     }
 }
@@ -82,13 +88,21 @@ pub struct Caller {
     pub assignment: Option<(Arc<RoleAssignment>, Source)>,
 }
 
+/// What a source that recognised a caller says it is entitled to.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// This role.
+    Role(Arc<RoleAssignment>),
+    /// `DEFAULT_ROLE` (if set), with this session name instead of the default one.
+    DefaultRole(Option<SessionName>),
+    /// Nothing, and no later source is asked (e.g. a container with malformed settings).
+    Refused,
+}
+
 /// One way of finding the role of a connection.
 pub trait Identify: Send + Sync + fmt::Debug {
-    /// The role assignment for this connection, if this source knows it.
-    fn identify<'a>(
-        &'a self,
-        conn: &'a ConnInfo,
-    ) -> BoxFuture<'a, Option<(Arc<RoleAssignment>, Source)>>;
+    /// What this source knows of the caller on this connection; `None`: ask the next source.
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>>;
 }
 
 /// The sources in order; the first that knows the caller wins, then `DEFAULT_ROLE`.
@@ -116,41 +130,51 @@ impl Chain {
     pub async fn identify(&self, conn: &ConnInfo) -> Caller {
         let identity = Self::identity(conn);
         for source in &self.sources {
-            if let Some(found) = source.identify(conn).await {
+            if let Some((answer, by)) = source.identify(conn).await {
+                let assignment = match answer {
+                    Answer::Role(role) => Some((role, by)),
+                    Answer::DefaultRole(session) => self.default_role(session).map(|r| (r, by)),
+                    Answer::Refused => None,
+                };
                 return Caller {
                     identity,
-                    assignment: Some(found),
+                    assignment,
                 };
             }
         }
-        let assignment = self
-            .default_role
-            .as_ref()
-            .map(|r| (Arc::clone(r), Source::DefaultRole));
+        let assignment = self.default_role(None).map(|r| (r, Source::DefaultRole));
         Caller {
             identity,
             assignment,
         }
     }
+
+    /// `DEFAULT_ROLE`, with `session` as its session name when given.
+    pub fn default_role(&self, session: Option<SessionName>) -> Option<Arc<RoleAssignment>> {
+        let role = self.default_role.as_ref()?;
+        Some(match session {
+            None => Arc::clone(role),
+            Some(name) => Arc::new(RoleAssignment {
+                session_name: Some(name),
+                ..RoleAssignment::clone(role)
+            }),
+        })
+    }
 }
 
 /// A shared source is a source (the same one may also be held by its reloader).
 impl<T: Identify + ?Sized> Identify for Arc<T> {
-    fn identify<'a>(
-        &'a self,
-        conn: &'a ConnInfo,
-    ) -> BoxFuture<'a, Option<(Arc<RoleAssignment>, Source)>> {
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
         (**self).identify(conn)
     }
 }
 
 /// [`mapping_file::MappingFile`] as an identification source: by the caller's IP address.
 impl Identify for mapping_file::MappingFile {
-    fn identify<'a>(
-        &'a self,
-        conn: &'a ConnInfo,
-    ) -> BoxFuture<'a, Option<(Arc<RoleAssignment>, Source)>> {
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
         let found = self.current().lookup_ip(canonical_ip(conn.peer.ip()));
-        Box::pin(std::future::ready(found.map(|a| (a, Source::MappingFile))))
+        Box::pin(std::future::ready(
+            found.map(|a| (Answer::Role(a), Source::MappingFile)),
+        ))
     }
 }

@@ -1,0 +1,286 @@
+//! The real container source: the Docker Engine API through bollard, over a unix socket or TCP.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerInspectResponse, EventMessage, EventMessageTypeEnum};
+use bollard::query_parameters::{EventsOptions, ListContainersOptions};
+use bollard::{ClientVersion, Docker};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+
+use super::container::ContainerInfo;
+use super::endpoint::Endpoint;
+use super::source::{Connection, ContainerSource, DockerError, Event};
+use crate::creds::sts::BoxFuture;
+
+/// Seconds a single API call may take (the event stream itself is not bounded).
+const CALL_TIMEOUT_SECS: u64 = 10;
+
+/// dockerd at `DOCKER_URL`.
+#[derive(Debug, Clone)]
+pub struct DockerApi {
+    endpoint: Endpoint,
+}
+
+impl DockerApi {
+    /// The Docker daemon at `endpoint`.
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self { endpoint }
+    }
+
+    fn client(&self, version: &ClientVersion) -> Result<Docker, BollardError> {
+        match &self.endpoint {
+            Endpoint::Unix(path) => {
+                Docker::connect_with_unix(&path.to_string_lossy(), CALL_TIMEOUT_SECS, version)
+            }
+            Endpoint::Tcp(addr) => {
+                Docker::connect_with_http(&format!("tcp://{addr}"), CALL_TIMEOUT_SECS, version)
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<Docker, BollardError> {
+        let docker = self.client(bollard::API_DEFAULT_VERSION)?;
+        match docker.negotiate_version().await {
+            Ok(docker) => Ok(docker),
+            // Older daemons (Docker 20.10: API 1.41) refuse a newer version outright, naming
+            // the newest they speak; newer ones lower ours in `negotiate_version`.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 400,
+                message,
+            }) if max_version(&message).is_some() => {
+                let version = max_version(&message).unwrap_or(*bollard::API_DEFAULT_VERSION);
+                self.client(&version)?.negotiate_version().await
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The version in "… Maximum supported API version is 1.41".
+fn max_version(message: &str) -> Option<ClientVersion> {
+    let (_, tail) = message.split_once("Maximum supported API version is ")?;
+    let (major, minor) = tail.trim().split_once('.')?;
+    let digits = |s: &str| {
+        s.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<usize>()
+            .ok()
+    };
+    Some(ClientVersion {
+        major_version: digits(major)?,
+        minor_version: digits(minor)?,
+    })
+}
+
+impl ContainerSource for DockerApi {
+    fn describe(&self) -> String {
+        self.endpoint.to_string()
+    }
+
+    fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, DockerError>> {
+        Box::pin(async move {
+            let docker = self.open().await.map_err(DockerError::Connect)?;
+            let version = docker.client_version();
+            tracing::debug!(api = %format_args!("{}.{}", version.major_version, version.minor_version), "Docker API version negotiated");
+            Ok(Box::new(BollardConnection { docker }) as Box<dyn Connection>)
+        })
+    }
+}
+
+/// One negotiated bollard client.
+#[derive(Debug)]
+struct BollardConnection {
+    docker: Docker,
+}
+
+impl Connection for BollardConnection {
+    fn events(&self, since: SystemTime) -> BoxStream<'static, Result<Event, DockerError>> {
+        let since = since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let filters = HashMap::from([
+            (
+                "type".to_owned(),
+                vec!["container".into(), "network".into()],
+            ),
+            (
+                "event".to_owned(),
+                ["start", "die", "destroy", "rename", "connect", "disconnect"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+        ]);
+        let options = EventsOptions {
+            since: Some(since.to_string()),
+            until: None,
+            filters: Some(filters),
+        };
+        self.docker
+            .events(Some(options))
+            .filter_map(|item| {
+                std::future::ready(match item {
+                    Ok(message) => event(&message).map(Ok),
+                    Err(source) => Some(Err(DockerError::Api {
+                        call: "GET /events",
+                        source,
+                    })),
+                })
+            })
+            .boxed()
+    }
+
+    fn running(&self) -> BoxFuture<'_, Result<Vec<String>, DockerError>> {
+        Box::pin(async move {
+            let options = ListContainersOptions {
+                all: false,
+                ..ListContainersOptions::default()
+            };
+            let list = self
+                .docker
+                .list_containers(Some(options))
+                .await
+                .map_err(|source| DockerError::Api {
+                    call: "GET /containers/json",
+                    source,
+                })?;
+            Ok(list.into_iter().filter_map(|c| c.id).collect())
+        })
+    }
+
+    fn inspect<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ContainerInfo>, DockerError>> {
+        Box::pin(async move {
+            match self.docker.inspect_container(id, None).await {
+                Ok(response) => Ok(Some(info(response))),
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => Ok(None),
+                Err(source) => Err(DockerError::Api {
+                    call: "GET /containers/{id}/json",
+                    source,
+                }),
+            }
+        })
+    }
+}
+
+/// The index's view of a Docker event; `None` for events it does not act on.
+fn event(message: &EventMessage) -> Option<Event> {
+    let actor = message.actor.as_ref()?;
+    let action = message.action.as_deref()?;
+    match message.typ? {
+        EventMessageTypeEnum::CONTAINER => {
+            let id = actor.id.clone()?;
+            match action {
+                "start" => Some(Event::Start(id)),
+                "die" => Some(Event::Die(id)),
+                "destroy" => Some(Event::Destroy(id)),
+                "rename" => Some(Event::Changed(id)),
+                _ => None,
+            }
+        }
+        EventMessageTypeEnum::NETWORK if matches!(action, "connect" | "disconnect") => {
+            let id = actor.attributes.as_ref()?.get("container")?.clone();
+            Some(Event::Changed(id))
+        }
+        _ => None,
+    }
+}
+
+/// The index's view of `docker inspect`.
+fn info(response: ContainerInspectResponse) -> ContainerInfo {
+    let config = response.config.unwrap_or_default();
+    let mut ips = Vec::new();
+    let networks = response
+        .network_settings
+        .and_then(|n| n.networks)
+        .unwrap_or_default();
+    for endpoint in networks.into_values() {
+        for addr in [endpoint.ip_address, endpoint.global_ipv6_address]
+            .into_iter()
+            .flatten()
+        {
+            if let Ok(ip) = addr.parse::<IpAddr>() {
+                ips.push(ip);
+            }
+        }
+    }
+    ContainerInfo {
+        id: response.id.unwrap_or_default(),
+        name: response
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned(),
+        running: response.state.and_then(|s| s.running).unwrap_or_default(),
+        hostname: config.hostname.unwrap_or_default(),
+        domainname: config.domainname.unwrap_or_default(),
+        env: config.env.unwrap_or_default(),
+        labels: config.labels.unwrap_or_default(),
+        ips,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_maximum_version_from_docker_20_10() {
+        let v =
+            max_version("client version 1.53 is too new. Maximum supported API version is 1.41")
+                .unwrap();
+        assert_eq!((v.major_version, v.minor_version), (1, 41));
+        assert!(max_version("something else").is_none());
+    }
+
+    #[test]
+    fn events_are_filtered_and_mapped() {
+        let parse = |json: &str| event(&serde_json::from_str(json).unwrap());
+        assert_eq!(
+            parse(r#"{"Type":"container","Action":"die","Actor":{"ID":"abc","Attributes":{}}}"#),
+            Some(Event::Die("abc".into()))
+        );
+        assert_eq!(
+            parse(
+                r#"{"Type":"network","Action":"connect","Actor":{"ID":"net1","Attributes":{"container":"abc","name":"n"}}}"#
+            ),
+            Some(Event::Changed("abc".into()))
+        );
+        assert_eq!(
+            parse(r#"{"Type":"container","Action":"exec_start: sh","Actor":{"ID":"abc"}}"#),
+            None
+        );
+        assert_eq!(
+            parse(r#"{"Type":"image","Action":"pull","Actor":{"ID":"x"}}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn inspect_gathers_every_network_address() {
+        let json = r#"{
+            "Id": "abc", "Name": "/web", "State": {"Running": true},
+            "Config": {"Hostname": "web1", "Domainname": "", "Env": ["IAM_ROLE=r"], "Labels": {"a": "b"}},
+            "NetworkSettings": {"IPAddress": "172.17.0.2", "Networks": {
+                "bridge": {"IPAddress": "172.17.0.2", "GlobalIPv6Address": ""},
+                "user": {"IPAddress": "172.20.0.3", "GlobalIPv6Address": "fd00::3"},
+                "host": {"IPAddress": ""}
+            }}
+        }"#;
+        let i = info(serde_json::from_str(json).unwrap());
+        assert_eq!(i.name, "web");
+        assert!(i.running);
+        let mut ips: Vec<String> = i.ips.iter().map(ToString::to_string).collect();
+        ips.sort();
+        assert_eq!(ips, ["172.17.0.2", "172.20.0.3", "fd00::3"]);
+        assert_eq!(i.env, ["IAM_ROLE=r"]);
+    }
+}

@@ -1,0 +1,172 @@
+//! One running container as the index keeps it, built from what Docker reports about it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use super::settings::{self, ContainerRole};
+use crate::config::SessionKey;
+
+/// Lyft's label for the address Rancher's managed network gives a container (`ip/prefix`).
+pub const RANCHER_IP_LABEL: &str = "io.rancher.container.ip";
+
+/// What a container source reports about one container (the subset of `docker inspect` used).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// The full 64-hex id.
+    pub id: String,
+    /// The name, without Docker's leading `/`.
+    pub name: String,
+    /// Whether it is running now.
+    pub running: bool,
+    /// `Config.Hostname`.
+    pub hostname: String,
+    /// `Config.Domainname`.
+    pub domainname: String,
+    /// `Config.Env`, `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    /// `Config.Labels`.
+    pub labels: HashMap<String, String>,
+    /// Every address in `NetworkSettings.Networks[*]` (IPv4 and global IPv6).
+    pub ips: Vec<IpAddr>,
+}
+
+/// The environment and labels may hold secrets: `Debug` names only what is needed to debug.
+impl fmt::Debug for ContainerInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContainerInfo")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("running", &self.running)
+            .field("hostname", &self.hostname)
+            .field("domainname", &self.domainname)
+            .field("env", &format_args!("[{} entries]", self.env.len()))
+            .field("labels", &format_args!("[{} labels]", self.labels.len()))
+            .field("ips", &self.ips)
+            .finish()
+    }
+}
+
+/// A running container in the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    /// The full 64-hex id.
+    pub id: String,
+    /// The name, without Docker's leading `/`.
+    pub name: String,
+    /// Its addresses: every network's, then the Rancher label's (canonical form, no duplicates).
+    pub ips: Vec<IpAddr>,
+    /// `Hostname.Domainname`, or just `Hostname` when the domain is empty (for reverse DNS).
+    pub fqdn: String,
+    /// What it is entitled to.
+    pub role: ContainerRole,
+}
+
+impl Container {
+    /// Builds the index entry of a container; `session_key` is `ROLE_SESSION_KEY`.
+    pub fn new(info: &ContainerInfo, session_key: Option<&SessionKey>) -> Container {
+        let mut ips: Vec<IpAddr> = Vec::with_capacity(info.ips.len() + 1);
+        let rancher = info
+            .labels
+            .get(RANCHER_IP_LABEL)
+            .and_then(|v| v.split('/').next())
+            .and_then(|ip| ip.trim().parse::<IpAddr>().ok());
+        for ip in info.ips.iter().copied().chain(rancher) {
+            let ip = ip.to_canonical();
+            if !ip.is_unspecified() && !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+        let fqdn = if info.domainname.is_empty() {
+            info.hostname.clone()
+        } else {
+            format!("{}.{}", info.hostname, info.domainname)
+        };
+        let role = settings::container_role(&info.env, &info.labels, session_key);
+        if settings::label_shadowed(&info.env, &info.labels) {
+            tracing::warn!(
+                container = %info.name,
+                id = %short(&info.id),
+                label = settings::ROLE_LABEL,
+                "container names a role both by IAM_ROLE and by label; IAM_ROLE wins"
+            );
+        }
+        Container {
+            id: info.id.clone(),
+            name: info.name.clone(),
+            ips,
+            fqdn,
+            role,
+        }
+    }
+}
+
+/// The first 12 characters of an id, as `docker ps` shows it.
+pub fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> ContainerInfo {
+        ContainerInfo {
+            id: "a".repeat(64),
+            name: "web".into(),
+            running: true,
+            hostname: "web1".into(),
+            domainname: String::new(),
+            env: vec![
+                "IAM_ROLE=web".into(),
+                "AWS_SECRET_ACCESS_KEY=hunter2".into(),
+            ],
+            labels: HashMap::new(),
+            ips: vec!["172.17.0.2".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn addresses_from_networks_and_rancher_label() {
+        let mut i = info();
+        i.ips.push("::ffff:10.0.0.9".parse().unwrap());
+        i.ips.push("172.17.0.2".parse().unwrap());
+        i.ips.push("0.0.0.0".parse().unwrap());
+        i.labels
+            .insert(RANCHER_IP_LABEL.into(), "10.42.1.2/16".into());
+        let c = Container::new(&i, None);
+        let want: Vec<IpAddr> = ["172.17.0.2", "10.0.0.9", "10.42.1.2"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(c.ips, want);
+    }
+
+    #[test]
+    fn bad_rancher_label_is_ignored() {
+        let mut i = info();
+        i.labels.insert(RANCHER_IP_LABEL.into(), "nonsense".into());
+        assert_eq!(Container::new(&i, None).ips.len(), 1);
+    }
+
+    #[test]
+    fn fqdn_is_hostname_dot_domain() {
+        let mut i = info();
+        assert_eq!(Container::new(&i, None).fqdn, "web1");
+        i.domainname = "example.test".into();
+        assert_eq!(Container::new(&i, None).fqdn, "web1.example.test");
+    }
+
+    #[test]
+    fn debug_hides_environment_and_labels() {
+        let text = format!("{:?}", info());
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("[2 entries]"), "{text}");
+    }
+
+    #[test]
+    fn short_id() {
+        assert_eq!(short(&"0123456789abcdef".repeat(4)), "0123456789ab");
+        assert_eq!(short("abc"), "abc");
+    }
+}

@@ -1,0 +1,172 @@
+//! A fake Docker for unit tests: containers and events driven by the test, and an on/off switch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use tokio::sync::mpsc;
+
+use super::container::ContainerInfo;
+use super::source::{Connection, ContainerSource, DockerError, Event};
+use crate::creds::sts::BoxFuture;
+
+type Sender = mpsc::UnboundedSender<Result<Event, DockerError>>;
+
+#[derive(Debug, Default)]
+struct Inner {
+    down: bool,
+    containers: HashMap<String, ContainerInfo>,
+    streams: Vec<Sender>,
+    connects: usize,
+}
+
+/// The fake daemon. Cloning shares it.
+#[derive(Debug, Clone, Default)]
+pub struct FakeDocker {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// A container as the tests write them: `id` is repeated to 64 characters.
+pub fn info(id: &str, ip: &str, env: &[&str]) -> ContainerInfo {
+    ContainerInfo {
+        id: full_id(id),
+        name: format!("c-{id}"),
+        running: true,
+        hostname: id.to_owned(),
+        env: env.iter().map(|e| (*e).to_owned()).collect(),
+        ips: ip.parse().into_iter().collect(),
+        ..ContainerInfo::default()
+    }
+}
+
+/// `id` repeated to 64 characters.
+pub fn full_id(id: &str) -> String {
+    id.repeat(64 / id.len())
+}
+
+impl FakeDocker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends an event to every open stream.
+    pub fn emit(&self, event: Event) {
+        self.lock()
+            .streams
+            .retain(|s| s.send(Ok(event.clone())).is_ok());
+    }
+
+    /// A container now running, without an event (as if started while we were disconnected).
+    pub fn put(&self, info: ContainerInfo) {
+        self.lock().containers.insert(info.id.clone(), info);
+    }
+
+    /// Starts a container: it runs, and a `start` event follows.
+    pub fn start(&self, info: ContainerInfo) {
+        let id = info.id.clone();
+        self.put(info);
+        self.emit(Event::Start(id));
+    }
+
+    /// Stops a container: it no longer runs, and a `die` event follows.
+    pub fn stop(&self, id: &str) {
+        if let Some(c) = self.lock().containers.get_mut(id) {
+            c.running = false;
+        }
+        self.emit(Event::Die(id.to_owned()));
+    }
+
+    /// Removes a container without any event.
+    pub fn forget(&self, id: &str) {
+        self.lock().containers.remove(id);
+    }
+
+    /// Takes dockerd down (open streams end, connections fail) or brings it back.
+    pub fn set_down(&self, down: bool) {
+        let mut inner = self.lock();
+        inner.down = down;
+        if down {
+            inner.streams.clear();
+        }
+    }
+
+    /// Fails the open streams with an error (a dropped connection).
+    pub fn break_streams(&self) {
+        for s in self.lock().streams.drain(..) {
+            let _ = s.send(Err(DockerError::StreamEnded));
+        }
+    }
+
+    /// How many connections were attempted.
+    pub fn connects(&self) -> usize {
+        self.lock().connects
+    }
+}
+
+impl ContainerSource for FakeDocker {
+    fn describe(&self) -> String {
+        "fake://docker".into()
+    }
+
+    fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, DockerError>> {
+        let mut inner = self.lock();
+        inner.connects += 1;
+        let result = if inner.down {
+            Err(DockerError::Connect(
+                bollard::errors::Error::SocketNotFoundError("/fake/docker.sock".into()),
+            ))
+        } else {
+            let (tx, rx) = mpsc::unbounded_channel();
+            inner.streams.push(tx);
+            Ok(Box::new(FakeConnection {
+                docker: self.clone(),
+                events: Mutex::new(Some(rx)),
+            }) as Box<dyn Connection>)
+        };
+        Box::pin(std::future::ready(result))
+    }
+}
+
+#[derive(Debug)]
+struct FakeConnection {
+    docker: FakeDocker,
+    events: Mutex<Option<mpsc::UnboundedReceiver<Result<Event, DockerError>>>>,
+}
+
+impl Connection for FakeConnection {
+    fn events(&self, _since: SystemTime) -> BoxStream<'static, Result<Event, DockerError>> {
+        let rx = self
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match rx {
+            Some(rx) => futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            })
+            .boxed(),
+            None => futures_util::stream::empty().boxed(),
+        }
+    }
+
+    fn running(&self) -> BoxFuture<'_, Result<Vec<String>, DockerError>> {
+        let inner = self.docker.lock();
+        let ids = inner
+            .containers
+            .values()
+            .filter(|c| c.running)
+            .map(|c| c.id.clone())
+            .collect();
+        Box::pin(std::future::ready(Ok(ids)))
+    }
+
+    fn inspect<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ContainerInfo>, DockerError>> {
+        let found = self.docker.lock().containers.get(id).cloned();
+        Box::pin(std::future::ready(Ok(found)))
+    }
+}

@@ -1,0 +1,159 @@
+//! Identification sources backed by the container index: by the caller's IP address, and by
+//! reverse DNS (`ROLE_REVERSE_LOOKUP`) matched against the containers' `Hostname.Domainname`.
+//!
+//! `HOSTNAME_MATCH_REGEX` is applied to both names: with a capture group, group 1 of each is
+//! compared (Lyft's rule); without one — as in the default `^.*$`, with which Lyft never matched —
+//! the whole matches are compared. Names compare without case and without a trailing dot. A name
+//! that matches several containers identifies none. Reverse DNS is only as trustworthy as whoever
+//! controls the PTR records; prefer the IP lookup (or the cgroup) when possible.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+
+use super::container::{Container, short};
+use super::index::ContainerIndex;
+use super::settings::ContainerRole;
+use crate::creds::sts::BoxFuture;
+use crate::identity::{Answer, ConnInfo, Identify, Source, canonical_ip};
+
+/// How long a reverse lookup may take (clients give IMDS about a second in all).
+pub const REVERSE_LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// What the chain makes of a container found for a caller.
+fn answer(container: &Container, source: Source, ip: IpAddr) -> (Answer, Source) {
+    if let ContainerRole::Invalid(e) = &container.role {
+        tracing::warn!(container = %container.name, id = short(&container.id), %ip, error = %e, "caller's container has malformed role settings: no credentials");
+    }
+    (container.role.answer(), source)
+}
+
+/// Finds the caller's container by its source address.
+#[derive(Debug, Clone)]
+pub struct DockerIp {
+    index: Arc<ContainerIndex>,
+}
+
+impl DockerIp {
+    /// A source reading `index`.
+    pub fn new(index: Arc<ContainerIndex>) -> Self {
+        Self { index }
+    }
+}
+
+impl Identify for DockerIp {
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
+        let ip = canonical_ip(conn.peer.ip());
+        let found = self
+            .index
+            .by_ip(ip)
+            .map(|c| answer(&c, Source::DockerIp, ip));
+        Box::pin(std::future::ready(found))
+    }
+}
+
+/// Turns an address into a host name.
+pub trait ReverseLookup: Send + Sync + fmt::Debug {
+    /// The address's name, if it has one (within a bounded time).
+    fn lookup(&self, ip: IpAddr) -> BoxFuture<'_, Option<String>>;
+}
+
+/// The system resolver (`getnameinfo`, so `/etc/hosts` and DNS alike), on a blocking thread.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemResolver {
+    /// Longest wait for an answer.
+    pub timeout: Duration,
+}
+
+impl ReverseLookup for SystemResolver {
+    fn lookup(&self, ip: IpAddr) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async move {
+            let task = tokio::task::spawn_blocking(move || dns_lookup::lookup_addr(&ip));
+            match tokio::time::timeout(self.timeout, task).await {
+                Ok(Ok(Ok(name))) => Some(name),
+                Ok(Ok(Err(e))) => {
+                    tracing::debug!(%ip, error = ?e, "no reverse DNS name");
+                    None
+                }
+                Ok(Err(_)) => None,
+                Err(_) => {
+                    tracing::warn!(%ip, timeout = ?self.timeout, "reverse DNS lookup timed out");
+                    None
+                }
+            }
+        })
+    }
+}
+
+/// The part of `name` that `regex` says identifies it: group 1 when the pattern has a group,
+/// else the whole match; lower-case, without a trailing dot.
+pub fn match_key(regex: &Regex, name: &str) -> Option<String> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let caps = regex.captures(name)?;
+    let m = if regex.captures_len() > 1 {
+        caps.get(1)?
+    } else {
+        caps.get(0)?
+    };
+    Some(m.as_str().to_ascii_lowercase())
+}
+
+/// Finds the caller's container by reverse DNS of its address.
+#[derive(Debug)]
+pub struct ReverseDns {
+    index: Arc<ContainerIndex>,
+    resolver: Box<dyn ReverseLookup>,
+    regex: Regex,
+}
+
+impl ReverseDns {
+    /// A source matching names with `regex` (`HOSTNAME_MATCH_REGEX`).
+    pub fn new(index: Arc<ContainerIndex>, resolver: Box<dyn ReverseLookup>, regex: Regex) -> Self {
+        Self {
+            index,
+            resolver,
+            regex,
+        }
+    }
+
+    /// The one container whose name matches `name`.
+    fn find(&self, name: &str) -> Option<Arc<Container>> {
+        let key = match_key(&self.regex, name)?;
+        let mut found = self
+            .index
+            .matching(|c| match_key(&self.regex, &c.fqdn).is_some_and(|k| k == key));
+        match found.len() {
+            1 => found.pop(),
+            0 => None,
+            n => {
+                tracing::warn!(
+                    name,
+                    matches = n,
+                    "reverse DNS name matches several containers: it identifies none"
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Identify for ReverseDns {
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
+        Box::pin(async move {
+            if self.index.is_empty() {
+                return None;
+            }
+            let ip = canonical_ip(conn.peer.ip());
+            let name = self.resolver.lookup(ip).await?;
+            let found = self.find(&name)?;
+            Some(answer(&found, Source::ReverseDns, ip))
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "identify_tests.rs"]
+mod tests;

@@ -1,0 +1,194 @@
+//! Unit tests of the Docker identification sources through the real identification chain.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use super::*;
+use crate::docker::container::ContainerInfo;
+use crate::identity::Chain;
+use crate::role::{RoleAssignment, RoleSpec};
+
+fn info(id: &str, ip: &str, hostname: &str, domain: &str, env: &[&str]) -> ContainerInfo {
+    ContainerInfo {
+        id: id.repeat(64 / id.len()),
+        name: format!("c-{id}"),
+        running: true,
+        hostname: hostname.into(),
+        domainname: domain.into(),
+        env: env.iter().map(|e| (*e).to_owned()).collect(),
+        labels: HashMap::new(),
+        ips: ip.parse().into_iter().collect(),
+    }
+}
+
+fn index(containers: &[ContainerInfo]) -> Arc<ContainerIndex> {
+    let index = ContainerIndex::new();
+    for c in containers {
+        index.upsert(Container::new(c, None));
+    }
+    index
+}
+
+fn conn(ip: &str) -> ConnInfo {
+    ConnInfo {
+        peer: SocketAddr::new(ip.parse().unwrap(), 40000),
+        local: "172.17.0.1:45001".parse().unwrap(),
+    }
+}
+
+fn default_role() -> Option<RoleAssignment> {
+    Some(RoleAssignment::from_role(
+        RoleSpec::parse("fallback").unwrap(),
+    ))
+}
+
+/// `role/session@source`, or `none`.
+async fn who(chain: &Chain, ip: &str) -> String {
+    match chain.identify(&conn(ip)).await.assignment {
+        Some((a, source)) => format!(
+            "{}/{}@{}",
+            a.role,
+            a.session_name.as_ref().map_or("-", |s| s.as_str()),
+            source.as_str()
+        ),
+        None => "none".into(),
+    }
+}
+
+#[test]
+fn match_key_table() {
+    let cases = [
+        // Lyft's default pattern has no group: the whole name is compared.
+        ("^.*$", "web.example.test", Some("web.example.test")),
+        ("^.*$", "Web.Example.Test.", Some("web.example.test")),
+        (r"^([^.]+)\..*$", "web-1.prod.example", Some("web-1")),
+        (r"^([^.]+)\..*$", "nodomain", None),
+        (r"^ip-(\d+)", "ip-10.ec2", Some("10")),
+        (r"^(a)?b$", "b", None),
+        ("^web", "api.example", None),
+    ];
+    for (pattern, name, want) in cases {
+        let regex = Regex::new(pattern).unwrap();
+        assert_eq!(
+            match_key(&regex, name).as_deref(),
+            want,
+            "{pattern} on {name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn docker_ip_gives_each_container_its_own_role() {
+    let index = index(&[
+        info("a", "172.17.0.2", "a", "", &["IAM_ROLE=role-a"]),
+        info("b", "172.17.0.3", "b", "", &["IAM_ROLE=role-b"]),
+        info("c", "172.17.0.4", "c", "", &[]),
+        info("d", "172.17.0.5", "d", "", &["IAM_ROLE"]),
+    ]);
+    let chain = Chain::new(vec![Box::new(DockerIp::new(index))], default_role());
+    assert_eq!(who(&chain, "172.17.0.2").await, "role-a/-@docker_ip");
+    assert_eq!(who(&chain, "::ffff:172.17.0.3").await, "role-b/-@docker_ip");
+    assert_eq!(who(&chain, "172.17.0.4").await, "fallback/-@docker_ip");
+    assert_eq!(
+        who(&chain, "172.17.0.5").await,
+        "none",
+        "malformed: refused, not default"
+    );
+    assert_eq!(who(&chain, "10.9.9.9").await, "fallback/-@default_role");
+}
+
+#[tokio::test]
+async fn container_without_role_and_no_default_gets_nothing() {
+    let index = index(&[info("c", "172.17.0.4", "c", "", &[])]);
+    let chain = Chain::new(vec![Box::new(DockerIp::new(index))], None);
+    assert_eq!(who(&chain, "172.17.0.4").await, "none");
+}
+
+#[tokio::test]
+async fn default_role_takes_the_containers_session_name() {
+    let index = ContainerIndex::new();
+    let session = crate::config::SessionKey::Env("WHO".into());
+    index.upsert(Container::new(
+        &info("c", "172.17.0.4", "c", "", &["WHO=alice"]),
+        Some(&session),
+    ));
+    let chain = Chain::new(vec![Box::new(DockerIp::new(index))], default_role());
+    assert_eq!(who(&chain, "172.17.0.4").await, "fallback/alice@docker_ip");
+}
+
+/// Answers from a fixed table.
+#[derive(Debug)]
+struct FakeDns(HashMap<IpAddr, String>);
+
+impl ReverseLookup for FakeDns {
+    fn lookup(&self, ip: IpAddr) -> BoxFuture<'_, Option<String>> {
+        Box::pin(std::future::ready(self.0.get(&ip).cloned()))
+    }
+}
+
+fn reverse(index: &Arc<ContainerIndex>, pattern: &str) -> ReverseDns {
+    let dns = FakeDns(HashMap::from([
+        ("10.0.0.5".parse().unwrap(), "web.prod.example.".to_owned()),
+        ("10.0.0.6".parse().unwrap(), "api.prod.example".to_owned()),
+        ("10.0.0.7".parse().unwrap(), "dup.prod.example".to_owned()),
+    ]));
+    ReverseDns::new(
+        Arc::clone(index),
+        Box::new(dns),
+        Regex::new(pattern).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn reverse_dns_matches_with_the_default_pattern() {
+    let index = index(&[
+        info(
+            "w",
+            "172.17.0.2",
+            "web",
+            "prod.example",
+            &["IAM_ROLE=role-web"],
+        ),
+        info("a", "172.17.0.3", "api", "", &["IAM_ROLE=role-api"]),
+    ]);
+    let chain = Chain::new(
+        vec![
+            Box::new(DockerIp::new(Arc::clone(&index))),
+            Box::new(reverse(&index, "^.*$")),
+        ],
+        None,
+    );
+    assert_eq!(who(&chain, "10.0.0.5").await, "role-web/-@reverse_dns");
+    // `api` (no domain) is not `api.prod.example` under the whole-name rule.
+    assert_eq!(who(&chain, "10.0.0.6").await, "none");
+    assert_eq!(who(&chain, "10.0.0.9").await, "none", "no PTR record");
+    assert_eq!(who(&chain, "172.17.0.3").await, "role-api/-@docker_ip");
+}
+
+#[tokio::test]
+async fn reverse_dns_compares_group_one_and_refuses_ambiguity() {
+    let index = index(&[
+        info("a", "172.17.0.3", "api", "", &["IAM_ROLE=role-api"]),
+        info(
+            "d",
+            "172.17.0.4",
+            "dup",
+            "one.example",
+            &["IAM_ROLE=role-d1"],
+        ),
+        info(
+            "e",
+            "172.17.0.5",
+            "dup",
+            "two.example",
+            &["IAM_ROLE=role-d2"],
+        ),
+    ]);
+    let chain = Chain::new(vec![Box::new(reverse(&index, r"^([^.]+)"))], None);
+    assert_eq!(who(&chain, "10.0.0.6").await, "role-api/-@reverse_dns");
+    assert_eq!(
+        who(&chain, "10.0.0.7").await,
+        "none",
+        "two containers named dup"
+    );
+}

@@ -1,0 +1,181 @@
+//! The container index: running containers by id and by IP address, read on every request without
+//! asking Docker, written only by the synchroniser.
+//!
+//! An address claimed by two indexed containers identifies neither (Docker reuses addresses, and
+//! a missed `die` must not hand the old container's role to the new one: Lyft issue #19).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use super::container::{Container, short};
+
+/// How the index changed, for the listeners that act on roles (prefetch, release).
+#[derive(Debug, Default)]
+pub struct Change {
+    /// Entries gone, or replaced by an entry with a different role.
+    pub removed: Vec<Arc<Container>>,
+    /// New entries, or replacements with a different role.
+    pub added: Vec<Arc<Container>>,
+}
+
+impl Change {
+    /// Whether nothing changed that matters to listeners.
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.added.is_empty()
+    }
+
+    fn merge(&mut self, other: Change) {
+        self.removed.extend(other.removed);
+        self.added.extend(other.added);
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    by_id: HashMap<String, Arc<Container>>,
+    by_ip: HashMap<IpAddr, Vec<String>>,
+}
+
+impl State {
+    fn insert(&mut self, container: Container) -> Change {
+        let mut change = self.remove(&container.id);
+        let container = Arc::new(container);
+        for ip in &container.ips {
+            let owners = self.by_ip.entry(*ip).or_default();
+            if !owners.is_empty() {
+                tracing::warn!(
+                    %ip,
+                    container = %container.name,
+                    others = ?owners.iter().map(|id| short(id)).collect::<Vec<_>>(),
+                    "address claimed by more than one container: it identifies none of them"
+                );
+            }
+            owners.push(container.id.clone());
+        }
+        match change.removed.pop() {
+            // Same role: not a change for the listeners (a rename, a network connect).
+            Some(old) if old.role == container.role => {}
+            Some(old) => {
+                change.removed.push(old);
+                change.added.push(Arc::clone(&container));
+            }
+            None => change.added.push(Arc::clone(&container)),
+        }
+        self.by_id.insert(container.id.clone(), container);
+        change
+    }
+
+    fn remove(&mut self, id: &str) -> Change {
+        let Some(old) = self.by_id.remove(id) else {
+            return Change::default();
+        };
+        for ip in &old.ips {
+            if let Some(owners) = self.by_ip.get_mut(ip) {
+                owners.retain(|o| o != id);
+                if owners.is_empty() {
+                    self.by_ip.remove(ip);
+                }
+            }
+        }
+        Change {
+            removed: vec![old],
+            added: Vec::new(),
+        }
+    }
+}
+
+/// Running containers, by id and by address.
+#[derive(Debug, Default)]
+pub struct ContainerIndex {
+    state: RwLock<State>,
+}
+
+impl ContainerIndex {
+    /// An empty index.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The running container with this full id (what a cgroup path names).
+    pub fn by_id(&self, id: &str) -> Option<Arc<Container>> {
+        self.read().by_id.get(id).cloned()
+    }
+
+    /// The one running container with this address; `None` if none or several claim it.
+    pub fn by_ip(&self, ip: IpAddr) -> Option<Arc<Container>> {
+        let state = self.read();
+        match state.by_ip.get(&ip.to_canonical())?.as_slice() {
+            [id] => state.by_id.get(id).cloned(),
+            _ => None,
+        }
+    }
+
+    /// Every running container for which `pred` holds.
+    pub fn matching(&self, pred: impl Fn(&Container) -> bool) -> Vec<Arc<Container>> {
+        self.read()
+            .by_id
+            .values()
+            .filter(|c| pred(c))
+            .cloned()
+            .collect()
+    }
+
+    /// Every running container.
+    pub fn all(&self) -> Vec<Arc<Container>> {
+        self.matching(|_| true)
+    }
+
+    /// How many running containers are indexed.
+    pub fn len(&self) -> usize {
+        self.read().by_id.len()
+    }
+
+    /// Whether no container is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a container, or replaces the entry with the same id.
+    pub fn upsert(&self, container: Container) -> Change {
+        self.write().insert(container)
+    }
+
+    /// Removes a container (it died or was destroyed); unknown ids are ignored.
+    pub fn remove(&self, id: &str) -> Change {
+        self.write().remove(id)
+    }
+
+    /// Makes the index exactly `containers` (after a full listing), in one step.
+    pub fn replace_all(&self, containers: Vec<Container>) -> Change {
+        let mut state = self.write();
+        let keep: std::collections::HashSet<String> =
+            containers.iter().map(|c| c.id.clone()).collect();
+        let gone: Vec<String> = state
+            .by_id
+            .keys()
+            .filter(|id| !keep.contains(*id))
+            .cloned()
+            .collect();
+        let mut change = Change::default();
+        for id in gone {
+            change.merge(state.remove(&id));
+        }
+        for container in containers {
+            change.merge(state.insert(container));
+        }
+        change
+    }
+}
+
+#[cfg(test)]
+#[path = "index_tests.rs"]
+mod tests;

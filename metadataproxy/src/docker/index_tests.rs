@@ -1,0 +1,137 @@
+//! Unit tests of the container index: lookups, replacement, and address reuse.
+
+use std::net::IpAddr;
+
+use super::*;
+use crate::docker::container::ContainerInfo;
+
+pub(crate) fn container(id: &str, ip: &str, env: &[&str]) -> Container {
+    Container::new(
+        &ContainerInfo {
+            id: id.repeat(64 / id.len()),
+            name: format!("c-{id}"),
+            running: true,
+            hostname: format!("host-{id}"),
+            env: env.iter().map(|e| (*e).to_owned()).collect(),
+            ips: ip.parse().into_iter().collect(),
+            ..ContainerInfo::default()
+        },
+        None,
+    )
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn role_of(c: &Container) -> String {
+    match &c.role {
+        crate::docker::settings::ContainerRole::Role(a) => a.role.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[test]
+fn finds_by_id_and_ip() {
+    let index = ContainerIndex::new();
+    let change = index.upsert(container("a", "172.17.0.2", &["IAM_ROLE=ra"]));
+    assert_eq!(change.added.len(), 1);
+    assert!(change.removed.is_empty());
+    let found = index.by_ip(ip("172.17.0.2")).unwrap();
+    assert_eq!(role_of(&found), "ra");
+    assert_eq!(index.by_id(&found.id).unwrap().name, "c-a");
+    assert!(index.by_ip(ip("::ffff:172.17.0.2")).is_some());
+    assert!(index.by_ip(ip("172.17.0.3")).is_none());
+    assert!(index.by_id("nope").is_none());
+}
+
+#[test]
+fn removed_container_is_never_served() {
+    let index = ContainerIndex::new();
+    let a = container("a", "172.17.0.2", &["IAM_ROLE=ra"]);
+    let id = a.id.clone();
+    index.upsert(a);
+    let change = index.remove(&id);
+    assert_eq!(change.removed.len(), 1);
+    assert!(index.by_ip(ip("172.17.0.2")).is_none());
+    assert!(index.by_id(&id).is_none());
+    assert!(index.remove(&id).is_empty());
+}
+
+#[test]
+fn ip_reuse_after_die_serves_the_new_container() {
+    let index = ContainerIndex::new();
+    let old = container("a", "172.17.0.2", &["IAM_ROLE=old-role"]);
+    let old_id = old.id.clone();
+    index.upsert(old);
+    index.remove(&old_id);
+    index.upsert(container("b", "172.17.0.2", &["IAM_ROLE=new-role"]));
+    assert_eq!(role_of(&index.by_ip(ip("172.17.0.2")).unwrap()), "new-role");
+}
+
+#[test]
+fn ip_claimed_twice_identifies_neither() {
+    // A missed `die` (stream lost) must not hand the old container's role to the new one.
+    let index = ContainerIndex::new();
+    index.upsert(container("a", "172.17.0.2", &["IAM_ROLE=old-role"]));
+    let b = container("b", "172.17.0.2", &["IAM_ROLE=new-role"]);
+    let b_id = b.id.clone();
+    index.upsert(b);
+    assert!(index.by_ip(ip("172.17.0.2")).is_none());
+    assert!(index.by_id(&b_id).is_some(), "by id both are still known");
+    // Once the stale one is gone (resync), the address identifies the new one.
+    let change = index.replace_all(vec![container("b", "172.17.0.2", &["IAM_ROLE=new-role"])]);
+    assert_eq!(change.removed.len(), 1, "{change:?}");
+    assert!(
+        change.added.is_empty(),
+        "same role is not a change: {change:?}"
+    );
+    assert_eq!(role_of(&index.by_ip(ip("172.17.0.2")).unwrap()), "new-role");
+}
+
+#[test]
+fn upsert_with_same_role_is_not_a_change_but_updates_addresses() {
+    let index = ContainerIndex::new();
+    index.upsert(container("a", "172.17.0.2", &["IAM_ROLE=ra"]));
+    let change = index.upsert(container("a", "172.18.0.5", &["IAM_ROLE=ra"]));
+    assert!(change.is_empty(), "{change:?}");
+    assert!(index.by_ip(ip("172.17.0.2")).is_none());
+    assert!(index.by_ip(ip("172.18.0.5")).is_some());
+    assert_eq!(index.len(), 1);
+}
+
+#[test]
+fn upsert_with_other_role_removes_and_adds() {
+    let index = ContainerIndex::new();
+    index.upsert(container("a", "172.17.0.2", &["IAM_ROLE=ra"]));
+    let change = index.upsert(container("a", "172.17.0.2", &["IAM_ROLE=rb"]));
+    assert_eq!(role_of(&change.removed[0]), "ra");
+    assert_eq!(role_of(&change.added[0]), "rb");
+}
+
+#[test]
+fn replace_all_reports_gone_and_new() {
+    let index = ContainerIndex::new();
+    index.upsert(container("a", "172.17.0.2", &["IAM_ROLE=ra"]));
+    index.upsert(container("b", "172.17.0.3", &["IAM_ROLE=rb"]));
+    let change = index.replace_all(vec![
+        container("b", "172.17.0.3", &["IAM_ROLE=rb"]),
+        container("c", "172.17.0.4", &["IAM_ROLE=rc"]),
+    ]);
+    let names = |v: &[Arc<Container>]| v.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&change.removed), ["c-a"]);
+    assert_eq!(names(&change.added), ["c-c"]);
+    assert_eq!(index.len(), 2);
+    assert!(index.by_ip(ip("172.17.0.2")).is_none());
+}
+
+#[test]
+fn containers_without_address_are_indexed_by_id() {
+    // `--network host` and `--network none`: no address of their own.
+    let index = ContainerIndex::new();
+    let c = container("h", "", &["IAM_ROLE=rh"]);
+    let id = c.id.clone();
+    index.upsert(c);
+    assert!(index.by_id(&id).is_some());
+    assert_eq!(index.matching(|c| c.ips.is_empty()).len(), 1);
+}

@@ -1,0 +1,141 @@
+//! Credentials ready before a container asks: when a container is indexed its role is resolved and
+//! its cache slot held (so it is fetched now and refreshed ahead of expiry); when it leaves, the
+//! hold is released, and a slot no running container holds is no longer refreshed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::container::{Container, short};
+use super::index::Change;
+use super::settings::ContainerRole;
+use super::sync::IndexListener;
+use crate::creds::{CacheKey, CredentialCache};
+use crate::resolver::Resolver;
+use crate::role::RoleAssignment;
+
+/// What is held for one container.
+#[derive(Debug)]
+enum Hold {
+    /// Its role is being resolved (the number tells this attempt from a later one).
+    Pending(u64),
+    /// Its cache slot is held.
+    Held(CacheKey),
+}
+
+#[derive(Debug, Default)]
+struct Holds {
+    by_container: HashMap<String, Hold>,
+    next: u64,
+}
+
+/// The listener that prefetches and releases credentials for containers.
+#[derive(Debug, Clone)]
+pub struct Prefetcher {
+    resolver: Arc<Resolver>,
+    cache: Arc<CredentialCache>,
+    default_role: Option<Arc<RoleAssignment>>,
+    holds: Arc<Mutex<Holds>>,
+}
+
+impl Prefetcher {
+    /// A prefetcher; `default_role` is `DEFAULT_ROLE`, used by containers that name no role.
+    pub fn new(
+        resolver: Arc<Resolver>,
+        cache: Arc<CredentialCache>,
+        default_role: Option<Arc<RoleAssignment>>,
+    ) -> Self {
+        Self {
+            resolver,
+            cache,
+            default_role,
+            holds: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Holds> {
+        self.holds.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The assignment the container's requests will use, if any.
+    fn assignment(&self, container: &Container) -> Option<Arc<RoleAssignment>> {
+        match &container.role {
+            ContainerRole::Role(a) => Some(Arc::clone(a)),
+            ContainerRole::Default(None) => self.default_role.clone(),
+            ContainerRole::Default(Some(session)) => self.default_role.as_ref().map(|r| {
+                Arc::new(RoleAssignment {
+                    session_name: Some(session.clone()),
+                    ..RoleAssignment::clone(r)
+                })
+            }),
+            ContainerRole::Invalid(_) => None,
+        }
+    }
+
+    fn acquire(&self, container: &Container) {
+        let Some(assignment) = self.assignment(container) else {
+            return;
+        };
+        let attempt = {
+            let mut holds = self.lock();
+            holds.next += 1;
+            let attempt = holds.next;
+            if let Some(Hold::Held(old)) = holds
+                .by_container
+                .insert(container.id.clone(), Hold::Pending(attempt))
+            {
+                self.cache.release(&old);
+            }
+            attempt
+        };
+        let this = self.clone();
+        let (id, name) = (container.id.clone(), container.name.clone());
+        // Resolving may call iam:GetRole: never on the synchroniser's path.
+        tokio::spawn(async move {
+            let key = match this.resolver.cache_key(&assignment).await {
+                Ok((key, _)) => key,
+                Err(e) => {
+                    tracing::warn!(container = %name, id = short(&id), role = %assignment.role, error = %e, "cannot prefetch the container's credentials");
+                    let mut holds = this.lock();
+                    if matches!(holds.by_container.get(&id), Some(Hold::Pending(a)) if *a == attempt)
+                    {
+                        holds.by_container.remove(&id);
+                    }
+                    return;
+                }
+            };
+            let mut holds = this.lock();
+            // The container may have left (or changed) while its role was being resolved.
+            if matches!(holds.by_container.get(&id), Some(Hold::Pending(a)) if *a == attempt) {
+                this.cache.retain(&key);
+                tracing::debug!(container = %name, id = short(&id), role = %key.role_arn, "credentials prefetched for container");
+                holds.by_container.insert(id, Hold::Held(key));
+            }
+        });
+    }
+
+    fn release(&self, container: &Container) {
+        if let Some(Hold::Held(key)) = self.lock().by_container.remove(&container.id) {
+            self.cache.release(&key);
+        }
+    }
+
+    /// How many containers hold a cache slot (for tests and metrics).
+    pub fn held(&self) -> usize {
+        self.lock()
+            .by_container
+            .values()
+            .filter(|h| matches!(h, Hold::Held(_)))
+            .count()
+    }
+}
+
+impl IndexListener for Prefetcher {
+    fn changed(&self, change: &Change) {
+        for container in &change.removed {
+            self.release(container);
+        }
+        for container in &change.added {
+            self.acquire(container);
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Where container facts come from: the Docker API behind a trait, so the index and its
+//! synchroniser are tested with a fake.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use futures_util::stream::BoxStream;
+use thiserror::Error;
+
+use super::container::ContainerInfo;
+use crate::creds::sts::BoxFuture;
+
+/// A container event the index acts on (already filtered to these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The container started: inspect it and index it.
+    Start(String),
+    /// The container's process exited: forget it now, before its address can be reused.
+    Die(String),
+    /// The container was removed.
+    Destroy(String),
+    /// Renamed, or connected to / disconnected from a network: inspect it again.
+    Changed(String),
+}
+
+impl Event {
+    /// The container's id.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Start(id) | Self::Die(id) | Self::Destroy(id) | Self::Changed(id) => id,
+        }
+    }
+}
+
+/// Why talking to Docker failed.
+#[derive(Debug, Error)]
+pub enum DockerError {
+    /// dockerd cannot be reached at `DOCKER_URL`, or refused the connection.
+    #[error("cannot connect: {0}")]
+    Connect(#[source] bollard::errors::Error),
+    /// A Docker API call failed.
+    #[error("{call} failed: {source}")]
+    Api {
+        /// Which call.
+        call: &'static str,
+        /// What Docker or the connection said.
+        source: bollard::errors::Error,
+    },
+    /// The event stream ended: dockerd stopped or the connection dropped.
+    #[error("the event stream ended (dockerd stopped or the connection dropped)")]
+    StreamEnded,
+}
+
+/// One connection to dockerd.
+pub trait Connection: Send + Sync + fmt::Debug {
+    /// Container events from `since` on (events between `since` and now are replayed, so nothing
+    /// is missed between subscribing and listing).
+    fn events(&self, since: SystemTime) -> BoxStream<'static, Result<Event, DockerError>>;
+
+    /// The ids of the running containers.
+    fn running(&self) -> BoxFuture<'_, Result<Vec<String>, DockerError>>;
+
+    /// What Docker says about one container; `None` if it no longer exists.
+    fn inspect<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ContainerInfo>, DockerError>>;
+}
+
+/// A way to (re)connect to dockerd.
+pub trait ContainerSource: Send + Sync + fmt::Debug {
+    /// Where it connects to, for logs.
+    fn describe(&self) -> String;
+
+    /// A new connection, ready to use.
+    fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, DockerError>>;
+}

@@ -1,0 +1,221 @@
+//! Keeps the container index equal to Docker's running containers: a full listing on every
+//! (re)connection, then the event stream; reconnects with backoff when dockerd goes away, serving
+//! what it knows meanwhile.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+
+use super::container::{Container, ContainerInfo, short};
+use super::index::{Change, ContainerIndex};
+use super::source::{Connection, ContainerSource, DockerError, Event};
+use crate::config::SessionKey;
+
+/// How far back events are replayed on subscribing (covers the listing, and clock rounding).
+const REPLAY: Duration = Duration::from_secs(2);
+/// How many containers are inspected at once during a full listing.
+const INSPECT_CONCURRENCY: usize = 8;
+
+/// Told of every change of the index that matters to roles (prefetch, release).
+pub trait IndexListener: Send + Sync + fmt::Debug {
+    /// Containers were removed from or added to the index.
+    fn changed(&self, change: &Change);
+}
+
+/// A listener that does nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoListener;
+
+impl IndexListener for NoListener {
+    fn changed(&self, _: &Change) {}
+}
+
+/// The synchroniser's settings.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// `ROLE_SESSION_KEY`.
+    pub session_key: Option<SessionKey>,
+    /// First delay before reconnecting; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest delay between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            session_key: None,
+            min_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Feeds the index from a container source.
+#[derive(Debug)]
+pub struct Syncer {
+    source: Arc<dyn ContainerSource>,
+    index: Arc<ContainerIndex>,
+    listener: Arc<dyn IndexListener>,
+    config: SyncConfig,
+}
+
+impl Syncer {
+    /// A synchroniser writing `index` and telling `listener`.
+    pub fn new(
+        source: Arc<dyn ContainerSource>,
+        index: Arc<ContainerIndex>,
+        listener: Arc<dyn IndexListener>,
+        config: SyncConfig,
+    ) -> Self {
+        Self {
+            source,
+            index,
+            listener,
+            config,
+        }
+    }
+
+    /// Runs forever: connect, list, follow events; on failure wait and start again.
+    pub async fn run(self) {
+        let mut failures: u32 = 0;
+        let mut last_error = String::new();
+        loop {
+            let mut synced = false;
+            let error = self.session(&mut synced, failures > 0).await;
+            let text = error.to_string();
+            if synced {
+                failures = 0;
+                last_error.clear();
+            }
+            let delay = self.backoff(failures);
+            if synced {
+                tracing::warn!(docker = %self.source.describe(), error = %text, retry_in = ?delay, containers = self.index.len(), "lost Docker; still serving the containers known so far, reconnecting");
+            } else if text != last_error {
+                tracing::error!(docker = %self.source.describe(), error = %text, retry_in = ?delay, "Docker is unreachable: containers cannot be identified until it is back (mapping-file and DEFAULT_ROLE callers are still served); retrying with backoff");
+            } else {
+                tracing::debug!(docker = %self.source.describe(), error = %text, retry_in = ?delay, "Docker still unreachable");
+            }
+            last_error = text;
+            failures = failures.saturating_add(1);
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        self.config
+            .min_backoff
+            .saturating_mul(1 << failures.min(16))
+            .min(self.config.max_backoff)
+    }
+
+    /// One connection: returns why it ended; sets `synced` once the index is synchronised.
+    async fn session(&self, synced: &mut bool, after_failures: bool) -> DockerError {
+        let conn = match self.source.connect().await {
+            Ok(conn) => conn,
+            Err(e) => return e,
+        };
+        let since = SystemTime::now()
+            .checked_sub(REPLAY)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut events = conn.events(since);
+        if let Err(e) = self.resync(conn.as_ref()).await {
+            return e;
+        }
+        *synced = true;
+        let again = if after_failures { " again" } else { "" };
+        tracing::info!(docker = %self.source.describe(), containers = self.index.len(), "Docker reachable{again}; container index synchronised");
+        loop {
+            match events.next().await {
+                None => return DockerError::StreamEnded,
+                Some(Err(e)) => return e,
+                Some(Ok(event)) => {
+                    if let Err(e) = self.apply(conn.as_ref(), event).await {
+                        return e;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lists and inspects every running container and makes the index exactly that.
+    async fn resync(&self, conn: &dyn Connection) -> Result<(), DockerError> {
+        let ids = conn.running().await?;
+        let inspections: Vec<_> = ids.iter().map(|id| conn.inspect(id)).collect();
+        let infos: Vec<Result<Option<ContainerInfo>, DockerError>> =
+            futures_util::stream::iter(inspections)
+                .buffer_unordered(INSPECT_CONCURRENCY)
+                .collect()
+                .await;
+        let mut containers = Vec::with_capacity(infos.len());
+        for info in infos {
+            if let Some(info) = info?.filter(|i| i.running) {
+                containers.push(self.entry(&info));
+            }
+        }
+        let change = self.index.replace_all(containers);
+        self.notify(&change);
+        Ok(())
+    }
+
+    /// Applies one event. Only a failure to reach Docker is an error.
+    async fn apply(&self, conn: &dyn Connection, event: Event) -> Result<(), DockerError> {
+        let change = match &event {
+            Event::Die(id) | Event::Destroy(id) => self.index.remove(id),
+            Event::Start(id) | Event::Changed(id) => match conn.inspect(id).await? {
+                Some(info) if info.running => self.index.upsert(self.entry(&info)),
+                // Gone or stopped by the time we asked: it must not be served.
+                _ => self.index.remove(id),
+            },
+        };
+        tracing::debug!(
+            ?event,
+            containers = self.index.len(),
+            "Docker event applied"
+        );
+        self.notify(&change);
+        Ok(())
+    }
+
+    fn entry(&self, info: &ContainerInfo) -> Container {
+        Container::new(info, self.config.session_key.as_ref())
+    }
+
+    fn notify(&self, change: &Change) {
+        for c in &change.removed {
+            tracing::info!(container = %c.name, id = short(&c.id), "container left the index");
+        }
+        for c in &change.added {
+            match &c.role {
+                super::ContainerRole::Invalid(e) => {
+                    tracing::warn!(container = %c.name, id = short(&c.id), error = %e, "container has malformed role settings: it gets no credentials");
+                }
+                role => {
+                    tracing::info!(container = %c.name, id = short(&c.id), ips = ?c.ips, role = %RoleText(role), "container indexed");
+                }
+            }
+        }
+        if !change.is_empty() {
+            self.listener.changed(change);
+        }
+    }
+}
+
+/// A container's role for logs (never the external id).
+struct RoleText<'a>(&'a super::ContainerRole);
+
+impl fmt::Display for RoleText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            super::ContainerRole::Role(a) => write!(f, "{}", a.role),
+            super::ContainerRole::Default(_) => f.write_str("DEFAULT_ROLE"),
+            super::ContainerRole::Invalid(_) => f.write_str("none (invalid settings)"),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "sync_tests.rs"]
+mod tests;

@@ -1,0 +1,175 @@
+//! Unit tests of the synchroniser against the fake Docker: listing, events, reconnection.
+
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::*;
+use crate::docker::fake::{FakeDocker, full_id, info};
+
+/// Records every change it is told of, as `+name` / `-name`.
+#[derive(Debug, Default)]
+struct Recorder(Mutex<Vec<String>>);
+
+impl IndexListener for Recorder {
+    fn changed(&self, change: &Change) {
+        let mut log = self.0.lock().unwrap();
+        log.extend(change.removed.iter().map(|c| format!("-{}", c.name)));
+        log.extend(change.added.iter().map(|c| format!("+{}", c.name)));
+    }
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+fn start(
+    docker: &FakeDocker,
+) -> (
+    Arc<ContainerIndex>,
+    Arc<Recorder>,
+    tokio::task::JoinHandle<()>,
+) {
+    let recorder = Arc::new(Recorder::default());
+    let config = SyncConfig {
+        session_key: None,
+        min_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+    };
+    let (index, task) = crate::docker::spawn(
+        Arc::new(docker.clone()),
+        Arc::clone(&recorder) as Arc<dyn IndexListener>,
+        config,
+    );
+    (index, recorder, task)
+}
+
+/// Waits (up to 2 s) until `cond` holds.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..400 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn role_at(index: &ContainerIndex, addr: &str) -> Option<String> {
+    index.by_ip(ip(addr)).map(|c| match &c.role {
+        crate::docker::ContainerRole::Role(a) => a.role.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+#[tokio::test]
+async fn lists_at_start_then_follows_events() {
+    let docker = FakeDocker::default();
+    docker.put(info("a", "172.17.0.2", &["IAM_ROLE=ra"]));
+    let mut stopped = info("z", "172.17.0.9", &["IAM_ROLE=rz"]);
+    stopped.running = false;
+    docker.put(stopped);
+    let (index, recorder, task) = start(&docker);
+    eventually("initial listing", || index.len() == 1).await;
+    assert_eq!(role_at(&index, "172.17.0.2").as_deref(), Some("ra"));
+    assert_eq!(recorder.take(), ["+c-a"]);
+
+    docker.start(info("b", "172.17.0.3", &["IAM_ROLE=rb"]));
+    eventually("start event", || index.len() == 2).await;
+    assert_eq!(role_at(&index, "172.17.0.3").as_deref(), Some("rb"));
+
+    docker.stop(&full_id("a"));
+    eventually("die event", || index.len() == 1).await;
+    assert_eq!(role_at(&index, "172.17.0.2"), None);
+    assert_eq!(recorder.take(), ["+c-b", "-c-a"]);
+    task.abort();
+}
+
+#[tokio::test]
+async fn address_reused_after_die_gets_the_new_role() {
+    let docker = FakeDocker::default();
+    let (index, _, task) = start(&docker);
+    docker.start(info("a", "172.17.0.2", &["IAM_ROLE=old-role"]));
+    eventually("a indexed", || index.len() == 1).await;
+    docker.stop(&full_id("a"));
+    docker.start(info("b", "172.17.0.2", &["IAM_ROLE=new-role"]));
+    eventually("b indexed", || index.by_id(&full_id("b")).is_some()).await;
+    assert_eq!(index.len(), 1);
+    assert_eq!(role_at(&index, "172.17.0.2").as_deref(), Some("new-role"));
+    task.abort();
+}
+
+#[tokio::test]
+async fn network_change_and_vanished_container() {
+    let docker = FakeDocker::default();
+    let (index, _, task) = start(&docker);
+    docker.start(info("a", "172.17.0.2", &["IAM_ROLE=ra"]));
+    eventually("a indexed", || index.len() == 1).await;
+    // Connected to another network: inspected again, new address.
+    docker.put(info("a", "172.20.0.2", &["IAM_ROLE=ra"]));
+    docker.emit(Event::Changed(full_id("a")));
+    eventually("new address", || index.by_ip(ip("172.20.0.2")).is_some()).await;
+    assert!(index.by_ip(ip("172.17.0.2")).is_none());
+    // A start event for a container already gone is not indexed; a known one is dropped.
+    docker.emit(Event::Start(full_id("g")));
+    docker.forget(&full_id("a"));
+    docker.emit(Event::Changed(full_id("a")));
+    eventually("a dropped", || index.is_empty()).await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn keeps_serving_while_docker_is_down_then_resynchronises() {
+    let docker = FakeDocker::default();
+    docker.put(info("a", "172.17.0.2", &["IAM_ROLE=ra"]));
+    docker.put(info("b", "172.17.0.3", &["IAM_ROLE=rb"]));
+    let (index, recorder, task) = start(&docker);
+    eventually("initial listing", || index.len() == 2).await;
+    recorder.take();
+
+    docker.set_down(true);
+    let connects = docker.connects();
+    eventually("reconnection attempts", || {
+        docker.connects() >= connects + 2
+    })
+    .await;
+    assert_eq!(
+        role_at(&index, "172.17.0.2").as_deref(),
+        Some("ra"),
+        "known containers still served"
+    );
+
+    // While it was down: b went away, c appeared (no events seen).
+    docker.forget(&full_id("b"));
+    docker.put(info("c", "172.17.0.4", &["IAM_ROLE=rc"]));
+    docker.set_down(false);
+    eventually("resynchronised", || index.by_id(&full_id("c")).is_some()).await;
+    assert_eq!(index.len(), 2);
+    assert_eq!(role_at(&index, "172.17.0.3"), None);
+    assert_eq!(recorder.take(), ["-c-b", "+c-c"]);
+
+    // A broken stream (not a down daemon) is recovered the same way.
+    docker.break_streams();
+    docker.start(info("d", "172.17.0.5", &["IAM_ROLE=rd"]));
+    eventually("after a broken stream", || index.len() == 3).await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn unreachable_at_start_keeps_retrying() {
+    let docker = FakeDocker::default();
+    docker.set_down(true);
+    docker.put(info("a", "172.17.0.2", &["IAM_ROLE=ra"]));
+    let (index, _, task) = start(&docker);
+    eventually("retries", || docker.connects() >= 3).await;
+    assert!(index.is_empty());
+    docker.set_down(false);
+    eventually("synchronised once up", || index.len() == 1).await;
+    task.abort();
+}
