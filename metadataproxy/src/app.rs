@@ -15,6 +15,10 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::creds::aws::AwsSts;
 use crate::creds::{CredentialCache, CredentialCacheConfig, Sts};
+use crate::docker::{
+    self, ContainerSource, DockerApi, DockerIp, Endpoint, IndexListener, NoListener, Prefetcher,
+    ReverseDns, SyncConfig, SystemResolver,
+};
 use crate::identity::mapping_file::{MappingError, MappingFile};
 use crate::identity::{Chain, ConnInfo, Identify};
 use crate::imds::iam::Iam;
@@ -50,11 +54,22 @@ pub enum AppError {
     },
 }
 
-/// Builds the IMDS API from the configuration (no socket; used by `run` and by tests).
+/// Builds the IMDS API from the configuration, without Docker (no socket; used by tests).
 pub fn build(
     config: &Config,
     sts: Arc<dyn Sts>,
     clock: Arc<dyn Clock>,
+) -> Result<Arc<Imds>, AppError> {
+    build_with_docker(config, sts, clock, None)
+}
+
+/// Builds the IMDS API; with `docker`, a container index is kept in step with it in the
+/// background (see [`docker_sources`]).
+pub fn build_with_docker(
+    config: &Config,
+    sts: Arc<dyn Sts>,
+    clock: Arc<dyn Clock>,
+    docker: Option<Arc<dyn ContainerSource>>,
 ) -> Result<Arc<Imds>, AppError> {
     let mapping_file = match &config.role_mapping_file {
         Some(path) => Some(Arc::new(MappingFile::load(path)?)),
@@ -84,6 +99,18 @@ pub fn build(
     let default_role = config.default_role.clone().map(RoleAssignment::from_role);
     let mut known: Vec<Arc<RoleAssignment>> = default_role.iter().cloned().map(Arc::new).collect();
     let mut sources: Vec<Box<dyn Identify>> = Vec::new();
+    if let Some(source) = docker {
+        let default_role = default_role.clone().map(Arc::new);
+        let use_containers = mapping_file.is_none();
+        sources.extend(docker_sources(
+            config,
+            source,
+            use_containers,
+            &resolver,
+            &cache,
+            default_role,
+        ));
+    }
     if let Some(file) = mapping_file {
         known.extend(file.current().assignments().cloned());
         let (resolver, cache) = (Arc::clone(&resolver), Arc::clone(&cache));
@@ -121,6 +148,51 @@ pub fn build(
     }))
 }
 
+/// Starts the container index and returns the identification sources built on it.
+///
+/// As in Lyft, a configured `ROLE_MAPPING_FILE` is the only IP-based source (`use_containers`
+/// false): the index still runs (for the cgroup source), but containers are then neither looked up
+/// by address or reverse DNS nor prefetched. Otherwise: Docker IP, then reverse DNS if
+/// `ROLE_REVERSE_LOOKUP`, and each container's role is prefetched and held while it runs.
+fn docker_sources(
+    config: &Config,
+    source: Arc<dyn ContainerSource>,
+    use_containers: bool,
+    resolver: &Arc<Resolver>,
+    cache: &Arc<CredentialCache>,
+    default_role: Option<Arc<RoleAssignment>>,
+) -> Vec<Box<dyn Identify>> {
+    let listener: Arc<dyn IndexListener> = if use_containers {
+        Arc::new(Prefetcher::new(
+            Arc::clone(resolver),
+            Arc::clone(cache),
+            default_role,
+        ))
+    } else {
+        Arc::new(NoListener)
+    };
+    let sync = SyncConfig {
+        session_key: config.role_session_key.clone(),
+        ..SyncConfig::default()
+    };
+    let (index, _task) = docker::spawn(source, listener, sync);
+    let mut sources: Vec<Box<dyn Identify>> = Vec::new();
+    if use_containers {
+        sources.push(Box::new(DockerIp::new(Arc::clone(&index))));
+        if config.role_reverse_lookup {
+            let resolver = SystemResolver {
+                timeout: docker::REVERSE_LOOKUP_TIMEOUT,
+            };
+            sources.push(Box::new(ReverseDns::new(
+                index,
+                Box::new(resolver),
+                config.hostname_match_regex.clone(),
+            )));
+        }
+    }
+    sources
+}
+
 /// Starts fetching credentials for each assignment in the background.
 fn prefetch(
     resolver: &Arc<Resolver>,
@@ -153,7 +225,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     )
     .await;
     tracing::info!(region = ?sts.region(), "AWS clients ready");
-    let imds = build(&config, Arc::new(sts), clock)?;
+    let docker: Option<Arc<dyn ContainerSource>> = match Endpoint::parse(&config.docker_url) {
+        Ok(endpoint) => Some(Arc::new(DockerApi::new(endpoint))),
+        Err(e) => {
+            // Unreachable: the configuration was validated; say so rather than guess.
+            tracing::error!(docker_url = %config.docker_url, error = %e, "DOCKER_URL unusable: containers will not be identified");
+            None
+        }
+    };
+    let imds = build_with_docker(&config, Arc::new(sts), clock, docker)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| AppError::Bind {

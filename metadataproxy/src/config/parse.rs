@@ -175,14 +175,9 @@ fn metadata_url(v: &str) -> Result<http::Uri, String> {
 }
 
 fn docker_url(v: &str) -> Result<String, String> {
-    let ok = ["unix://", "tcp://", "http://", "https://"]
-        .iter()
-        .any(|p| v.starts_with(p) && v.len() > p.len());
-    if ok {
-        Ok(v.to_owned())
-    } else {
-        Err("must start with unix://, tcp://, http:// or https://".to_owned())
-    }
+    crate::docker::Endpoint::parse(v)
+        .map(|_| v.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn session_key(v: &str) -> Result<SessionKey, String> {

@@ -141,7 +141,7 @@ pub const SETTINGS: &[Setting] = &[
         "docker-url",
         Some("unix://var/run/docker.sock"),
         Kind::Value,
-        "Docker daemon URL (unix:// or tcp://)",
+        "Docker daemon URL: unix:///path (Lyft's unix://var/run/docker.sock is /var/run/docker.sock) or tcp://host:port",
     ),
     lyft(
         METADATA_URL,

@@ -22,6 +22,10 @@ use crate::identity::{Answer, ConnInfo, Identify, Source, canonical_ip};
 
 /// How long a reverse lookup may take (clients give IMDS about a second in all).
 pub const REVERSE_LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a caller whose address no container has is given for its container's `start` event
+/// to arrive (a container may call as soon as it runs, before the event is applied). Only such
+/// callers wait, and only while Docker's events are followed.
+pub const START_GRACE: Duration = Duration::from_millis(500);
 
 /// What the chain makes of a container found for a caller.
 fn answer(container: &Container, source: Source, ip: IpAddr) -> (Answer, Source) {
@@ -47,11 +51,13 @@ impl DockerIp {
 impl Identify for DockerIp {
     fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
         let ip = canonical_ip(conn.peer.ip());
-        let found = self
-            .index
-            .by_ip(ip)
-            .map(|c| answer(&c, Source::DockerIp, ip));
-        Box::pin(std::future::ready(found))
+        Box::pin(async move {
+            let found = match self.index.by_ip(ip) {
+                Some(found) => found,
+                None => self.index.wait_for(START_GRACE, |i| i.by_ip(ip)).await?,
+            };
+            Some(answer(&found, Source::DockerIp, ip))
+        })
     }
 }
 

@@ -192,3 +192,39 @@ async fn reverse_dns_compares_group_one_and_refuses_ambiguity() {
         "two containers named dup"
     );
 }
+
+#[tokio::test]
+async fn a_caller_faster_than_its_start_event_is_waited_for() {
+    let index = ContainerIndex::new();
+    index.set_live(true);
+    let chain = Chain::new(vec![Box::new(DockerIp::new(Arc::clone(&index)))], None);
+    let late = Arc::clone(&index);
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        late.upsert(Container::new(
+            &info("a", "172.17.0.2", "a", "", &["IAM_ROLE=role-a"]),
+            None,
+        ));
+    });
+    assert_eq!(who(&chain, "172.17.0.2").await, "role-a/-@docker_ip");
+}
+
+#[tokio::test]
+async fn unknown_callers_wait_at_most_the_grace_and_not_at_all_without_docker() {
+    let index = ContainerIndex::new();
+    let chain = Chain::new(vec![Box::new(DockerIp::new(Arc::clone(&index)))], None);
+    let started = std::time::Instant::now();
+    assert_eq!(who(&chain, "172.17.0.9").await, "none");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(100),
+        "Docker not followed: no wait"
+    );
+    index.set_live(true);
+    let started = std::time::Instant::now();
+    assert_eq!(who(&chain, "172.17.0.9").await, "none");
+    let waited = started.elapsed();
+    assert!(
+        waited >= START_GRACE && waited < START_GRACE * 3,
+        "waited {waited:?}"
+    );
+}

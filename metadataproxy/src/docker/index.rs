@@ -6,7 +6,11 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use super::container::{Container, short};
 
@@ -86,15 +90,69 @@ impl State {
 }
 
 /// Running containers, by id and by address.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ContainerIndex {
     state: RwLock<State>,
+    /// Bumped on every write, so a lookup can wait for the index to catch up.
+    generation: watch::Sender<u64>,
+    /// Whether the index follows Docker's events right now.
+    live: AtomicBool,
+}
+
+impl Default for ContainerIndex {
+    fn default() -> Self {
+        Self {
+            state: RwLock::default(),
+            generation: watch::Sender::new(0),
+            live: AtomicBool::new(false),
+        }
+    }
 }
 
 impl ContainerIndex {
     /// An empty index.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// Whether the index is synchronised with Docker and following its events.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Marks the index as following Docker's events (or not, while reconnecting).
+    pub fn set_live(&self, live: bool) {
+        self.live.store(live, Ordering::Release);
+        self.bump();
+    }
+
+    fn bump(&self) {
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// `find(self)`, waiting up to `grace` for the index to change until it finds something.
+    ///
+    /// A container can call before its `start` event has been applied; a caller the index does
+    /// not know yet is given that long. Not waited for while Docker is not followed.
+    pub async fn wait_for<T>(
+        &self,
+        grace: Duration,
+        find: impl Fn(&Self) -> Option<T>,
+    ) -> Option<T> {
+        let mut changes = self.generation.subscribe();
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            if let Some(found) = find(self) {
+                return Some(found);
+            }
+            if !self.is_live() {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -146,12 +204,16 @@ impl ContainerIndex {
 
     /// Adds a container, or replaces the entry with the same id.
     pub fn upsert(&self, container: Container) -> Change {
-        self.write().insert(container)
+        let change = self.write().insert(container);
+        self.bump();
+        change
     }
 
     /// Removes a container (it died or was destroyed); unknown ids are ignored.
     pub fn remove(&self, id: &str) -> Change {
-        self.write().remove(id)
+        let change = self.write().remove(id);
+        self.bump();
+        change
     }
 
     /// Makes the index exactly `containers` (after a full listing), in one step.
@@ -172,6 +234,8 @@ impl ContainerIndex {
         for container in containers {
             change.merge(state.insert(container));
         }
+        drop(state);
+        self.bump();
         change
     }
 }

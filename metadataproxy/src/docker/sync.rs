@@ -85,6 +85,7 @@ impl Syncer {
         loop {
             let mut synced = false;
             let error = self.session(&mut synced, failures > 0).await;
+            self.index.set_live(false);
             let text = error.to_string();
             if synced {
                 failures = 0;
@@ -125,6 +126,7 @@ impl Syncer {
             return e;
         }
         *synced = true;
+        self.index.set_live(true);
         let again = if after_failures { " again" } else { "" };
         tracing::info!(docker = %self.source.describe(), containers = self.index.len(), "Docker reachable{again}; container index synchronised");
         loop {
