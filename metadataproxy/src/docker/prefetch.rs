@@ -139,3 +139,121 @@ impl IndexListener for Prefetcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::creds::CredentialCacheConfig;
+    use crate::creds::fake::FakeSts;
+    use crate::docker::fake::info;
+    use crate::role::{AccountMap, RoleSpec};
+
+    fn setup(
+        default_role: Option<&str>,
+    ) -> (ManualClock, Arc<FakeSts>, Arc<CredentialCache>, Prefetcher) {
+        let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        let sts = FakeSts::new(&clock, Duration::ZERO);
+        let cache = CredentialCache::new(
+            sts.clone(),
+            Arc::new(clock.clone()),
+            CredentialCacheConfig {
+                capacity: NonZeroUsize::new(16).unwrap(),
+                threshold: Duration::from_secs(15 * 60),
+                session_duration: Duration::from_secs(3600),
+                idle_after: Duration::from_secs(7200),
+            },
+        );
+        let resolver = Arc::new(Resolver::new(
+            AccountMap::default(),
+            Some("123456789012".into()),
+            None,
+            sts.clone(),
+            Arc::new(clock.clone()),
+        ));
+        let default_role =
+            default_role.map(|r| Arc::new(RoleAssignment::from_role(RoleSpec::parse(r).unwrap())));
+        let prefetcher = Prefetcher::new(resolver, Arc::clone(&cache), default_role);
+        (clock, sts, cache, prefetcher)
+    }
+
+    fn added(c: &Container) -> Change {
+        Change {
+            removed: vec![],
+            added: vec![Arc::new(c.clone())],
+        }
+    }
+
+    fn removed(c: &Container) -> Change {
+        Change {
+            removed: vec![Arc::new(c.clone())],
+            added: vec![],
+        }
+    }
+
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    #[tokio::test]
+    async fn a_started_container_is_prefetched_and_held_until_it_leaves() {
+        let (clock, sts, cache, prefetcher) = setup(None);
+        let margin = Duration::from_secs(300);
+        let a = Container::new(&info("a", "172.17.0.2", &["IAM_ROLE=web"]), None);
+        let b = Container::new(&info("b", "172.17.0.3", &["IAM_ROLE=web"]), None);
+        prefetcher.changed(&added(&a));
+        prefetcher.changed(&added(&b));
+        settle().await;
+        assert_eq!(
+            sts.calls.load(Ordering::SeqCst),
+            1,
+            "one role, one AssumeRole"
+        );
+        assert_eq!(prefetcher.held(), 2);
+        clock.advance(Duration::from_secs(2 * 3600 + 60));
+        assert_eq!(
+            cache.refresh_due(margin),
+            1,
+            "held past idle: still refreshed"
+        );
+        settle().await;
+        prefetcher.changed(&removed(&a));
+        clock.advance(Duration::from_secs(46 * 60));
+        assert_eq!(cache.refresh_due(margin), 1, "b still runs");
+        settle().await;
+        prefetcher.changed(&removed(&b));
+        clock.advance(Duration::from_secs(46 * 60));
+        assert_eq!(
+            cache.refresh_due(margin),
+            0,
+            "no container left: left to expire"
+        );
+        assert_eq!(prefetcher.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn default_role_is_prefetched_for_containers_without_one_and_invalid_ones_are_not() {
+        let (_, sts, _, prefetcher) = setup(Some("fallback"));
+        let plain = Container::new(&info("p", "172.17.0.2", &[]), None);
+        let bad = Container::new(&info("x", "172.17.0.3", &["IAM_ROLE"]), None);
+        prefetcher.changed(&added(&plain));
+        prefetcher.changed(&added(&bad));
+        settle().await;
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(prefetcher.held(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_container_gone_before_its_role_resolved_holds_nothing() {
+        let (_, _, _, prefetcher) = setup(None);
+        let a = Container::new(&info("a", "172.17.0.2", &["IAM_ROLE=web"]), None);
+        prefetcher.changed(&added(&a));
+        prefetcher.changed(&removed(&a));
+        settle().await;
+        assert_eq!(prefetcher.held(), 0);
+    }
+}
