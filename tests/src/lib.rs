@@ -1,4 +1,4 @@
-//! Test harness shared by the integration tests: real peers (moto, an upstream IMDS stand-in), the
+//! Test harness shared by the integration tests: real peers (moto, an upstream IMDS stand-in, dockerd), the
 //! daemon binary, and a byte-exact HTTP client that can pick its loopback source address.
 //!
 //! Run the suite with `cargo xtask test`: it provides `MOTO_SERVER`, `METADATAPROXY_BIN` and
@@ -6,6 +6,7 @@
 
 mod creds;
 mod daemon;
+mod docker;
 mod http;
 mod mapping;
 mod moto;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 
 pub use creds::{ImdsCredentials, fetch_credentials, parse_time};
 pub use daemon::{Daemon, DaemonBuilder, Exited};
+pub use docker::{DockerD, IMAGE};
 pub use http::{Response, get, put_token, raw_http, request, token};
 pub use mapping::MappingFile;
 pub use moto::{AssumedRole, Moto};

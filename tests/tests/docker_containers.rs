@@ -1,0 +1,327 @@
+//! Real containers on a real dockerd, each fetching credentials from inside with busybox `wget`
+//! (IMDSv1 and v2): every container gets its own role, checked against moto; none for a container
+//! without a role or with malformed settings; IP reuse; dockerd restarts; prefetch.
+//!
+//! No eBPF redirect yet: containers call the daemon at their network's gateway address directly.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use metadataproxy_tests::{ACCOUNT, AssumedRole, CREDS_PATH, Daemon, DockerD, Moto, SRC_1, get};
+
+/// A dockerd, moto with `roles`, and the daemon listening on every address, following dockerd.
+async fn setup(roles: &[&str], extra: &[(&str, &str)]) -> Option<(DockerD, Moto, Daemon)> {
+    let docker = DockerD::start()?;
+    let moto = Moto::start().await;
+    for role in roles {
+        moto.create_role(role, "/").await;
+    }
+    let mut builder = Daemon::builder()
+        .moto(&moto)
+        .default_account()
+        .env("HOST", "0.0.0.0")
+        .env("DOCKER_URL", docker.url());
+    for (k, v) in extra {
+        builder = builder.env(k, *v);
+    }
+    let daemon = builder.start().await;
+    Some((docker, moto, daemon))
+}
+
+/// The credentials URL for `role` as seen from a container on a network with `gateway`.
+fn url(gateway: Ipv4Addr, daemon: &Daemon, role: &str) -> String {
+    format!(
+        "http://{gateway}:{}{CREDS_PATH}{role}",
+        daemon.addr().port()
+    )
+}
+
+/// IMDSv1 from inside the container: (ok, body or error).
+fn v1(docker: &DockerD, id: &str, url: &str) -> (bool, String) {
+    let (ok, out, err) = docker.exec(id, &format!("wget -q -O - {url}"));
+    (ok, if ok { out } else { err })
+}
+
+/// IMDSv2 from inside the container: a token by PUT (busybox `nc`), then GET with it.
+fn v2(docker: &DockerD, id: &str, gateway: Ipv4Addr, daemon: &Daemon, url: &str) -> (bool, String) {
+    let port = daemon.addr().port();
+    let script = format!(
+        "T=$( (printf 'PUT /latest/api/token HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\
+         X-aws-ec2-metadata-token-ttl-seconds: 60\\r\\n\\r\\n'; sleep 1) | nc {gateway} {port} \
+         | sed '1,/^\\r$/d'); test -n \"$T\" || exit 7; \
+         wget -q -O - --header \"X-aws-ec2-metadata-token: $T\" {url}"
+    );
+    let (ok, out, err) = docker.exec(id, &script);
+    (ok, if ok { out } else { err })
+}
+
+/// The assumed-role ARN moto reports for credentials served as `body`.
+async fn identity(moto: &Moto, body: &str) -> String {
+    let doc: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    assert_eq!(doc["Code"], "Success", "{doc}");
+    let text = |k: &str| doc[k].as_str().unwrap_or_default().to_owned();
+    moto.caller_identity_arn(
+        &text("AccessKeyId"),
+        &text("SecretAccessKey"),
+        &text("Token"),
+    )
+    .await
+}
+
+fn assumed(role: &str, session: &str) -> String {
+    format!("arn:aws:sts::{ACCOUNT}:assumed-role/{role}/{session}")
+}
+
+async fn calls_for(moto: &Moto, role: &str) -> Vec<AssumedRole> {
+    let arn = format!("arn:aws:iam::{ACCOUNT}:role/{role}");
+    let all = moto.assumed_roles().await;
+    all.into_iter().filter(|r| r.role_arn == arn).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_container_gets_its_own_role() {
+    let localhost = std::process::Command::new("getent")
+        .args(["hosts", "127.0.0.1"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default();
+    let extra = [
+        ("ROLE_SESSION_KEY", "Labels:com.example.session"),
+        ("ROLE_REVERSE_LOOKUP", "true"),
+    ];
+    let roles = ["role-a", "role-b", "role-e", "role-f", "role-h"];
+    let Some((mut docker, moto, daemon)) = setup(&roles, &extra).await else {
+        return;
+    };
+    let gw = docker.gateway();
+    let a = docker.run_detached(&["-e", "IAM_ROLE=role-a"]);
+    let b = docker.run_detached(&["-e", "IAM_ROLE=role-b", "-e", "IAM_EXTERNAL_ID=ext-b-123"]);
+    let c = docker.run_detached(&[]);
+    let d = docker.run_detached(&["-e", "IAM_ROLE"]);
+    let e = docker.run_detached(&[
+        "--label",
+        "metadataproxy.role=role-e",
+        "--label",
+        "com.example.session=team/e:v1",
+    ]);
+    let bad = docker.run_detached(&["-e", "IAM_ROLE=not a role"]);
+    let (net, net_gw) = docker.create_network();
+    let f = docker.run_detached(&["--network", &net, "-e", "IAM_ROLE=role-f"]);
+    let h = docker.run_detached(&[
+        "--hostname",
+        &localhost,
+        "--network",
+        "none",
+        "-e",
+        "IAM_ROLE=role-h",
+    ]);
+
+    let (ok, body) = v1(&docker, &a, &url(gw, &daemon, "role-a"));
+    assert!(ok, "container a, IMDSv1: {body}");
+    assert_eq!(
+        identity(&moto, &body).await,
+        assumed("role-a", "devproxyauth")
+    );
+    let (ok, listing) = v1(&docker, &a, &url(gw, &daemon, ""));
+    assert!(ok && listing == "role-a", "listing from a: {listing:?}");
+    let (ok, err) = v1(&docker, &a, &url(gw, &daemon, "role-b"));
+    assert!(!ok && err.contains("404"), "a asking for b's role: {err}");
+
+    let (ok, body) = v2(&docker, &b, gw, &daemon, &url(gw, &daemon, "role-b"));
+    assert!(ok, "container b, IMDSv2: {body}");
+    assert_eq!(
+        identity(&moto, &body).await,
+        assumed("role-b", "devproxyauth")
+    );
+    let b_calls = calls_for(&moto, "role-b").await;
+    assert!(
+        !b_calls.is_empty()
+            && b_calls
+                .iter()
+                .all(|r| r.external_id.as_deref() == Some("ext-b-123")),
+        "{b_calls:?}"
+    );
+
+    for (name, id) in [
+        ("no role", &c),
+        ("bare IAM_ROLE", &d),
+        ("invalid IAM_ROLE", &bad),
+    ] {
+        let (ok, err) = v1(&docker, id, &url(gw, &daemon, ""));
+        assert!(!ok && err.contains("404"), "container with {name}: {err}");
+    }
+    assert!(
+        daemon
+            .logs()
+            .contains("environment entry `IAM_ROLE` has no `=`"),
+        "{}",
+        daemon.logs()
+    );
+
+    let (ok, body) = v2(&docker, &e, gw, &daemon, &url(gw, &daemon, "role-e"));
+    assert!(ok, "container e (label role, label session): {body}");
+    assert_eq!(identity(&moto, &body).await, assumed("role-e", "team_e_v1"));
+
+    let (ok, body) = v1(&docker, &f, &url(net_gw, &daemon, "role-f"));
+    assert!(ok, "container f on a user-defined network: {body}");
+    assert_eq!(
+        identity(&moto, &body).await,
+        assumed("role-f", "devproxyauth")
+    );
+
+    // Reverse DNS: a caller at 127.0.0.1 is `localhost`, the hostname of container h.
+    assert!(!localhost.is_empty(), "getent hosts 127.0.0.1 gave no name");
+    let response = get(SRC_1, daemon.addr(), &format!("{CREDS_PATH}role-h"), &[]).await;
+    assert_eq!(
+        response.status, 200,
+        "reverse DNS to container h: {response:?}"
+    );
+    assert!(
+        daemon.logs().contains("source=\"reverse_dns\"")
+            || daemon.logs().contains("source=reverse_dns"),
+        "{}",
+        daemon.logs()
+    );
+    let _ = h;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_address_serves_the_new_container_never_the_old() {
+    let Some((mut docker, moto, daemon)) = setup(&["old-role", "new-role"], &[]).await else {
+        return;
+    };
+    let (net, gw) = docker.create_network();
+    let ip = format!(
+        "{}.{}.{}.10",
+        gw.octets()[0],
+        gw.octets()[1],
+        gw.octets()[2]
+    );
+    let old = docker.run_detached(&["--network", &net, "--ip", &ip, "-e", "IAM_ROLE=old-role"]);
+    let (ok, body) = v1(&docker, &old, &url(gw, &daemon, ""));
+    assert!(ok && body == "old-role", "{body}");
+    docker.must(&["stop", "-t", "0", &old]);
+    let new = docker.run_detached(&["--network", &net, "--ip", &ip, "-e", "IAM_ROLE=new-role"]);
+    assert_eq!(
+        docker.ip(&new, &net).to_string(),
+        ip,
+        "Docker gave the new container the same address"
+    );
+    let (ok, body) = v1(&docker, &new, &url(gw, &daemon, ""));
+    assert!(
+        ok && body == "new-role",
+        "new container at the old address: {body}"
+    );
+    let (ok, err) = v1(&docker, &new, &url(gw, &daemon, "old-role"));
+    assert!(
+        !ok && err.contains("404"),
+        "old role from the new container: {err}"
+    );
+    let (ok, body) = v1(&docker, &new, &url(gw, &daemon, "new-role"));
+    assert!(ok, "{body}");
+    assert_eq!(
+        identity(&moto, &body).await,
+        assumed("new-role", "devproxyauth")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_recovers_after_dockerd_restarts() {
+    let Some((mut docker, _moto, daemon)) = setup(&["role-a", "role-b"], &[]).await else {
+        return;
+    };
+    let gw = docker.gateway();
+    let a = docker.run_detached(&["-e", "IAM_ROLE=role-a"]);
+    let (ok, body) = v1(&docker, &a, &url(gw, &daemon, ""));
+    assert!(ok && body == "role-a", "{body}");
+    docker.restart_daemon();
+    // The old container stopped with dockerd; a new one (maybe at the same address) starts.
+    let b = docker.run_detached(&["-e", "IAM_ROLE=role-b"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, body) = v1(&docker, &b, &url(gw, &daemon, ""));
+        if ok {
+            assert_eq!(body, "role-b");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no role for b 30 s after dockerd restarted: {body}\n{}",
+            daemon.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        daemon.logs().contains("Docker reachable again"),
+        "{}",
+        daemon.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_request_of_a_new_container_is_served_from_the_prefetched_cache() {
+    let Some((docker, moto, daemon)) = setup(&["role-p", "role-q"], &[]).await else {
+        return;
+    };
+    let gw = docker.gateway();
+    // Started, indexed and prefetched before it asks.
+    let p = docker.run_detached(&["-e", "IAM_ROLE=role-p"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while calls_for(&moto, "role-p").await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "role-p never prefetched\n{}",
+            daemon.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = moto.assume_role_count().await;
+    let (ok, out, err) = docker.exec(
+        &p,
+        &format!("time wget -q -O - {}", url(gw, &daemon, "role-p")),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        moto.assume_role_count().await,
+        before,
+        "the first request called STS"
+    );
+    eprintln!(
+        "first request of a prefetched container: {}",
+        err.lines().next().unwrap_or_default()
+    );
+    assert!(out.contains("AccessKeyId"), "{out}");
+
+    // A container that asks the moment it starts, before its start event is applied: one
+    // AssumeRole in all (prefetch and request share it).
+    let started = Instant::now();
+    let out = docker.must(&[
+        "run",
+        "--rm",
+        "-e",
+        "IAM_ROLE=role-q",
+        metadataproxy_tests::IMAGE,
+        "sh",
+        "-c",
+        &format!("time wget -q -O - {} 2>&1", url(gw, &daemon, "role-q")),
+    ]);
+    eprintln!(
+        "container asking at once: {} (docker run total {:?})",
+        out.lines().last().unwrap_or_default(),
+        started.elapsed()
+    );
+    assert!(out.contains("AccessKeyId"), "{out}");
+    assert_eq!(
+        calls_for(&moto, "role-q").await.len(),
+        1,
+        "{}",
+        daemon.logs()
+    );
+}
