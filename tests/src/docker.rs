@@ -209,7 +209,7 @@ impl DockerD {
         for applet in applets.lines().filter(|a| *a != "busybox") {
             let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
         }
-        let tar = Command::new("tar")
+        let mut tar = Command::new("tar")
             .arg("-C")
             .arg(&rootfs)
             .args(["-c", "."])
@@ -217,8 +217,13 @@ impl DockerD {
             .spawn()
             .expect("tar");
         let mut import = self.command(&["import", "-", IMAGE]);
-        import.stdin(tar.stdout.expect("tar stdout"));
+        import.stdin(tar.stdout.take().expect("tar stdout"));
         must(&mut import);
+        let status = tar.wait().expect("waiting for tar");
+        assert!(
+            status.success(),
+            "tar of the busybox rootfs failed ({status})"
+        );
     }
 
     /// A `docker` command against this daemon.

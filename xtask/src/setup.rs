@@ -1,4 +1,5 @@
-//! `cargo xtask setup`: the Python virtualenv holding the test peers (moto, botocore, the aws CLI).
+//! `cargo xtask setup`: the Python virtualenv holding the test peers (moto, botocore, the aws CLI),
+//! and the Debian packages of the real-Docker tests (dockerd, a static busybox for the image).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,6 +13,7 @@ const STAMP: &str = ".xtask-requirements-hash";
 
 /// Makes sure `.venv` exists and holds exactly `tests/requirements.txt`; quick when it already does.
 pub fn run() -> Result<PathBuf> {
+    system_packages()?;
     step("setup: Python virtualenv with the test peers");
     let venv = repo::venv();
     let requirements = repo::root().join("tests").join("requirements.txt");
@@ -53,4 +55,64 @@ fn requirements_hash(path: &Path) -> Result<String> {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     });
     Ok(format!("{hash:016x}"))
+}
+
+/// Debian packages the Docker integration tests need, and how to tell each is installed.
+const PACKAGES: &[(&str, &str)] = &[
+    ("docker.io", "/usr/sbin/dockerd"),
+    ("busybox-static", "/bin/busybox"),
+    ("iproute2", "/sbin/ip"),
+];
+
+/// Installs the missing [`PACKAGES`] with apt (as root); elsewhere says what is missing.
+fn system_packages() -> Result<()> {
+    step("setup: system packages for the Docker tests");
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(name, file)| !installed(name) || !Path::new(file).exists())
+        .map(|(name, _)| *name)
+        .collect();
+    if missing.is_empty() {
+        println!(
+            "installed: {}",
+            PACKAGES
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        return Ok(());
+    }
+    if !is_root() || !Path::new("/usr/bin/apt-get").exists() {
+        println!(
+            "missing: {} (not root or no apt-get: install them by hand; the Docker tests fail without them)",
+            missing.join(" ")
+        );
+        return Ok(());
+    }
+    process::run(Command::new("apt-get").args(["update", "-q"]))?;
+    process::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("installing the Docker test packages")
+}
+
+/// Whether dpkg has `package` installed (busybox-static and busybox share `/bin/busybox`).
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            == Some("0")
+    })
 }

@@ -52,7 +52,7 @@ impl FakeDocker {
     }
 
     /// Sends an event to every open stream.
-    pub fn emit(&self, event: Event) {
+    pub fn emit(&self, event: &Event) {
         self.lock()
             .streams
             .retain(|s| s.send(Ok(event.clone())).is_ok());
@@ -67,7 +67,7 @@ impl FakeDocker {
     pub fn start(&self, info: ContainerInfo) {
         let id = info.id.clone();
         self.put(info);
-        self.emit(Event::Start(id));
+        self.emit(&Event::Start(id));
     }
 
     /// Stops a container: it no longer runs, and a `die` event follows.
@@ -75,7 +75,7 @@ impl FakeDocker {
         if let Some(c) = self.lock().containers.get_mut(id) {
             c.running = false;
         }
-        self.emit(Event::Die(id.to_owned()));
+        self.emit(&Event::Die(id.to_owned()));
     }
 
     /// Removes a container without any event.

@@ -36,10 +36,8 @@ fn conn(ip: &str) -> ConnInfo {
     }
 }
 
-fn default_role() -> Option<RoleAssignment> {
-    Some(RoleAssignment::from_role(
-        RoleSpec::parse("fallback").unwrap(),
-    ))
+fn fallback() -> RoleAssignment {
+    RoleAssignment::from_role(RoleSpec::parse("fallback").unwrap())
 }
 
 /// `role/session@source`, or `none`.
@@ -85,7 +83,7 @@ async fn docker_ip_gives_each_container_its_own_role() {
         info("c", "172.17.0.4", "c", "", &[]),
         info("d", "172.17.0.5", "d", "", &["IAM_ROLE"]),
     ]);
-    let chain = Chain::new(vec![Box::new(DockerIp::new(index))], default_role());
+    let chain = Chain::new(vec![Box::new(DockerIp::new(index))], Some(fallback()));
     assert_eq!(who(&chain, "172.17.0.2").await, "role-a/-@docker_ip");
     assert_eq!(who(&chain, "::ffff:172.17.0.3").await, "role-b/-@docker_ip");
     assert_eq!(who(&chain, "172.17.0.4").await, "fallback/-@docker_ip");
@@ -112,7 +110,7 @@ async fn default_role_takes_the_containers_session_name() {
         &info("c", "172.17.0.4", "c", "", &["WHO=alice"]),
         Some(&session),
     ));
-    let chain = Chain::new(vec![Box::new(DockerIp::new(index))], default_role());
+    let chain = Chain::new(vec![Box::new(DockerIp::new(index))], Some(fallback()));
     assert_eq!(who(&chain, "172.17.0.4").await, "fallback/alice@docker_ip");
 }
 

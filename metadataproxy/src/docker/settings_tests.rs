@@ -13,6 +13,16 @@ fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
+/// Environment entries, labels, and the expected summary.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+/// `ROLE_SESSION_KEY`, environment entries, labels, and the expected summary.
+type SessionCase<'a> = (
+    &'a SessionKey,
+    &'a [&'a str],
+    &'a [(&'a str, &'a str)],
+    &'a str,
+);
+
 /// A readable summary: `role|external id|session`, `default|session`, or `invalid: reason`.
 fn summary(role: &ContainerRole) -> String {
     match role {
@@ -32,7 +42,7 @@ fn summary(role: &ContainerRole) -> String {
 #[test]
 fn environment_and_labels_table() {
     let none: &[(&str, &str)] = &[];
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    let cases: &[Case] = &[
         (&[], none, "default|-"),
         (&["PATH=/bin", "HOME=/root"], none, "default|-"),
         (&["IAM_ROLE=web"], none, "web|-|-"),
@@ -120,7 +130,7 @@ fn environment_and_labels_table() {
 fn session_key_from_env_or_label_is_sanitised() {
     let by_env = SessionKey::Env("SESSION".into());
     let by_label = SessionKey::Label("com.example.session".into());
-    let cases: &[(&SessionKey, &[&str], &[(&str, &str)], &str)] = &[
+    let cases: &[SessionCase] = &[
         (
             &by_env,
             &["IAM_ROLE=web", "SESSION=alice"],

@@ -113,13 +113,13 @@ async fn network_change_and_vanished_container() {
     eventually("a indexed", || index.len() == 1).await;
     // Connected to another network: inspected again, new address.
     docker.put(info("a", "172.20.0.2", &["IAM_ROLE=ra"]));
-    docker.emit(Event::Changed(full_id("a")));
+    docker.emit(&Event::Changed(full_id("a")));
     eventually("new address", || index.by_ip(ip("172.20.0.2")).is_some()).await;
     assert!(index.by_ip(ip("172.17.0.2")).is_none());
     // A start event for a container already gone is not indexed; a known one is dropped.
-    docker.emit(Event::Start(full_id("g")));
+    docker.emit(&Event::Start(full_id("g")));
     docker.forget(&full_id("a"));
-    docker.emit(Event::Changed(full_id("a")));
+    docker.emit(&Event::Changed(full_id("a")));
     eventually("a dropped", || index.is_empty()).await;
     task.abort();
 }
