@@ -16,8 +16,8 @@ use crate::config::Config;
 use crate::creds::aws::AwsSts;
 use crate::creds::{CredentialCache, CredentialCacheConfig, Sts};
 use crate::docker::{
-    self, ContainerSource, DockerApi, DockerIp, Endpoint, IndexListener, NoListener, Prefetcher,
-    ReverseDns, SyncConfig, SystemResolver,
+    self, ContainerIndex, ContainerSource, DockerApi, DockerIp, Endpoint, IndexListener,
+    NoListener, Prefetcher, ReverseDns, SyncConfig, SystemResolver,
 };
 use crate::identity::mapping_file::{MappingError, MappingFile};
 use crate::identity::{Chain, ConnInfo, Identify};
@@ -102,14 +102,16 @@ pub fn build_with_docker(
     if let Some(source) = docker {
         let default_role = default_role.clone().map(Arc::new);
         let use_containers = mapping_file.is_none();
-        sources.extend(docker_sources(
+        let (_index, found) = docker_sources(
             config,
             source,
             use_containers,
             &resolver,
             &cache,
             default_role,
-        ));
+        );
+        // The cgroup source (eBPF) goes first: container id → `_index.by_id_soon(id)`.
+        sources.extend(found);
     }
     if let Some(file) = mapping_file {
         known.extend(file.current().assignments().cloned());
@@ -148,7 +150,7 @@ pub fn build_with_docker(
     }))
 }
 
-/// Starts the container index and returns the identification sources built on it.
+/// Starts the container index; returns it and the identification sources built on it.
 ///
 /// As in Lyft, a configured `ROLE_MAPPING_FILE` is the only IP-based source (`use_containers`
 /// false): the index still runs (for the cgroup source), but containers are then neither looked up
@@ -161,7 +163,7 @@ fn docker_sources(
     resolver: &Arc<Resolver>,
     cache: &Arc<CredentialCache>,
     default_role: Option<Arc<RoleAssignment>>,
-) -> Vec<Box<dyn Identify>> {
+) -> (Arc<ContainerIndex>, Vec<Box<dyn Identify>>) {
     let listener: Arc<dyn IndexListener> = if use_containers {
         Arc::new(Prefetcher::new(
             Arc::clone(resolver),
@@ -184,13 +186,13 @@ fn docker_sources(
                 timeout: docker::REVERSE_LOOKUP_TIMEOUT,
             };
             sources.push(Box::new(ReverseDns::new(
-                index,
+                Arc::clone(&index),
                 Box::new(resolver),
                 config.hostname_match_regex.clone(),
             )));
         }
     }
-    sources
+    (index, sources)
 }
 
 /// Starts fetching credentials for each assignment in the background.

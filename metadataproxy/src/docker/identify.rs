@@ -54,6 +54,8 @@ impl Identify for DockerIp {
         Box::pin(async move {
             let found = match self.index.by_ip(ip) {
                 Some(found) => found,
+                // No container has a loopback address of its own: nothing to wait for.
+                None if ip.is_loopback() => return None,
                 None => self.index.wait_for(START_GRACE, |i| i.by_ip(ip)).await?,
             };
             Some(answer(&found, Source::DockerIp, ip))

@@ -226,3 +226,17 @@ async fn unknown_callers_wait_at_most_the_grace_and_not_at_all_without_docker() 
         "waited {waited:?}"
     );
 }
+
+#[tokio::test]
+async fn loopback_callers_do_not_wait() {
+    let index = ContainerIndex::new();
+    index.set_live(true);
+    let chain = Chain::new(vec![Box::new(DockerIp::new(index))], Some(fallback()));
+    let started = std::time::Instant::now();
+    assert_eq!(who(&chain, "127.0.0.1").await, "fallback/-@default_role");
+    assert!(
+        started.elapsed() < START_GRACE / 2,
+        "{:?}",
+        started.elapsed()
+    );
+}

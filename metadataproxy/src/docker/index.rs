@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::container::{Container, short};
+use super::identify::START_GRACE;
 
 /// How the index changed, for the listeners that act on roles (prefetch, release).
 #[derive(Debug, Default)]
@@ -166,6 +167,15 @@ impl ContainerIndex {
     /// The running container with this full id (what a cgroup path names).
     pub fn by_id(&self, id: &str) -> Option<Arc<Container>> {
         self.read().by_id.get(id).cloned()
+    }
+
+    /// The running container with this full id, given [`START_GRACE`] to be indexed: a cgroup
+    /// that names a container is proof it exists, even before its `start` event is applied.
+    pub async fn by_id_soon(&self, id: &str) -> Option<Arc<Container>> {
+        match self.by_id(id) {
+            Some(found) => Some(found),
+            None => self.wait_for(START_GRACE, |i| i.by_id(id)).await,
+        }
     }
 
     /// The one running container with this address; `None` if none or several claim it.

@@ -135,3 +135,22 @@ fn containers_without_address_are_indexed_by_id() {
     assert!(index.by_id(&id).is_some());
     assert_eq!(index.matching(|c| c.ips.is_empty()).len(), 1);
 }
+
+#[tokio::test]
+async fn by_id_soon_waits_for_a_container_being_indexed() {
+    let index = ContainerIndex::new();
+    index.set_live(true);
+    let c = container("a", "172.17.0.2", &["IAM_ROLE=ra"]);
+    let id = c.id.clone();
+    let late = Arc::clone(&index);
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        late.upsert(c);
+    });
+    assert_eq!(
+        index.by_id_soon(&id).await.map(|c| role_of(&c)).as_deref(),
+        Some("ra")
+    );
+    index.set_live(false);
+    assert!(index.by_id_soon("unknown").await.is_none());
+}
