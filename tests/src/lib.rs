@@ -6,6 +6,7 @@
 
 mod creds;
 mod daemon;
+mod delay;
 mod docker;
 mod http;
 mod mapping;
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 
 pub use creds::{ImdsCredentials, fetch_credentials, parse_time};
 pub use daemon::{Daemon, DaemonBuilder, Exited};
+pub use delay::SlowRelay;
 pub use docker::{DockerD, IMAGE};
 pub use http::{Response, get, put_token, raw_http, request, token};
 pub use mapping::MappingFile;

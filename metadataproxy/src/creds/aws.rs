@@ -194,7 +194,9 @@ impl Sts for AwsSts {
                 code: None,
                 message: "response has no Role".into(),
             })?;
-            if role.path() != path {
+            // A bare name (path `/`) takes the role wherever it lives, as Lyft did; a name given
+            // with a path must match it.
+            if path != "/" && role.path() != path {
                 return Err(StsError {
                     operation: op,
                     kind: StsErrorKind::Denied,

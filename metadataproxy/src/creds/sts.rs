@@ -18,7 +18,7 @@ pub trait Sts: Send + Sync + std::fmt::Debug + 'static {
         duration: Duration,
     ) -> BoxFuture<'a, Result<Credentials, StsError>>;
 
-    /// `iam:GetRole`: the ARN of the role `name` under `path` (`/` for none).
+    /// `iam:GetRole`: the ARN of the role `name`; when `path` is not `/`, the role must live there.
     fn role_arn<'a>(
         &'a self,
         path: &'a str,
