@@ -48,3 +48,5 @@ pub fn spawn(
 
 #[cfg(test)]
 pub(crate) mod fake;
+#[cfg(test)]
+mod wiring_tests;
