@@ -1,0 +1,1 @@
+//! Privileged test harness: cgroups, network namespaces, the IMDS stand-in (filled below).
