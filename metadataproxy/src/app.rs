@@ -56,14 +56,10 @@ pub fn build(
     sts: Arc<dyn Sts>,
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<Imds>, AppError> {
-    let mut sources: Vec<Box<dyn Identify>> = Vec::new();
-    if let Some(path) = &config.role_mapping_file {
-        let file = Arc::new(MappingFile::load(path)?);
-        Arc::clone(&file).spawn_reloader(config.mapping_reload_interval);
-        sources.push(Box::new(SharedMapping(file)));
-    }
-    let default_role = config.default_role.clone().map(RoleAssignment::from_role);
-    let chain = Arc::new(Chain::new(sources, default_role));
+    let mapping_file = match &config.role_mapping_file {
+        Some(path) => Some(Arc::new(MappingFile::load(path)?)),
+        None => None,
+    };
     let resolver = Arc::new(Resolver::new(
         config.account_map.clone(),
         config.default_account_id.clone(),
@@ -82,6 +78,22 @@ pub fn build(
         },
     );
     cache.spawn_refresher(REFRESH_TICK);
+
+    // Credentials ready before the first request: every role the configuration names is
+    // fetched now, and again for the roles of each reloaded mapping.
+    let default_role = config.default_role.clone().map(RoleAssignment::from_role);
+    let mut known: Vec<Arc<RoleAssignment>> = default_role.iter().cloned().map(Arc::new).collect();
+    let mut sources: Vec<Box<dyn Identify>> = Vec::new();
+    if let Some(file) = mapping_file {
+        known.extend(file.current().assignments().cloned());
+        let (resolver, cache) = (Arc::clone(&resolver), Arc::clone(&cache));
+        Arc::clone(&file).spawn_reloader(config.mapping_reload_interval, move |mapping| {
+            prefetch(&resolver, &cache, mapping.assignments().cloned().collect());
+        });
+        sources.push(Box::new(file));
+    }
+    prefetch(&resolver, &cache, known);
+    let chain = Arc::new(Chain::new(sources, default_role));
     let passthrough = if config.mock_api {
         Passthrough::Mock(MockTree::new(&config.mocked_instance_id))
     } else {
@@ -109,24 +121,37 @@ pub fn build(
     }))
 }
 
-/// The mapping file shared between the identification chain and its reloader task.
-#[derive(Debug)]
-struct SharedMapping(Arc<MappingFile>);
-
-impl Identify for SharedMapping {
-    fn identify<'a>(
-        &'a self,
-        conn: &'a ConnInfo,
-    ) -> crate::creds::sts::BoxFuture<'a, Option<(Arc<RoleAssignment>, crate::identity::Source)>>
-    {
-        self.0.identify(conn)
+/// Starts fetching credentials for each assignment in the background.
+fn prefetch(
+    resolver: &Arc<Resolver>,
+    cache: &Arc<CredentialCache>,
+    assignments: Vec<Arc<RoleAssignment>>,
+) {
+    if assignments.is_empty() {
+        return;
     }
+    let (resolver, cache) = (Arc::clone(resolver), Arc::clone(cache));
+    tokio::spawn(async move {
+        for assignment in assignments {
+            match resolver.cache_key(&assignment).await {
+                Ok((key, _)) => cache.prefetch(&key),
+                Err(e) => {
+                    tracing::warn!(role = %assignment.role, error = %e, "cannot prefetch credentials");
+                }
+            }
+        }
+    });
 }
 
 /// Runs the daemon until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let sts = AwsSts::load(config.aws_region.clone(), Arc::clone(&clock)).await;
+    let sts = AwsSts::load(
+        config.aws_region.clone(),
+        config.patch_ecs_allowed_hosts.as_deref(),
+        Arc::clone(&clock),
+    )
+    .await;
     tracing::info!(region = ?sts.region(), "AWS clients ready");
     let imds = build(&config, Arc::new(sts), clock)?;
     let listener = TcpListener::bind(config.listen)

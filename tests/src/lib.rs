@@ -6,6 +6,7 @@
 
 mod creds;
 mod daemon;
+mod delay;
 mod http;
 mod mapping;
 mod moto;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 
 pub use creds::{ImdsCredentials, fetch_credentials, parse_time};
 pub use daemon::{Daemon, DaemonBuilder, Exited};
+pub use delay::SlowRelay;
 pub use http::{Response, get, put_token, raw_http, request, token};
 pub use mapping::MappingFile;
 pub use moto::{AssumedRole, Moto};

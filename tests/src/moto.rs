@@ -68,6 +68,11 @@ impl Moto {
         format!("http://{}", self.addr)
     }
 
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Kills moto now (to test how the daemon copes with STS being down).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

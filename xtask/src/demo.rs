@@ -191,17 +191,19 @@ fn spawn_logged(name: &str, cmd: &mut Command, log: &Path) -> Result<Guard> {
     Guard::spawn(name, cmd, log.to_path_buf())
 }
 
-/// The credentials JSON, pretty-printed, with the secret key and session token masked.
+/// The credentials document exactly as served, with the secret key and session token masked.
 fn masked(body: &str) -> Result<String> {
-    let mut json: serde_json::Value = serde_json::from_str(body)
+    let json: serde_json::Value = serde_json::from_str(body)
         .with_context(|| format!("credentials are not JSON: {body:?}"))?;
+    let mut shown = body.to_owned();
     for key in ["SecretAccessKey", "Token"] {
-        if let Some(value) = json.get_mut(key) {
-            let len = value.as_str().map_or(0, str::len);
-            *value = format!("****({len} chars, masked)").into();
-        }
+        let secret = json[key]
+            .as_str()
+            .with_context(|| format!("credentials without {key}: {json}"))?;
+        ensure!(!secret.is_empty(), "empty {key} in the credentials");
+        shown = shown.replace(secret, &format!("****({} chars, masked)", secret.len()));
     }
-    Ok(serde_json::to_string_pretty(&json)?)
+    Ok(shown)
 }
 
 fn loopback(port: u16) -> SocketAddr {

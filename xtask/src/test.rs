@@ -17,13 +17,14 @@ pub fn run(extra: &[String]) -> Result<()> {
     )?;
     let bin = repo::daemon_bin()?;
     let moto = venv.join("bin").join("moto_server");
-    step("test: cargo test --workspace");
+    step("test: cargo test --workspace --no-fail-fast");
     println!("MOTO_SERVER={}", moto.display());
     println!("METADATAPROXY_VENV={}", venv.display());
     println!("METADATAPROXY_BIN={}", bin.display());
     process::run(
         Command::new(repo::cargo())
-            .args(["test", "--workspace"])
+            // Every failing test binary is reported, not only the first.
+            .args(["test", "--workspace", "--no-fail-fast"])
             .args(extra)
             .env("MOTO_SERVER", &moto)
             .env("METADATAPROXY_VENV", &venv)

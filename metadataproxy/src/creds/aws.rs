@@ -7,6 +7,7 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_types::timeout::TimeoutConfig;
 
+use super::ecs_patch::PatchedEcsProvider;
 use super::sts::BoxFuture;
 use super::{CacheKey, Credentials, Secret, Sts, StsError, StsErrorKind};
 use crate::clock::Clock;
@@ -25,11 +26,15 @@ impl AwsSts {
     /// Region: `region` (`AWS_REGION`), else the shared config profile, else `us-east-1`; never the
     /// metadata service, which on a host running this daemon may be redirected to the daemon itself.
     /// Endpoints honour `AWS_ENDPOINT_URL_STS` / `AWS_ENDPOINT_URL_IAM` (aws-config does).
-    pub async fn load(region: Option<String>, clock: std::sync::Arc<dyn Clock>) -> Self {
+    pub async fn load(
+        region: Option<String>,
+        patch_ecs_allowed_host: Option<&str>,
+        clock: std::sync::Arc<dyn Clock>,
+    ) -> Self {
         let region = RegionProviderChain::first_try(region.map(aws_config::Region::new))
             .or_else(aws_config::profile::ProfileFileRegionProvider::new())
             .or_else(aws_config::Region::from_static("us-east-1"));
-        let config = aws_config::defaults(BehaviorVersion::latest())
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(region)
             .timeout_config(
                 TimeoutConfig::builder()
@@ -37,9 +42,14 @@ impl AwsSts {
                     .operation_attempt_timeout(Duration::from_secs(5))
                     .operation_timeout(Duration::from_secs(15))
                     .build(),
-            )
-            .load()
-            .await;
+            );
+        if let Some(patched) = patch_ecs_allowed_host.and_then(patched_ecs_provider) {
+            tracing::info!(
+                "daemon credentials: AWS_CONTAINER_CREDENTIALS_FULL_URI on the host PATCH_ECS_ALLOWED_HOSTS allows"
+            );
+            loader = loader.credentials_provider(patched);
+        }
+        let config = loader.load().await;
         Self {
             sts: aws_sdk_sts::Client::new(&config),
             iam: aws_sdk_iam::Client::new(&config),
@@ -51,6 +61,20 @@ impl AwsSts {
     pub fn region(&self) -> Option<String> {
         self.sts.config().region().map(ToString::to_string)
     }
+}
+
+/// The patched container-credentials provider, when `AWS_CONTAINER_CREDENTIALS_FULL_URI` names `host`.
+fn patched_ecs_provider(host: &str) -> Option<PatchedEcsProvider> {
+    let uri = std::env::var("AWS_CONTAINER_CREDENTIALS_FULL_URI").ok()?;
+    let token = std::env::var("AWS_CONTAINER_AUTHORIZATION_TOKEN")
+        .ok()
+        .or_else(|| {
+            let file = std::env::var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE").ok()?;
+            std::fs::read_to_string(file)
+                .ok()
+                .map(|t| t.trim().to_owned())
+        });
+    PatchedEcsProvider::for_host(host, &uri, token)
 }
 
 fn classify<E, R>(operation: &'static str, err: &SdkError<E, R>) -> StsError

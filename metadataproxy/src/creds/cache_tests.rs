@@ -1,71 +1,13 @@
 //! Unit tests of the credential cache against a fake STS and a hand-driven clock.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use super::*;
 use crate::clock::ManualClock;
-use crate::creds::sts::BoxFuture;
-use crate::creds::{Secret, StsErrorKind};
-
-#[derive(Debug)]
-struct FakeSts {
-    clock: ManualClock,
-    calls: AtomicU64,
-    failing: AtomicBool,
-    delay: Duration,
-}
-
-impl FakeSts {
-    fn new(clock: &ManualClock, delay: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            clock: clock.clone(),
-            calls: AtomicU64::new(0),
-            failing: AtomicBool::new(false),
-            delay,
-        })
-    }
-}
-
-impl Sts for FakeSts {
-    fn assume_role<'a>(
-        &'a self,
-        key: &'a CacheKey,
-        duration: Duration,
-    ) -> BoxFuture<'a, Result<Credentials, StsError>> {
-        Box::pin(async move {
-            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-            tokio::time::sleep(self.delay).await;
-            if self.failing.load(Ordering::SeqCst) {
-                return Err(StsError {
-                    operation: "sts:AssumeRole",
-                    kind: StsErrorKind::Unavailable,
-                    code: None,
-                    message: "down".into(),
-                });
-            }
-            let now = self.clock.now();
-            Ok(Credentials {
-                access_key_id: format!("ASIA{n:016}"),
-                secret_access_key: Secret::new(format!("secret-{n}")),
-                session_token: Secret::new(format!("token-{n}-{}", key.session_name)),
-                expiration: now + duration,
-                last_updated: now,
-                assumed_role_arn: String::new(),
-                assumed_role_id: String::new(),
-            })
-        })
-    }
-
-    fn role_arn<'a>(
-        &'a self,
-        _path: &'a str,
-        _name: &'a str,
-    ) -> BoxFuture<'a, Result<String, StsError>> {
-        Box::pin(async { unreachable!("not used by the cache") })
-    }
-}
+use crate::creds::StsErrorKind;
+use crate::creds::fake::FakeSts;
 
 fn setup(delay: Duration) -> (ManualClock, Arc<FakeSts>, Arc<CredentialCache>) {
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));

@@ -2,6 +2,9 @@
 
 pub mod aws;
 mod cache;
+pub mod ecs_patch;
+#[cfg(test)]
+pub mod fake;
 mod secret;
 pub mod sts;
 

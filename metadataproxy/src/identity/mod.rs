@@ -134,6 +134,16 @@ impl Chain {
     }
 }
 
+/// A shared source is a source (the same one may also be held by its reloader).
+impl<T: Identify + ?Sized> Identify for Arc<T> {
+    fn identify<'a>(
+        &'a self,
+        conn: &'a ConnInfo,
+    ) -> BoxFuture<'a, Option<(Arc<RoleAssignment>, Source)>> {
+        (**self).identify(conn)
+    }
+}
+
 /// [`mapping_file::MappingFile`] as an identification source: by the caller's IP address.
 impl Identify for mapping_file::MappingFile {
     fn identify<'a>(

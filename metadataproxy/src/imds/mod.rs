@@ -18,3 +18,6 @@ pub fn proxy_status(e: &proxy::UpstreamError) -> http::StatusCode {
         _ => http::StatusCode::BAD_GATEWAY,
     }
 }
+
+#[cfg(test)]
+mod service_tests;

@@ -1,0 +1,71 @@
+//! A fake STS for unit tests: counts calls, can be made slow or failing; credentials name their session.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::sts::BoxFuture;
+use super::{CacheKey, Credentials, Secret, Sts, StsError, StsErrorKind};
+use crate::clock::{Clock, ManualClock};
+
+/// The fake.
+#[derive(Debug)]
+pub struct FakeSts {
+    clock: ManualClock,
+    /// `sts:AssumeRole` calls so far.
+    pub calls: AtomicU64,
+    /// When set, every call fails as if STS were unreachable.
+    pub failing: AtomicBool,
+    delay: Duration,
+}
+
+impl FakeSts {
+    /// A fake answering after `delay`, with credentials valid for the requested duration.
+    pub fn new(clock: &ManualClock, delay: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            clock: clock.clone(),
+            calls: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            delay,
+        })
+    }
+}
+
+impl Sts for FakeSts {
+    fn assume_role<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        duration: Duration,
+    ) -> BoxFuture<'a, Result<Credentials, StsError>> {
+        Box::pin(async move {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(self.delay).await;
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(StsError {
+                    operation: "sts:AssumeRole",
+                    kind: StsErrorKind::Unavailable,
+                    code: None,
+                    message: "down".into(),
+                });
+            }
+            let now = self.clock.now();
+            Ok(Credentials {
+                access_key_id: format!("ASIA{n:016}"),
+                secret_access_key: Secret::new(format!("secret-{n}")),
+                session_token: Secret::new(format!("token-{n}-{}", key.session_name)),
+                expiration: now + duration,
+                last_updated: now,
+                assumed_role_arn: String::new(),
+                assumed_role_id: String::new(),
+            })
+        })
+    }
+
+    fn role_arn<'a>(
+        &'a self,
+        path: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<String, StsError>> {
+        Box::pin(async move { Ok(format!("arn:aws:iam::999999999999:role{path}{name}")) })
+    }
+}
