@@ -178,9 +178,29 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i32> {
             MP_CONN4.insert(key, record, u64::from(BPF_ANY))?;
         }
         AF_INET6 => {
+            // One 32-bit load per word at a constant context offset: the verifier rejects the
+            // pointer arithmetic an array copy compiles to.
+            // SAFETY: `ctx.ops` is the program's context; these fields are readable in sock_ops.
+            let (local6, remote6) = unsafe {
+                let ops = ctx.ops;
+                (
+                    [
+                        core::ptr::read_volatile(&raw const (*ops).local_ip6[0]),
+                        core::ptr::read_volatile(&raw const (*ops).local_ip6[1]),
+                        core::ptr::read_volatile(&raw const (*ops).local_ip6[2]),
+                        core::ptr::read_volatile(&raw const (*ops).local_ip6[3]),
+                    ],
+                    [
+                        core::ptr::read_volatile(&raw const (*ops).remote_ip6[0]),
+                        core::ptr::read_volatile(&raw const (*ops).remote_ip6[1]),
+                        core::ptr::read_volatile(&raw const (*ops).remote_ip6[2]),
+                        core::ptr::read_volatile(&raw const (*ops).remote_ip6[3]),
+                    ],
+                )
+            };
             let key = Conn6 {
-                peer_addr: ctx.local_ip6(),
-                local_addr: ctx.remote_ip6(),
+                peer_addr: local6,
+                local_addr: remote6,
                 peer_port: local_port,
                 local_port: remote,
             };

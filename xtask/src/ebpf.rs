@@ -68,6 +68,14 @@ pub fn run() -> Result<()> {
         bail!("the build succeeded but {} is missing", object.display());
     }
     println!("eBPF object: {}", object.display());
+    // The daemon's build script embeds the object when it exists; make its next build look again.
+    let build_rs = repo::root().join("metadataproxy").join("build.rs");
+    std::fs::File::options()
+        .append(true)
+        .open(&build_rs)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        .with_context(|| format!("touching {}", build_rs.display()))?;
+    println!("the next `cargo build -p metadataproxy` embeds it");
     Ok(())
 }
 
