@@ -34,21 +34,30 @@ static MP_CONN6: LruHashMap<Conn6, Record> = LruHashMap::pinned(16_384, 0);
 static MP_EXEMPT: HashMap<u64, u32> = HashMap::pinned(4_096, 0);
 
 #[cgroup_sock_addr(connect4)]
-#[expect(clippy::needless_pass_by_value, reason = "the program macro fixes the signature")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
 pub fn mp_connect4(ctx: SockAddrContext) -> i32 {
     let _ = try_connect4(&ctx);
     ALLOW
 }
 
 #[cgroup_sock_addr(connect6)]
-#[expect(clippy::needless_pass_by_value, reason = "the program macro fixes the signature")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
 pub fn mp_connect6(ctx: SockAddrContext) -> i32 {
     let _ = try_connect6(&ctx);
     ALLOW
 }
 
 #[sock_ops]
-#[expect(clippy::needless_pass_by_value, reason = "the program macro fixes the signature")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
 pub fn mp_sock_ops(ctx: SockOpsContext) -> u32 {
     let _ = try_sock_ops(&ctx);
     0

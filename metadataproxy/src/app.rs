@@ -15,9 +15,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::creds::aws::AwsSts;
 use crate::creds::{CredentialCache, CredentialCacheConfig, Sts};
-use crate::identity::mapping_file::{MappingError, MappingFile};
 use crate::ebpf::ConnTable;
 use crate::identity::cgroup::{CgroupPaths, CgroupSource};
+use crate::identity::mapping_file::{MappingError, MappingFile};
 use crate::identity::{Chain, ConnInfo, Identify};
 use crate::imds::iam::Iam;
 use crate::imds::mock::MockTree;
@@ -215,7 +215,8 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, AppError> {
 /// Whether a listener on `listen` also accepts connections to `addr`.
 fn covers(listen: std::net::SocketAddr, addr: std::net::SocketAddr) -> bool {
     listen.port() == addr.port()
-        && (listen.ip() == addr.ip() || listen.ip().is_unspecified() && listen.is_ipv6() == addr.is_ipv6())
+        && (listen.ip() == addr.ip()
+            || listen.ip().is_unspecified() && listen.is_ipv6() == addr.is_ipv6())
 }
 
 /// Accepts connections until `shutdown`, then lets in-flight requests finish (bounded).

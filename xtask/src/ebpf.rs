@@ -54,7 +54,10 @@ pub fn run() -> Result<()> {
             .args(["--target", TARGET, "-Z", "build-std=core", "--release"])
             .current_dir(&crate_dir)
             // BTF in the object: the loader relocates against the kernel's BTF with it.
-            .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf")
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+            )
             // The `cargo` of the outer xtask run pins the stable toolchain; let rustup pick nightly.
             .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("CARGO")

@@ -92,7 +92,10 @@ pub(super) fn cgroup_paths(v: &str) -> Result<Vec<String>, String> {
 fn target4(v: &str) -> Result<SocketAddrV4, String> {
     match v.parse::<SocketAddr>() {
         Ok(SocketAddr::V4(a)) if !a.ip().is_unspecified() && a.port() != 0 => Ok(a),
-        _ => Err("must be an IPv4 address and port the daemon listens on, like `172.17.0.1:45001`".to_owned()),
+        _ => Err(
+            "must be an IPv4 address and port the daemon listens on, like `172.17.0.1:45001`"
+                .to_owned(),
+        ),
     }
 }
 
@@ -142,7 +145,10 @@ pub(super) fn read(
         if p.is_absolute() && p.parent().is_some() {
             Ok(p)
         } else {
-            Err("must be an absolute path below a bpffs mount, like /sys/fs/bpf/metadataproxy".to_owned())
+            Err(
+                "must be an absolute path below a bpffs mount, like /sys/fs/bpf/metadataproxy"
+                    .to_owned(),
+            )
         }
     });
     let on_exit = r.parse(s::EBPF_ON_EXIT, on_exit);

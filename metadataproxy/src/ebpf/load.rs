@@ -14,7 +14,8 @@ use crate::config::{EbpfConfig, OnExit};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, when it existed at build time.
 #[cfg(metadataproxy_ebpf_object)]
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/metadataproxy-ebpf.o"));
+static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/metadataproxy-ebpf.o"));
 #[cfg(not(metadataproxy_ebpf_object))]
 static OBJECT: &[u8] = &[];
 
@@ -109,10 +110,16 @@ impl Redirect {
             .set(0, settings(target, host), 0)
             .map_err(map_err(maps::SETTINGS))?;
 
-        let table = ConnTable::new(take_hash(&mut ebpf, maps::CONN4)?, take_hash(&mut ebpf, maps::CONN6)?);
+        let table = ConnTable::new(
+            take_hash(&mut ebpf, maps::CONN4)?,
+            take_hash(&mut ebpf, maps::CONN6)?,
+        );
         let stale = table.clear();
         if stale > 0 {
-            tracing::info!(entries = stale, "dropped connection records nobody accepted while no daemon ran");
+            tracing::info!(
+                entries = stale,
+                "dropped connection records nobody accepted while no daemon ran"
+            );
         }
 
         // Load (verify) every program before attaching any, so a refused program leaves no
@@ -132,15 +139,31 @@ impl Redirect {
         for (id, dir) in &cgroups {
             for name in [programs::CONNECT4, programs::CONNECT6] {
                 let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-                let link_id = prog.attach(dir, CgroupAttachMode::Single).map_err(prog_err(name))?;
+                let link_id = prog
+                    .attach(dir, CgroupAttachMode::Single)
+                    .map_err(prog_err(name))?;
                 let link = prog.take_link(link_id).map_err(prog_err(name))?;
-                links.push(pin_over(link.try_into(), &config.pin_dir, name, *id, &mut names)?);
+                links.push(pin_over(
+                    link.try_into(),
+                    &config.pin_dir,
+                    name,
+                    *id,
+                    &mut names,
+                )?);
             }
             let name = programs::SOCK_OPS;
             let prog: &mut SockOps = program(&mut ebpf, name)?;
-            let link_id = prog.attach(dir, CgroupAttachMode::Single).map_err(prog_err(name))?;
+            let link_id = prog
+                .attach(dir, CgroupAttachMode::Single)
+                .map_err(prog_err(name))?;
             let link = prog.take_link(link_id).map_err(prog_err(name))?;
-            links.push(pin_over(link.try_into(), &config.pin_dir, name, *id, &mut names)?);
+            links.push(pin_over(
+                link.try_into(),
+                &config.pin_dir,
+                name,
+                *id,
+                &mut names,
+            )?);
         }
         remove_stale_links(&config.pin_dir, &names);
         Ok((

@@ -22,13 +22,19 @@ pub use table::{Caller, ConnTable};
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
     /// The kernel exposes no BTF, which the programs need to load.
-    #[error("the kernel has no BTF (/sys/kernel/btf/vmlinux is missing): a kernel built with CONFIG_DEBUG_INFO_BTF is needed")]
+    #[error(
+        "the kernel has no BTF (/sys/kernel/btf/vmlinux is missing): a kernel built with CONFIG_DEBUG_INFO_BTF is needed"
+    )]
     NoBtf,
     /// The process lacks the privileges to load and attach programs.
-    #[error("not privileged enough to load eBPF programs: run as root (or with CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); effective capabilities {0:#x}")]
+    #[error(
+        "not privileged enough to load eBPF programs: run as root (or with CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); effective capabilities {0:#x}"
+    )]
     NotPrivileged(u64),
     /// No cgroup v2 hierarchy is mounted.
-    #[error("no cgroup v2 (cgroup2) mount in /proc/self/mountinfo: the redirect attaches to cgroup v2")]
+    #[error(
+        "no cgroup v2 (cgroup2) mount in /proc/self/mountinfo: the redirect attaches to cgroup v2"
+    )]
     NoCgroup2,
     /// A cgroup named in `EBPF_CGROUPS` does not exist.
     #[error("EBPF_CGROUPS names {path}, which cannot be opened: {source}")]
@@ -39,10 +45,14 @@ pub enum EbpfError {
         source: std::io::Error,
     },
     /// The pin directory is not on a bpffs.
-    #[error("{0} is not on a bpffs mount (mount one with `mount -t bpf bpf /sys/fs/bpf`, or set EBPF_PIN_DIR)")]
+    #[error(
+        "{0} is not on a bpffs mount (mount one with `mount -t bpf bpf /sys/fs/bpf`, or set EBPF_PIN_DIR)"
+    )]
     NoBpffs(PathBuf),
     /// The daemon was built without the eBPF object and `EBPF_OBJECT` is unset.
-    #[error("eBPF object not built: run `cargo xtask build-ebpf` and rebuild the daemon, or set EBPF_OBJECT (EBPF=off runs in IP-only mode)")]
+    #[error(
+        "eBPF object not built: run `cargo xtask build-ebpf` and rebuild the daemon, or set EBPF_OBJECT (EBPF=off runs in IP-only mode)"
+    )]
     NoObject,
     /// Reading a file the set-up needs failed.
     #[error("cannot read {path}: {source}")]
@@ -115,6 +125,12 @@ pub fn start(config: &crate::config::Config) -> Result<Option<Kernel>, EbpfError
     if ebpf.mode == EbpfMode::Off {
         tracing::info!("EBPF=off: IP-only mode, callers are identified by their address alone");
         return Ok(None);
+    }
+    if !ebpf.redirect_host {
+        // TODO(ebpf): exempt non-container host cgroups (MP_EXEMPT map is in place, not yet fed).
+        tracing::warn!(
+            "EBPF_REDIRECT_HOST=false is not enforced yet: every process in EBPF_CGROUPS except the daemon's cgroup is redirected"
+        );
     }
     let attempt = Host::check(&ebpf.pin_dir).and_then(|host| {
         let target = Target {

@@ -52,7 +52,9 @@ enum Key {
 
 fn words(ip: std::net::Ipv6Addr) -> [u32; 4] {
     let o = ip.octets();
-    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
 }
 
 fn key(peer: SocketAddr, local: SocketAddr) -> Option<Key> {
@@ -101,7 +103,9 @@ impl ConnTable {
 }
 
 fn take_one<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>, k: &K) -> Option<Caller> {
-    let mut map = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut map = map
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let record = map.get(k, 0).ok()?;
     // Removal failing (already evicted) changes nothing for this caller.
     let _ = map.remove(k);
@@ -109,7 +113,9 @@ fn take_one<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>, k: &K) -> Opt
 }
 
 fn clear_one<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>) -> usize {
-    let mut map = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut map = map
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
     keys.iter().filter(|k| map.remove(k).is_ok()).count()
 }

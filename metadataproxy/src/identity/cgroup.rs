@@ -93,7 +93,9 @@ pub struct ContainerRef {
 }
 
 fn is_container_id(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// The container of a cgroup path, from its deepest segment naming one:
@@ -170,10 +172,8 @@ impl super::Identify for CgroupSource {
     fn identify<'a>(
         &'a self,
         conn: &'a super::ConnInfo,
-    ) -> crate::creds::sts::BoxFuture<
-        'a,
-        Option<(Arc<crate::role::RoleAssignment>, super::Source)>,
-    > {
+    ) -> crate::creds::sts::BoxFuture<'a, Option<(Arc<crate::role::RoleAssignment>, super::Source)>>
+    {
         let found = conn.kernel.and_then(|k| {
             let path = self.paths.path(k.cgroup_id)?;
             let mapping = self.mapping.current();

@@ -15,7 +15,9 @@ fn container_ids_from_real_world_layouts() {
         (&format!("/docker/{ID}/docker/{ID}"), Some("docker")),
         // Kubernetes + containerd, systemd driver.
         (
-            &format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1a2b3c4d_5e6f_7a8b_9c0d_1e2f3a4b5c6d.slice/cri-containerd-{ID}.scope"),
+            &format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1a2b3c4d_5e6f_7a8b_9c0d_1e2f3a4b5c6d.slice/cri-containerd-{ID}.scope"
+            ),
             Some("containerd"),
         ),
         // Kubernetes, cgroupfs driver.
@@ -26,7 +28,10 @@ fn container_ids_from_real_world_layouts() {
         // containerd without Kubernetes (ctr, nerdctl).
         (&format!("/k8s.io/{ID}"), Some("containerd")),
         // CRI-O and podman.
-        (&format!("/kubepods.slice/kubepods-pod1.slice/crio-{ID}.scope"), Some("crio")),
+        (
+            &format!("/kubepods.slice/kubepods-pod1.slice/crio-{ID}.scope"),
+            Some("crio"),
+        ),
         (&format!("/machine.slice/libpod-{ID}.scope"), Some("podman")),
         // Not containers.
         ("/", None),
@@ -49,7 +54,15 @@ fn container_ids_from_real_world_layouts() {
 #[test]
 fn ancestors_deepest_first() {
     let all: Vec<&str> = ancestors("/system.slice/foo.service/sub").collect();
-    assert_eq!(all, ["/system.slice/foo.service/sub", "/system.slice/foo.service", "/system.slice", "/"]);
+    assert_eq!(
+        all,
+        [
+            "/system.slice/foo.service/sub",
+            "/system.slice/foo.service",
+            "/system.slice",
+            "/"
+        ]
+    );
     assert_eq!(ancestors("/").collect::<Vec<_>>(), ["/"]);
 }
 
@@ -64,7 +77,11 @@ fn resolves_ids_and_forgets_removed_cgroups() {
     assert_eq!(paths.path(b).as_deref(), Some("/a/b"));
     assert_eq!(paths.path(ino("")).as_deref(), Some("/"));
     std::fs::remove_dir(root.path().join("a/b")).unwrap();
-    assert_eq!(paths.path(b), None, "a removed cgroup is not served from the cache");
+    assert_eq!(
+        paths.path(b),
+        None,
+        "a removed cgroup is not served from the cache"
+    );
     std::fs::create_dir(root.path().join("a/c")).unwrap();
     assert_eq!(paths.path(ino("a/c")).as_deref(), Some("/a/c"));
 }

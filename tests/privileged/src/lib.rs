@@ -19,7 +19,11 @@ pub use standin::{HOST_MARKER, Standin};
 pub fn cgroup2() -> PathBuf {
     let info = std::fs::read_to_string("/proc/self/mountinfo").expect("reading mountinfo");
     info.lines()
-        .find(|l| l.split(" - ").nth(1).is_some_and(|r| r.starts_with("cgroup2 ")))
+        .find(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|r| r.starts_with("cgroup2 "))
+        })
         .and_then(|l| l.split(' ').nth(4))
         .map(PathBuf::from)
         .expect("no cgroup2 mount: the eBPF redirect needs cgroup v2")
@@ -27,7 +31,11 @@ pub fn cgroup2() -> PathBuf {
 
 /// Runs a command to completion, panicking with its output if it fails.
 pub fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("running sh");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("running sh");
     assert!(
         out.status.success(),
         "`{cmd}` failed: {}",
@@ -57,6 +65,7 @@ impl Cgroup {
     }
 
     /// A child cgroup (removed before its parent, because it is dropped first).
+    #[must_use]
     pub fn child(&self, name: &str) -> Self {
         Self::new(&format!("{}/{name}", self.rel))
     }
@@ -89,7 +98,10 @@ pub struct Bpffs {
 impl Bpffs {
     /// Mounts a fresh bpffs.
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new().prefix("mp-bpffs-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("mp-bpffs-")
+            .tempdir()
+            .expect("tempdir");
         sh(&format!("mount -t bpf bpf {}", dir.path().display()));
         Self { dir }
     }
@@ -130,7 +142,9 @@ fn fetched(out: &Output) -> Fetched {
 
 /// The `sh -c` command of a caller in `cgroup` (and `netns`) fetching `url` with curl.
 pub fn caller_cmd(cgroup: &Cgroup, netns: Option<&Netns>, url: &str) -> Command {
-    let ns = netns.map(|n| format!("ip netns exec {} ", n.name)).unwrap_or_default();
+    let ns = netns
+        .map(|n| format!("ip netns exec {} ", n.name))
+        .unwrap_or_default();
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(format!("{} {ns}curl -sS -g -m 5 '{url}'", cgroup.enter()))
@@ -140,7 +154,11 @@ pub fn caller_cmd(cgroup: &Cgroup, netns: Option<&Netns>, url: &str) -> Command 
 
 /// One caller in `cgroup` (and `netns`) fetching `url`.
 pub fn fetch(cgroup: &Cgroup, netns: Option<&Netns>, url: &str) -> Fetched {
-    fetched(&caller_cmd(cgroup, netns, url).output().expect("running curl"))
+    fetched(
+        &caller_cmd(cgroup, netns, url)
+            .output()
+            .expect("running curl"),
+    )
 }
 
 /// The daemon binary, started inside its own cgroup with exactly the given variables.
@@ -155,7 +173,10 @@ impl Daemon {
     /// Starts `$METADATAPROXY_BIN` in `cgroup` and waits until it accepts on 127.0.0.1:`port`.
     pub fn start(cgroup: &Cgroup, vars: &BTreeMap<String, String>, port: u16) -> Self {
         let bin = metadataproxy_tests::required_path("METADATAPROXY_BIN");
-        let dir = tempfile::Builder::new().prefix("mp-daemon-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("mp-daemon-")
+            .tempdir()
+            .expect("tempdir");
         let log = dir.path().join("stderr.log");
         let child = Command::new("sh")
             .arg("-c")
@@ -168,7 +189,11 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("starting the daemon");
-        let mut daemon = Self { child, log, _dir: dir };
+        let mut daemon = Self {
+            child,
+            log,
+            _dir: dir,
+        };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -181,7 +206,11 @@ impl Daemon {
             {
                 return daemon;
             }
-            assert!(Instant::now() < deadline, "daemon not listening:\n{}", daemon.logs());
+            assert!(
+                Instant::now() < deadline,
+                "daemon not listening:\n{}",
+                daemon.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -32,7 +32,9 @@ impl Default for Bridge {
 
 impl Drop for Bridge {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .status();
     }
 }
 
@@ -66,7 +68,11 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.host_end]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_end])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }

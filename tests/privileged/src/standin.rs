@@ -1,4 +1,4 @@
-//! The stand-in "real IMDS": 169.254.169.254 and fd00:ec2::254 made local on `lo`, with a server on
+//! The stand-in "real IMDS": 169.254.169.254 and `fd00:ec2::254` made local on `lo`, with a server on
 //! port 80 serving recognisable host credentials and counting every request it sees.
 
 use std::io::{Read as _, Write as _};
@@ -19,7 +19,7 @@ pub struct Standin {
     stop: Arc<AtomicBool>,
 }
 
-fn serve(listener: TcpListener, seen: Arc<AtomicUsize>, stop: Arc<AtomicBool>) {
+fn serve(listener: &TcpListener, seen: &AtomicUsize, stop: &AtomicBool) {
     listener.set_nonblocking(true).expect("nonblocking");
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
@@ -56,7 +56,7 @@ impl Standin {
             let addr: SocketAddr = addr.parse().expect("address");
             let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
             let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
-            std::thread::spawn(move || serve(listener, seen, stop));
+            std::thread::spawn(move || serve(&listener, &seen, &stop));
         }
         this
     }

@@ -1,97 +1,17 @@
 //! The eBPF redirect end to end, as root: attribution by cgroup across namespaces, concurrency,
 //! the daemon's own cgroup, fail closed after SIGKILL, IPv6, and nothing left behind.
 //!
-//! Run with `cargo xtask test-privileged` (one test thread; builds the eBPF object and the daemon).
+//! Run with `cargo xtask test-privileged` (as root, one test thread, `--ignored`; it builds the eBPF
+//! object and the daemon). They are `#[ignore]`d so `cargo test --workspace` never runs them by accident.
 
-use std::collections::BTreeMap;
+use metadataproxy_privileged_tests::{Cgroup, Daemon, HOST_MARKER, Netns, cgroup2, fetch};
+use metadataproxy_tests::Moto;
 
-use metadataproxy_privileged_tests::{
-    Bpffs, Bridge, Cgroup, Daemon, GATEWAY, HOST_MARKER, Netns, Standin, cgroup2, fetch,
-};
-use metadataproxy_tests::{Moto, free_port};
-
-const IMDS: &str = "http://169.254.169.254";
-const CREDS: &str = "/latest/meta-data/iam/security-credentials/";
-
-/// The per-test world: stand-in IMDS, a test cgroup tree, a private bpffs, a port.
-struct World {
-    // Field order is drop order: the daemon's cgroup before the root cgroup.
-    daemon_cg: Cgroup,
-    root: Cgroup,
-    bpffs: Bpffs,
-    standin: Standin,
-    /// The redirect target (`GATEWAY`) lives on it, for host and namespace callers alike.
-    bridge: Bridge,
-    port: u16,
-    mapping: tempfile::NamedTempFile,
-}
-
-impl World {
-    fn new(mapping: &serde_json::Value) -> Self {
-        let standin = Standin::start();
-        let root = Cgroup::new(&format!("/mp-test-{}", std::process::id()));
-        let daemon_cg = root.child("daemon");
-        let mapping_file = tempfile::NamedTempFile::new().expect("mapping file");
-        std::fs::write(mapping_file.path(), mapping.to_string()).expect("write mapping");
-        Self {
-            daemon_cg,
-            root,
-            bpffs: Bpffs::new(),
-            standin,
-            bridge: Bridge::new(),
-            port: free_port(),
-            mapping: mapping_file,
-        }
-    }
-
-    fn vars(&self) -> BTreeMap<String, String> {
-        [
-            ("HOST", "0.0.0.0".to_owned()),
-            ("PORT", self.port.to_string()),
-            ("MOCK_API", "true".to_owned()),
-            ("METADATA_URL", "http://127.0.0.1:9".to_owned()),
-            ("DEFAULT_ACCOUNT_ID", metadataproxy_tests::ACCOUNT.to_owned()),
-            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-            ("AWS_REGION", "us-east-1".to_owned()),
-            ("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:9".to_owned()),
-            ("AWS_ENDPOINT_URL_IAM", "http://127.0.0.1:9".to_owned()),
-            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
-            ("ROLE_MAPPING_FILE", self.mapping.path().display().to_string()),
-            ("EBPF", "required".to_owned()),
-            ("EBPF_CGROUPS", self.root.rel.clone()),
-            ("EBPF_TARGET", format!("{GATEWAY}:{}", self.port)),
-            ("EBPF_PIN_DIR", self.bpffs.pin_dir().display().to_string()),
-            ("LOG_LEVEL", "metadataproxy=debug".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
-    }
-
-    fn daemon(&self, extra: &[(&str, &str)]) -> Daemon {
-        let mut vars = self.vars();
-        for (k, v) in extra {
-            vars.insert((*k).to_owned(), (*v).to_owned());
-        }
-        Daemon::start(&self.daemon_cg, &vars, self.port)
-    }
-}
-
-/// Test cgroup paths are known before the world exists (they are named after the process).
-fn rel(name: &str) -> String {
-    format!("/mp-test-{}/{name}", std::process::id())
-}
-
-fn mapping_by_rel(pairs: &[(&str, &str)]) -> serde_json::Value {
-    let map: serde_json::Map<String, serde_json::Value> = pairs
-        .iter()
-        .map(|(name, role)| (format!("cgroup:{}", rel(name)), serde_json::Value::from(*role)))
-        .collect();
-    serde_json::Value::Object(map)
-}
+mod common;
+use common::{CREDS, IMDS, World, mapping_by_rel};
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "privileged: run by `cargo xtask test-privileged`"]
 async fn two_cgroups_in_host_and_netns_get_their_own_roles_from_moto() {
     let moto = Moto::start().await;
     let arn_a = moto.create_role("role-a", "/").await;
@@ -123,6 +43,7 @@ async fn two_cgroups_in_host_and_netns_get_their_own_roles_from_moto() {
 }
 
 #[test]
+#[ignore = "privileged: run by `cargo xtask test-privileged`"]
 fn three_hundred_concurrent_connections_from_several_cgroups_are_all_attributed() {
     let names = ["c0", "c1", "c2", "c3", "c4"];
     let pairs: Vec<(&str, String)> = names.iter().map(|n| (*n, format!("role-{n}"))).collect();
@@ -147,23 +68,37 @@ fn three_hundred_concurrent_connections_from_several_cgroups_are_all_attributed(
         let out = child.wait_with_output().expect("caller output");
         let body = String::from_utf8_lossy(&out.stdout).into_owned();
         if body != format!("role-{}", names[k]) {
-            wrong.push((names[k], body, String::from_utf8_lossy(&out.stderr).into_owned()));
+            wrong.push((
+                names[k],
+                body,
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
         }
     }
-    assert!(wrong.is_empty(), "{} of 300 misattributed: {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    assert!(
+        wrong.is_empty(),
+        "{} of 300 misattributed: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
     assert_eq!(world.standin.seen(), 0);
 }
 
 #[test]
+#[ignore = "privileged: run by `cargo xtask test-privileged`"]
 fn the_daemons_own_cgroup_is_not_redirected() {
     let world = World::new(&mapping_by_rel(&[("daemon", "never")]));
     let _daemon = world.daemon(&[]);
     let got = fetch(&world.daemon_cg, None, &format!("{IMDS}{CREDS}"));
-    assert_eq!(got.body, HOST_MARKER, "the daemon's cgroup must reach the real IMDS directly");
+    assert_eq!(
+        got.body, HOST_MARKER,
+        "the daemon's cgroup must reach the real IMDS directly"
+    );
     assert_eq!(world.standin.seen(), 1);
 }
 
 #[test]
+#[ignore = "privileged: run by `cargo xtask test-privileged`"]
 fn after_sigkill_callers_fail_closed_and_a_restart_takes_over() {
     let world = World::new(&mapping_by_rel(&[("a", "role-a")]));
     let a = world.root.child("a");
@@ -172,9 +107,17 @@ fn after_sigkill_callers_fail_closed_and_a_restart_takes_over() {
     assert_eq!(fetch(&a, None, &url).body, "role-a");
     daemon.kill();
     let down = fetch(&a, None, &url);
-    assert!(!down.ok, "connection succeeded with no daemon: {:?}", down.body);
+    assert!(
+        !down.ok,
+        "connection succeeded with no daemon: {:?}",
+        down.body
+    );
     assert_ne!(down.body, HOST_MARKER);
-    assert_eq!(world.standin.seen(), 0, "the stand-in IMDS saw a request while the daemon was down");
+    assert_eq!(
+        world.standin.seen(),
+        0,
+        "the stand-in IMDS saw a request while the daemon was down"
+    );
     let again = world.daemon(&[]);
     assert_eq!(fetch(&a, None, &url).body, "role-a");
     // A clean shutdown with `detach` removes every pin; callers then reach the real IMDS again.
@@ -205,6 +148,7 @@ impl DetachCheck for Daemon {
 }
 
 #[test]
+#[ignore = "privileged: run by `cargo xtask test-privileged`"]
 fn ipv6_callers_are_redirected_by_connect6() {
     let world = World::new(&mapping_by_rel(&[("v6", "role-v6")]));
     let v6 = world.root.child("v6");
@@ -216,6 +160,7 @@ fn ipv6_callers_are_redirected_by_connect6() {
 }
 
 #[test]
+#[ignore = "privileged: run by `cargo xtask test-privileged`"]
 fn zz_nothing_is_left_behind() {
     let id = std::process::id();
     let cg = cgroup2().join(format!("mp-test-{id}"));
@@ -223,9 +168,15 @@ fn zz_nothing_is_left_behind() {
     let netns = metadataproxy_privileged_tests::sh("ip netns list");
     assert!(!netns.contains(&format!("mp-{id}-")), "netns left: {netns}");
     let links = metadataproxy_privileged_tests::sh("ip -o link show");
-    assert!(!links.contains(&format!("mpbr{}", id % 100_000)), "bridge left");
+    assert!(
+        !links.contains(&format!("mpbr{}", id % 100_000)),
+        "bridge left"
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     assert!(!mounts.contains("mp-bpffs-"), "bpffs mount left");
     let addrs = metadataproxy_privileged_tests::sh("ip addr show dev lo");
-    assert!(!addrs.contains("169.254.169.254") && !addrs.contains("fd00:ec2::254"), "{addrs}");
+    assert!(
+        !addrs.contains("169.254.169.254") && !addrs.contains("fd00:ec2::254"),
+        "{addrs}"
+    );
 }
