@@ -15,6 +15,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::creds::aws::AwsSts;
 use crate::creds::{CredentialCache, CredentialCacheConfig, Sts};
+use crate::ebpf::ConnTable;
+use crate::identity::cgroup::{CgroupPaths, CgroupSource};
 use crate::identity::mapping_file::{MappingError, MappingFile};
 use crate::identity::{Chain, ConnInfo, Identify};
 use crate::imds::iam::Iam;
@@ -40,6 +42,9 @@ pub enum AppError {
     /// `ROLE_MAPPING_FILE` cannot be loaded at start-up.
     #[error(transparent)]
     MappingFile(#[from] MappingError),
+    /// The eBPF redirect is required and cannot be set up.
+    #[error("eBPF redirect (EBPF=required): {0}")]
+    Ebpf(#[from] crate::ebpf::EbpfError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -55,6 +60,16 @@ pub fn build(
     config: &Config,
     sts: Arc<dyn Sts>,
     clock: Arc<dyn Clock>,
+) -> Result<Arc<Imds>, AppError> {
+    build_with(config, sts, clock, None)
+}
+
+/// [`build`], with cgroup-path identification when the eBPF redirect is in force.
+pub fn build_with(
+    config: &Config,
+    sts: Arc<dyn Sts>,
+    clock: Arc<dyn Clock>,
+    cgroups: Option<Arc<CgroupPaths>>,
 ) -> Result<Arc<Imds>, AppError> {
     let mapping_file = match &config.role_mapping_file {
         Some(path) => Some(Arc::new(MappingFile::load(path)?)),
@@ -85,6 +100,12 @@ pub fn build(
     let mut known: Vec<Arc<RoleAssignment>> = default_role.iter().cloned().map(Arc::new).collect();
     let mut sources: Vec<Box<dyn Identify>> = Vec::new();
     if let Some(file) = mapping_file {
+        if let Some(paths) = cgroups {
+            sources.push(Box::new(CgroupSource {
+                paths,
+                mapping: Arc::clone(&file),
+            }));
+        }
         known.extend(file.current().assignments().cloned());
         let (resolver, cache) = (Arc::clone(&resolver), Arc::clone(&cache));
         Arc::clone(&file).spawn_reloader(config.mapping_reload_interval, move |mapping| {
@@ -153,24 +174,60 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     )
     .await;
     tracing::info!(region = ?sts.region(), "AWS clients ready");
-    let imds = build(&config, Arc::new(sts), clock)?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| AppError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| AppError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    tracing::info!(addr = %local, mock_api = config.mock_api, imdsv2_required = config.imdsv2_required, "listening");
-    serve(listener, imds, shutdown).await;
+    // Listen before the redirect points at us, so a restart has no window without a listener.
+    let listener = bind(config.listen).await?;
+    let kernel = crate::ebpf::start(&config)?;
+    let extra = match (&kernel, config.ebpf.target6) {
+        (Some(_), Some(t6)) if !covers(config.listen, t6.into()) => Some(bind(t6.into()).await?),
+        _ => None,
+    };
+    let table = kernel.as_ref().map(|k| Arc::clone(&k.table));
+    let imds = build_with(
+        &config,
+        Arc::new(sts),
+        clock,
+        kernel.as_ref().map(|k| Arc::clone(&k.paths)),
+    )?;
+    tracing::info!(addr = %config.listen, mock_api = config.mock_api, imdsv2_required = config.imdsv2_required, "listening");
+    if let Some(extra) = extra {
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let second = tokio::spawn(serve(extra, Arc::clone(&imds), table.clone(), async move {
+            let _ = stop_rx.changed().await;
+        }));
+        serve(listener, imds, table, shutdown).await;
+        let _ = stop_tx.send(true);
+        let _ = second.await;
+    } else {
+        serve(listener, imds, table, shutdown).await;
+    }
+    if let Some(kernel) = kernel {
+        kernel.shutdown();
+    }
     Ok(())
 }
 
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })
+}
+
+/// Whether a listener on `listen` also accepts connections to `addr`.
+fn covers(listen: std::net::SocketAddr, addr: std::net::SocketAddr) -> bool {
+    listen.port() == addr.port()
+        && (listen.ip() == addr.ip()
+            || listen.ip().is_unspecified() && listen.is_ipv6() == addr.is_ipv6())
+}
+
 /// Accepts connections until `shutdown`, then lets in-flight requests finish (bounded).
-pub async fn serve(listener: TcpListener, imds: Arc<Imds>, shutdown: impl Future<Output = ()>) {
+///
+/// With the eBPF redirect, each connection's kernel record is taken from `table` at accept.
+pub async fn serve(
+    listener: TcpListener,
+    imds: Arc<Imds>,
+    table: Option<Arc<ConnTable>>,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -190,7 +247,12 @@ pub async fn serve(listener: TcpListener, imds: Arc<Imds>, shutdown: impl Future
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn_info = ConnInfo { peer, local };
+        let kernel = table.as_ref().and_then(|t| t.take(peer, local));
+        let conn_info = ConnInfo {
+            peer,
+            local,
+            kernel,
+        };
         let imds = Arc::clone(&imds);
         let service = service_fn(move |req| {
             let imds = Arc::clone(&imds);

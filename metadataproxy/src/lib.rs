@@ -4,6 +4,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod creds;
+pub mod ebpf;
 pub mod identity;
 pub mod imds;
 pub mod resolver;

@@ -3,6 +3,7 @@
 //! Every source (mapping file, default role; later the eBPF cgroup table and the Docker index)
 //! implements [`Identify`]; a [`Chain`] asks them in order.
 
+pub mod cgroup;
 pub mod mapping_file;
 
 use std::fmt;
@@ -19,6 +20,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Our address the caller connected to.
     pub local: SocketAddr,
+    /// What the kernel recorded when the caller's connection was redirected (eBPF mode).
+    pub kernel: Option<crate::ebpf::Caller>,
 }
 
 /// The stable identity of a caller: what IMDSv2 tokens are bound to and what logs name.
@@ -59,6 +62,8 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 pub enum Source {
     /// An entry of `ROLE_MAPPING_FILE`.
     MappingFile,
+    /// A `cgroup:/path` entry of `ROLE_MAPPING_FILE`, matched by the kernel-attested cgroup.
+    CgroupPath,
     /// `DEFAULT_ROLE`, because no source knew the caller.
     DefaultRole,
 }
@@ -68,6 +73,7 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::MappingFile => "mapping_file",
+            Self::CgroupPath => "cgroup_path",
             Self::DefaultRole => "default_role",
         }
     }
@@ -107,9 +113,13 @@ impl Chain {
         }
     }
 
-    /// The identity of a connection, without looking up its role (cheap; used for tokens).
+    /// The identity of a connection, without looking up its role (cheap; used for tokens):
+    /// the cgroup the kernel recorded when known, else the peer address.
     pub fn identity(conn: &ConnInfo) -> Identity {
-        Identity::from_peer(conn.peer)
+        match conn.kernel {
+            Some(k) => Identity::Cgroup(k.cgroup_id),
+            None => Identity::from_peer(conn.peer),
+        }
     }
 
     /// Identifies the caller and finds its role.
