@@ -16,9 +16,11 @@ use crate::config::Config;
 use crate::creds::aws::AwsSts;
 use crate::creds::{CredentialCache, CredentialCacheConfig, Sts};
 use crate::docker::{
-    self, ContainerIndex, ContainerSource, DockerApi, DockerIp, Endpoint, IndexListener,
-    NoListener, Prefetcher, ReverseDns, SyncConfig, SystemResolver,
+    self, ContainerIndex, ContainerSource, DockerApi, DockerCgroup, DockerIp, Endpoint,
+    IndexListener, NoListener, Prefetcher, ReverseDns, SyncConfig, SystemResolver,
 };
+use crate::ebpf::ConnTable;
+use crate::identity::cgroup::{CgroupPaths, CgroupSource};
 use crate::identity::mapping_file::{MappingError, MappingFile};
 use crate::identity::{Chain, ConnInfo, Identify};
 use crate::imds::iam::Iam;
@@ -44,6 +46,9 @@ pub enum AppError {
     /// `ROLE_MAPPING_FILE` cannot be loaded at start-up.
     #[error(transparent)]
     MappingFile(#[from] MappingError),
+    /// The eBPF redirect is required and cannot be set up.
+    #[error("eBPF redirect (EBPF=required): {0}")]
+    Ebpf(#[from] crate::ebpf::EbpfError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -54,21 +59,22 @@ pub enum AppError {
     },
 }
 
-/// Builds the IMDS API from the configuration, without Docker (no socket; used by tests).
+/// Builds the IMDS API from the configuration (no socket; used by `run` and by tests).
 pub fn build(
     config: &Config,
     sts: Arc<dyn Sts>,
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<Imds>, AppError> {
-    build_with_docker(config, sts, clock, None)
+    build_with(config, sts, clock, None, None)
 }
 
-/// Builds the IMDS API; with `docker`, a container index is kept in step with it in the
-/// background (see [`docker_sources`]).
-pub fn build_with_docker(
+/// [`build`], with cgroup-path identification when the eBPF redirect is in force, and with
+/// `docker` a container index kept in step with it in the background (see [`docker_sources`]).
+pub fn build_with(
     config: &Config,
     sts: Arc<dyn Sts>,
     clock: Arc<dyn Clock>,
+    cgroups: Option<Arc<CgroupPaths>>,
     docker: Option<Arc<dyn ContainerSource>>,
 ) -> Result<Arc<Imds>, AppError> {
     let mapping_file = match &config.role_mapping_file {
@@ -99,18 +105,20 @@ pub fn build_with_docker(
     let default_role = config.default_role.clone().map(RoleAssignment::from_role);
     let mut known: Vec<Arc<RoleAssignment>> = default_role.iter().cloned().map(Arc::new).collect();
     let mut sources: Vec<Box<dyn Identify>> = Vec::new();
+    if let (Some(file), Some(paths)) = (&mapping_file, &cgroups) {
+        sources.push(Box::new(CgroupSource {
+            paths: Arc::clone(paths),
+            mapping: Arc::clone(file),
+        }));
+    }
     if let Some(source) = docker {
+        let containers = DockerUse {
+            by_cgroup: cgroups,
+            by_address: mapping_file.is_none(),
+        };
         let default_role = default_role.clone().map(Arc::new);
-        let use_containers = mapping_file.is_none();
-        let (_index, found) = docker_sources(
-            config,
-            source,
-            use_containers,
-            &resolver,
-            &cache,
-            default_role,
-        );
-        // The cgroup source (eBPF) goes first: container id → `_index.by_id_soon(id)`.
+        let (_index, found) =
+            docker_sources(config, source, containers, &resolver, &cache, default_role);
         sources.extend(found);
     }
     if let Some(file) = mapping_file {
@@ -150,21 +158,30 @@ pub fn build_with_docker(
     }))
 }
 
-/// Starts the container index; returns it and the identification sources built on it.
-///
-/// As in Lyft, a configured `ROLE_MAPPING_FILE` is the only IP-based source (`use_containers`
-/// false): the index still runs (for the cgroup source), but containers are then neither looked up
-/// by address or reverse DNS nor prefetched. Otherwise: Docker IP, then reverse DNS if
-/// `ROLE_REVERSE_LOOKUP`, and each container's role is prefetched and held while it runs.
+/// How containers are identified.
+#[derive(Debug)]
+struct DockerUse {
+    /// Through the kernel-attested cgroup (eBPF redirect in force).
+    by_cgroup: Option<Arc<CgroupPaths>>,
+    /// Through the caller's address (and reverse DNS): only without `ROLE_MAPPING_FILE`, which,
+    /// as in Lyft, is then the only address-based source.
+    by_address: bool,
+}
+
+/// Starts the container index; returns it and the identification sources built on it, in order:
+/// the container of the caller's cgroup, the container with the caller's address, the container
+/// named by the caller's reverse DNS (`ROLE_REVERSE_LOOKUP`). Containers' roles are prefetched and
+/// held while they run whenever containers are identified at all.
 fn docker_sources(
     config: &Config,
     source: Arc<dyn ContainerSource>,
-    use_containers: bool,
+    containers: DockerUse,
     resolver: &Arc<Resolver>,
     cache: &Arc<CredentialCache>,
     default_role: Option<Arc<RoleAssignment>>,
 ) -> (Arc<ContainerIndex>, Vec<Box<dyn Identify>>) {
-    let listener: Arc<dyn IndexListener> = if use_containers {
+    let used = containers.by_address || containers.by_cgroup.is_some();
+    let listener: Arc<dyn IndexListener> = if used {
         Arc::new(Prefetcher::new(
             Arc::clone(resolver),
             Arc::clone(cache),
@@ -179,7 +196,10 @@ fn docker_sources(
     };
     let (index, _task) = docker::spawn(source, listener, sync);
     let mut sources: Vec<Box<dyn Identify>> = Vec::new();
-    if use_containers {
+    if let Some(paths) = containers.by_cgroup {
+        sources.push(Box::new(DockerCgroup::new(Arc::clone(&index), paths)));
+    }
+    if containers.by_address {
         sources.push(Box::new(DockerIp::new(Arc::clone(&index))));
         if config.role_reverse_lookup {
             let resolver = SystemResolver {
@@ -227,6 +247,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     )
     .await;
     tracing::info!(region = ?sts.region(), "AWS clients ready");
+    // Listen before the redirect points at us, so a restart has no window without a listener.
+    let listener = bind(config.listen).await?;
+    let kernel = crate::ebpf::start(&config)?;
+    let extra = match (&kernel, config.ebpf.target6) {
+        (Some(_), Some(t6)) if !covers(config.listen, t6.into()) => Some(bind(t6.into()).await?),
+        _ => None,
+    };
+    let table = kernel.as_ref().map(|k| Arc::clone(&k.table));
     let docker: Option<Arc<dyn ContainerSource>> = match Endpoint::parse(&config.docker_url) {
         Ok(endpoint) => Some(Arc::new(DockerApi::new(endpoint))),
         Err(e) => {
@@ -235,24 +263,53 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             None
         }
     };
-    let imds = build_with_docker(&config, Arc::new(sts), clock, docker)?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| AppError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| AppError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    tracing::info!(addr = %local, mock_api = config.mock_api, imdsv2_required = config.imdsv2_required, "listening");
-    serve(listener, imds, shutdown).await;
+    let imds = build_with(
+        &config,
+        Arc::new(sts),
+        clock,
+        kernel.as_ref().map(|k| Arc::clone(&k.paths)),
+        docker,
+    )?;
+    tracing::info!(addr = %config.listen, mock_api = config.mock_api, imdsv2_required = config.imdsv2_required, "listening");
+    if let Some(extra) = extra {
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let second = tokio::spawn(serve(extra, Arc::clone(&imds), table.clone(), async move {
+            let _ = stop_rx.changed().await;
+        }));
+        serve(listener, imds, table, shutdown).await;
+        let _ = stop_tx.send(true);
+        let _ = second.await;
+    } else {
+        serve(listener, imds, table, shutdown).await;
+    }
+    if let Some(kernel) = kernel {
+        kernel.shutdown();
+    }
     Ok(())
 }
 
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })
+}
+
+/// Whether a listener on `listen` also accepts connections to `addr`.
+fn covers(listen: std::net::SocketAddr, addr: std::net::SocketAddr) -> bool {
+    listen.port() == addr.port()
+        && (listen.ip() == addr.ip()
+            || listen.ip().is_unspecified() && listen.is_ipv6() == addr.is_ipv6())
+}
+
 /// Accepts connections until `shutdown`, then lets in-flight requests finish (bounded).
-pub async fn serve(listener: TcpListener, imds: Arc<Imds>, shutdown: impl Future<Output = ()>) {
+///
+/// With the eBPF redirect, each connection's kernel record is taken from `table` at accept.
+pub async fn serve(
+    listener: TcpListener,
+    imds: Arc<Imds>,
+    table: Option<Arc<ConnTable>>,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -272,7 +329,12 @@ pub async fn serve(listener: TcpListener, imds: Arc<Imds>, shutdown: impl Future
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn_info = ConnInfo { peer, local };
+        let kernel = table.as_ref().and_then(|t| t.take(peer, local));
+        let conn_info = ConnInfo {
+            peer,
+            local,
+            kernel,
+        };
         let imds = Arc::clone(&imds);
         let service = service_fn(move |req| {
             let imds = Arc::clone(&imds);

@@ -5,6 +5,7 @@ pub mod clock;
 pub mod config;
 pub mod creds;
 pub mod docker;
+pub mod ebpf;
 pub mod identity;
 pub mod imds;
 pub mod resolver;

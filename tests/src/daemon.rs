@@ -50,6 +50,8 @@ impl Default for DaemonBuilder {
             ("AWS_ENDPOINT_URL_STS", NOWHERE),
             ("AWS_ENDPOINT_URL_IAM", NOWHERE),
             ("AWS_EC2_METADATA_DISABLED", "true"),
+            // IP-only mode: these tests run unprivileged-style; tests/privileged covers eBPF.
+            ("EBPF", "off"),
         ];
         Self {
             vars: vars

@@ -155,6 +155,8 @@ fn daemon_command(bin: &Path, port: u16, moto_url: &str, mapping: &Path) -> Resu
         .env("HOST", "127.0.0.1")
         .env("PORT", port.to_string())
         .env("MOCK_API", "true")
+        // IP-only mode: the demo identifies the aws CLI by its loopback address.
+        .env("EBPF", "off")
         .env("METADATA_URL", nowhere)
         .env("DEFAULT_ACCOUNT_ID", ACCOUNT)
         .env("ROLE_MAPPING_FILE", mapping)

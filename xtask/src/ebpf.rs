@@ -16,6 +16,22 @@ const TARGET: &str = "bpfel-unknown-none";
 /// Builds the eBPF programs, installing the missing pieces of the toolchain first.
 pub fn run() -> Result<()> {
     step("build-ebpf: nightly toolchain with rust-src");
+    let has_nightly = Command::new("rustc")
+        .args(["+nightly", "--version"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_nightly {
+        // Only when missing: updating an existing nightly would change its LLVM under bpf-linker.
+        process::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))
+        .context("the eBPF build needs a nightly toolchain (rustup toolchain install nightly)")?;
+    }
     process::run(Command::new("rustup").args([
         "component",
         "add",
@@ -37,6 +53,11 @@ pub fn run() -> Result<()> {
             .args(["+nightly", "build", "--package", EBPF_CRATE])
             .args(["--target", TARGET, "-Z", "build-std=core", "--release"])
             .current_dir(&crate_dir)
+            // BTF in the object: the loader relocates against the kernel's BTF with it.
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+            )
             // The `cargo` of the outer xtask run pins the stable toolchain; let rustup pick nightly.
             .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("CARGO")
@@ -50,6 +71,14 @@ pub fn run() -> Result<()> {
         bail!("the build succeeded but {} is missing", object.display());
     }
     println!("eBPF object: {}", object.display());
+    // The daemon's build script embeds the object when it exists; make its next build look again.
+    let build_rs = repo::root().join("metadataproxy").join("build.rs");
+    std::fs::File::options()
+        .append(true)
+        .open(&build_rs)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        .with_context(|| format!("touching {}", build_rs.display()))?;
+    println!("the next `cargo build -p metadataproxy` embeds it");
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 
 mod demo;
 mod ebpf;
+mod privileged;
 mod process;
 mod repo;
 mod setup;
@@ -37,6 +38,14 @@ enum Command {
     Demo,
     /// Build the eBPF programs with nightly and bpf-linker (installing what is missing).
     BuildEbpf,
+    /// As root: build the eBPF object and the daemon, run `tests/privileged` with one thread.
+    TestPrivileged {
+        /// Extra arguments passed through to the test binary (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// As root: per-connection cost of the eBPF redirect + identification vs a direct connection.
+    BenchRedirect,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +55,8 @@ fn main() -> ExitCode {
         Command::Test { args } => test::run(&args),
         Command::Demo => demo::run(),
         Command::BuildEbpf => ebpf::run(),
+        Command::TestPrivileged { args } => privileged::run(&args, false),
+        Command::BenchRedirect => privileged::run(&[], true),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! Configuration: Lyft-compatible settings from flags and environment, validated all at once.
 
+mod ebpf;
 mod env;
 mod parse;
 pub mod settings;
@@ -8,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use ebpf::{EbpfConfig, EbpfMode, OnExit};
 pub use env::{Env, ProcessEnv};
 pub use parse::{ConfigError, ConfigErrors};
 
@@ -88,6 +90,8 @@ pub struct Config {
     pub token_max_per_caller: usize,
     /// `ROLE_MAPPING_RELOAD_INTERVAL`.
     pub mapping_reload_interval: Duration,
+    /// `EBPF*`: the kernel redirect and caller identification.
+    pub ebpf: EbpfConfig,
 }
 
 impl Config {

@@ -76,7 +76,7 @@ fn arg(setting: &'static Setting) -> Arg {
 }
 
 /// Reads raw values (flag, else environment, else default) and records errors as it parses.
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     matches: &'a ArgMatches,
     env: &'a dyn Env,
     errors: Vec<ConfigError>,
@@ -84,7 +84,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     /// The raw value; `None` when unset and without a default.
-    fn raw(&mut self, name: &'static str) -> Option<String> {
+    pub(super) fn raw(&mut self, name: &'static str) -> Option<String> {
         if let Some(v) = self.matches.get_one::<String>(name) {
             return Some(v.clone());
         }
@@ -99,7 +99,7 @@ impl Reader<'_> {
     }
 
     /// A value where the empty string means "use the default" (unset when there is none).
-    fn optional(&mut self, name: &'static str) -> Option<String> {
+    pub(super) fn optional(&mut self, name: &'static str) -> Option<String> {
         match self.raw(name) {
             Some(v) if v.trim().is_empty() => {
                 s::by_env(name).and_then(|d| d.default).map(str::to_owned)
@@ -109,13 +109,13 @@ impl Reader<'_> {
     }
 
     /// Lyft's boolean rule.
-    fn boolean(&mut self, name: &'static str) -> bool {
+    pub(super) fn boolean(&mut self, name: &'static str) -> bool {
         self.raw(name)
             .is_some_and(|v| !matches!(v.as_str(), "" | "False" | "false" | "0"))
     }
 
     /// Parses a present value with `f`, recording its error.
-    fn parse<T>(
+    pub(super) fn parse<T>(
         &mut self,
         name: &'static str,
         f: impl FnOnce(&str) -> Result<T, String>,
@@ -130,7 +130,12 @@ impl Reader<'_> {
         }
     }
 
-    fn fail(&mut self, name: &'static str, value: &str, reason: &str) {
+    /// Whether `name` was already reported invalid.
+    pub(super) fn has_errors_for(&self, name: &str) -> bool {
+        self.errors.iter().any(|e| e.name == name)
+    }
+
+    pub(super) fn fail(&mut self, name: &'static str, value: &str, reason: &str) {
         self.errors.push(ConfigError {
             name,
             value: value.to_owned(),
@@ -298,6 +303,7 @@ where
     let token_max_total = r.parse(s::TOKEN_MAX_TOTAL, usize_in(1, 10_000_000));
     let token_max_per_caller = r.parse(s::TOKEN_MAX_PER_CALLER, usize_in(1, 100_000));
     let reload = r.parse(s::ROLE_MAPPING_RELOAD_INTERVAL, integer(1, 3600));
+    let ebpf = super::ebpf::read(&mut r, host, port);
 
     // Cross-setting rule: a refresh threshold at or beyond the session length would refresh forever.
     if let (Some(t), Some(d)) = (threshold, session_duration)
@@ -329,6 +335,7 @@ where
         Some(token_max_total),
         Some(token_max_per_caller),
         Some(reload),
+        Some(ebpf),
     ) = (
         host,
         port,
@@ -344,6 +351,7 @@ where
         token_max_total,
         token_max_per_caller,
         reload,
+        ebpf,
     )
     else {
         return Err(super::ConfigErrors::Invalid(errors));
@@ -380,5 +388,6 @@ where
         token_max_total,
         token_max_per_caller,
         mapping_reload_interval: Duration::from_secs(reload),
+        ebpf,
     })
 }

@@ -91,6 +91,15 @@ pub const CREDENTIAL_CACHE_SIZE: &str = "CREDENTIAL_CACHE_SIZE";
 pub const TOKEN_MAX_TOTAL: &str = "TOKEN_MAX_TOTAL";
 pub const TOKEN_MAX_PER_CALLER: &str = "TOKEN_MAX_PER_CALLER";
 pub const ROLE_MAPPING_RELOAD_INTERVAL: &str = "ROLE_MAPPING_RELOAD_INTERVAL";
+pub const EBPF: &str = "EBPF";
+pub const EBPF_CGROUPS: &str = "EBPF_CGROUPS";
+pub const EBPF_REDIRECT_HOST: &str = "EBPF_REDIRECT_HOST";
+pub const EBPF_TARGET: &str = "EBPF_TARGET";
+pub const EBPF_TARGET6: &str = "EBPF_TARGET6";
+pub const EBPF_MAP_SIZE: &str = "EBPF_MAP_SIZE";
+pub const EBPF_PIN_DIR: &str = "EBPF_PIN_DIR";
+pub const EBPF_ON_EXIT: &str = "EBPF_ON_EXIT";
+pub const EBPF_OBJECT: &str = "EBPF_OBJECT";
 
 /// Every setting, Lyft's first (in the order of its README), then ours.
 pub const SETTINGS: &[Setting] = &[
@@ -282,6 +291,69 @@ pub const SETTINGS: &[Setting] = &[
         Some("1"),
         Kind::Value,
         "seconds between checks of ROLE_MAPPING_FILE for changes",
+    ),
+    ours(
+        EBPF,
+        "ebpf",
+        Some("required"),
+        Kind::Value,
+        "`required`: redirect 169.254.169.254 with eBPF or refuse to start; `auto`: IP-only mode (logged) when eBPF is unusable; `off`: IP-only mode",
+    ),
+    ours(
+        EBPF_CGROUPS,
+        "ebpf-cgroups",
+        Some("/"),
+        Kind::Value,
+        "comma-separated cgroup v2 paths (relative to the cgroup2 mount) the redirect is attached to",
+    ),
+    ours(
+        EBPF_REDIRECT_HOST,
+        "ebpf-redirect-host",
+        Some("false"),
+        Kind::Bool,
+        "also redirect host processes outside containers (containers and cgroups named in ROLE_MAPPING_FILE always are)",
+    ),
+    ours(
+        EBPF_TARGET,
+        "ebpf-target",
+        None,
+        Kind::Value,
+        "IPv4 address:port the redirect sends callers to (must reach this daemon from their network, e.g. the bridge gateway); default HOST:PORT, or 127.0.0.1:PORT when HOST is 0.0.0.0",
+    ),
+    ours(
+        EBPF_TARGET6,
+        "ebpf-target6",
+        None,
+        Kind::Value,
+        "[IPv6]:port for connections to [fd00:ec2::254]:80 (the daemon also listens there), or `off`; default [::1]:PORT",
+    ),
+    ours(
+        EBPF_MAP_SIZE,
+        "ebpf-map-size",
+        Some("65536"),
+        Kind::Value,
+        "entries of each eBPF connection map (least recently used entries are dropped)",
+    ),
+    ours(
+        EBPF_PIN_DIR,
+        "ebpf-pin-dir",
+        Some("/sys/fs/bpf/metadataproxy"),
+        Kind::Value,
+        "bpffs directory where the programs' links and maps are pinned, so the redirect outlives the process",
+    ),
+    ours(
+        EBPF_ON_EXIT,
+        "ebpf-on-exit",
+        Some("keep-blocking"),
+        Kind::Value,
+        "on clean shutdown, `keep-blocking` (callers' metadata connections fail until a daemon is back) or `detach`",
+    ),
+    ours(
+        EBPF_OBJECT,
+        "ebpf-object",
+        None,
+        Kind::Value,
+        "eBPF object file to load instead of the one built into the binary",
     ),
 ];
 

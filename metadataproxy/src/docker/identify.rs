@@ -1,5 +1,6 @@
-//! Identification sources backed by the container index: by the caller's IP address, and by
-//! reverse DNS (`ROLE_REVERSE_LOOKUP`) matched against the containers' `Hostname.Domainname`.
+//! Identification sources backed by the container index: by the kernel-attested cgroup of the
+//! caller, by its IP address, and by reverse DNS (`ROLE_REVERSE_LOOKUP`) matched against the
+//! containers' `Hostname.Domainname`.
 //!
 //! `HOSTNAME_MATCH_REGEX` is applied to both names: with a capture group, group 1 of each is
 //! compared (Lyft's rule); without one — as in the default `^.*$`, with which Lyft never matched —
@@ -18,6 +19,7 @@ use super::container::{Container, short};
 use super::index::ContainerIndex;
 use super::settings::ContainerRole;
 use crate::creds::sts::BoxFuture;
+use crate::identity::cgroup::{CgroupPaths, container_of};
 use crate::identity::{Answer, ConnInfo, Identify, Source, canonical_ip};
 
 /// How long a reverse lookup may take (clients give IMDS about a second in all).
@@ -59,6 +61,38 @@ impl Identify for DockerIp {
                 None => self.index.wait_for(START_GRACE, |i| i.by_ip(ip)).await?,
             };
             Some(answer(&found, Source::DockerIp, ip))
+        })
+    }
+}
+
+/// Finds the caller's container by the cgroup the kernel recorded for its connection (eBPF
+/// redirect): cgroup id → path → Docker container id → index. The only way to tell host-network
+/// containers and `docker exec` processes apart from the host.
+#[derive(Debug, Clone)]
+pub struct DockerCgroup {
+    index: Arc<ContainerIndex>,
+    paths: Arc<CgroupPaths>,
+}
+
+impl DockerCgroup {
+    /// A source reading `index`, resolving cgroup ids with `paths`.
+    pub fn new(index: Arc<ContainerIndex>, paths: Arc<CgroupPaths>) -> Self {
+        Self { index, paths }
+    }
+}
+
+impl Identify for DockerCgroup {
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
+        Box::pin(async move {
+            let kernel = conn.kernel?;
+            let path = self.paths.path(kernel.cgroup_id)?;
+            let container = container_of(&path).filter(|c| c.runtime == "docker")?;
+            // The cgroup proves the container exists: give its start event time to arrive.
+            let Some(found) = self.index.by_id_soon(&container.id).await else {
+                tracing::info!(cgroup = %path, id = short(&container.id), pid = kernel.pid, "caller's cgroup names a Docker container the index does not know");
+                return None;
+            };
+            Some(answer(&found, Source::DockerCgroup, conn.peer.ip()))
         })
     }
 }

@@ -33,6 +33,7 @@ fn conn(ip: &str) -> ConnInfo {
     ConnInfo {
         peer: SocketAddr::new(ip.parse().unwrap(), 40000),
         local: "172.17.0.1:45001".parse().unwrap(),
+        kernel: None,
     }
 }
 
@@ -239,4 +240,53 @@ async fn loopback_callers_do_not_wait() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// A cgroup tree in a temporary folder: `(root, inode of docker/<id>, inode of a service)`.
+fn cgroup_tree(id: &str) -> (std::path::PathBuf, u64, u64) {
+    use std::os::unix::fs::MetadataExt as _;
+    let root = std::env::temp_dir().join(format!("mp-cgroups-{}-{id}", std::process::id()));
+    let container = root.join("docker").join(id);
+    let service = root.join("system.slice").join("cron.service");
+    std::fs::create_dir_all(&container).unwrap();
+    std::fs::create_dir_all(&service).unwrap();
+    let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+    let (c, s) = (ino(&container), ino(&service));
+    (root, c, s)
+}
+
+fn kernel_conn(cgroup_id: u64) -> ConnInfo {
+    ConnInfo {
+        kernel: Some(crate::ebpf::Caller {
+            cgroup_id,
+            pid: 4242,
+            netns_cookie: 1,
+        }),
+        ..conn("172.17.0.1")
+    }
+}
+
+#[tokio::test]
+async fn the_kernel_cgroup_names_the_container_even_on_the_host_network() {
+    let id = "c".repeat(64);
+    let (root, container_ino, service_ino) = cgroup_tree(&id);
+    let index = index(&[info("c", "", "c", "", &["IAM_ROLE=role-host-net"])]);
+    let paths = Arc::new(crate::identity::cgroup::CgroupPaths::new(root.clone()));
+    let chain = Chain::new(
+        vec![
+            Box::new(DockerCgroup::new(Arc::clone(&index), paths)),
+            Box::new(DockerIp::new(index)),
+        ],
+        Some(fallback()),
+    );
+    let caller = chain.identify(&kernel_conn(container_ino)).await;
+    let (role, source) = caller.assignment.unwrap();
+    assert_eq!(
+        (role.role.name(), source),
+        ("role-host-net", Source::DockerCgroup)
+    );
+    // A host service: not a container; the chain goes on (here to DEFAULT_ROLE).
+    let caller = chain.identify(&kernel_conn(service_ino)).await;
+    assert_eq!(caller.assignment.unwrap().1, Source::DefaultRole);
+    let _ = std::fs::remove_dir_all(root);
 }

@@ -21,8 +21,8 @@ pub use api::DockerApi;
 pub use container::{Container, ContainerInfo, RANCHER_IP_LABEL};
 pub use endpoint::{Endpoint, EndpointError};
 pub use identify::{
-    DockerIp, REVERSE_LOOKUP_TIMEOUT, ReverseDns, ReverseLookup, START_GRACE, SystemResolver,
-    match_key,
+    DockerCgroup, DockerIp, REVERSE_LOOKUP_TIMEOUT, ReverseDns, ReverseLookup, START_GRACE,
+    SystemResolver, match_key,
 };
 pub use index::{Change, ContainerIndex};
 pub use prefetch::Prefetcher;

@@ -29,10 +29,11 @@ fn build(env: &[(&str, &str)], docker: &FakeDocker) -> (Arc<Imds>, Arc<FakeSts>)
     let config = Config::load(["metadataproxy"], &env).unwrap();
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
     let sts = FakeSts::new(&clock, Duration::ZERO);
-    let imds = crate::app::build_with_docker(
+    let imds = crate::app::build_with(
         &config,
         sts.clone(),
         Arc::new(clock),
+        None,
         Some(Arc::new(docker.clone())),
     )
     .unwrap();
@@ -43,6 +44,7 @@ async fn get(imds: &Imds, ip: &str, path: &str) -> (StatusCode, String) {
     let conn = ConnInfo {
         peer: SocketAddr::new(ip.parse().unwrap(), 40000),
         local: "172.17.0.1:45001".parse().unwrap(),
+        kernel: None,
     };
     let req = Request::builder().uri(path).body(()).unwrap();
     let resp = imds.handle(&req, &conn).await;

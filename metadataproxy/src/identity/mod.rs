@@ -1,8 +1,10 @@
 //! Who is calling: the identity of a connection and the role assignment it maps to.
 //!
-//! Every source (mapping file, Docker IP, reverse DNS; later the eBPF cgroup table) implements
-//! [`Identify`]; a [`Chain`] asks them in order, then falls back to `DEFAULT_ROLE`.
+//! Every source (cgroup paths of the mapping file, Docker containers by cgroup, by IP and by
+//! reverse DNS, the mapping file by IP) implements [`Identify`]; a [`Chain`] asks them in order,
+//! then falls back to `DEFAULT_ROLE`.
 
+pub mod cgroup;
 pub mod mapping_file;
 
 use std::fmt;
@@ -19,6 +21,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Our address the caller connected to.
     pub local: SocketAddr,
+    /// What the kernel recorded when the caller's connection was redirected (eBPF mode).
+    pub kernel: Option<crate::ebpf::Caller>,
 }
 
 /// The stable identity of a caller: what IMDSv2 tokens are bound to and what logs name.
@@ -59,8 +63,12 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 pub enum Source {
     /// An entry of `ROLE_MAPPING_FILE`.
     MappingFile,
+    /// A `cgroup:/path` entry of `ROLE_MAPPING_FILE`, matched by the kernel-attested cgroup.
+    CgroupPath,
     /// `DEFAULT_ROLE`, because no source knew the caller.
     DefaultRole,
+    /// A running Docker container, found by the kernel-attested cgroup of the caller.
+    DockerCgroup,
     /// A running Docker container, found by the caller's IP address.
     DockerIp,
     /// A running Docker container whose `Hostname.Domainname` matches the caller's reverse DNS.
@@ -72,7 +80,9 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::MappingFile => "mapping_file",
+            Self::CgroupPath => "cgroup_path",
             Self::DefaultRole => "default_role",
+            Self::DockerCgroup => "docker_cgroup",
             Self::DockerIp => "docker_ip",
             Self::ReverseDns => "reverse_dns",
         }
@@ -121,9 +131,13 @@ impl Chain {
         }
     }
 
-    /// The identity of a connection, without looking up its role (cheap; used for tokens).
+    /// The identity of a connection, without looking up its role (cheap; used for tokens):
+    /// the cgroup the kernel recorded when known, else the peer address.
     pub fn identity(conn: &ConnInfo) -> Identity {
-        Identity::from_peer(conn.peer)
+        match conn.kernel {
+            Some(k) => Identity::Cgroup(k.cgroup_id),
+            None => Identity::from_peer(conn.peer),
+        }
     }
 
     /// Identifies the caller and finds its role.

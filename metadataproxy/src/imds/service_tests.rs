@@ -70,6 +70,7 @@ fn conn(ip: &str) -> ConnInfo {
     ConnInfo {
         peer: SocketAddr::new(ip.parse().unwrap(), 40000),
         local: "127.0.0.1:45001".parse().unwrap(),
+        kernel: None,
     }
 }
 

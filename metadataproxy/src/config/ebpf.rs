@@ -1,0 +1,167 @@
+//! The eBPF settings: whether the redirect is required, where it points, what it covers, its pins.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::path::PathBuf;
+
+use super::parse::Reader;
+use super::settings as s;
+
+/// `EBPF`: whether connections to the metadata address are redirected by eBPF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EbpfMode {
+    /// Load and attach the programs or refuse to start, saying why.
+    Required,
+    /// Try; when eBPF cannot be used, log exactly why and run in IP-only mode.
+    Auto,
+    /// IP-only mode: callers are identified by their address alone (Lyft's behaviour).
+    Off,
+}
+
+/// `EBPF_ON_EXIT`: what a clean shutdown leaves behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExit {
+    /// Leave the pinned programs attached: callers' connections to the metadata address fail
+    /// until a daemon is back (fail closed across restarts and upgrades).
+    KeepBlocking,
+    /// Detach the programs and remove the pins: callers reach the real metadata service again.
+    Detach,
+}
+
+/// The validated eBPF settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EbpfConfig {
+    /// `EBPF`.
+    pub mode: EbpfMode,
+    /// `EBPF_CGROUPS`: cgroup v2 paths (relative to the cgroup2 mount, starting with `/`).
+    pub cgroups: Vec<String>,
+    /// `EBPF_REDIRECT_HOST`: also redirect host processes that are not in a container cgroup.
+    pub redirect_host: bool,
+    /// `EBPF_TARGET`: where IPv4 connections to 169.254.169.254:80 are sent.
+    pub target4: SocketAddrV4,
+    /// `EBPF_TARGET6`: where IPv6 connections to `[fd00:ec2::254]:80` are sent; `None`: not redirected.
+    pub target6: Option<SocketAddrV6>,
+    /// `EBPF_MAP_SIZE`: entries of each connection map.
+    pub map_size: u32,
+    /// `EBPF_PIN_DIR`: where links and maps are pinned (on a bpffs).
+    pub pin_dir: PathBuf,
+    /// `EBPF_ON_EXIT`.
+    pub on_exit: OnExit,
+    /// `EBPF_OBJECT`: an eBPF object file to load instead of the one built into the binary.
+    pub object: Option<PathBuf>,
+}
+
+fn mode(v: &str) -> Result<EbpfMode, String> {
+    match v {
+        "required" => Ok(EbpfMode::Required),
+        "auto" => Ok(EbpfMode::Auto),
+        "off" => Ok(EbpfMode::Off),
+        _ => Err("must be `required`, `auto` or `off`".to_owned()),
+    }
+}
+
+fn on_exit(v: &str) -> Result<OnExit, String> {
+    match v {
+        "keep-blocking" => Ok(OnExit::KeepBlocking),
+        "detach" => Ok(OnExit::Detach),
+        _ => Err("must be `keep-blocking` or `detach`".to_owned()),
+    }
+}
+
+/// Comma-separated absolute cgroup paths without `.` or `..` segments.
+pub(super) fn cgroup_paths(v: &str) -> Result<Vec<String>, String> {
+    let paths: Vec<String> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if paths.is_empty() {
+        return Err("names no cgroup (use `/` for the whole host)".to_owned());
+    }
+    for p in &paths {
+        let bad = !p.starts_with('/') || p.split('/').any(|seg| seg == "." || seg == "..");
+        if bad {
+            return Err(format!(
+                "`{p}` is not a cgroup path like `/` or `/system.slice`"
+            ));
+        }
+    }
+    Ok(paths)
+}
+
+fn target4(v: &str) -> Result<SocketAddrV4, String> {
+    match v.parse::<SocketAddr>() {
+        Ok(SocketAddr::V4(a)) if !a.ip().is_unspecified() && a.port() != 0 => Ok(a),
+        _ => Err(
+            "must be an IPv4 address and port the daemon listens on, like `172.17.0.1:45001`"
+                .to_owned(),
+        ),
+    }
+}
+
+fn target6(v: &str) -> Result<Option<SocketAddrV6>, String> {
+    if v == "off" {
+        return Ok(None);
+    }
+    match v.parse::<SocketAddr>() {
+        Ok(SocketAddr::V6(a)) if !a.ip().is_unspecified() && a.port() != 0 => Ok(Some(a)),
+        _ => Err("must be `off` or an IPv6 address and port, like `[::1]:45001`".to_owned()),
+    }
+}
+
+/// Reads the eBPF settings; `host` and `port` (when valid) give the default targets.
+pub(super) fn read(
+    r: &mut Reader<'_>,
+    host: Option<IpAddr>,
+    port: Option<u16>,
+) -> Option<EbpfConfig> {
+    let mode = r.parse(s::EBPF, mode);
+    let cgroups = r.parse(s::EBPF_CGROUPS, cgroup_paths);
+    let redirect_host = r.boolean(s::EBPF_REDIRECT_HOST);
+    let port = port.unwrap_or(0);
+    let target4 = match r.parse(s::EBPF_TARGET, target4) {
+        Some(t) => Some(t),
+        None if r.has_errors_for(s::EBPF_TARGET) => None,
+        // Unset: the listen address when it is one IPv4 address, else loopback.
+        None => Some(match host {
+            Some(IpAddr::V4(ip)) if !ip.is_unspecified() => SocketAddrV4::new(ip, port),
+            _ => SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+        }),
+    };
+    let target6 = match r.parse(s::EBPF_TARGET6, target6) {
+        Some(t) => Some(t),
+        None if r.has_errors_for(s::EBPF_TARGET6) => None,
+        None => Some(Some(match host {
+            Some(IpAddr::V6(ip)) if !ip.is_unspecified() => SocketAddrV6::new(ip, port, 0, 0),
+            _ => SocketAddrV6::new(Ipv6Addr::LOCALHOST, port, 0, 0),
+        })),
+    };
+    let map_size = r.parse(s::EBPF_MAP_SIZE, |v| match v.parse::<u32>() {
+        Ok(n) if (64..=16_777_216).contains(&n) => Ok(n),
+        _ => Err("must be a whole number between 64 and 16777216".to_owned()),
+    });
+    let pin_dir = r.parse(s::EBPF_PIN_DIR, |v| {
+        let p = PathBuf::from(v);
+        if p.is_absolute() && p.parent().is_some() {
+            Ok(p)
+        } else {
+            Err(
+                "must be an absolute path below a bpffs mount, like /sys/fs/bpf/metadataproxy"
+                    .to_owned(),
+            )
+        }
+    });
+    let on_exit = r.parse(s::EBPF_ON_EXIT, on_exit);
+    let object = r.optional(s::EBPF_OBJECT).map(PathBuf::from);
+    Some(EbpfConfig {
+        mode: mode?,
+        cgroups: cgroups?,
+        redirect_host,
+        target4: target4?,
+        target6: target6?,
+        map_size: map_size?,
+        pin_dir: pin_dir?,
+        on_exit: on_exit?,
+        object,
+    })
+}

@@ -1,0 +1,279 @@
+//! Loading, configuring, attaching and pinning the programs; taking over a predecessor's pins.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, HashMap, MapData};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
+use aya::{Ebpf, EbpfLoader};
+use metadataproxy_common::{FLAG_IPV4, FLAG_IPV6, Settings, maps, programs};
+
+use super::{ConnTable, EbpfError, Host, Target};
+use crate::config::{EbpfConfig, OnExit};
+
+/// The eBPF object built by `cargo xtask build-ebpf`, when it existed at build time.
+#[cfg(metadataproxy_ebpf_object)]
+static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/metadataproxy-ebpf.o"));
+#[cfg(not(metadataproxy_ebpf_object))]
+static OBJECT: &[u8] = &[];
+
+/// Prefix of link pin names: `link-<program>-<cgroup id>`.
+const LINK_PREFIX: &str = "link-";
+
+/// The attached redirect. Dropping it leaves the pins (and so the redirect) in place; call
+/// [`Redirect::shutdown`] on a clean exit to apply `EBPF_ON_EXIT`.
+#[derive(Debug)]
+pub struct Redirect {
+    /// Keeps the programs and maps of this process loaded.
+    _ebpf: Ebpf,
+    /// Our pinned links.
+    links: Vec<PinnedLink>,
+    pin_dir: PathBuf,
+    on_exit: OnExit,
+}
+
+fn settings(target: &Target, host: &Host) -> Settings {
+    let mut s = Settings {
+        daemon_cgroup: host.own_cgroup.1,
+        target4: u32::from_ne_bytes(target.v4.ip().octets()),
+        port4: target.v4.port().to_be(),
+        daemon_tgid: std::process::id(),
+        flags: FLAG_IPV4,
+        ..Settings::default()
+    };
+    if let Some(v6) = target.v6 {
+        let o = v6.ip().octets();
+        s.target6 = std::array::from_fn(|i| {
+            u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+        });
+        s.port6 = v6.port().to_be();
+        s.flags |= FLAG_IPV6;
+    }
+    s
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> EbpfError {
+    move |source| EbpfError::Map { name, source }
+}
+
+fn prog_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> EbpfError {
+    move |source| EbpfError::Program { name, source }
+}
+
+fn pin_err(path: &Path) -> impl Fn(String) -> EbpfError + '_ {
+    move |reason| EbpfError::Pin {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
+impl Redirect {
+    /// Loads the programs against the pinned maps (created on first start), points them at
+    /// `target`, attaches them to every configured cgroup and pins the links over any older ones.
+    pub fn start(
+        config: &EbpfConfig,
+        host: &Host,
+        target: &Target,
+    ) -> Result<(Self, ConnTable), EbpfError> {
+        let object = match &config.object {
+            Some(path) => std::fs::read(path).map_err(|source| EbpfError::Io {
+                path: path.clone(),
+                source,
+            })?,
+            None if OBJECT.is_empty() => return Err(EbpfError::NoObject),
+            None => OBJECT.to_vec(),
+        };
+        std::fs::create_dir_all(&config.pin_dir).map_err(|source| EbpfError::Io {
+            path: config.pin_dir.clone(),
+            source,
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&config.pin_dir)
+            .map_max_entries(maps::BY_COOKIE, config.map_size)
+            .map_max_entries(maps::CONN4, config.map_size)
+            .map_max_entries(maps::CONN6, config.map_size)
+            .map_max_entries(maps::EXEMPT, config.map_size)
+            .load(&object)?;
+
+        // Settings first: a predecessor's programs share this map and follow it at once.
+        let map = ebpf
+            .map_mut(maps::SETTINGS)
+            .ok_or(aya::maps::MapError::InvalidName {
+                name: maps::SETTINGS.to_owned(),
+            })
+            .map_err(map_err(maps::SETTINGS))?;
+        let mut settings_map: Array<&mut MapData, Settings> =
+            Array::try_from(map).map_err(map_err(maps::SETTINGS))?;
+        settings_map
+            .set(0, settings(target, host), 0)
+            .map_err(map_err(maps::SETTINGS))?;
+
+        let table = ConnTable::new(
+            take_hash(&mut ebpf, maps::CONN4)?,
+            take_hash(&mut ebpf, maps::CONN6)?,
+        );
+        let stale = table.clear();
+        if stale > 0 {
+            tracing::info!(
+                entries = stale,
+                "dropped connection records nobody accepted while no daemon ran"
+            );
+        }
+
+        // Load (verify) every program before attaching any, so a refused program leaves no
+        // half-installed redirect behind.
+        for name in [programs::CONNECT4, programs::CONNECT6] {
+            program::<CgroupSockAddr>(&mut ebpf, name)?
+                .load()
+                .map_err(prog_err(name))?;
+        }
+        program::<SockOps>(&mut ebpf, programs::SOCK_OPS)?
+            .load()
+            .map_err(prog_err(programs::SOCK_OPS))?;
+
+        let mut links = Vec::new();
+        let mut names = Vec::new();
+        let cgroups = open_cgroups(&host.cgroup2, &config.cgroups)?;
+        for (id, dir) in &cgroups {
+            for name in [programs::CONNECT4, programs::CONNECT6] {
+                let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+                let link_id = prog
+                    .attach(dir, CgroupAttachMode::Single)
+                    .map_err(prog_err(name))?;
+                let link = prog.take_link(link_id).map_err(prog_err(name))?;
+                links.push(pin_over(
+                    link.try_into(),
+                    &config.pin_dir,
+                    name,
+                    *id,
+                    &mut names,
+                )?);
+            }
+            let name = programs::SOCK_OPS;
+            let prog: &mut SockOps = program(&mut ebpf, name)?;
+            let link_id = prog
+                .attach(dir, CgroupAttachMode::Single)
+                .map_err(prog_err(name))?;
+            let link = prog.take_link(link_id).map_err(prog_err(name))?;
+            links.push(pin_over(
+                link.try_into(),
+                &config.pin_dir,
+                name,
+                *id,
+                &mut names,
+            )?);
+        }
+        remove_stale_links(&config.pin_dir, &names);
+        Ok((
+            Self {
+                _ebpf: ebpf,
+                links,
+                pin_dir: config.pin_dir.clone(),
+                on_exit: config.on_exit,
+            },
+            table,
+        ))
+    }
+
+    /// Applies `EBPF_ON_EXIT`: keep the pins (callers fail until a daemon is back) or remove them.
+    pub fn shutdown(self) {
+        match self.on_exit {
+            OnExit::KeepBlocking => tracing::info!(
+                pins = %self.pin_dir.display(),
+                "eBPF redirect stays pinned: metadata connections fail until a daemon is back"
+            ),
+            OnExit::Detach => {
+                for link in self.links {
+                    if let Err(e) = link.unpin() {
+                        tracing::warn!(error = %e, "cannot remove a link pin");
+                    }
+                }
+                if let Err(e) = std::fs::remove_dir_all(&self.pin_dir) {
+                    tracing::warn!(error = %e, dir = %self.pin_dir.display(), "cannot remove the pin directory");
+                }
+                tracing::info!("eBPF redirect detached and unpinned");
+            }
+        }
+    }
+}
+
+fn take_hash<K: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, metadataproxy_common::Record>, EbpfError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(aya::maps::MapError::InvalidName {
+            name: name.to_owned(),
+        })
+        .map_err(map_err(name))?;
+    HashMap::try_from(map).map_err(map_err(name))
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, EbpfError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(aya::programs::ProgramError::UnexpectedProgramType)
+        .map_err(prog_err(name))?;
+    prog.try_into().map_err(prog_err(name))
+}
+
+/// `(cgroup id, open directory)` of every configured cgroup.
+fn open_cgroups(cgroup2: &Path, paths: &[String]) -> Result<Vec<(u64, File)>, EbpfError> {
+    use std::os::unix::fs::MetadataExt as _;
+    paths
+        .iter()
+        .map(|p| {
+            let path = cgroup2.join(p.trim_start_matches('/'));
+            let cgroup_err = |source| EbpfError::Cgroup {
+                path: path.clone(),
+                source,
+            };
+            let dir = File::open(&path).map_err(cgroup_err)?;
+            let id = dir.metadata().map_err(cgroup_err)?.ino();
+            Ok((id, dir))
+        })
+        .collect()
+}
+
+/// Pins `link` under a temporary name, then renames it over the pin of the same program and cgroup
+/// (the predecessor's link, if any, detaches when its pin goes; ours is attached already: no gap).
+fn pin_over(
+    link: Result<FdLink, aya::programs::links::LinkError>,
+    dir: &Path,
+    program: &str,
+    cgroup: u64,
+    names: &mut Vec<String>,
+) -> Result<PinnedLink, EbpfError> {
+    let name = format!("{LINK_PREFIX}{program}-{cgroup}");
+    let path = dir.join(&name);
+    names.push(name);
+    let next = dir.join(format!("next-{program}-{cgroup}"));
+    let link = link.map_err(|e| pin_err(&next)(e.to_string()))?;
+    let _ = std::fs::remove_file(&next);
+    let pinned = link.pin(&next).map_err(|e| pin_err(&next)(e.to_string()))?;
+    std::fs::rename(&next, &path).map_err(|e| pin_err(&path)(e.to_string()))?;
+    let fd: FdLink = pinned.into();
+    // Re-open the pin by its final name so `unpin` removes the right file.
+    drop(fd);
+    PinnedLink::from_pin(&path).map_err(|e| pin_err(&path)(e.to_string()))
+}
+
+/// Removes link pins of cgroups no longer configured (their redirect ends).
+fn remove_stale_links(dir: &Path, keep: &[String]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(LINK_PREFIX) && !keep.contains(&name) {
+            tracing::info!(pin = %name, "removing the pin of a cgroup no longer in EBPF_CGROUPS");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The kernel side of identification: loads the eBPF redirect, pins it, and answers "who made this
+//! connection?" at `accept()`.
+//!
+//! Fail closed: links and maps are pinned under `EBPF_PIN_DIR`, so the redirect outlives the
+//! process. While no daemon listens, redirected connections are refused by the kernel (nothing
+//! listens at the target) instead of reaching the real metadata service. A restarted daemon loads
+//! its programs against the same pinned maps, attaches them, and atomically renames the new link
+//! pins over the old ones (the old links detach when their last reference goes).
+
+mod load;
+mod preflight;
+mod table;
+
+use std::net::{SocketAddrV4, SocketAddrV6};
+use std::path::PathBuf;
+
+pub use load::Redirect;
+pub use preflight::{Host, cgroup2_mount, current_cgroup};
+pub use table::{Caller, ConnTable};
+
+/// Why the eBPF redirect cannot be set up (each variant says exactly what is missing).
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    /// The kernel exposes no BTF, which the programs need to load.
+    #[error(
+        "the kernel has no BTF (/sys/kernel/btf/vmlinux is missing): a kernel built with CONFIG_DEBUG_INFO_BTF is needed"
+    )]
+    NoBtf,
+    /// The process lacks the privileges to load and attach programs.
+    #[error(
+        "not privileged enough to load eBPF programs: run as root (or with CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); effective capabilities {0:#x}"
+    )]
+    NotPrivileged(u64),
+    /// No cgroup v2 hierarchy is mounted.
+    #[error(
+        "no cgroup v2 (cgroup2) mount in /proc/self/mountinfo: the redirect attaches to cgroup v2"
+    )]
+    NoCgroup2,
+    /// A cgroup named in `EBPF_CGROUPS` does not exist.
+    #[error("EBPF_CGROUPS names {path}, which cannot be opened: {source}")]
+    Cgroup {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// Why it cannot be opened.
+        source: std::io::Error,
+    },
+    /// The pin directory is not on a bpffs.
+    #[error(
+        "{0} is not on a bpffs mount (mount one with `mount -t bpf bpf /sys/fs/bpf`, or set EBPF_PIN_DIR)"
+    )]
+    NoBpffs(PathBuf),
+    /// The daemon was built without the eBPF object and `EBPF_OBJECT` is unset.
+    #[error(
+        "eBPF object not built: run `cargo xtask build-ebpf` and rebuild the daemon, or set EBPF_OBJECT (EBPF=off runs in IP-only mode)"
+    )]
+    NoObject,
+    /// Reading a file the set-up needs failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The kernel refused the object (the loader's and verifier's text is in the source).
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// A program is missing from the object, or the kernel refused to load or attach it.
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        /// The program.
+        name: &'static str,
+        /// What went wrong.
+        source: aya::programs::ProgramError,
+    },
+    /// A map is missing from the object or cannot be used.
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// What went wrong.
+        source: aya::maps::MapError,
+    },
+    /// Pinning a link, or replacing an older pin, failed.
+    #[error("pinning {path}: {reason}")]
+    Pin {
+        /// The pin.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// What the redirect needs to know about the daemon.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Where IPv4 callers are sent.
+    pub v4: SocketAddrV4,
+    /// Where IPv6 callers are sent (`None`: IPv6 is not redirected).
+    pub v6: Option<SocketAddrV6>,
+}
+
+/// The redirect in force, with what identification needs from it.
+#[derive(Debug)]
+pub struct Kernel {
+    /// The attached programs (apply `EBPF_ON_EXIT` with [`Kernel::shutdown`]).
+    pub redirect: Redirect,
+    /// Records of redirected connections, looked up at `accept()`.
+    pub table: std::sync::Arc<ConnTable>,
+    /// cgroup id → path.
+    pub paths: std::sync::Arc<crate::identity::cgroup::CgroupPaths>,
+}
+
+impl Kernel {
+    /// Clean shutdown: keeps or removes the redirect as `EBPF_ON_EXIT` says.
+    pub fn shutdown(self) {
+        self.redirect.shutdown();
+    }
+}
+
+/// Sets up the redirect as `EBPF` says: `None` in IP-only mode (configured, or `auto` and unusable).
+pub fn start(config: &crate::config::Config) -> Result<Option<Kernel>, EbpfError> {
+    use crate::config::EbpfMode;
+    let ebpf = &config.ebpf;
+    if ebpf.mode == EbpfMode::Off {
+        tracing::info!("EBPF=off: IP-only mode, callers are identified by their address alone");
+        return Ok(None);
+    }
+    if !ebpf.redirect_host {
+        // TODO(ebpf): exempt non-container host cgroups (MP_EXEMPT map is in place, not yet fed).
+        tracing::warn!(
+            "EBPF_REDIRECT_HOST=false is not enforced yet: every process in EBPF_CGROUPS except the daemon's cgroup is redirected"
+        );
+    }
+    let attempt = Host::check(&ebpf.pin_dir).and_then(|host| {
+        let target = Target {
+            v4: ebpf.target4,
+            v6: ebpf.target6,
+        };
+        let (redirect, table) = Redirect::start(ebpf, &host, &target)?;
+        tracing::info!(
+            target = %target.v4,
+            target6 = ?target.v6,
+            cgroups = ?ebpf.cgroups,
+            daemon_cgroup = %host.own_cgroup.0,
+            pins = %ebpf.pin_dir.display(),
+            "eBPF redirect of 169.254.169.254:80 attached"
+        );
+        Ok(Kernel {
+            redirect,
+            table: std::sync::Arc::new(table),
+            paths: std::sync::Arc::new(crate::identity::cgroup::CgroupPaths::new(host.cgroup2)),
+        })
+    });
+    match attempt {
+        Ok(kernel) => Ok(Some(kernel)),
+        Err(e) if ebpf.mode == EbpfMode::Auto => {
+            tracing::warn!(error = %e, "EBPF=auto: eBPF unusable, running in IP-only mode");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,148 @@
+//! The connection table: what the kernel recorded for a redirected connection, found at `accept()`
+//! by (peer, local) and removed once read.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+
+use aya::maps::{HashMap, MapData};
+use metadataproxy_common::{Conn4, Conn6, Record};
+
+use crate::identity::canonical_ip;
+
+/// The caller of a redirected connection, as the kernel saw it at `connect()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// cgroup v2 id of the calling task.
+    pub cgroup_id: u64,
+    /// Process id (tgid) of the caller.
+    pub pid: u32,
+    /// Cookie of the caller's network namespace.
+    pub netns_cookie: u64,
+}
+
+impl From<Record> for Caller {
+    fn from(r: Record) -> Self {
+        let Record {
+            cgroup_id,
+            pid_tgid,
+            netns_cookie,
+            orig_port: _,
+            pad: _,
+        } = r;
+        Self {
+            cgroup_id,
+            pid: u32::try_from(pid_tgid >> 32).unwrap_or(0),
+            netns_cookie,
+        }
+    }
+}
+
+/// The pinned `MP_CONN4` / `MP_CONN6` maps.
+#[derive(Debug)]
+pub struct ConnTable {
+    v4: Mutex<HashMap<MapData, Conn4, Record>>,
+    v6: Mutex<HashMap<MapData, Conn6, Record>>,
+}
+
+/// The map key of a connection the daemon accepted (`peer` → `local`).
+enum Key {
+    V4(Conn4),
+    V6(Conn6),
+}
+
+fn words(ip: std::net::Ipv6Addr) -> [u32; 4] {
+    let o = ip.octets();
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
+}
+
+fn key(peer: SocketAddr, local: SocketAddr) -> Option<Key> {
+    match (canonical_ip(peer.ip()), canonical_ip(local.ip())) {
+        (IpAddr::V4(p), IpAddr::V4(l)) => Some(Key::V4(Conn4 {
+            peer_addr: u32::from_ne_bytes(p.octets()),
+            local_addr: u32::from_ne_bytes(l.octets()),
+            peer_port: peer.port(),
+            local_port: local.port(),
+        })),
+        (IpAddr::V6(p), IpAddr::V6(l)) => Some(Key::V6(Conn6 {
+            peer_addr: words(p),
+            local_addr: words(l),
+            peer_port: peer.port(),
+            local_port: local.port(),
+        })),
+        _ => None,
+    }
+}
+
+impl ConnTable {
+    pub(super) fn new(
+        v4: HashMap<MapData, Conn4, Record>,
+        v6: HashMap<MapData, Conn6, Record>,
+    ) -> Self {
+        Self {
+            v4: Mutex::new(v4),
+            v6: Mutex::new(v6),
+        }
+    }
+
+    /// The kernel's record of the connection `peer` → `local`, removed from the table.
+    ///
+    /// `None` for connections that were not redirected (callers that reached the daemon directly).
+    pub fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<Caller> {
+        match key(peer, local)? {
+            Key::V4(k) => take_one(&self.v4, &k),
+            Key::V6(k) => take_one(&self.v6, &k),
+        }
+    }
+
+    /// Removes every entry (stale records of connections nobody accepted while no daemon ran).
+    pub fn clear(&self) -> usize {
+        clear_one(&self.v4) + clear_one(&self.v6)
+    }
+}
+
+fn take_one<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>, k: &K) -> Option<Caller> {
+    let mut map = map
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let record = map.get(k, 0).ok()?;
+    // Removal failing (already evicted) changes nothing for this caller.
+    let _ = map.remove(k);
+    Some(record.into())
+}
+
+fn clear_one<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>) -> usize {
+    let mut map = map
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    keys.iter().filter(|k| map.remove(k).is_ok()).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_key_is_network_order_addresses_and_host_order_ports() {
+        let peer: SocketAddr = "10.1.2.3:40000".parse().unwrap();
+        let local: SocketAddr = "[::ffff:127.0.0.1]:45001".parse().unwrap();
+        let Some(Key::V4(k)) = key(peer, local) else {
+            panic!("expected an IPv4 key");
+        };
+        assert_eq!(k.peer_addr.to_ne_bytes(), [10, 1, 2, 3]);
+        assert_eq!(k.local_addr.to_ne_bytes(), [127, 0, 0, 1]);
+        assert_eq!((k.peer_port, k.local_port), (40000, 45001));
+    }
+
+    #[test]
+    fn v6_key_words_keep_byte_order() {
+        let peer: SocketAddr = "[fd00:ec2::254]:1".parse().unwrap();
+        let Some(Key::V6(k)) = key(peer, peer) else {
+            panic!("expected an IPv6 key");
+        };
+        assert_eq!(k.peer_addr[0].to_ne_bytes(), [0xfd, 0, 0x0e, 0xc2]);
+        assert_eq!(k.peer_addr[3].to_ne_bytes(), [0, 0, 0x02, 0x54]);
+    }
+}

@@ -1,0 +1,185 @@
+//! cgroup id → cgroup path (walking the cgroup2 mount, cached) → container id; and the
+//! identification source that gives a role by cgroup path (`cgroup:/…` keys of the mapping file).
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Most cached id → path entries; the cache is emptied when it grows past this.
+const CACHE_MAX: usize = 65_536;
+
+/// Resolves cgroup v2 ids (inode numbers of cgroup directories) to paths like `/docker/<id>`.
+#[derive(Debug)]
+pub struct CgroupPaths {
+    root: PathBuf,
+    cache: Mutex<HashMap<u64, Arc<str>>>,
+}
+
+impl CgroupPaths {
+    /// Paths below the cgroup2 mount `root`.
+    pub fn new(root: PathBuf) -> Self {
+        Self {
+            root,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The path of cgroup `id`, relative to the mount and starting with `/`; `None` if it is gone.
+    ///
+    /// A cached path is re-checked (one `stat`): if the cgroup was removed, or the path now holds a
+    /// different cgroup, the entry is dropped and the tree walked again.
+    pub fn path(&self, id: u64) -> Option<Arc<str>> {
+        let cached = self.lock().get(&id).cloned();
+        if let Some(path) = cached {
+            if self.inode(&path) == Some(id) {
+                return Some(path);
+            }
+            self.lock().remove(&id);
+        }
+        let mut found = HashMap::new();
+        walk(&self.root, "", &mut found);
+        let mut cache = self.lock();
+        if cache.len() + found.len() > CACHE_MAX {
+            cache.clear();
+        }
+        cache.extend(found);
+        cache.get(&id).cloned()
+    }
+
+    fn inode(&self, path: &str) -> Option<u64> {
+        std::fs::metadata(self.root.join(path.trim_start_matches('/')))
+            .ok()
+            .map(|m| m.ino())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<str>>> {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Records `ino → path` for `dir` (at `rel`) and every cgroup below it.
+fn walk(dir: &Path, rel: &str, out: &mut HashMap<u64, Arc<str>>) {
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let path: Arc<str> = if rel.is_empty() {
+        "/".into()
+    } else {
+        rel.into()
+    };
+    out.insert(meta.ino(), path);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let name = entry.file_name();
+            let child = format!("{rel}/{}", name.to_string_lossy());
+            walk(&entry.path(), &child, out);
+        }
+    }
+}
+
+/// A container found in a cgroup path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRef {
+    /// Which layout named it: `docker`, `containerd`, `crio`, `podman`.
+    pub runtime: &'static str,
+    /// The 64-hex-digit container id.
+    pub id: String,
+}
+
+fn is_container_id(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// The container of a cgroup path, from its deepest segment naming one:
+/// cgroupfs `docker/<id>`, systemd `docker-<id>.scope`, containerd `cri-containerd-<id>.scope`
+/// or `<pod>/<id>` (kubepods, `k8s.io`), CRI-O `crio-<id>.scope`, podman `libpod-<id>.scope`.
+pub fn container_of(path: &str) -> Option<ContainerRef> {
+    const SCOPES: &[(&str, &str)] = &[
+        ("docker-", "docker"),
+        ("cri-containerd-", "containerd"),
+        ("containerd-", "containerd"),
+        ("crio-", "crio"),
+        ("libpod-", "podman"),
+    ];
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    for (i, seg) in segments.iter().enumerate().rev() {
+        let bare = seg.strip_suffix(".scope").unwrap_or(seg);
+        for (prefix, runtime) in SCOPES {
+            if let Some(id) = bare.strip_prefix(prefix)
+                && is_container_id(id)
+            {
+                return Some(ContainerRef {
+                    runtime,
+                    id: id.to_owned(),
+                });
+            }
+        }
+        if is_container_id(bare) {
+            let parent = i.checked_sub(1).map(|p| segments[p]);
+            let runtime = match parent {
+                Some("docker") => "docker",
+                Some("k8s.io" | "moby") => "containerd",
+                _ if segments.iter().any(|s| s.starts_with("kubepods")) => "containerd",
+                _ => "docker",
+            };
+            return Some(ContainerRef {
+                runtime,
+                id: bare.to_owned(),
+            });
+        }
+    }
+    None
+}
+
+/// `path` and its ancestors, deepest first, ending with `/`.
+pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    let mut next = Some(path);
+    std::iter::from_fn(move || {
+        let current = next?;
+        next = match current.rfind('/') {
+            Some(0) if current.len() > 1 => Some("/"),
+            Some(i) if i > 0 => Some(&current[..i]),
+            _ => None,
+        };
+        Some(current)
+    })
+}
+
+#[cfg(test)]
+#[path = "cgroup_tests.rs"]
+mod tests;
+
+/// Identification by cgroup path: the `cgroup:/…` entries of the mapping file, matched against the
+/// kernel-attested cgroup of the caller and then its ancestors (so `cgroup:/system.slice/foo.service`
+/// also covers the cgroups below it).
+#[derive(Debug)]
+pub struct CgroupSource {
+    /// cgroup id → path.
+    pub paths: Arc<CgroupPaths>,
+    /// The mapping file (shared with its reloader).
+    pub mapping: Arc<super::mapping_file::MappingFile>,
+}
+
+impl super::Identify for CgroupSource {
+    fn identify<'a>(
+        &'a self,
+        conn: &'a super::ConnInfo,
+    ) -> crate::creds::sts::BoxFuture<'a, Option<(super::Answer, super::Source)>> {
+        let found = conn.kernel.and_then(|k| {
+            let path = self.paths.path(k.cgroup_id)?;
+            let mapping = self.mapping.current();
+            ancestors(&path).find_map(|p| mapping.lookup_cgroup(p))
+        });
+        Box::pin(std::future::ready(
+            found.map(|a| (super::Answer::Role(a), super::Source::CgroupPath)),
+        ))
+    }
+}

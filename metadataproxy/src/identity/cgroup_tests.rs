@@ -1,0 +1,87 @@
+//! Table tests of container-id parsing with real-world cgroup paths, and the id → path resolver.
+
+use super::*;
+
+const ID: &str = "3f2a9d6c1b8e4f7a0c5d2e9b6a3f8c1d4e7b0a5c2f9d6e3b8a1c4f7d0e5b2a9c";
+
+#[test]
+fn container_ids_from_real_world_layouts() {
+    let cases: &[(&str, Option<&str>)] = &[
+        // Docker, cgroupfs driver.
+        (&format!("/docker/{ID}"), Some("docker")),
+        // Docker, systemd driver.
+        (&format!("/system.slice/docker-{ID}.scope"), Some("docker")),
+        // Docker-in-docker / nested cgroup namespaces.
+        (&format!("/docker/{ID}/docker/{ID}"), Some("docker")),
+        // Kubernetes + containerd, systemd driver.
+        (
+            &format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1a2b3c4d_5e6f_7a8b_9c0d_1e2f3a4b5c6d.slice/cri-containerd-{ID}.scope"
+            ),
+            Some("containerd"),
+        ),
+        // Kubernetes, cgroupfs driver.
+        (
+            &format!("/kubepods/besteffort/pod1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d/{ID}"),
+            Some("containerd"),
+        ),
+        // containerd without Kubernetes (ctr, nerdctl).
+        (&format!("/k8s.io/{ID}"), Some("containerd")),
+        // CRI-O and podman.
+        (
+            &format!("/kubepods.slice/kubepods-pod1.slice/crio-{ID}.scope"),
+            Some("crio"),
+        ),
+        (&format!("/machine.slice/libpod-{ID}.scope"), Some("podman")),
+        // Not containers.
+        ("/", None),
+        ("/system.slice/sshd.service", None),
+        ("/user.slice/user-1000.slice/session-2.scope", None),
+        ("/system.slice/docker.service", None),
+        ("/docker/not-an-id", None),
+        (&format!("/docker/{}", ID.to_uppercase()), None),
+        (&format!("/system.slice/docker-{}.scope", &ID[..63]), None),
+    ];
+    for (path, runtime) in cases {
+        let got = container_of(path);
+        assert_eq!(got.as_ref().map(|c| c.runtime), *runtime, "{path}");
+        if let Some(c) = got {
+            assert_eq!(c.id, ID, "{path}");
+        }
+    }
+}
+
+#[test]
+fn ancestors_deepest_first() {
+    let all: Vec<&str> = ancestors("/system.slice/foo.service/sub").collect();
+    assert_eq!(
+        all,
+        [
+            "/system.slice/foo.service/sub",
+            "/system.slice/foo.service",
+            "/system.slice",
+            "/"
+        ]
+    );
+    assert_eq!(ancestors("/").collect::<Vec<_>>(), ["/"]);
+}
+
+#[test]
+fn resolves_ids_and_forgets_removed_cgroups() {
+    // A directory tree stands in for the cgroup2 mount: ids are inode numbers either way.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("a/b")).unwrap();
+    let ino = |p: &str| std::fs::metadata(root.path().join(p)).unwrap().ino();
+    let paths = CgroupPaths::new(root.path().to_owned());
+    let b = ino("a/b");
+    assert_eq!(paths.path(b).as_deref(), Some("/a/b"));
+    assert_eq!(paths.path(ino("")).as_deref(), Some("/"));
+    std::fs::remove_dir(root.path().join("a/b")).unwrap();
+    assert_eq!(
+        paths.path(b),
+        None,
+        "a removed cgroup is not served from the cache"
+    );
+    std::fs::create_dir(root.path().join("a/c")).unwrap();
+    assert_eq!(paths.path(ino("a/c")).as_deref(), Some("/a/c"));
+}
