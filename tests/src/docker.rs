@@ -33,6 +33,12 @@ pub struct DockerD {
     networks: Vec<String>,
 }
 
+/// The cgroup parent of this dockerd's containers (`/<bridge name>`): its own subtree, so an eBPF
+/// redirect attached there affects no other process on the machine.
+fn cgroup_parent(bridge: &str) -> String {
+    format!("/{bridge}")
+}
+
 /// Why this machine cannot run dockerd at all (not a failure of the code under test).
 fn impossible() -> Option<String> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -54,6 +60,17 @@ fn free_subnet(second: bool) -> u8 {
         .map(|i| u8::try_from((start + i) % 250 + 1).unwrap_or(1))
         .find(|n| !routes.contains(&format!("{base}.{n}.")))
         .unwrap_or_else(|| panic!("no free /24 in {base}.0.0/16 for a test network"))
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup/unified` beside v1 controllers).
+fn cgroup2_mount() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&"cgroup2"))
+        .and_then(|f| f.get(1).map(PathBuf::from))
+        .unwrap_or_else(|| panic!("no cgroup2 mount in /proc/mounts"))
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -112,6 +129,10 @@ impl DockerD {
         must(Command::new("ip").args(["link", "set", &docker.bridge, "up"]));
         docker.launch();
         docker.import_image();
+        // The containers' cgroup parent exists from the start, so a redirect can attach to it.
+        let v2 = cgroup2_mount().join(docker.bridge.as_str());
+        std::fs::create_dir_all(&v2)
+            .unwrap_or_else(|e| panic!("cannot create cgroup {}: {e}", v2.display()));
         Some(docker)
     }
 
@@ -127,6 +148,11 @@ impl DockerD {
     /// The default bridge's gateway: the host address containers reach the daemon at.
     pub fn gateway(&self) -> Ipv4Addr {
         Ipv4Addr::new(172, 31, self.subnet, 1)
+    }
+
+    /// The cgroup v2 path (relative to the cgroup2 mount) holding every container of this dockerd.
+    pub fn cgroup_parent(&self) -> String {
+        cgroup_parent(&self.bridge)
     }
 
     /// dockerd's own log so far.
@@ -148,6 +174,7 @@ impl DockerD {
             .arg(self.path("docker.pid"))
             .args(["--iptables=false", "--ip-masq=false", "--ip-forward=false"])
             .arg(format!("--bridge={}", self.bridge))
+            .arg(format!("--cgroup-parent={}", cgroup_parent(&self.bridge)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -321,6 +348,13 @@ impl DockerD {
         ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in ours {
             let _ = Command::new("umount").args(["-l", m]).status();
+        }
+        // The (now empty) cgroup parent, in every hierarchy.
+        let _ = std::fs::remove_dir(cgroup2_mount().join(&self.bridge));
+        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+            for h in hierarchies.flatten() {
+                let _ = std::fs::remove_dir(h.path().join(&self.bridge));
+            }
         }
     }
 }

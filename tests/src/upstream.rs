@@ -43,7 +43,13 @@ pub struct Upstream {
 impl Upstream {
     /// Listens on 127.0.0.1 on a kernel-chosen port.
     pub fn start() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the upstream");
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Listens on `addr` (e.g. `169.254.169.254:80`, made local, as the host's real IMDS).
+    pub fn start_on(addr: SocketAddr) -> Self {
+        let listener = std::net::TcpListener::bind(addr)
+            .unwrap_or_else(|e| panic!("bind the upstream stand-in on {addr}: {e}"));
         listener
             .set_nonblocking(true)
             .expect("non-blocking upstream");

@@ -4,11 +4,13 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::{process, repo, setup, step};
+use crate::{ebpf, process, repo, setup, step};
 
 /// Runs `cargo test --workspace` with the environment the integration tests need.
 pub fn run(extra: &[String]) -> Result<()> {
     let venv = setup::run()?;
+    // The Docker + eBPF tests run the daemon with its redirect: embed the object.
+    ebpf::run()?;
     step("build: cargo build -p metadataproxy");
     process::run(
         Command::new(repo::cargo())

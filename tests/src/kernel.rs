@@ -1,0 +1,94 @@
+//! Machine state the eBPF tests need, each restored when its guard drops: 169.254.169.254 made
+//! local with a stand-in for the real IMDS behind it (so a missed redirect is caught here instead
+//! of leaving the machine), and a private bpffs for the daemon's pins.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+
+use tempfile::TempDir;
+
+use crate::Upstream;
+
+/// The instance metadata address.
+pub const METADATA_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+/// 169.254.169.254 on `lo`, answered by a recording stand-in serving *host* credentials.
+#[derive(Debug)]
+pub struct MetadataAddress {
+    added: bool,
+    /// The stand-in for the real IMDS: it must see no request from a container.
+    pub standin: Upstream,
+}
+
+impl MetadataAddress {
+    /// Makes the address local (unless it already is) and starts the stand-in on port 80.
+    pub fn start() -> Self {
+        let shown = Command::new("ip")
+            .args(["-4", "addr", "show", "dev", "lo"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run ip: {e}"));
+        let present = String::from_utf8_lossy(&shown.stdout).contains(&format!("{METADATA_IP}/32"));
+        if !present {
+            let status = Command::new("ip")
+                .args(["addr", "add", &format!("{METADATA_IP}/32"), "dev", "lo"])
+                .status()
+                .unwrap_or_else(|e| panic!("cannot run ip: {e}"));
+            assert!(
+                status.success(),
+                "ip addr add {METADATA_IP}/32 dev lo failed ({status})"
+            );
+        }
+        let standin = Upstream::start_on(SocketAddr::from((METADATA_IP, 80)));
+        Self {
+            added: !present,
+            standin,
+        }
+    }
+}
+
+impl Drop for MetadataAddress {
+    fn drop(&mut self) {
+        if self.added {
+            let _ = Command::new("ip")
+                .args(["addr", "del", &format!("{METADATA_IP}/32"), "dev", "lo"])
+                .status();
+        }
+    }
+}
+
+/// A bpffs mounted on a temporary folder, unmounted when dropped.
+#[derive(Debug)]
+pub struct BpfFs {
+    dir: TempDir,
+}
+
+impl BpfFs {
+    /// Mounts a new bpffs.
+    pub fn mount() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("mpd-bpffs-")
+            .tempdir()
+            .expect("temp dir for a bpffs");
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(dir.path())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run mount: {e}"));
+        assert!(status.success(), "mount -t bpf failed ({status})");
+        Self { dir }
+    }
+
+    /// A pin directory inside it, for `EBPF_PIN_DIR`.
+    pub fn pin_dir(&self) -> String {
+        self.dir.path().join("pins").display().to_string()
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
