@@ -71,12 +71,15 @@ pub struct Record {
     pub pid_tgid: u64,
     /// Cookie of the caller's network namespace.
     pub netns_cookie: u64,
+    /// `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`) when the connection was sent on its way: records
+    /// older than a connection attempt can last are never trusted.
+    pub connected_ns: u64,
     /// Original destination port (host order), for logs; always 80 today.
     pub orig_port: u16,
     /// Explicit padding; always zero.
     pub pad: [u8; 6],
 }
-const _: () = assert!(size_of::<Record>() == 32);
+const _: () = assert!(size_of::<Record>() == 40);
 
 /// An IPv4 connection as the daemon sees it at `accept()`: (peer, local).
 #[repr(C)]

@@ -5,7 +5,7 @@
 use aya_ebpf::bindings::{BPF_ANY, BPF_SOCK_OPS_TCP_CONNECT_CB};
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_netns_cookie,
-    bpf_get_socket_cookie,
+    bpf_get_socket_cookie, bpf_ktime_get_ns,
 };
 use aya_ebpf::macros::{cgroup_sock_addr, map, sock_ops};
 use aya_ebpf::maps::{Array, HashMap, LruHashMap};
@@ -98,6 +98,7 @@ fn remember(ctx: &SockAddrContext, cgroup_id: u64, pid_tgid: u64) -> Result<(), 
         cgroup_id,
         pid_tgid,
         netns_cookie,
+        connected_ns: 0,
         orig_port: IMDS_PORT,
         pad: [0; 6],
     };
@@ -170,9 +171,11 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i32> {
     // SAFETY: `ctx.ops` is the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     // SAFETY: the record is copied out at once; a concurrent update could at worst tear it.
-    let Some(record) = (unsafe { MP_BY_COOKIE.get(cookie) }).copied() else {
+    let Some(mut record) = (unsafe { MP_BY_COOKIE.get(cookie) }).copied() else {
         return Ok(());
     };
+    // SAFETY: a helper without arguments.
+    record.connected_ns = unsafe { bpf_ktime_get_ns() };
     // Host order; always below 65536.
     let local_port = u16::try_from(ctx.local_port()).unwrap_or(0);
     let remote = remote_port(ctx.remote_port());

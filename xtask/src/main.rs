@@ -28,8 +28,12 @@ struct Cli {
 enum Command {
     /// Create `.venv` with moto, boto3, botocore and awscli from `tests/requirements.txt`.
     Setup,
-    /// Set up, build the daemon, then run `cargo test --workspace` against real peers.
+    /// The whole suite: `cargo test --workspace` against real peers, then (as root) the privileged
+    /// eBPF tests.
     Test {
+        /// Skip the privileged eBPF tests (they need root, BTF, cgroup v2 and bpffs).
+        #[arg(long)]
+        unprivileged: bool,
         /// Extra arguments passed through to `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -52,7 +56,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::run().map(|_| ()),
-        Command::Test { args } => test::run(&args),
+        Command::Test { unprivileged, args } => test::run(&args).and_then(|()| {
+            if unprivileged {
+                println!("xtask: --unprivileged: the privileged eBPF tests were not run");
+                Ok(())
+            } else {
+                privileged::run(&[], false)
+            }
+        }),
         Command::Demo => demo::run(),
         Command::BuildEbpf => ebpf::run(),
         Command::TestPrivileged { args } => privileged::run(&args, false),

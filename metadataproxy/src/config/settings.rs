@@ -311,7 +311,7 @@ pub const SETTINGS: &[Setting] = &[
         "ebpf-redirect-host",
         Some("false"),
         Kind::Bool,
-        "also redirect host processes outside containers (containers and cgroups named in ROLE_MAPPING_FILE always are)",
+        "also redirect host processes outside containers; `false` is not enforced yet: every process in EBPF_CGROUPS but the daemon is redirected",
     ),
     ours(
         EBPF_TARGET,
@@ -360,4 +360,25 @@ pub const SETTINGS: &[Setting] = &[
 /// The setting with this environment name.
 pub fn by_env(env: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.env == env)
+}
+
+/// The configuration reference as a Markdown table (README.md carries it; a test keeps them equal).
+pub fn markdown_table() -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from(
+        "| variable | flag | default | Lyft 2.2.0 | meaning |\n| --- | --- | --- | --- | --- |\n",
+    );
+    for s in SETTINGS {
+        let default = s
+            .default
+            .map_or_else(|| "unset".to_owned(), |d| format!("`{d}`"));
+        let lyft = if s.lyft { "yes" } else { "new" };
+        let help = s.help.replace('|', "\\|");
+        let _ = writeln!(
+            out,
+            "| `{}` | `--{}` | {default} | {lyft} | {help} |",
+            s.env, s.flag
+        );
+    }
+    out
 }

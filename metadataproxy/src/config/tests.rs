@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::settings::SETTINGS;
+use super::settings::{self, SETTINGS};
 use super::*;
 
 fn load(env: &[(&str, &str)], args: &[&str]) -> Result<Config, ConfigErrors> {
@@ -217,4 +217,21 @@ fn settings_table_has_unique_names_and_every_lyft_variable() {
     ] {
         assert!(SETTINGS.iter().any(|s| s.env == lyft && s.lyft), "{lyft}");
     }
+}
+
+#[test]
+fn readme_configuration_reference_matches_the_code() {
+    let readme = include_str!("../../../README.md");
+    let begin = "<!-- settings:begin -->\n";
+    let end = "<!-- settings:end -->";
+    let table = readme
+        .split_once(begin)
+        .and_then(|(_, rest)| rest.split_once(end))
+        .map(|(table, _)| table)
+        .expect("README.md has the settings markers");
+    let expected = settings::markdown_table();
+    assert!(
+        table == expected,
+        "README.md's configuration reference is out of date; replace it between the markers with:\n{expected}"
+    );
 }

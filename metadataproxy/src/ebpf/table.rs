@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use aya::maps::{HashMap, MapData};
 use metadataproxy_common::{Conn4, Conn6, Record};
@@ -26,6 +27,7 @@ impl From<Record> for Caller {
             cgroup_id,
             pid_tgid,
             netns_cookie,
+            connected_ns: _,
             orig_port: _,
             pad: _,
         } = r;
@@ -102,6 +104,24 @@ impl ConnTable {
     }
 }
 
+/// The oldest record trusted at `accept()`: a connection attempt lasts at most the SYN retries
+/// (`tcp_syn_retries` = 6 gives 127 s). An older record belongs to a connection that was never
+/// accepted; its 4-tuple may since have been reused by a caller that was not redirected.
+pub const MAX_RECORD_AGE: Duration = Duration::from_secs(130);
+
+/// `CLOCK_MONOTONIC` now, the clock of `bpf_ktime_get_ns()`.
+fn monotonic_now() -> Option<Duration> {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .ok()
+        .map(Duration::from)
+}
+
+/// Whether a record made at `connected_ns` is young enough at `now` to be believed.
+pub fn is_fresh(connected_ns: u64, now: Duration) -> bool {
+    now.checked_sub(Duration::from_nanos(connected_ns))
+        .is_some_and(|age| age <= MAX_RECORD_AGE)
+}
+
 fn take_one<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>, k: &K) -> Option<Caller> {
     let mut map = map
         .lock()
@@ -109,7 +129,17 @@ fn take_one<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>, k: &K) -> Opt
     let record = map.get(k, 0).ok()?;
     // Removal failing (already evicted) changes nothing for this caller.
     let _ = map.remove(k);
-    Some(record.into())
+    drop(map);
+    match monotonic_now() {
+        Some(now) if is_fresh(record.connected_ns, now) => Some(record.into()),
+        _ => {
+            tracing::warn!(
+                cgroup = record.cgroup_id,
+                "ignoring a stale redirect record (its connection was never accepted in time)"
+            );
+            None
+        }
+    }
 }
 
 fn clear_one<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>) -> usize {
@@ -123,6 +153,25 @@ fn clear_one<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_older_than_a_connection_attempt_are_stale() {
+        const SEC: u64 = 1_000_000_000;
+        let now = Duration::from_secs(10_000);
+        let now_ns = 10_000 * SEC;
+        let max_ns = MAX_RECORD_AGE.as_secs() * SEC;
+        assert!(is_fresh(now_ns - 5_000_000, now));
+        assert!(is_fresh(now_ns - max_ns, now));
+        assert!(!is_fresh(now_ns - max_ns - SEC, now));
+        assert!(
+            !is_fresh(0, now),
+            "a record without a time is never trusted"
+        );
+        assert!(
+            !is_fresh(now_ns + SEC, now),
+            "a record from the future is not trusted"
+        );
+    }
 
     #[test]
     fn v4_key_is_network_order_addresses_and_host_order_ports() {
