@@ -137,13 +137,13 @@ pub fn run(quick: bool) -> Result<()> {
         results.other_table(),
         results.targets_table()
     );
-    let notes = "Regenerate rather than edit: `cargo xtask bench` writes this file.\n";
     let out = if quick {
         bench_dir.join("BENCHMARKS-quick.md")
     } else {
         repo::root().join("BENCHMARKS.md")
     };
-    std::fs::write(&out, results.markdown(notes))
+    let notes = kept_notes(&repo::root().join("BENCHMARKS.md"));
+    std::fs::write(&out, results.markdown(&notes))
         .with_context(|| format!("writing {}", out.display()))?;
     println!("wrote {}", out.display());
     failures(&results)
@@ -270,6 +270,19 @@ fn failures(results: &Results) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Marks the hand-written part of `BENCHMARKS.md` (profiles, findings), carried over by each run.
+const NOTES_MARKER: &str =
+    "<!-- hand-written below this line: kept when cargo xtask bench rewrites the file -->";
+
+/// The hand-written tail of `BENCHMARKS.md` (from the marker on), or just the marker.
+fn kept_notes(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    match text.find(NOTES_MARKER) {
+        Some(i) => text[i..].to_owned(),
+        None => format!("{NOTES_MARKER}\n"),
+    }
 }
 
 /// `PATH` for child processes (their environment is otherwise cleared).

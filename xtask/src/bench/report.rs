@@ -350,7 +350,8 @@ impl Results {
              ## Throughput and latency\n\n{}\n\
              ## Memory, cold start, STS calls\n\n{}\n\
              ## eBPF redirect\n\n{}\n\n\
-             ## Targets (issue 5)\n\n{}\n{notes}",
+             ## Targets (issue 5)\n\n{}\n\
+             Everything above is written by `cargo xtask bench`; regenerate it rather than edit it.\n\n{notes}",
             self.command,
             m.cpus, m.model, m.kernel, m.memory, m.load_at_start, self.load_at_end, m.date,
             self.plan.duration.as_secs(),
