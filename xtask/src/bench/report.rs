@@ -212,7 +212,10 @@ impl Results {
             out.push(Target {
                 what: format!("cached credentials throughput vs Lyft ({conns})"),
                 goal: "≥ 20×".into(),
-                measured: format!("{vs_lyft:.1}×"),
+                measured: format!(
+                    "{vs_lyft:.1}× (bare hyper itself: {:.1}×)",
+                    ratio(m, Kind::Bare, Kind::Lyft, rps)
+                ),
                 met: Some(vs_lyft >= 20.0),
             });
             let vs_bare = ratio(m, Kind::Ours, Kind::Bare, rps);
