@@ -33,6 +33,8 @@ pub struct ManyCallers {
     pub new_caller_first_us: Vec<u32>,
     /// AssumeRole calls per added caller (expected: exactly 1 each).
     pub sts_per_new_caller: Vec<usize>,
+    /// Failed STS calls the daemon logged (each is retried, so moto counts it twice).
+    pub sts_failures_logged: usize,
 }
 
 /// The source address of caller `i` (127.0.1.1 upwards; never 127.0.0.1, the load runs' caller).
@@ -116,6 +118,7 @@ pub async fn run(
             .push(moto.assume_role_count().await? - before);
     }
     server.proc.check_running()?;
+    out.sts_failures_logged = server.proc.log_lines_containing("sts:AssumeRole failed");
     Ok(out)
 }
 

@@ -77,6 +77,15 @@ impl Proc {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// How many lines of its log contain `needle`.
+    pub fn log_lines_containing(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
     /// Resident memory of the process and all its descendants, in KiB.
     pub fn rss_kib(&self) -> Result<u64> {
         tree(self.pid())

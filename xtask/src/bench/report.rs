@@ -171,6 +171,11 @@ impl Results {
             "| AssumeRole calls: per caller added while running | {ours} | {:?} |",
             m.sts_per_new_caller
         );
+        let _ = writeln!(
+            t,
+            "| failed STS calls the daemon logged during the many-callers run (each retried) | {ours} | {} |",
+            m.sts_failures_logged
+        );
         for kind in [Kind::Ours, Kind::Lyft] {
             let _ = writeln!(
                 t,
