@@ -1,9 +1,10 @@
-//! `cargo xtask`: the developer commands (setup, test, demo, build-ebpf).
+//! `cargo xtask`: the developer commands (setup, test, demo, build-ebpf, bench).
 #![expect(
     clippy::print_stdout,
     reason = "xtask is a command-line tool; stdout is its interface"
 )]
 
+mod bench;
 mod demo;
 mod ebpf;
 mod privileged;
@@ -50,6 +51,20 @@ enum Command {
     },
     /// As root: per-connection cost of the eBPF redirect + identification vs a direct connection.
     BenchRedirect,
+    /// Benchmark against Lyft's metadataproxy 2.2.0 and a bare hyper server; writes BENCHMARKS.md.
+    Bench {
+        /// A short smoke run (about a minute): checks everything runs, numbers are not meaningful.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// The bench's bare hyper server (internal: `cargo xtask bench` starts it).
+    #[command(hide = true)]
+    BenchBareServer {
+        /// Listen address.
+        addr: std::net::SocketAddr,
+        /// File whose bytes every response carries.
+        body: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -68,6 +83,8 @@ fn main() -> ExitCode {
         Command::BuildEbpf => ebpf::run(),
         Command::TestPrivileged { args } => privileged::run(&args, false),
         Command::BenchRedirect => privileged::run(&[], true),
+        Command::Bench { quick } => bench::run(quick),
+        Command::BenchBareServer { addr, body } => bench::bare::serve(addr, &body),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

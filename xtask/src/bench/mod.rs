@@ -1,0 +1,291 @@
+//! `cargo xtask bench`: our daemon against Lyft's metadataproxy and a bare hyper server, side by side.
+
+pub mod bare;
+mod client;
+mod coldstart;
+mod ebpf_path;
+mod loadgen;
+mod lyft;
+mod machine;
+mod many;
+mod moto;
+mod proc;
+mod report;
+mod scenarios;
+mod servers;
+mod stats;
+mod wrk;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+
+use self::client::once;
+use self::machine::Machine;
+use self::moto::Moto;
+use self::report::Results;
+use self::scenarios::Plan;
+use self::servers::{CREDS_PATH, Kind, Programs, ROLE, Server};
+use crate::{process, repo, setup, step};
+
+/// How much to measure.
+#[derive(Debug, Clone, Copy)]
+struct Size {
+    plan: Plan,
+    cold_ours: usize,
+    cold_lyft: usize,
+    callers: usize,
+    added_callers: usize,
+}
+
+const FULL: Size = Size {
+    plan: Plan {
+        rounds: 3,
+        duration: Duration::from_secs(5),
+    },
+    cold_ours: 5,
+    cold_lyft: 3,
+    callers: 1000,
+    added_callers: 20,
+};
+
+/// A smoke run: everything runs once, briefly (CI checks it works, never how fast).
+const QUICK: Size = Size {
+    plan: Plan {
+        rounds: 1,
+        duration: Duration::from_secs(1),
+    },
+    cold_ours: 1,
+    cold_lyft: 1,
+    callers: 50,
+    added_callers: 3,
+};
+
+/// Runs the benchmark; `quick` for the short smoke version. Fails only when something could not run.
+///
+/// `cargo xtask` is a debug build; the load generator and the bare server must not be slowed by that
+/// (they share the cores with the server under test), so a debug build re-runs itself in release.
+pub fn run(quick: bool) -> Result<()> {
+    if cfg!(debug_assertions) {
+        step("build: cargo build --release -p xtask (the load generator and the bare server)");
+        process::run(
+            Command::new(repo::cargo())
+                .args(["build", "--release", "-p", "xtask"])
+                .current_dir(repo::root()),
+        )?;
+        let release = repo::target_dir()?.join("release").join("xtask");
+        let mut cmd = Command::new(release);
+        cmd.arg("bench").current_dir(repo::root());
+        if quick {
+            cmd.arg("--quick");
+        }
+        return process::run(&mut cmd);
+    }
+    let size = if quick { QUICK } else { FULL };
+    let command = if quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    };
+    let machine = Machine::describe();
+    println!(
+        "{} CPUs ({}), kernel {}, load average {}",
+        machine.cpus, machine.model, machine.kernel, machine.load_at_start
+    );
+    let venv = setup::run()?;
+    step("build: cargo build --release -p metadataproxy");
+    process::run(
+        Command::new(repo::cargo())
+            .args(["build", "--release", "-p", "metadataproxy"])
+            .current_dir(repo::root()),
+    )?;
+    let target = repo::target_dir()?;
+    let bench_dir = target.join("bench");
+    step("Lyft's metadataproxy 2.2.0 and wrk");
+    let lyft_venv = lyft::ensure_venv(&bench_dir.join("lyft-venv"))?;
+    let work = bench_dir.join(if quick { "run-quick" } else { "run" });
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let load_tool = wrk::Wrk::prepare(&work)?;
+    println!("logs and mapping files: {}", work.display());
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let programs = Programs {
+        daemon: target.join("release").join("metadataproxy"),
+        lyft_venv,
+        xtask: std::env::current_exe()?,
+        moto: String::new(),
+        dir: work.clone(),
+    };
+    let results = runtime.block_on(measure(
+        &venv,
+        programs,
+        size,
+        &load_tool,
+        (machine, command),
+    ))?;
+
+    step("results");
+    println!(
+        "{}\n{}\n{}",
+        results.table(),
+        results.other_table(),
+        results.targets_table()
+    );
+    let out = if quick {
+        bench_dir.join("BENCHMARKS-quick.md")
+    } else {
+        repo::root().join("BENCHMARKS.md")
+    };
+    let notes = kept_notes(&repo::root().join("BENCHMARKS.md"));
+    std::fs::write(&out, results.markdown(&notes))
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote {}", out.display());
+    failures(&results)
+}
+
+/// Everything measured, in order; every process is stopped before this returns.
+async fn measure(
+    venv: &Path,
+    mut programs: Programs,
+    size: Size,
+    wrk: &wrk::Wrk,
+    (machine, command): (Machine, &str),
+) -> Result<Results> {
+    step("moto_server (STS and IAM) on loopback");
+    let mut moto = Moto::start(venv, &programs.dir)?;
+    programs.moto = moto.endpoint();
+    moto.create_roles(&[ROLE.to_owned()]).await?;
+    let mapping = programs.dir.join("mapping.json");
+    std::fs::write(&mapping, format!(r#"{{"127.0.0.1": "{ROLE}"}}"#))?;
+    let body = programs.dir.join("credentials.json");
+
+    step("servers under test");
+    let ours = programs.start(Kind::Ours, "ours", &mapping, &body)?;
+    let document = verify(&ours, &moto, "prefetched at start").await?;
+    std::fs::write(&body, &document)?;
+    let lyft = programs.start(Kind::Lyft, "lyft", &mapping, &body)?;
+    verify(&lyft, &moto, "fetched on the first request").await?;
+    let bare = programs.start(Kind::Bare, "bare-hyper", &mapping, &body)?;
+    verify(&bare, &moto, "none").await?;
+    let servers = [ours, lyft, bare];
+    let rss_idle = servers
+        .iter()
+        .map(|s| Ok((s.kind, s.proc.rss_kib()?, s.proc.process_count())))
+        .collect::<Result<Vec<_>>>()?;
+
+    step("load: every scenario, servers interleaved");
+    let measured = scenarios::run(&servers, wrk, &moto, size.plan).await?;
+    let rss_loaded = servers
+        .iter()
+        .map(|s| Ok((s.kind, s.proc.rss_kib()?)))
+        .collect::<Result<Vec<_>>>()?;
+    drop(servers);
+
+    step("cold start: spawn to first credentials");
+    let cold = vec![
+        (
+            Kind::Ours,
+            coldstart::measure(&programs, Kind::Ours, size.cold_ours, &mapping, &body).await?,
+        ),
+        (
+            Kind::Lyft,
+            coldstart::measure(&programs, Kind::Lyft, size.cold_lyft, &mapping, &body).await?,
+        ),
+    ];
+
+    step(&format!(
+        "many callers: {} source IPs → {} roles",
+        size.callers, size.callers
+    ));
+    let many = many::run(&programs, &moto, size.callers, size.added_callers, &body).await?;
+    moto.check_running()?;
+
+    Ok(Results {
+        machine,
+        load_at_end: machine::load_average(),
+        command: command.to_owned(),
+        plan: size.plan,
+        measured,
+        rss_idle,
+        rss_loaded,
+        cold,
+        many,
+        ebpf: ebpf_path::measure(),
+    })
+}
+
+/// One credentials request: it must succeed, and only Lyft may call STS for it (ours prefetched).
+async fn verify(server: &Server, moto: &Moto, sts: &str) -> Result<Vec<u8>> {
+    let before = moto.assume_role_count().await?;
+    let resp = once(None, server.addr, "GET", CREDS_PATH, &[], b"")
+        .await
+        .with_context(|| format!("asking {} for credentials", server.kind.name()))?;
+    let doc: serde_json::Value = serde_json::from_slice(&resp.body).unwrap_or_default();
+    ensure!(
+        resp.status == 200
+            && doc["AccessKeyId"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("ASIA")),
+        "{} did not answer credentials ({} {}); its log:\n{}",
+        server.kind.name(),
+        resp.status,
+        resp.text(),
+        server.proc.log_tail()
+    );
+    let after = moto.assume_role_count().await?;
+    if server.kind == Kind::Lyft && after == before {
+        bail!(
+            "Lyft's proxy answered credentials without calling moto's AssumeRole: it is not talking \
+             to moto, refusing to benchmark it; its log:\n{}",
+            server.proc.log_tail()
+        );
+    }
+    println!(
+        "{} answers credentials (AccessKeyId {}…; STS: {sts}; moto AssumeRole calls {before} → {after})",
+        server.kind.name(),
+        &doc["AccessKeyId"].as_str().unwrap_or_default()[..8]
+    );
+    Ok(resp.body)
+}
+
+/// A run fails when our daemon or the bare server failed requests under load.
+fn failures(results: &Results) -> Result<()> {
+    for m in &results.measured {
+        for kind in [Kind::Ours, Kind::Bare] {
+            if let Some(s) = m.of(kind).into_iter().find(|s| s.errors > 0) {
+                bail!(
+                    "{} failed {} requests in \"{}\": {}",
+                    kind.name(),
+                    s.errors,
+                    m.scenario.title,
+                    s.first_error.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Marks the hand-written part of `BENCHMARKS.md` (profiles, findings), carried over by each run.
+const NOTES_MARKER: &str =
+    "<!-- hand-written below this line: kept when cargo xtask bench rewrites the file -->";
+
+/// The hand-written tail of `BENCHMARKS.md` (from the marker on), or just the marker.
+fn kept_notes(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    match text.find(NOTES_MARKER) {
+        Some(i) => text[i..].to_owned(),
+        None => format!("{NOTES_MARKER}\n"),
+    }
+}
+
+/// `PATH` for child processes (their environment is otherwise cleared).
+fn path_var() -> String {
+    std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned())
+}

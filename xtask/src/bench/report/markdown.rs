@@ -1,0 +1,60 @@
+//! `BENCHMARKS.md`: machine, method, the tables and the targets, then the hand-written notes.
+
+use super::Results;
+use crate::bench::ebpf_path::EbpfPath;
+
+impl Results {
+    /// The whole of `BENCHMARKS.md`.
+    pub fn markdown(&self, notes: &str) -> String {
+        let m = &self.machine;
+        let load_note = if self
+            .machine
+            .load_at_start
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            >= 0.5
+        {
+            "**Taken under load**: other work (compilers, other engineers' jobs) shared these cores during the run, so absolute numbers are noisy and low. Compare the ratios, which are medians of per-round ratios measured side by side in the same run."
+        } else {
+            "The machine was otherwise mostly idle at the start of the run."
+        };
+        format!(
+            "# Benchmarks\n\n\
+             Our daemon against Lyft's metadataproxy 2.2.0 and against a bare hyper server (the limit), \
+             measured side by side in one run. Regenerate with:\n\n```sh\n{}\n```\n\n\
+             ## Machine\n\n\
+             - {} CPUs: {}\n- kernel {}\n- memory {}\n- load average at start {} (1, 5, 15 min), at end {}\n- taken {}\n\n{load_note}\n\n\
+             ## Method\n\n\
+             - Servers, all on 127.0.0.1: moto_server (STS and IAM); our daemon (release build, mapping-file \
+             identification, `MOCK_API`); Lyft 2.2.0 under `gunicorn metadataproxy:app --workers=2 -k gevent` \
+             (`DEFAULT_ACCOUNT_ID` set, no `AWS_REGION`, STS at moto); a bare hyper 1 server answering our \
+             credentials document's bytes to every request.\n\
+             - Keep-alive load: `wrk -t2 -c16|64 -d{}s`. New connection per request and the IMDSv2 sequence: \
+             the xtask's closed-loop generator (16 workers; connect, request(s), close). {} round(s) per scenario, \
+             the servers interleaved within each round (order rotating); figures are medians over rounds, ratios \
+             are medians of same-round ratios.\n\
+             - The load generators share the 2 cores with the server under test, as in the issue's reference figures.\n\
+             - RSS is `VmRSS` from `/proc/<pid>/status`, summed over gunicorn's master and workers.\n\
+             - Cold start: process spawn until a polling client (connect + GET every 2 ms) gets credentials.\n\
+             - STS calls are counted from moto's own record (`/moto-api/data.json`).\n\n\
+             ## Throughput and latency\n\n{}\n\
+             ## Memory, cold start, STS calls\n\n{}\n\
+             ## eBPF redirect\n\n{}\n\n\
+             ## Targets (issue 5)\n\n{}\n\
+             Everything above is written by `cargo xtask bench`; regenerate it rather than edit it.\n\n{notes}",
+            self.command,
+            m.cpus, m.model, m.kernel, m.memory, m.load_at_start, self.load_at_end, m.date,
+            self.plan.duration.as_secs(),
+            self.plan.rounds,
+            self.table(),
+            self.other_table(),
+            match &self.ebpf {
+                EbpfPath::NotYetMeasured => "Not yet measured: the redirect (new connection per request from a redirected test cgroup to 169.254.169.254, versus the same load straight to the daemon) is added with the eBPF work; see `xtask/src/bench/ebpf_path.rs`.".to_owned(),
+                EbpfPath::Measured { redirected, direct } => format!("| path | req/s | p50 | p99 |\n|---|---:|---:|---:|\n| redirected | {:.0} | {:.2} ms | {:.2} ms |\n| direct | {:.0} | {:.2} ms | {:.2} ms |", redirected.rps, redirected.p50_us / 1000.0, redirected.p99_us / 1000.0, direct.rps, direct.p50_us / 1000.0, direct.p99_us / 1000.0),
+            },
+            self.targets_table(),
+        )
+    }
+}

@@ -1,0 +1,324 @@
+//! The results: the tables printed at the end and the targets (`markdown` writes the file).
+
+mod markdown;
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::ebpf_path::EbpfPath;
+use super::machine::Machine;
+use super::many::ManyCallers;
+use super::scenarios::{Measured, Plan};
+use super::servers::Kind;
+use super::stats::{Sample, median, percentile};
+
+/// Everything one run measured.
+#[derive(Debug)]
+pub struct Results {
+    pub machine: Machine,
+    pub load_at_end: String,
+    pub command: String,
+    pub plan: Plan,
+    pub measured: Vec<Measured>,
+    /// RSS right after start (and one verified credentials request), KiB, and process count.
+    pub rss_idle: Vec<(Kind, u64, usize)>,
+    /// RSS after the whole load matrix, KiB.
+    pub rss_loaded: Vec<(Kind, u64)>,
+    pub cold: Vec<(Kind, Vec<Duration>)>,
+    pub many: ManyCallers,
+    pub ebpf: EbpfPath,
+}
+
+/// One of the targets.
+#[derive(Debug)]
+struct Target {
+    what: String,
+    goal: String,
+    measured: String,
+    met: Option<bool>,
+}
+
+/// Median over rounds of `f(a) / f(b)`, each pair from the same round.
+fn ratio(m: &Measured, a: Kind, b: Kind, f: fn(&Sample) -> f64) -> f64 {
+    let (xs, ys) = (m.of(a), m.of(b));
+    median(xs.iter().zip(&ys).map(|(x, y)| f(x) / f(y)))
+}
+
+fn rps(s: &Sample) -> f64 {
+    s.rps
+}
+
+fn p99(s: &Sample) -> f64 {
+    s.p99_us
+}
+
+fn mib(kib: u64) -> String {
+    #[expect(clippy::cast_precision_loss, reason = "memory sizes")]
+    let m = kib as f64 / 1024.0;
+    format!("{m:.1} MiB")
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn median_duration(ds: &[Duration]) -> Duration {
+    Duration::from_secs_f64(median(ds.iter().map(Duration::as_secs_f64)))
+}
+
+impl Results {
+    /// The throughput and latency table (Markdown), ratios as medians of same-round ratios.
+    pub fn table(&self) -> String {
+        let mut t = String::from(
+            "| scenario | server | req/s | p50 | p99 | × Lyft | × bare hyper |\n|---|---|---:|---:|---:|---:|---:|\n",
+        );
+        for m in &self.measured {
+            for &kind in &m.kinds {
+                let samples = m.of(kind);
+                let cell = |other: Kind| {
+                    if other == kind || !m.kinds.contains(&other) {
+                        String::new()
+                    } else {
+                        format!("{:.2}×", ratio(m, kind, other, rps))
+                    }
+                };
+                let errors: u64 = samples.iter().map(|s| s.errors).sum();
+                let refused: u64 = samples.iter().map(|s| s.token_refused).sum();
+                let mut name = kind.name().to_owned();
+                if errors > 0 {
+                    let _ = write!(name, " ({errors} errors)");
+                }
+                if refused > 0 {
+                    name.push_str(" (no IMDSv2: token PUT refused, GET without token)");
+                }
+                let _ = writeln!(
+                    t,
+                    "| {} | {name} | {:.0} | {:.2} ms | {:.2} ms | {} | {} |",
+                    m.scenario.title,
+                    median(samples.iter().map(|s| s.rps)),
+                    median(samples.iter().map(|s| s.p50_us)) / 1000.0,
+                    median(samples.iter().map(|s| s.p99_us)) / 1000.0,
+                    cell(Kind::Lyft),
+                    cell(Kind::Bare),
+                );
+            }
+        }
+        t
+    }
+
+    /// Memory, cold start and STS calls (Markdown).
+    pub fn other_table(&self) -> String {
+        let mut t = String::from("| measure | server | value |\n|---|---|---:|\n");
+        for (kind, kib, procs) in &self.rss_idle {
+            let _ = writeln!(
+                t,
+                "| RSS idle after start ({procs} process{}) | {} | {} |",
+                if *procs == 1 { "" } else { "es" },
+                kind.name(),
+                mib(*kib)
+            );
+        }
+        for (kind, kib) in &self.rss_loaded {
+            let _ = writeln!(
+                t,
+                "| RSS after the load runs | {} | {} |",
+                kind.name(),
+                mib(*kib)
+            );
+        }
+        let m = &self.many;
+        let ours = Kind::Ours.name();
+        let _ = writeln!(
+            t,
+            "| RSS with {} callers/roles prefetched, before any request | {ours} | {} |",
+            m.callers,
+            mib(m.rss_prefetched_kib)
+        );
+        let _ = writeln!(
+            t,
+            "| RSS with {} callers/roles, each fetched once | {ours} | {} |",
+            m.callers,
+            mib(m.rss_after_fetch_kib)
+        );
+        for (kind, times) in &self.cold {
+            let all: Vec<String> = times.iter().map(|d| ms(*d)).collect();
+            let _ = writeln!(
+                t,
+                "| cold start → first credentials, median of {} ({}) | {} | {} |",
+                times.len(),
+                all.join(", "),
+                kind.name(),
+                ms(median_duration(times))
+            );
+        }
+        let _ = writeln!(
+            t,
+            "| first request of a caller added to the mapping, p99 of {} (p50) | {ours} | {:.2} ms ({:.2} ms) |",
+            m.new_caller_first_us.len(),
+            self.new_caller_p99_ms(),
+            self.new_caller_p50_ms()
+        );
+        let _ = writeln!(
+            t,
+            "| AssumeRole calls: start with {} roles | {ours} | {} |",
+            m.callers, m.sts_at_start
+        );
+        let _ = writeln!(
+            t,
+            "| AssumeRole calls: 2 passes over {} callers after prefetch | {ours} | {} |",
+            m.callers, m.sts_during_fetch
+        );
+        let _ = writeln!(
+            t,
+            "| AssumeRole calls: per caller added while running | {ours} | {:?} |",
+            m.sts_per_new_caller
+        );
+        let _ = writeln!(
+            t,
+            "| failed STS calls the daemon logged during the many-callers run (each retried) | {ours} | {} |",
+            m.sts_failures_logged
+        );
+        for kind in [Kind::Ours, Kind::Lyft] {
+            let _ = writeln!(
+                t,
+                "| AssumeRole calls: the whole load matrix (after its first credentials) | {} | {} |",
+                kind.name(),
+                self.sts_during_load(kind)
+            );
+        }
+        t
+    }
+
+    /// AssumeRole calls while `kind` was under load.
+    fn sts_during_load(&self, kind: Kind) -> usize {
+        self.measured.iter().map(|m| m.sts_calls_of(kind)).sum()
+    }
+
+    fn new_caller_sorted(&self) -> Vec<u32> {
+        let mut v = self.many.new_caller_first_us.clone();
+        v.sort_unstable();
+        v
+    }
+
+    fn new_caller_p99_ms(&self) -> f64 {
+        percentile(&self.new_caller_sorted(), 99.0) / 1000.0
+    }
+
+    fn new_caller_p50_ms(&self) -> f64 {
+        percentile(&self.new_caller_sorted(), 50.0) / 1000.0
+    }
+
+    fn targets(&self) -> Vec<Target> {
+        let mut out = Vec::new();
+        for m in self.measured.iter().filter(|m| {
+            m.scenario.title.starts_with("cached credentials")
+                && m.scenario.title.contains("keep-alive")
+        }) {
+            let conns = m.scenario.title.split(", ").nth(1).unwrap_or_default();
+            let vs_lyft = ratio(m, Kind::Ours, Kind::Lyft, rps);
+            out.push(Target {
+                what: format!("cached credentials throughput vs Lyft ({conns})"),
+                goal: "≥ 20×".into(),
+                measured: format!(
+                    "{vs_lyft:.1}× (bare hyper itself: {:.1}×)",
+                    ratio(m, Kind::Bare, Kind::Lyft, rps)
+                ),
+                met: Some(vs_lyft >= 20.0),
+            });
+            let vs_bare = ratio(m, Kind::Ours, Kind::Bare, rps);
+            out.push(Target {
+                what: format!("cached credentials throughput vs bare hyper ({conns})"),
+                goal: "≥ 0.8×".into(),
+                measured: format!("{vs_bare:.2}×"),
+                met: Some(vs_bare >= 0.8),
+            });
+            let p = ratio(m, Kind::Ours, Kind::Bare, p99);
+            out.push(Target {
+                what: format!("cached credentials p99 vs bare hyper p99 ({conns})"),
+                goal: "≤ 1.5×".into(),
+                measured: format!("{p:.2}×"),
+                met: Some(p <= 1.5),
+            });
+        }
+        let ebpf = match &self.ebpf {
+            EbpfPath::NotYetMeasured => ("not yet measured".to_owned(), None),
+            EbpfPath::Measured { redirected, direct } => {
+                let r = redirected.rps / direct.rps;
+                (format!("{r:.2}×"), Some(r >= 0.7))
+            }
+        };
+        out.push(Target {
+            what: "new connection per request through the eBPF redirect vs direct".into(),
+            goal: "≥ 0.7×".into(),
+            measured: ebpf.0,
+            met: ebpf.1,
+        });
+        if let Some((_, kib, _)) = self.rss_idle.iter().find(|(k, _, _)| *k == Kind::Ours) {
+            out.push(Target {
+                what: "RSS idle".into(),
+                goal: "≤ 15 MiB".into(),
+                measured: mib(*kib),
+                met: Some(*kib <= 15 * 1024),
+            });
+        }
+        let m = &self.many;
+        out.push(Target {
+            what: format!("RSS with {} callers/roles", m.callers),
+            goal: format!(
+                "≤ 50 MiB{}",
+                if m.callers < 1000 {
+                    " (at 1,000; this run used fewer)"
+                } else {
+                    ""
+                }
+            ),
+            measured: mib(m.rss_after_fetch_kib),
+            met: Some(m.rss_after_fetch_kib <= 50 * 1024),
+        });
+        if let Some((_, times)) = self.cold.iter().find(|(k, _)| *k == Kind::Ours) {
+            let d = median_duration(times);
+            out.push(Target {
+                what: "cold start to first credentials (median)".into(),
+                goal: "≤ 150 ms".into(),
+                measured: ms(d),
+                met: Some(d <= Duration::from_millis(150)),
+            });
+        }
+        let p = self.new_caller_p99_ms();
+        out.push(Target {
+            what: "first request of a newly added caller, p99 (mapping file; prefetch)".into(),
+            goal: "≤ 5 ms".into(),
+            measured: format!("{p:.2} ms"),
+            met: Some(!m.new_caller_first_us.is_empty() && p <= 5.0),
+        });
+        let sts_ok = m.sts_at_start == m.callers
+            && m.sts_during_fetch == 0
+            && m.sts_per_new_caller.iter().all(|n| *n == 1)
+            && self.sts_during_load(Kind::Ours) == 0;
+        out.push(Target {
+            what: "STS: one AssumeRole per role per refresh, whatever the load".into(),
+            goal: "exactly 1 per role; 0 when cached".into(),
+            measured: format!("{} for {} roles at start; 0 expected, {} seen over 2 passes and {} in the load matrix; {:?} per added caller", m.sts_at_start, m.callers, m.sts_during_fetch, self.sts_during_load(Kind::Ours), m.sts_per_new_caller),
+            met: Some(sts_ok),
+        });
+        out
+    }
+
+    /// The targets as a Markdown table.
+    pub fn targets_table(&self) -> String {
+        let mut t = String::from("| target | goal | measured | met |\n|---|---|---|---|\n");
+        for target in self.targets() {
+            let met = match target.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "—",
+            };
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {met} |",
+                target.what, target.goal, target.measured
+            );
+        }
+        t
+    }
+}
