@@ -13,7 +13,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(&config);
+    // Declared before the runtime, so it is dropped after it: every log line is flushed.
+    let _log_writer = init_tracing(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -33,17 +34,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(config: &Config) {
+/// Logs go to stderr through a writer thread, so a request never waits on a `write(2)`; the
+/// writer blocks rather than drops when its buffer is full (audit lines are never lost).
+fn init_tracing(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::new(&config.log_filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_ansi(ansi)
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match config.log_format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
 
 /// Completes on SIGINT or SIGTERM.

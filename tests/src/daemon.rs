@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct DaemonBuilder {
     vars: BTreeMap<String, String>,
+    /// The binary to run; `$METADATAPROXY_BIN` when not given.
+    bin: Option<PathBuf>,
 }
 
 /// A running daemon, killed when dropped (its log is printed if the test is failing).
@@ -58,6 +61,7 @@ impl Default for DaemonBuilder {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
+            bin: None,
         }
     }
 }
@@ -67,6 +71,13 @@ impl DaemonBuilder {
     #[must_use]
     pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
         self.vars.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// Runs this binary instead of `$METADATAPROXY_BIN` (for callers other than the test suite).
+    #[must_use]
+    pub fn bin(mut self, path: impl Into<PathBuf>) -> Self {
+        self.bin = Some(path.into());
         self
     }
 
@@ -104,7 +115,10 @@ impl DaemonBuilder {
     }
 
     fn spawn(&self) -> (Child, TempDir) {
-        let bin = required_path("METADATAPROXY_BIN");
+        let bin = self
+            .bin
+            .clone()
+            .unwrap_or_else(|| required_path("METADATAPROXY_BIN"));
         let dir = tempfile::Builder::new()
             .prefix("metadataproxy-")
             .tempdir()
@@ -179,6 +193,23 @@ impl Daemon {
     /// A builder with safe defaults: `HOST=127.0.0.1`, mock API, every upstream on loopback.
     pub fn builder() -> DaemonBuilder {
         DaemonBuilder::default()
+    }
+
+    /// Its log once it contains `needle` (logs are written by a writer thread, a moment after the
+    /// event); panics with the log after 5 s.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let logs = self.logs();
+            if logs.contains(needle) {
+                return logs;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon's log never showed {needle:?}:\n{logs}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Where it listens.

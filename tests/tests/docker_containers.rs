@@ -126,11 +126,9 @@ async fn each_container_gets_its_own_role() {
         let (ok, err) = v1(&docker, id, &url(gw, &daemon, ""));
         assert!(!ok && err.contains("404"), "container with {what}: {err}");
     }
-    let logs = daemon.logs();
-    assert!(
-        logs.contains("environment entry `IAM_ROLE` has no `=`"),
-        "{logs}"
-    );
+    daemon
+        .wait_for_log("environment entry `IAM_ROLE` has no `=`")
+        .await;
     // The others were unaffected by the malformed ones.
     let (ok, body) = v1(&docker, &with_a, &url(gw, &daemon, ""));
     assert!(ok && body == "role-a", "{body}");
@@ -265,11 +263,7 @@ async fn index_recovers_after_dockerd_restarts() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(
-        daemon.logs().contains("Docker reachable again"),
-        "{}",
-        daemon.logs()
-    );
+    daemon.wait_for_log("Docker reachable again").await;
 }
 
 /// A shell script timing one `wget` of `url` with microsecond clock readings; the body, then a

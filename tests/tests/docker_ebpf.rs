@@ -115,8 +115,7 @@ async fn containers_calling_169_254_169_254_get_their_own_roles() {
         assert!(!ok && err.contains("404"), "{what}: {err}");
     }
     // Every container was known by its cgroup, the host-network ones included.
-    let logs = daemon.logs();
-    assert!(logs.contains("source=\"docker_cgroup\""), "{logs}");
+    let logs = daemon.wait_for_log("source=\"docker_cgroup\"").await;
     assert!(
         !logs.contains("source=\"docker_ip\""),
         "a caller fell back to its address:\n{logs}"

@@ -170,6 +170,7 @@ impl Sts for AwsSts {
                 assumed_role_id: user
                     .map(|u| u.assumed_role_id().to_owned())
                     .unwrap_or_default(),
+                delivery: super::Delivery::default(),
             })
         })
     }

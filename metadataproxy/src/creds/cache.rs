@@ -79,6 +79,18 @@ impl Slot {
     }
 }
 
+/// Most STS calls made at once for prefetches and background refreshes.
+const BACKGROUND_STS_CALLS: usize = 16;
+
+/// Whether a caller is waiting for an STS call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Urgency {
+    /// A request waits on it: it never queues behind background work.
+    Caller,
+    /// Prefetch or refresh: bounded by [`BACKGROUND_STS_CALLS`].
+    Background,
+}
+
 /// What to do on a request, decided under the slot's lock.
 enum Plan {
     Serve(Arc<Credentials>),
@@ -93,6 +105,7 @@ pub struct CredentialCache {
     clock: Arc<dyn Clock>,
     config: CredentialCacheConfig,
     sts_calls: AtomicU64,
+    background: Arc<tokio::sync::Semaphore>,
 }
 
 impl fmt::Debug for CredentialCache {
@@ -138,6 +151,7 @@ impl CredentialCache {
             clock,
             config,
             sts_calls: AtomicU64::new(0),
+            background: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_STS_CALLS)),
         })
     }
 
@@ -173,7 +187,7 @@ impl CredentialCache {
         let plan = {
             let mut st = slot.lock();
             st.last_used = Some(self.clock.monotonic());
-            self.plan(key, &slot, &mut st)
+            self.plan(key, &slot, &mut st, Urgency::Caller)
         };
         match plan {
             Plan::Serve(c) => Ok(c),
@@ -192,7 +206,13 @@ impl CredentialCache {
         }
     }
 
-    fn plan(self: &Arc<Self>, key: &CacheKey, slot: &Arc<Slot>, st: &mut SlotState) -> Plan {
+    fn plan(
+        self: &Arc<Self>,
+        key: &CacheKey,
+        slot: &Arc<Slot>,
+        st: &mut SlotState,
+        urgency: Urgency,
+    ) -> Plan {
         let now = self.clock.now();
         if let Some(c) = st
             .current
@@ -212,10 +232,10 @@ impl CredentialCache {
             return match (valid, &st.last_error) {
                 (Some(c), _) => Plan::Serve(c),
                 (None, Some(e)) => Plan::Fail(e.clone()),
-                (None, None) => Plan::Wait(self.start_flight(key, slot, st), None),
+                (None, None) => Plan::Wait(self.start_flight(key, slot, st, urgency), None),
             };
         }
-        Plan::Wait(self.start_flight(key, slot, st), valid)
+        Plan::Wait(self.start_flight(key, slot, st, urgency), valid)
     }
 
     /// Starts an STS call for the slot (the caller holds the slot's lock). The call runs on its
@@ -225,12 +245,19 @@ impl CredentialCache {
         key: &CacheKey,
         slot: &Arc<Slot>,
         st: &mut SlotState,
+        urgency: Urgency,
     ) -> Flight {
         self.sts_calls.fetch_add(1, Ordering::Relaxed);
         let this = Arc::clone(self);
         let key = key.clone();
         let slot_ref = Arc::clone(slot);
         let task = tokio::spawn(async move {
+            // Background calls (prefetch, refresh) share a few permits, so a start-up with
+            // thousands of roles does not open thousands of STS connections at once.
+            let _permit = match urgency {
+                Urgency::Background => Arc::clone(&this.background).acquire_owned().await.ok(),
+                Urgency::Caller => None,
+            };
             let result = this
                 .sts
                 .assume_role(&key, this.config.session_duration)
@@ -276,7 +303,7 @@ impl CredentialCache {
         let slot = self.slot(key);
         let mut st = slot.lock();
         st.last_used = Some(self.clock.monotonic());
-        let _ = self.plan(key, &slot, &mut st);
+        let _ = self.plan(key, &slot, &mut st, Urgency::Background);
     }
 
     /// Holds the slot for `key` (a container that will use it is running) and prefetches it:
@@ -286,7 +313,7 @@ impl CredentialCache {
         let mut st = slot.lock();
         st.holders = st.holders.saturating_add(1);
         st.last_used = Some(self.clock.monotonic());
-        let _ = self.plan(key, &slot, &mut st);
+        let _ = self.plan(key, &slot, &mut st, Urgency::Background);
     }
 
     /// Lets go of one hold taken by [`Self::retain`]. When the last holder lets go, the slot is
@@ -332,7 +359,7 @@ impl CredentialCache {
                 .is_some_and(|c| !is_fresh(c, now, self.config.threshold + margin));
             let idle = st.flight.is_none() && st.retry_after.is_none_or(|t| mono >= t);
             if wanted && due && idle {
-                drop(self.start_flight(&key, &slot, &mut st));
+                drop(self.start_flight(&key, &slot, &mut st, Urgency::Background));
                 started += 1;
             }
         }

@@ -10,13 +10,20 @@ use crate::creds::StsErrorKind;
 use crate::creds::fake::FakeSts;
 
 fn setup(delay: Duration) -> (ManualClock, Arc<FakeSts>, Arc<CredentialCache>) {
+    setup_with(delay, 3)
+}
+
+fn setup_with(
+    delay: Duration,
+    capacity: usize,
+) -> (ManualClock, Arc<FakeSts>, Arc<CredentialCache>) {
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
     let sts = FakeSts::new(&clock, delay);
     let cache = CredentialCache::new(
         sts.clone(),
         Arc::new(clock.clone()),
         CredentialCacheConfig {
-            capacity: NonZeroUsize::new(3).unwrap(),
+            capacity: NonZeroUsize::new(capacity).unwrap(),
             threshold: Duration::from_secs(15 * 60),
             session_duration: Duration::from_secs(3600),
             idle_after: Duration::from_secs(3600),
@@ -229,4 +236,26 @@ async fn cache_is_bounded() {
 fn cache_key_debug_hides_external_id() {
     let text = format!("{:?}", key("a", Some("sekrit-ext"), "s"));
     assert!(!text.contains("sekrit-ext"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_sts_calls_are_bounded_and_callers_never_wait_behind_them() {
+    let (_, sts, cache) = setup_with(Duration::from_millis(30), 100);
+    for i in 0..40 {
+        cache.prefetch(&key(&format!("r{i}"), None, "s"));
+    }
+    // A caller's own miss is not queued behind the 40 prefetches: it runs beside the 16.
+    cache.get(&key("caller", None, "s")).await.unwrap();
+    while sts.calls.load(Ordering::SeqCst) < 41 || cache.get(&key("r39", None, "s")).await.is_err()
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let max = sts.max_in_flight.load(Ordering::SeqCst);
+    assert_eq!(
+        max,
+        16 + 1,
+        "16 background calls at once, plus the caller's own"
+    );
+    assert_eq!(sts.calls.load(Ordering::SeqCst), 41, "one call per role");
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::sts::BoxFuture;
-use super::{CacheKey, Credentials, Secret, Sts, StsError, StsErrorKind};
+use super::{CacheKey, Credentials, Delivery, Secret, Sts, StsError, StsErrorKind};
 use crate::clock::{Clock, ManualClock};
 
 /// The fake.
@@ -16,6 +16,9 @@ pub struct FakeSts {
     pub calls: AtomicU64,
     /// When set, every call fails as if STS were unreachable.
     pub failing: AtomicBool,
+    in_flight: AtomicU64,
+    /// The most calls that were in progress at once.
+    pub max_in_flight: AtomicU64,
     delay: Duration,
 }
 
@@ -26,6 +29,8 @@ impl FakeSts {
             clock: clock.clone(),
             calls: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
             delay,
         })
     }
@@ -39,7 +44,10 @@ impl Sts for FakeSts {
     ) -> BoxFuture<'a, Result<Credentials, StsError>> {
         Box::pin(async move {
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
             if self.failing.load(Ordering::SeqCst) {
                 return Err(StsError {
                     operation: "sts:AssumeRole",
@@ -57,6 +65,7 @@ impl Sts for FakeSts {
                 last_updated: now,
                 assumed_role_arn: String::new(),
                 assumed_role_id: String::new(),
+                delivery: Delivery::default(),
             })
         })
     }

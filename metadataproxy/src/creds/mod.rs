@@ -2,6 +2,7 @@
 
 pub mod aws;
 mod cache;
+mod delivery;
 pub mod ecs_patch;
 #[cfg(test)]
 pub mod fake;
@@ -9,6 +10,7 @@ mod secret;
 pub mod sts;
 
 pub use cache::{CacheKey, CredentialCache, CredentialCacheConfig};
+pub use delivery::Delivery;
 pub use secret::Secret;
 pub use sts::{Sts, StsError, StsErrorKind};
 
@@ -31,6 +33,8 @@ pub struct Credentials {
     pub assumed_role_arn: String,
     /// `AssumedRoleUser.AssumedRoleId`: `AROA…:<session>`.
     pub assumed_role_id: String,
+    /// The rendered document and its recipients.
+    pub delivery: Delivery,
 }
 
 impl Credentials {
@@ -62,6 +66,7 @@ mod tests {
             last_updated: now,
             assumed_role_arn: "arn:aws:sts::123456789012:assumed-role/r/s".into(),
             assumed_role_id: "AROAEXAMPLE:s".into(),
+            delivery: Delivery::default(),
         }
     }
 

@@ -81,17 +81,23 @@ impl Iam {
                 if matches!(route, Category::IamInfo) {
                     return Self::info(&creds, &arn);
                 }
-                tracing::info!(
-                    target: "audit",
-                    caller = %caller.identity,
-                    peer = %conn.peer,
-                    role_arn = %arn,
-                    session = %creds.assumed_role_arn.rsplit('/').next().unwrap_or_default(),
-                    access_key = %format_args!("…{}", creds.key_hint()),
-                    source = source.as_str(),
-                    imds = version.as_str(),
-                    "credentials served"
-                );
+                // One audit line per credential set handed to a caller; its repeat fetches of the
+                // same set are debug lines (a busy caller must not flood the audit log).
+                if creds.delivery.first_for(&caller.identity) {
+                    tracing::info!(
+                        target: "audit",
+                        caller = %caller.identity,
+                        peer = %conn.peer,
+                        role_arn = %arn,
+                        session = %creds.assumed_role_arn.rsplit('/').next().unwrap_or_default(),
+                        access_key = %format_args!("…{}", creds.key_hint()),
+                        source = source.as_str(),
+                        imds = version.as_str(),
+                        "credentials served"
+                    );
+                } else {
+                    tracing::debug!(caller = %caller.identity, access_key = %format_args!("…{}", creds.key_hint()), imds = version.as_str(), "credentials served again");
+                }
                 credentials_response(&creds)
             }
             _ => not_found(),
@@ -132,8 +138,13 @@ impl Iam {
     }
 }
 
-/// The credentials document for `creds`.
+/// The credentials document for `creds` (rendered once per credential set).
 pub fn credentials_response(creds: &Credentials) -> Response<Body> {
+    let body = creds.delivery.document(|| render_credentials(creds));
+    response::with_type(StatusCode::OK, body, "text/plain")
+}
+
+fn render_credentials(creds: &Credentials) -> Bytes {
     let doc = CredentialsDoc {
         code: "Success",
         last_updated: response::timestamp(creds.last_updated),
@@ -143,11 +154,7 @@ pub fn credentials_response(creds: &Credentials) -> Response<Body> {
         token: creds.session_token.expose(),
         expiration: response::timestamp(creds.expiration),
     };
-    response::with_type(
-        StatusCode::OK,
-        Bytes::from(serde_json::to_vec_pretty(&doc).unwrap_or_default()),
-        "text/plain",
-    )
+    Bytes::from(serde_json::to_vec_pretty(&doc).unwrap_or_default())
 }
 
 /// An `AIPA…` id derived from the role's unique id (`AROA…`), stable for the role.
