@@ -1,6 +1,7 @@
 //! `moto_server` as the real STS and IAM: one process per test on a free loopback port.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -34,14 +35,18 @@ pub struct AssumedRole {
 impl Moto {
     /// Starts `$MOTO_SERVER -H 127.0.0.1 -p <free port>` and waits until it accepts connections.
     pub async fn start() -> Self {
-        let bin = required_path("MOTO_SERVER");
+        Self::start_with(&required_path("MOTO_SERVER")).await
+    }
+
+    /// Starts this `moto_server` binary (for callers other than the test suite).
+    pub async fn start_with(bin: &Path) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("moto-")
             .tempdir()
             .expect("temp dir for moto's log");
         let log = std::fs::File::create(dir.path().join("moto.log")).expect("moto log file");
         let addr = loopback(free_port());
-        let mut child = Command::new(&bin)
+        let mut child = Command::new(bin)
             .args(["-H", "127.0.0.1", "-p", &addr.port().to_string()])
             .env_clear()
             .env("PATH", path_var())
