@@ -1,6 +1,5 @@
-//! `cargo xtask demo`: moto, the daemon and the aws CLI end to end, all on loopback.
-
-mod http;
+//! The fallback demo (no root, BTF or cgroup v2): a mapping file gives 127.0.0.1 a role and the aws
+//! CLI on this host gets its credentials from the daemon in IP-only mode, all on loopback.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -9,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 
+use super::{http, masked, path_var};
 use crate::process::{self, Guard};
-use crate::{repo, setup, step};
+use crate::step;
 
 /// The role the demo creates in moto and maps to 127.0.0.1.
 const ROLE: &str = "demo-role";
@@ -20,20 +20,13 @@ const ACCOUNT: &str = "123456789012";
 const TRUST_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"sts:AssumeRole"}]}"#;
 
 /// Runs the demo; every process it starts is stopped when this returns, on success or failure.
-pub fn run() -> Result<()> {
-    let venv = setup::run()?;
-    step("build: cargo build -p metadataproxy");
-    process::run(
-        Command::new(repo::cargo())
-            .args(["build", "-p", "metadataproxy"])
-            .current_dir(repo::root()),
-    )?;
-    let daemon_bin = repo::daemon_bin()?;
+pub fn run(venv: &Path, daemon_bin: &Path) -> Result<()> {
+    let venv = venv.to_path_buf();
     let work = tempfile::Builder::new()
         .prefix("metadataproxy-demo-")
         .tempdir()?;
 
-    step("1/5 start moto_server on loopback (stands in for AWS STS and IAM)");
+    step("[fallback] 1/5 start moto_server on loopback (stands in for AWS STS and IAM)");
     let moto_port = process::free_port()?;
     let moto_url = format!("http://127.0.0.1:{moto_port}");
     let mut moto = spawn_logged(
@@ -47,7 +40,7 @@ pub fn run() -> Result<()> {
     moto.wait_listening(loopback(moto_port), Duration::from_secs(30))?;
     println!("moto is listening at {moto_url}");
 
-    step(&format!("2/5 create IAM role {ROLE} in moto"));
+    step(&format!("[fallback] 2/5 create IAM role {ROLE} in moto"));
     let out = aws_cli(&venv, &moto_url)
         .args(["iam", "create-role", "--role-name", ROLE])
         .args(["--assume-role-policy-document", TRUST_POLICY])
@@ -61,7 +54,7 @@ pub fn run() -> Result<()> {
     );
     println!("created {}", String::from_utf8_lossy(&out.stdout).trim());
 
-    step("3/5 start metadataproxy (mapping file: 127.0.0.1 -> demo-role, mock API)");
+    step("[fallback] 3/5 start metadataproxy (mapping file: 127.0.0.1 -> demo-role, mock API)");
     let mapping = work.path().join("role-mapping.json");
     std::fs::write(&mapping, format!(r#"{{"127.0.0.1": "{ROLE}"}}"#))?;
     println!(
@@ -72,7 +65,7 @@ pub fn run() -> Result<()> {
     let port = process::free_port()?;
     let mut daemon = spawn_logged(
         "metadataproxy",
-        &mut daemon_command(&daemon_bin, port, &moto_url, &mapping)?,
+        &mut daemon_command(daemon_bin, port, &moto_url, &mapping)?,
         &work.path().join("metadataproxy.log"),
     )?;
     daemon.wait_listening(loopback(port), Duration::from_secs(10))?;
@@ -87,14 +80,14 @@ pub fn run() -> Result<()> {
     drop(moto);
     result?;
     println!(
-        "\ndemo OK: the aws CLI ran as assumed-role/{ROLE}, with credentials from metadataproxy"
+        "\ndemo OK (fallback, mapping file, no eBPF): the aws CLI ran as assumed-role/{ROLE}, with credentials from metadataproxy"
     );
     Ok(())
 }
 
 /// Steps 4 and 5: what the daemon serves, then the CLI using it as its metadata service.
 fn exercise(venv: &Path, port: u16, moto_url: &str) -> Result<()> {
-    step("4/5 what metadataproxy serves to 127.0.0.1 (IMDSv1 GETs)");
+    step("[fallback] 4/5 what metadataproxy serves to 127.0.0.1 (IMDSv1 GETs)");
     let daemon = loopback(port);
     let list = http::get(daemon, "/latest/meta-data/iam/security-credentials/")?;
     println!(
@@ -111,7 +104,9 @@ fn exercise(venv: &Path, port: u16, moto_url: &str) -> Result<()> {
     );
     println!("{}", masked(&creds.body)?);
 
-    step("5/5 aws sts get-caller-identity with no static credentials (IMDS -> metadataproxy)");
+    step(
+        "[fallback] 5/5 aws sts get-caller-identity with no static credentials (IMDS -> metadataproxy)",
+    );
     let mut cli = Command::new(venv.join("bin").join("aws"));
     cli.args(["sts", "get-caller-identity", "--output", "json"])
         .env_clear()
@@ -193,25 +188,6 @@ fn spawn_logged(name: &str, cmd: &mut Command, log: &Path) -> Result<Guard> {
     Guard::spawn(name, cmd, log.to_path_buf())
 }
 
-/// The credentials document exactly as served, with the secret key and session token masked.
-fn masked(body: &str) -> Result<String> {
-    let json: serde_json::Value = serde_json::from_str(body)
-        .with_context(|| format!("credentials are not JSON: {body:?}"))?;
-    let mut shown = body.to_owned();
-    for key in ["SecretAccessKey", "Token"] {
-        let secret = json[key]
-            .as_str()
-            .with_context(|| format!("credentials without {key}: {json}"))?;
-        ensure!(!secret.is_empty(), "empty {key} in the credentials");
-        shown = shown.replace(secret, &format!("****({} chars, masked)", secret.len()));
-    }
-    Ok(shown)
-}
-
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
-}
-
-fn path_var() -> String {
-    std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned())
 }
