@@ -39,8 +39,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// End to end on this machine: moto, the daemon, and the aws CLI getting its credentials from it.
-    Demo,
+    /// End to end on this machine (as root): containers calling 169.254.169.254 get their own roles.
+    Demo {
+        /// Run the mapping-file fallback (no containers, no eBPF) even where the real demo can run.
+        #[arg(long)]
+        fallback: bool,
+    },
     /// Build the eBPF programs with nightly and bpf-linker (installing what is missing).
     BuildEbpf,
     /// As root: build the eBPF object and the daemon, run `tests/privileged` with one thread.
@@ -79,7 +83,7 @@ fn main() -> ExitCode {
                 privileged::run(&[], false)
             }
         }),
-        Command::Demo => demo::run(),
+        Command::Demo { fallback } => demo::run(fallback),
         Command::BuildEbpf => ebpf::run(),
         Command::TestPrivileged { args } => privileged::run(&args, false),
         Command::BenchRedirect => privileged::run(&[], true),
