@@ -60,6 +60,14 @@ impl CgroupPaths {
     }
 }
 
+/// `ino → path` of the cgroup at `rel` (below the cgroup2 mount `root`) and every cgroup below it.
+pub fn tree(root: &Path, rel: &str) -> HashMap<u64, Arc<str>> {
+    let rel = rel.trim_end_matches('/');
+    let mut out = HashMap::new();
+    walk(&root.join(rel.trim_start_matches('/')), rel, &mut out);
+    out
+}
+
 /// Records `ino → path` for `dir` (at `rel`) and every cgroup below it.
 fn walk(dir: &Path, rel: &str, out: &mut HashMap<u64, Arc<str>>) {
     let Ok(meta) = std::fs::metadata(dir) else {
@@ -137,6 +145,43 @@ pub fn container_of(path: &str) -> Option<ContainerRef> {
         }
     }
     None
+}
+
+/// Segments that only container runtimes and container managers create: a cgroup at or below one
+/// is a container's (or about to hold one), even when no segment names a container id yet.
+fn is_runtime_segment(seg: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "docker",
+        "moby",
+        "k8s.io",
+        "containerd",
+        "libpod_parent",
+        "machine.slice",
+        "machine",
+        "lxc",
+        "ecs",
+        "garden",
+    ];
+    const PREFIXES: &[&str] = &["kubepods", "crio", "lxc.payload", "libpod", "podman"];
+    EXACT.contains(&seg) || PREFIXES.iter().any(|p| seg.starts_with(p))
+}
+
+/// Whether the cgroup at `path` belongs to a container: some segment names a container
+/// ([`container_of`]) or is a runtime's own parent (`docker`, `kubepods…`, `machine.slice`, …).
+/// In doubt the answer is yes: a container cgroup is redirected, and wrongly redirecting a host
+/// process is the safe mistake (it reaches the daemon, never a container the real IMDS).
+pub fn is_container_path(path: &str) -> bool {
+    container_of(path).is_some()
+        || path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .any(is_runtime_segment)
+}
+
+/// Whether `EBPF_REDIRECT_HOST=false` still redirects the cgroup at `path`: it is a container's
+/// ([`is_container_path`]), or it or an ancestor is named by a `cgroup:` key of `mapping`.
+pub fn redirected_without_host(path: &str, mapping: &super::mapping_file::Mapping) -> bool {
+    is_container_path(path) || ancestors(path).any(|p| mapping.lookup_cgroup(p).is_some())
 }
 
 /// `path` and its ancestors, deepest first, ending with `/`.

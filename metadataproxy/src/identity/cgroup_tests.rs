@@ -85,3 +85,97 @@ fn resolves_ids_and_forgets_removed_cgroups() {
     std::fs::create_dir(root.path().join("a/c")).unwrap();
     assert_eq!(paths.path(ino("a/c")).as_deref(), Some("/a/c"));
 }
+
+#[test]
+fn container_paths_are_redirected_host_paths_only_when_mapped() {
+    const ID: &str = "3f4e9b0c1d2a8e7f6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a";
+    let mapping = crate::identity::mapping_file::parse(
+        r#"{"cgroup:/system.slice/batch.service": "batch", "cgroup:/mapped": "m"}"#,
+    )
+    .unwrap();
+    // (path, a container's?, redirected with EBPF_REDIRECT_HOST=false?)
+    let table: &[(&str, bool, bool)] = &[
+        // Containers, in every layout: redirected.
+        (&format!("/docker/{ID}"), true, true),
+        (&format!("/docker/{ID}/init.scope"), true, true),
+        (&format!("/system.slice/docker-{ID}.scope"), true, true),
+        (
+            &format!("/system.slice/containerd.service/k8s.io/{ID}"),
+            true,
+            true,
+        ),
+        (
+            &format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1a2b.slice/cri-containerd-{ID}.scope"
+            ),
+            true,
+            true,
+        ),
+        (
+            &format!("/kubepods/besteffort/pod1a2b-3c4d/{ID}"),
+            true,
+            true,
+        ),
+        // A pod's own cgroup and the runtimes' parents: no id yet, still a container's.
+        (
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1a2b.slice",
+            true,
+            true,
+        ),
+        ("/kubepods/burstable", true, true),
+        ("/docker", true, true),
+        (
+            &format!("/machine.slice/libpod-{ID}.scope/container"),
+            true,
+            true,
+        ),
+        (
+            &format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope"),
+            true,
+            true,
+        ),
+        (&format!("/system.slice/crio-{ID}.scope"), true, true),
+        (&format!("/ecs/5a6b7c/{ID}"), true, true),
+        // Named by the mapping (or below a named cgroup): redirected.
+        ("/system.slice/batch.service", false, true),
+        ("/system.slice/batch.service/worker", false, true),
+        ("/mapped", false, true),
+        // Plain host processes: not redirected.
+        ("/", false, false),
+        ("/system.slice", false, false),
+        ("/system.slice/sshd.service", false, false),
+        ("/system.slice/docker.service", false, false),
+        ("/system.slice/containerd.service", false, false),
+        ("/system.slice/batch.service2", false, false),
+        ("/mapped-not", false, false),
+        ("/user.slice/user-1000.slice/session-3.scope", false, false),
+        ("/init.scope", false, false),
+        // Not a 64-hex id: not a container.
+        ("/system.slice/docker-abc.scope", false, false),
+    ];
+    for (path, container, redirected) in table {
+        assert_eq!(is_container_path(path), *container, "{path}");
+        assert_eq!(
+            redirected_without_host(path, &mapping),
+            *redirected,
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn tree_lists_a_subtree_with_its_paths() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("a/b")).unwrap();
+    std::fs::create_dir_all(root.path().join("c")).unwrap();
+    let ino = |p: &str| std::fs::metadata(root.path().join(p)).unwrap().ino();
+    let all = tree(root.path(), "/");
+    assert_eq!(all.len(), 4);
+    assert_eq!(all.get(&ino("")).map(|p| &**p), Some("/"));
+    assert_eq!(all.get(&ino("a/b")).map(|p| &**p), Some("/a/b"));
+    let sub = tree(root.path(), "/a/");
+    let mut paths: Vec<&str> = sub.values().map(|p| &**p).collect();
+    paths.sort_unstable();
+    assert_eq!(paths, ["/a", "/a/b"]);
+    assert!(tree(root.path(), "/gone").is_empty());
+}
