@@ -311,7 +311,7 @@ pub const SETTINGS: &[Setting] = &[
         "ebpf-redirect-host",
         Some("false"),
         Kind::Bool,
-        "also redirect host processes outside containers; `false` is not enforced yet: every process in EBPF_CGROUPS but the daemon is redirected",
+        "`false`: only containers (docker, containerd, kubepods, podman cgroups) and cgroups named by `cgroup:` keys of ROLE_MAPPING_FILE are redirected; other host processes keep their destination (on EC2, the real IMDS; a new host cgroup is redirected until the next scan, ≤ 1 s); `true`: every process in EBPF_CGROUPS but the daemon",
     ),
     ours(
         EBPF_TARGET,

@@ -9,7 +9,7 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use metadataproxy_common::{FLAG_IPV4, FLAG_IPV6, Settings, maps, programs};
 
-use super::{ConnTable, EbpfError, Host, Target};
+use super::{ConnTable, EbpfError, Exempt, Host, Target};
 use crate::config::{EbpfConfig, OnExit};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, when it existed at build time.
@@ -71,12 +71,15 @@ fn pin_err(path: &Path) -> impl Fn(String) -> EbpfError + '_ {
 
 impl Redirect {
     /// Loads the programs against the pinned maps (created on first start), points them at
-    /// `target`, attaches them to every configured cgroup and pins the links over any older ones.
+    /// `target`, brings the host exemptions in line with `EBPF_REDIRECT_HOST` (classifying with
+    /// the mapping file at `mapping`), attaches the programs to every configured cgroup and pins
+    /// the links over any older ones.
     pub fn start(
         config: &EbpfConfig,
         host: &Host,
         target: &Target,
-    ) -> Result<(Self, ConnTable), EbpfError> {
+        mapping: Option<PathBuf>,
+    ) -> Result<(Self, ConnTable, Exempt), EbpfError> {
         let object = match &config.object {
             Some(path) => std::fs::read(path).map_err(|source| EbpfError::Io {
                 path: path.clone(),
@@ -121,6 +124,9 @@ impl Redirect {
                 "dropped connection records nobody accepted while no daemon ran"
             );
         }
+
+        // Exemptions before the links: a first start attaches with the host cgroups already out.
+        let exempt = exempt(&mut ebpf, config, host, mapping)?;
 
         // Load (verify) every program before attaching any, so a refused program leaves no
         // half-installed redirect behind.
@@ -174,6 +180,7 @@ impl Redirect {
                 on_exit: config.on_exit,
             },
             table,
+            exempt,
         ))
     }
 
@@ -197,6 +204,40 @@ impl Redirect {
             }
         }
     }
+}
+
+/// Takes `MP_EXEMPT` and brings it in line with `EBPF_REDIRECT_HOST`: emptied when `true`, the
+/// host cgroups of a first scan when `false`.
+fn exempt(
+    ebpf: &mut Ebpf,
+    config: &EbpfConfig,
+    host: &Host,
+    mapping: Option<PathBuf>,
+) -> Result<Exempt, EbpfError> {
+    let map = ebpf
+        .take_map(maps::EXEMPT)
+        .ok_or(aya::maps::MapError::InvalidName {
+            name: maps::EXEMPT.to_owned(),
+        })
+        .map_err(map_err(maps::EXEMPT))?;
+    let map = HashMap::try_from(map).map_err(map_err(maps::EXEMPT))?;
+    let mut exempt = Exempt::new(map, host.cgroup2.clone(), config.cgroups.clone(), mapping);
+    if config.redirect_host {
+        let cleared = exempt.clear();
+        tracing::info!(
+            cleared,
+            "EBPF_REDIRECT_HOST=true: every process in EBPF_CGROUPS but the daemon is redirected"
+        );
+    } else {
+        let scan = exempt.scan();
+        tracing::info!(
+            exempt = scan.exempt,
+            added = scan.added,
+            removed = scan.removed,
+            "EBPF_REDIRECT_HOST=false: host cgroups (not a container's, not in the role mapping) are not redirected"
+        );
+    }
+    Ok(exempt)
 }
 
 fn take_hash<K: aya::Pod>(

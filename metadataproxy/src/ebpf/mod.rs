@@ -6,7 +6,12 @@
 //! listens at the target) instead of reaching the real metadata service. A restarted daemon loads
 //! its programs against the same pinned maps, attaches them, and atomically renames the new link
 //! pins over the old ones (the old links detach when their last reference goes).
+//!
+//! Scope (`EBPF_REDIRECT_HOST`, default `false`): only containers' cgroups and cgroups the role
+//! mapping names are redirected; other host processes keep their original destination (on EC2, the
+//! real IMDS). How, and why it fails closed for new containers: see [`exempt`].
 
+pub mod exempt;
 mod load;
 mod preflight;
 mod table;
@@ -14,6 +19,7 @@ mod table;
 use std::net::{SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
 
+pub use exempt::Exempt;
 pub use load::Redirect;
 pub use preflight::{Host, cgroup2_mount, current_cgroup};
 pub use table::{Caller, ConnTable};
@@ -126,18 +132,16 @@ pub fn start(config: &crate::config::Config) -> Result<Option<Kernel>, EbpfError
         tracing::info!("EBPF=off: IP-only mode, callers are identified by their address alone");
         return Ok(None);
     }
-    if !ebpf.redirect_host {
-        // TODO(ebpf): exempt non-container host cgroups (MP_EXEMPT map is in place, not yet fed).
-        tracing::warn!(
-            "EBPF_REDIRECT_HOST=false is not enforced yet: every process in EBPF_CGROUPS except the daemon's cgroup is redirected"
-        );
-    }
     let attempt = Host::check(&ebpf.pin_dir).and_then(|host| {
         let target = Target {
             v4: ebpf.target4,
             v6: ebpf.target6,
         };
-        let (redirect, table) = Redirect::start(ebpf, &host, &target)?;
+        let (redirect, table, exempt) =
+            Redirect::start(ebpf, &host, &target, config.role_mapping_file.clone())?;
+        if !ebpf.redirect_host {
+            exempt.spawn();
+        }
         tracing::info!(
             target = %target.v4,
             target6 = ?target.v6,

@@ -1,0 +1,174 @@
+//! `EBPF_REDIRECT_HOST=false`: keeping host cgroups out of the redirect, fail closed.
+//!
+//! The kernel programs skip a connect when the caller's cgroup id is a key of the pinned
+//! `MP_EXEMPT` map. This module fills that map with the host cgroups only: a scan walks the cgroup2
+//! subtrees of `EBPF_CGROUPS` and exempts every cgroup whose path is neither a container's
+//! ([`is_container_path`]: docker, containerd, kubepods, CRI-O, podman, … layouts) nor named (itself
+//! or an ancestor) by a `cgroup:` key of `ROLE_MAPPING_FILE`. It runs once before the programs are
+//! attached and then every [`RESCAN`].
+//!
+//! Why a deny-list of host cgroups rather than an allow-list of containers: a cgroup the scan has
+//! not seen yet (a container that started a moment ago) is not in the map, so it is redirected. A
+//! new container can never reach the real IMDS; the only cost of the delay is the opposite, safe
+//! mistake: a brand-new host cgroup (a service just started) is redirected to the daemon for up to
+//! one [`RESCAN`]. A netns check alone would not do (host-network containers share the host's
+//! netns), nor would an ancestor-id check in the kernel (container cgroups sit below host ones).
+//!
+//! cgroup v2 ids are never reused while the kernel runs, cgroup v2 directories cannot be renamed,
+//! and a process leaving a cgroup gets the id of its new one: an exemption stays true for as long
+//! as its id exists. Each scan removes the ids that are gone or no longer host cgroups (the mapping
+//! file now names them), and the map is pinned, so a restarted daemon reconciles its predecessor's
+//! entries. With `EBPF_REDIRECT_HOST=true` the map is emptied at start and never filled. When the
+//! map is full, the cgroups that do not fit stay redirected (logged).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aya::maps::{HashMap, MapData};
+
+use crate::identity::cgroup::{redirected_without_host, tree};
+use crate::identity::mapping_file::{self, Mapping};
+
+/// How often the cgroup tree is scanned again.
+pub const RESCAN: Duration = Duration::from_secs(1);
+
+/// The value stored for an exempt cgroup (the programs test presence only).
+const HOST: u32 = 1;
+
+/// What one scan changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Scan {
+    /// Host cgroups now exempt.
+    pub exempt: usize,
+    /// Exemptions added.
+    pub added: usize,
+    /// Exemptions removed (cgroup gone, or now a container's or mapped).
+    pub removed: usize,
+    /// Host cgroups that did not fit in the map (they stay redirected).
+    pub full: usize,
+}
+
+/// The pinned `MP_EXEMPT` map and what classifies cgroups into it.
+pub struct Exempt {
+    map: HashMap<MapData, u64, u32>,
+    cgroup2: PathBuf,
+    roots: Vec<String>,
+    mapping_path: Option<PathBuf>,
+    /// The bytes and parse of the mapping file last read successfully.
+    mapping: Option<(Vec<u8>, Arc<Mapping>)>,
+}
+
+impl std::fmt::Debug for Exempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exempt")
+            .field("cgroup2", &self.cgroup2)
+            .field("roots", &self.roots)
+            .field("mapping_path", &self.mapping_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Exempt {
+    /// `roots`: the `EBPF_CGROUPS` paths below the cgroup2 mount `cgroup2`.
+    pub fn new(
+        map: HashMap<MapData, u64, u32>,
+        cgroup2: PathBuf,
+        roots: Vec<String>,
+        mapping_path: Option<PathBuf>,
+    ) -> Self {
+        Self {
+            map,
+            cgroup2,
+            roots,
+            mapping_path,
+            mapping: None,
+        }
+    }
+
+    /// Removes every exemption (`EBPF_REDIRECT_HOST=true`); returns how many there were.
+    pub fn clear(&mut self) -> usize {
+        let keys: Vec<u64> = self.map.keys().flatten().collect();
+        for k in &keys {
+            let _ = self.map.remove(k);
+        }
+        keys.len()
+    }
+
+    /// The mapping in force for classification: re-read when the file's bytes change; an unreadable
+    /// or invalid file keeps the previous one (the daemon's reloader reports it). `None` when no
+    /// mapping could ever be read: then nothing new is exempted.
+    fn mapping(&mut self) -> Option<Arc<Mapping>> {
+        let Some(path) = &self.mapping_path else {
+            return Some(Arc::new(Mapping::default()));
+        };
+        if let Ok(bytes) = std::fs::read(path) {
+            let same = self.mapping.as_ref().is_some_and(|(b, _)| *b == bytes);
+            if !same
+                && let Ok(text) = std::str::from_utf8(&bytes)
+                && let Ok(m) = mapping_file::parse(text)
+            {
+                self.mapping = Some((bytes, Arc::new(m)));
+            }
+        }
+        self.mapping.as_ref().map(|(_, m)| Arc::clone(m))
+    }
+
+    /// Classifies every cgroup below the roots and brings the map in line.
+    pub fn scan(&mut self) -> Scan {
+        let mapping = self.mapping();
+        let mut host = HashSet::new();
+        if let Some(mapping) = &mapping {
+            for root in &self.roots {
+                for (id, path) in tree(&self.cgroup2, root) {
+                    if !redirected_without_host(&path, mapping) {
+                        host.insert(id);
+                    }
+                }
+            }
+        }
+        let present: HashSet<u64> = self.map.keys().flatten().collect();
+        let mut scan = Scan::default();
+        for id in present.difference(&host) {
+            if self.map.remove(id).is_ok() {
+                scan.removed += 1;
+            }
+        }
+        for id in host.difference(&present) {
+            match self.map.insert(id, HOST, 0) {
+                Ok(()) => scan.added += 1,
+                Err(_) => scan.full += 1,
+            }
+        }
+        scan.exempt = present.intersection(&host).count() + scan.added;
+        if scan.full > 0 {
+            tracing::warn!(
+                not_exempt = scan.full,
+                "MP_EXEMPT is full (EBPF_MAP_SIZE): some host cgroups stay redirected"
+            );
+        }
+        if mapping.is_none() {
+            tracing::warn!("the role mapping file is unreadable: no host cgroup is exempted");
+        }
+        scan
+    }
+
+    /// Scans every [`RESCAN`] on a thread of its own, for the life of the process.
+    pub fn spawn(mut self) {
+        let spawned = std::thread::Builder::new()
+            .name("mp-exempt".to_owned())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(RESCAN);
+                    let scan = self.scan();
+                    if scan.added + scan.removed > 0 {
+                        tracing::debug!(?scan, "host cgroups exempt from the redirect updated");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the cgroup scanner: new host cgroups will be redirected");
+        }
+    }
+}
