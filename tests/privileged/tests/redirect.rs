@@ -159,6 +159,97 @@ fn ipv6_callers_are_redirected_by_connect6() {
     assert_eq!(world.standin.seen(), 0);
 }
 
+/// A container id for cgroups named like Docker's.
+const CONTAINER_ID: &str = "0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d";
+
+/// Asserts that a caller in `cg` reached the daemon, not the stand-in IMDS.
+fn assert_redirected(world: &World, cg: &Cgroup, what: &str) {
+    let before = world.standin.seen();
+    let got = fetch(cg, None, &format!("{IMDS}{CREDS}"));
+    assert!(got.ok, "{what} ({}): {}", cg.rel, got.stderr);
+    assert_ne!(
+        got.body, HOST_MARKER,
+        "{what} ({}) reached the real IMDS",
+        cg.rel
+    );
+    assert_eq!(
+        world.standin.seen(),
+        before,
+        "{what} ({}) reached the real IMDS",
+        cg.rel
+    );
+}
+
+/// Asserts that a caller in `cg` reached the stand-in IMDS directly.
+fn assert_not_redirected(world: &World, cg: &Cgroup, what: &str) {
+    let before = world.standin.seen();
+    let got = fetch(cg, None, &format!("{IMDS}{CREDS}"));
+    assert_eq!(got.body, HOST_MARKER, "{what} ({}): {}", cg.rel, got.stderr);
+    assert_eq!(world.standin.seen(), before + 1, "{what} ({})", cg.rel);
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test-privileged`"]
+fn host_processes_are_redirected_only_with_ebpf_redirect_host() {
+    let world = World::new(&mapping_by_rel(&[("mapped", "role-mapped")]));
+    let plain = world.root.child("plain");
+    let mapped = world.root.child("mapped");
+    let below_mapped = mapped.child("worker");
+    let docker = world.root.child("docker");
+    let cgroupfs = docker.child(CONTAINER_ID);
+    let slice = world.root.child("system.slice");
+    let scope = slice.child(&format!("docker-{CONTAINER_ID}.scope"));
+
+    // The default, EBPF_REDIRECT_HOST=false.
+    let daemon = world.daemon(&[]);
+    assert_not_redirected(&world, &plain, "a plain host cgroup");
+    assert_redirected(&world, &cgroupfs, "a cgroupfs docker container");
+    assert_redirected(&world, &scope, "a systemd docker container");
+    assert_redirected(&world, &below_mapped, "a cgroup below a mapped one");
+    let got = fetch(&mapped, None, &format!("{IMDS}{CREDS}"));
+    assert_eq!(got.body, "role-mapped", "{}", got.stderr);
+
+    // A container that appears after the scan is redirected at once (fail closed); a new host
+    // cgroup is redirected until the next scan, then reaches the real IMDS.
+    let late = world.root.child("late");
+    let late_container = docker.child(&"f".repeat(64));
+    assert_redirected(&world, &late_container, "a brand-new container");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fetch(&late, None, &format!("{IMDS}{CREDS}")).body != HOST_MARKER {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a new host cgroup was never exempted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_redirected(&world, &late_container, "a container after a rescan");
+    drop(daemon);
+
+    // EBPF_REDIRECT_HOST=true: the pinned exemptions are dropped, host processes redirected too.
+    let daemon = world.daemon(&[("EBPF_REDIRECT_HOST", "true")]);
+    assert_redirected(
+        &world,
+        &plain,
+        "a plain host cgroup with EBPF_REDIRECT_HOST=true",
+    );
+    assert_redirected(
+        &world,
+        &late,
+        "a later host cgroup with EBPF_REDIRECT_HOST=true",
+    );
+    assert_redirected(
+        &world,
+        &cgroupfs,
+        "a container with EBPF_REDIRECT_HOST=true",
+    );
+    drop(daemon);
+
+    // Back to the default: the plain host cgroup is exempt again from the first scan.
+    let _daemon = world.daemon(&[]);
+    assert_not_redirected(&world, &plain, "a plain host cgroup after a restart");
+    assert_redirected(&world, &scope, "a systemd docker container after a restart");
+}
+
 #[test]
 #[ignore = "privileged: run by `cargo xtask test-privileged`"]
 fn zz_nothing_is_left_behind() {
