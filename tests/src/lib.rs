@@ -67,3 +67,23 @@ pub fn required_path(var: &str) -> PathBuf {
 pub fn path_var() -> String {
     std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned())
 }
+
+/// The usual arrangement: moto with `roles` created, and a daemon (mock API, `DEFAULT_ACCOUNT_ID`,
+/// STS and IAM at moto) identifying callers through `mapping`.
+pub async fn moto_and_daemon(
+    roles: &[&str],
+    mapping: &serde_json::Value,
+) -> (Moto, MappingFile, Daemon) {
+    let moto = Moto::start().await;
+    for role in roles {
+        moto.create_role(role, "/").await;
+    }
+    let mapping = MappingFile::new(mapping);
+    let daemon = Daemon::builder()
+        .moto(&moto)
+        .mapping(&mapping)
+        .default_account()
+        .start()
+        .await;
+    (moto, mapping, daemon)
+}

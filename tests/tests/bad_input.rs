@@ -1,21 +1,13 @@
 //! Malformed and hostile requests over a real socket: each gets a precise status, and the daemon
 //! keeps serving.
 
-use metadataproxy_tests::{CREDS_PATH, Daemon, MappingFile, Moto, SRC_2, get, raw_http};
+use metadataproxy_tests::{CREDS_PATH, Daemon, SRC_2, get, moto_and_daemon, raw_http};
 use serde_json::json;
 
 #[tokio::test]
 async fn bad_requests_get_precise_statuses_and_the_daemon_keeps_serving() {
-    let moto = Moto::start().await;
-    moto.create_role("role-a", "/").await;
-    let mapping = MappingFile::new(&json!({"127.0.0.2": "role-a"}));
-    let daemon = Daemon::builder()
-        .moto(&moto)
-        .mapping(&mapping)
-        .default_account()
-        .env("MOCK_API", "true")
-        .start()
-        .await;
+    let (_moto, _mapping, daemon) =
+        moto_and_daemon(&["role-a"], &json!({"127.0.0.2": "role-a"})).await;
     let addr = daemon.addr();
 
     let long_path = format!("/latest/meta-data/{}", "a".repeat(2000));

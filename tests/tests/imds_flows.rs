@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use metadataproxy_tests::{
     ACCOUNT, CREDS_PATH, Daemon, INFO_PATH, ImdsCredentials, MappingFile, Moto, SRC_2, get,
-    parse_time, put_token, request, token,
+    moto_and_daemon, parse_time, put_token, request, token,
 };
 use serde_json::json;
 
@@ -13,16 +13,7 @@ const TTL_HEADER: &str = "X-aws-ec2-metadata-token-ttl-seconds";
 
 /// moto with `role-a`, and a daemon mapping 127.0.0.2 to it.
 async fn role_a() -> (Moto, MappingFile, Daemon) {
-    let moto = Moto::start().await;
-    moto.create_role("role-a", "/").await;
-    let mapping = MappingFile::new(&json!({"127.0.0.2": "role-a"}));
-    let daemon = Daemon::builder()
-        .moto(&moto)
-        .mapping(&mapping)
-        .default_account()
-        .start()
-        .await;
-    (moto, mapping, daemon)
+    moto_and_daemon(&["role-a"], &json!({"127.0.0.2": "role-a"})).await
 }
 
 #[tokio::test]

@@ -4,22 +4,15 @@ use aws_config::imds;
 use aws_config::imds::credentials::ImdsCredentialsProvider;
 use aws_credential_types::provider::ProvideCredentials;
 use metadataproxy_tests::{
-    Daemon, MappingFile, Moto, SRC_1, fetch_credentials, path_var, required_path,
+    Daemon, MappingFile, Moto, SRC_1, fetch_credentials, moto_and_daemon, path_var, required_path,
 };
 use serde_json::json;
 
 /// moto with `role-sdk`, a daemon mapping 127.0.0.1 (where the SDKs connect from) to it, and the
 /// role's credentials already fetched once so the clients' 1 s budget is not spent on STS.
 async fn sdk_setup() -> (Moto, MappingFile, Daemon) {
-    let moto = Moto::start().await;
-    moto.create_role("role-sdk", "/").await;
-    let mapping = MappingFile::new(&json!({"127.0.0.1": "role-sdk"}));
-    let daemon = Daemon::builder()
-        .moto(&moto)
-        .mapping(&mapping)
-        .default_account()
-        .start()
-        .await;
+    let (moto, mapping, daemon) =
+        moto_and_daemon(&["role-sdk"], &json!({"127.0.0.1": "role-sdk"})).await;
     fetch_credentials(SRC_1, daemon.addr(), "role-sdk").await;
     (moto, mapping, daemon)
 }
