@@ -344,3 +344,65 @@ async fn first_request_of_a_new_container_is_served_from_the_prefetched_cache() 
         "LATENCY request at the instant a container starts (not yet indexed, STS included): {took:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_killed_mid_request_disturbs_nobody_and_is_never_served_again() {
+    let Some((mut docker, _moto, mut daemon)) = setup(&["role-v", "role-w"], &[]).await else {
+        return;
+    };
+    // A user-defined network, so a later container can take the dead one's address (`--ip`).
+    let (net, gw) = docker.create_network();
+    let victim = docker.run_detached(&["--network", &net, "-e", "IAM_ROLE=role-v"]);
+    let other = docker.run_detached(&["--network", &net, "-e", "IAM_ROLE=role-w"]);
+    let victim_ip = docker.ip(&victim, &net);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while v1(&docker, &victim, &url(gw, &daemon, "")).1 != "role-v" {
+        assert!(
+            Instant::now() < deadline,
+            "victim never known\n{}",
+            daemon.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Requests in a tight loop inside the victim; it is killed while they are in flight.
+    let script = format!(
+        "while true; do wget -q -O /dev/null {}; done",
+        url(gw, &daemon, "role-v")
+    );
+    let mut burst = docker
+        .command(&["exec", &victim, "sh", "-c", &script])
+        .spawn()
+        .expect("docker exec");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    docker.must(&["rm", "-f", &victim]);
+    let _ = burst.wait();
+
+    assert!(daemon.is_running(), "the daemon died\n{}", daemon.logs());
+    let (ok, body) = v1(&docker, &other, &url(gw, &daemon, ""));
+    assert!(ok && body == "role-w", "the other container: {body}");
+    // A container taking the dead one's address gets its own role: the dead entry is gone (a
+    // lingering one would make the address ambiguous, or worse, serve role-v).
+    let taker = docker.run_detached(&[
+        "--network",
+        &net,
+        "--ip",
+        &victim_ip.to_string(),
+        "-e",
+        "IAM_ROLE=role-w",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, body) = v1(&docker, &taker, &url(gw, &daemon, ""));
+        if ok {
+            assert_eq!(body, "role-w", "the container on the victim's address");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "taker never served: {body}\n{}",
+            daemon.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!daemon.logs().contains("panicked"), "{}", daemon.logs());
+}

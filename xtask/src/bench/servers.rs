@@ -99,6 +99,8 @@ fn daemon_command(bin: &Path, addr: SocketAddr, moto: &str, mapping: &Path) -> C
         .env("HOST", addr.ip().to_string())
         .env("PORT", addr.port().to_string())
         .env("MOCK_API", "true")
+        // The address-identification path; the eBPF path is measured by `bench-redirect`.
+        .env("EBPF", "off")
         .env("METADATA_URL", "http://127.0.0.1:9")
         .env("DEFAULT_ACCOUNT_ID", ACCOUNT)
         .env("ROLE_MAPPING_FILE", mapping)
