@@ -6,7 +6,7 @@
 //! container-credentials protocol (GET the URI with the `Authorization` token, read
 //! `AccessKeyId`/`SecretAccessKey`/`Token`/`Expiration`) for exactly that one host.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use aws_credential_types::provider::{self, ProvideCredentials, error::CredentialsError, future};
 use bytes::Bytes;
@@ -95,7 +95,7 @@ fn parse(body: &[u8]) -> provider::Result {
         doc.access_key_id,
         doc.secret_access_key,
         doc.token,
-        expiry.map(|e: SystemTime| e),
+        expiry,
         "PatchedEcsProvider",
     ))
 }
