@@ -41,12 +41,7 @@ fn cgroup_parent(bridge: &str) -> String {
 
 /// Why this machine cannot run dockerd at all (not a failure of the code under test).
 fn impossible() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
+    let euid = crate::effective_uid();
     (euid != "0").then(|| format!("dockerd needs root (effective uid {euid})"))
 }
 

@@ -63,6 +63,19 @@ pub fn required_path(var: &str) -> PathBuf {
     path
 }
 
+/// The effective uid of this process, from `/proc/self/status` (`"?"` when unreadable).
+pub fn effective_uid() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "?".to_owned())
+}
+
 /// `PATH` for child processes (the only variable inherited from the test environment).
 pub fn path_var() -> String {
     std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned())

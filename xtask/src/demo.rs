@@ -7,11 +7,10 @@ mod http;
 mod mapping;
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 
-use crate::{ebpf, process, repo, setup, step};
+use crate::{ebpf, repo, setup};
 
 /// Runs the demo this machine can run; every process and change it makes is undone when it returns.
 pub fn run(fallback: bool) -> Result<()> {
@@ -35,23 +34,13 @@ pub fn run(fallback: bool) -> Result<()> {
 
 /// `cargo build -p metadataproxy` (with the eBPF object embedded when `build-ebpf` ran first).
 fn build() -> Result<std::path::PathBuf> {
-    step("build: cargo build -p metadataproxy");
-    process::run(
-        Command::new(repo::cargo())
-            .args(["build", "-p", "metadataproxy"])
-            .current_dir(repo::root()),
-    )?;
+    repo::build_daemon()?;
     repo::daemon_bin()
 }
 
 /// Why this machine cannot run the real demo, or `None` when it can.
 fn why_not_real() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
+    let euid = metadataproxy_tests::effective_uid();
     if euid != "0" {
         return Some(format!(
             "not root (effective uid {euid}): loading eBPF programs, a private dockerd and \

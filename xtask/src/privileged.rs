@@ -10,13 +10,7 @@ use crate::{ebpf, process, repo, setup, step};
 const PACKAGE: &str = "metadataproxy-privileged-tests";
 
 fn require_root() -> Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().nth(1))
-        .unwrap_or("");
-    if uid != "0" {
+    if metadataproxy_tests::effective_uid() != "0" {
         bail!(
             "the privileged tests load eBPF programs and create cgroups and namespaces: run as root"
         );
@@ -29,12 +23,7 @@ pub fn run(extra: &[String], bench: bool) -> Result<()> {
     require_root()?;
     let venv = setup::run()?;
     ebpf::run()?;
-    step("build: cargo build -p metadataproxy (embeds the eBPF object)");
-    process::run(
-        Command::new(repo::cargo())
-            .args(["build", "-p", "metadataproxy"])
-            .current_dir(repo::root()),
-    )?;
+    repo::build_daemon()?;
     let bin = repo::daemon_bin()?;
     let moto = venv.join("bin").join("moto_server");
     step(if bench {

@@ -44,6 +44,16 @@ pub fn daemon_bin() -> Result<PathBuf> {
     Ok(target_dir()?.join("debug").join("metadataproxy"))
 }
 
+/// `cargo build -p metadataproxy` (it embeds the eBPF object when `build-ebpf` has made one).
+pub fn build_daemon() -> Result<()> {
+    crate::step("build: cargo build -p metadataproxy");
+    crate::process::run(
+        std::process::Command::new(cargo())
+            .args(["build", "-p", "metadataproxy"])
+            .current_dir(root()),
+    )
+}
+
 /// The cargo that runs this xtask (so `+toolchain` choices carry through).
 pub fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())

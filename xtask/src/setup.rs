@@ -109,10 +109,5 @@ fn installed(package: &str) -> bool {
 }
 
 fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            == Some("0")
-    })
+    metadataproxy_tests::effective_uid() == "0"
 }

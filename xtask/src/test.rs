@@ -11,12 +11,7 @@ pub fn run(extra: &[String]) -> Result<()> {
     let venv = setup::run()?;
     // The Docker + eBPF tests run the daemon with its redirect: embed the object.
     ebpf::run()?;
-    step("build: cargo build -p metadataproxy");
-    process::run(
-        Command::new(repo::cargo())
-            .args(["build", "-p", "metadataproxy"])
-            .current_dir(repo::root()),
-    )?;
+    repo::build_daemon()?;
     let bin = repo::daemon_bin()?;
     let moto = venv.join("bin").join("moto_server");
     step("test: cargo test --workspace --no-fail-fast");
