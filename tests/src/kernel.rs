@@ -12,10 +12,32 @@ use crate::Upstream;
 /// The instance metadata address.
 pub const METADATA_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 
+/// Where every holder of 169.254.169.254 on `lo` takes its lock (see [`hold_metadata_address`]).
+pub const METADATA_ADDRESS_LOCK: &str = "/tmp/metadataproxy-tests-169.254.169.254.lock";
+
+/// Waits for, then holds, the machine-wide lock on 169.254.169.254 being a `lo` alias.
+///
+/// Only one test, demo or bench at a time may add and remove the address: if a second one removed
+/// it while the first still relied on it, a caller's connection could leave the machine. Every
+/// holder takes this lock for as long as it uses the address (the lock ends with the `File`).
+pub fn hold_metadata_address() -> std::fs::File {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(METADATA_ADDRESS_LOCK)
+        .unwrap_or_else(|e| panic!("cannot open {METADATA_ADDRESS_LOCK}: {e}"));
+    file.lock()
+        .unwrap_or_else(|e| panic!("cannot lock {METADATA_ADDRESS_LOCK}: {e}"));
+    file
+}
+
 /// 169.254.169.254 on `lo`, answered by a recording stand-in serving *host* credentials.
 #[derive(Debug)]
 pub struct MetadataAddress {
     added: bool,
+    /// Held until drop: no one else adds or removes the address meanwhile.
+    _lock: std::fs::File,
     /// The stand-in for the real IMDS: it must see no request from a container.
     pub standin: Upstream,
 }
@@ -23,6 +45,7 @@ pub struct MetadataAddress {
 impl MetadataAddress {
     /// Makes the address local (unless it already is) and starts the stand-in on port 80.
     pub fn start() -> Self {
+        let lock = hold_metadata_address();
         let shown = Command::new("ip")
             .args(["-4", "addr", "show", "dev", "lo"])
             .output()
@@ -42,6 +65,7 @@ impl MetadataAddress {
         Self {
             added: !present,
             standin,
+            _lock: lock,
         }
     }
 }

@@ -17,6 +17,8 @@ pub const HOST_MARKER: &str = "HOST-INSTANCE-PROFILE-CREDENTIALS";
 pub struct Standin {
     seen: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    /// The machine-wide lock on the address, held until drop (`hold_metadata_address`).
+    _lock: std::fs::File,
 }
 
 fn serve(listener: &TcpListener, seen: &AtomicUsize, stop: &AtomicBool) {
@@ -44,6 +46,7 @@ fn serve(listener: &TcpListener, seen: &AtomicUsize, stop: &AtomicBool) {
 impl Standin {
     /// Adds the addresses to `lo` and starts serving on both.
     pub fn start() -> Self {
+        let lock = metadataproxy_tests::hold_metadata_address();
         sh("ip addr add 169.254.169.254/32 dev lo");
         sh("ip -6 addr add fd00:ec2::254/128 dev lo nodad");
         let seen = Arc::new(AtomicUsize::new(0));
@@ -51,6 +54,7 @@ impl Standin {
         let this = Self {
             seen: Arc::clone(&seen),
             stop: Arc::clone(&stop),
+            _lock: lock,
         };
         for addr in ["169.254.169.254:80", "[fd00:ec2::254]:80"] {
             let addr: SocketAddr = addr.parse().expect("address");
