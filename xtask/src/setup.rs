@@ -57,11 +57,13 @@ fn requirements_hash(path: &Path) -> Result<String> {
     Ok(format!("{hash:016x}"))
 }
 
-/// Debian packages the Docker integration tests need, and how to tell each is installed.
+/// Debian packages the integration tests need (Docker tests, deploy-file checks), and how to tell each is installed.
 const PACKAGES: &[(&str, &str)] = &[
     ("docker.io", "/usr/sbin/dockerd"),
     ("busybox-static", "/bin/busybox"),
     ("iproute2", "/sbin/ip"),
+    // `systemd-analyze verify` checks deploy/systemd/metadataproxy.service.
+    ("systemd", "/usr/bin/systemd-analyze"),
 ];
 
 /// Installs the missing [`PACKAGES`] with apt (as root); elsewhere says what is missing.

@@ -34,9 +34,14 @@ pub enum EbpfError {
     NoBtf,
     /// The process lacks the privileges to load and attach programs.
     #[error(
-        "not privileged enough to load eBPF programs: run as root (or with CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); effective capabilities {0:#x}"
+        "not privileged enough to load eBPF programs: missing {missing} (run as root, or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or CAP_SYS_ADMIN); effective capabilities {caps:#x}"
     )]
-    NotPrivileged(u64),
+    NotPrivileged {
+        /// The effective capability set.
+        caps: u64,
+        /// The needed capabilities it lacks, by name.
+        missing: String,
+    },
     /// No cgroup v2 hierarchy is mounted.
     #[error(
         "no cgroup v2 (cgroup2) mount in /proc/self/mountinfo: the redirect attaches to cgroup v2"
