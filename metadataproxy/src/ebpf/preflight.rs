@@ -14,7 +14,7 @@ const CAP_BPF: u32 = 39;
 /// The capabilities the redirect needs, by name: loading the programs (`CAP_BPF`, and
 /// `CAP_PERFMON` for the verifier to accept their pointer use), attaching them to cgroups
 /// (`CAP_NET_ADMIN`). `CAP_SYS_ADMIN` alone implies all three. Verified on kernel 6.18 by running
-/// the daemon as `nobody` with only these (tests/privileged/tests/least_privilege.rs).
+/// the daemon as `nobody` with only these (`tests/privileged/tests/least_privilege.rs`).
 pub const NEEDED_CAPS: [(&str, u32); 3] = [
     ("CAP_BPF", CAP_BPF),
     ("CAP_PERFMON", CAP_PERFMON),
