@@ -1,7 +1,7 @@
 //! The deployment files under `deploy/` against the real tools and the real daemon: the systemd
 //! unit passes `systemd-analyze verify`, the Kubernetes manifests pass `kubernetes-validate
 //! --strict`, every variable they set is one of the daemon's settings and the daemon accepts their
-//! values, and the systemd unit, the DaemonSet and the Dockerfile grant the same capabilities.
+//! values, and the systemd unit, the `DaemonSet` and the Dockerfile grant the same capabilities.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -77,7 +77,7 @@ fn unit_capabilities() -> Vec<String> {
     caps
 }
 
-/// The Kubernetes manifest as JSON documents (PyYAML from the test virtualenv parses it).
+/// The Kubernetes manifest as JSON documents (`PyYAML` from the test virtualenv parses it).
 fn manifest_documents() -> Vec<serde_json::Value> {
     let python = required_path("METADATAPROXY_VENV").join("bin/python");
     let out = Command::new(python)
