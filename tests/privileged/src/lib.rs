@@ -172,6 +172,17 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `$METADATAPROXY_BIN` in `cgroup` and waits until it accepts on 127.0.0.1:`port`.
     pub fn start(cgroup: &Cgroup, vars: &BTreeMap<String, String>, port: u16) -> Self {
+        Self::start_via(cgroup, vars, port, "")
+    }
+
+    /// Like [`Daemon::start`], with the binary run through `wrapper` (e.g. `setpriv …`), which is
+    /// exec'd after the shell has moved itself into `cgroup`.
+    pub fn start_via(
+        cgroup: &Cgroup,
+        vars: &BTreeMap<String, String>,
+        port: u16,
+        wrapper: &str,
+    ) -> Self {
         let bin = metadataproxy_tests::required_path("METADATAPROXY_BIN");
         let dir = tempfile::Builder::new()
             .prefix("mp-daemon-")
@@ -180,7 +191,7 @@ impl Daemon {
         let log = dir.path().join("stderr.log");
         let child = Command::new("sh")
             .arg("-c")
-            .arg(format!("{} {}", cgroup.enter(), bin.display()))
+            .arg(format!("{} {wrapper} {}", cgroup.enter(), bin.display()))
             .env_clear()
             .env("PATH", metadataproxy_tests::path_var())
             .envs(vars)
@@ -213,6 +224,11 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Its process id (the shell that started it exec'd into it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Its stderr so far.
