@@ -36,10 +36,11 @@ pub fn hold_metadata_address() -> std::fs::File {
 #[derive(Debug)]
 pub struct MetadataAddress {
     added: bool,
-    /// Held until drop: no one else adds or removes the address meanwhile.
-    _lock: std::fs::File,
     /// The stand-in for the real IMDS: it must see no request from a container.
     pub standin: Upstream,
+    /// Held until drop: no one else adds or removes the address meanwhile. The last field, so it
+    /// is released only after the stand-in has stopped listening on the address.
+    _lock: std::fs::File,
 }
 
 impl MetadataAddress {

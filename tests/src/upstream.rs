@@ -38,6 +38,8 @@ pub struct Upstream {
     addr: SocketAddr,
     requests: Arc<Mutex<Vec<RecordedRequest>>>,
     shutdown: Option<oneshot::Sender<()>>,
+    /// Its thread: joined on drop, so the address is free again once the `Upstream` is gone.
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Upstream {
@@ -57,7 +59,7 @@ impl Upstream {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let (shutdown, stop) = oneshot::channel();
         let recorded = Arc::clone(&requests);
-        std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -68,6 +70,7 @@ impl Upstream {
             addr,
             requests,
             shutdown: Some(shutdown),
+            thread: Some(thread),
         }
     }
 
@@ -91,6 +94,9 @@ impl Drop for Upstream {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
