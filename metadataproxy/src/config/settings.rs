@@ -332,7 +332,7 @@ pub const SETTINGS: &[Setting] = &[
         "ebpf-map-size",
         Some("65536"),
         Kind::Value,
-        "entries of each eBPF connection map (least recently used entries are dropped)",
+        "entries of each eBPF connection map (least recently used entries are dropped); a new value replaces the pinned maps at the next start, with no gap in the redirect",
     ),
     ours(
         EBPF_PIN_DIR,

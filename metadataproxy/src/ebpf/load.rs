@@ -92,6 +92,11 @@ impl Redirect {
             path: config.pin_dir.clone(),
             source,
         })?;
+        // A predecessor's maps are reused only if they have the shape our programs expect.
+        let shapes = super::pins::expected(&object, config.map_size)?;
+        for (map, reason) in super::pins::retire_mismatched(&config.pin_dir, &shapes)? {
+            tracing::warn!(map = %map, reason = %reason, "replacing a pinned map of another shape (an upgrade or a new EBPF_MAP_SIZE); the predecessor's redirect holds until ours is attached");
+        }
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&config.pin_dir)
             .map_max_entries(maps::BY_COOKIE, config.map_size)

@@ -13,6 +13,7 @@
 
 pub mod exempt;
 mod load;
+mod pins;
 mod preflight;
 mod table;
 
@@ -65,6 +66,9 @@ pub enum EbpfError {
         "eBPF object not built: run `cargo xtask build-ebpf` and rebuild the daemon, or set EBPF_OBJECT (EBPF=off runs in IP-only mode)"
     )]
     NoObject,
+    /// The eBPF object cannot be parsed (a corrupt `EBPF_OBJECT`).
+    #[error("{0}")]
+    Object(String),
     /// Reading a file the set-up needs failed.
     #[error("cannot read {path}: {source}")]
     Io {

@@ -125,6 +125,41 @@ fn after_sigkill_callers_fail_closed_and_a_restart_takes_over() {
     assert!(logs.contains("detached"), "{logs}");
 }
 
+#[test]
+#[ignore = "privileged: run by `cargo xtask test-privileged`"]
+fn an_upgrade_with_other_map_shapes_replaces_the_pins_and_never_opens_the_redirect() {
+    let world = World::new(&mapping_by_rel(&[("a", "role-a")]));
+    let a = world.root.child("a");
+    let url = format!("{IMDS}{CREDS}");
+    let first = world.daemon(&[]);
+    assert_eq!(fetch(&a, None, &url).body, "role-a");
+    let logs = first.terminate();
+    assert!(logs.contains("stays pinned"), "{logs}");
+    assert!(!fetch(&a, None, &url).ok, "served with no daemon");
+    // The successor's maps have another shape (as after an upgrade that changed a record).
+    let second = world.daemon(&[("EBPF_MAP_SIZE", "1024")]);
+    assert_eq!(fetch(&a, None, &url).body, "role-a");
+    let logs = second.terminate();
+    for map in ["MP_CONN4", "MP_CONN6", "MP_BY_COOKIE", "MP_EXEMPT"] {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("replacing a pinned map") && l.contains(map)),
+            "{map} not replaced:\n{logs}"
+        );
+    }
+    assert!(logs.contains("want 1024"), "{logs}");
+    // The same shape again: the pins are reused, nothing replaced.
+    let third = world.daemon(&[("EBPF_MAP_SIZE", "1024")]);
+    assert_eq!(fetch(&a, None, &url).body, "role-a");
+    let logs = third.terminate();
+    assert!(!logs.contains("replacing a pinned map"), "{logs}");
+    assert_eq!(
+        world.standin.seen(),
+        0,
+        "a caller reached the real IMDS during the upgrade"
+    );
+}
+
 trait DetachCheck {
     fn terminate_detach_check(self, world: &World) -> String;
 }
