@@ -156,11 +156,38 @@ fn container_paths_are_redirected_host_paths_only_when_mapped() {
     for (path, container, redirected) in table {
         assert_eq!(is_container_path(path), *container, "{path}");
         assert_eq!(
-            redirected_without_host(path, &mapping),
+            redirected_without_host(path, &mapping, &[]),
             *redirected,
             "{path}"
         );
     }
+}
+
+#[test]
+fn containerd_namespaces_hold_containers_whatever_their_names() {
+    let mapping = crate::identity::mapping_file::Mapping::default();
+    let roots = ["default".to_owned(), "k8s.io".to_owned()];
+    for (path, redirected) in [
+        // `ctr run` and the Go client put a container at /<namespace>/<id>, any id.
+        ("/default/web", true),
+        ("/default/web/inner", true),
+        ("/default", true),
+        ("/k8s.io/anything", true),
+        // Not a followed namespace, nor a runtime's layout: a host cgroup.
+        ("/other/web", false),
+        ("/system.slice/default", false),
+        ("/defaultx/web", false),
+    ] {
+        assert_eq!(
+            redirected_without_host(path, &mapping, &roots),
+            redirected,
+            "{path}"
+        );
+    }
+    assert!(
+        !redirected_without_host("/default/web", &mapping, &[]),
+        "without containerd, /default is an ordinary host cgroup"
+    );
 }
 
 #[test]
