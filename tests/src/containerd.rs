@@ -264,6 +264,26 @@ impl ContainerdD {
         )
     }
 
+    /// `sh -c script` run by the host's busybox after moving itself into the cgroup v2 of the
+    /// container placed at `rel`: a process of that container as far as the kernel (and so the
+    /// eBPF redirect) can tell, and it needs no containerd (which `ctr task exec` does). Only for
+    /// host-network containers (it stays in the host's network namespace).
+    pub fn exec_in_cgroup(&self, rel: &str, script: &str) -> ExecResult {
+        let procs = cgroup2_mount()
+            .join(self.cgroup_of(rel).trim_start_matches('/'))
+            .join("cgroup.procs");
+        let out = run(Command::new("/bin/busybox").args([
+            "sh",
+            "-c",
+            &format!("echo $$ > {} && {script}", procs.display()),
+        ]));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Kills container `id`'s task (its init process exits; the container record stays).
     pub fn kill(&self, ns: &str, id: &str) {
         self.must(ns, &["task", "kill", "--signal", "SIGKILL", id]);

@@ -8,7 +8,7 @@
 //! Needs root, containerd and runc (with `docker.io`), and the daemon built with the eBPF object.
 
 use metadataproxy_tests::{
-    ACCOUNT, BpfFs, CREDS_PATH, ContainerdD, Daemon, ExecResult, HOST_ACCESS_KEY_ID,
+    ACCOUNT, BpfFs, CREDS_PATH, ContainerdD, Daemon, DaemonBuilder, ExecResult, HOST_ACCESS_KEY_ID,
     ImdsCredentials, METADATA_IP, MetadataAddress, Moto, free_port,
 };
 
@@ -58,9 +58,9 @@ fn cri_id(tag: char) -> String {
 }
 
 /// The daemon with the eBPF redirect on this test's cgroups and containerd followed.
-async fn daemon(ctd: &ContainerdD, moto: &Moto, bpffs: &BpfFs) -> Daemon {
+fn daemon(ctd: &ContainerdD, moto: &Moto, bpffs: &BpfFs) -> DaemonBuilder {
     let port = free_port();
-    let daemon = Daemon::builder()
+    Daemon::builder()
         .moto(moto)
         .default_account()
         .env("PORT", port.to_string())
@@ -79,12 +79,6 @@ async fn daemon(ctd: &ContainerdD, moto: &Moto, bpffs: &BpfFs) -> Daemon {
         .env("EBPF_ON_EXIT", "detach")
         .env("CONTAINERD", "on")
         .env("CONTAINERD_ADDRESS", ctd.address().display().to_string())
-        .start()
-        .await;
-    daemon
-        .wait_for_log("containerd reachable; container index synchronised")
-        .await;
-    daemon
 }
 
 /// A pod as the CRI plugin makes it: the sandbox record with the pod's annotations (role
@@ -139,7 +133,10 @@ async fn containerd_containers_and_pods_get_their_own_roles() {
     for role in ["ctd-web", "ctd-pod", "ctd-own"] {
         moto.create_role(role, "/").await;
     }
-    let mut daemon = daemon(&ctd, &moto, &bpffs).await;
+    let mut daemon = daemon(&ctd, &moto, &bpffs).start().await;
+    daemon
+        .wait_for_log("containerd reachable; container index synchronised")
+        .await;
 
     let pid = std::process::id();
     let web = format!("web-{pid}");
@@ -187,6 +184,85 @@ async fn containerd_containers_and_pods_get_their_own_roles() {
     daemon
         .wait_for_log(&format!("container left the index container=default/{web}"))
         .await;
+
+    let seen = metadata.standin.requests();
+    assert!(
+        seen.is_empty(),
+        "the real IMDS stand-in was reached: {seen:?}"
+    );
+}
+
+/// The daemon's log once it shows `needle`, waiting up to `secs` (reconnections back off).
+async fn log_within(daemon: &Daemon, needle: &str, secs: u64) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let logs = daemon.logs();
+        if logs.contains(needle) {
+            return logs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon's log never showed {needle:?} in {secs} s:\n{logs}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_containerd_fails_closed_and_is_followed_once_back() {
+    let Some(mut ctd) = ContainerdD::start() else {
+        return;
+    };
+    let metadata = MetadataAddress::start();
+    let bpffs = BpfFs::mount();
+    let moto = Moto::start().await;
+    for role in ["ctd-back", "fallback"] {
+        moto.create_role(role, "/").await;
+    }
+    // A Kubernetes-shaped cgroup: recognisably containerd's even while containerd is away.
+    let id = cri_id('c');
+    let rel = format!("kubepods/burstable/pod0a1b/{id}");
+    ctd.run("k8s.io", &id, &rel, &["--env", "IAM_ROLE=ctd-back"]);
+    // containerd goes away; its container keeps running under its shim.
+    ctd.stop_daemon();
+    let daemon = daemon(&ctd, &moto, &bpffs)
+        .env("DEFAULT_ROLE", "fallback")
+        .start()
+        .await;
+    let logs = daemon.wait_for_log("containerd is unreachable").await;
+    assert!(
+        logs.contains(&ctd.address().display().to_string()),
+        "the error names the socket:\n{logs}"
+    );
+
+    let call = format!("/bin/busybox wget -q -O - http://{METADATA_IP}{CREDS_PATH}");
+    let (ok, out, err) = ctd.exec_in_cgroup(&rel, &call);
+    assert!(
+        !ok && err.contains("404"),
+        "a containerd container nobody can vouch for gets nothing, not DEFAULT_ROLE: {out}{err}"
+    );
+    daemon
+        .wait_for_log(
+            "caller's cgroup is a containerd container's, and containerd is not reachable",
+        )
+        .await;
+
+    ctd.restart_daemon();
+    log_within(
+        &daemon,
+        "containerd reachable again; container index synchronised",
+        20,
+    )
+    .await;
+    let (ok, out, err) = ctd.exec_in_cgroup(&rel, &call);
+    assert!(
+        ok && out == "ctd-back",
+        "once containerd is back: {out}{err}"
+    );
+    let (ok, body, err) = ctd.exec_in_cgroup(&rel, &format!("{call}ctd-back"));
+    assert!(ok, "{err}");
+    assert!(!body.contains(HOST_ACCESS_KEY_ID), "{body}");
+    assert_eq!(identity(&moto, &body).await, assumed("ctd-back"));
 
     let seen = metadata.standin.requests();
     assert!(

@@ -107,13 +107,15 @@ fn is_container_id(s: &str) -> bool {
 }
 
 /// The container of a cgroup path, from its deepest segment naming one:
-/// cgroupfs `docker/<id>`, systemd `docker-<id>.scope`, containerd `cri-containerd-<id>.scope`
-/// or `<pod>/<id>` (kubepods, `k8s.io`), CRI-O `crio-<id>.scope`, podman `libpod-<id>.scope`.
+/// cgroupfs `docker/<id>`, systemd `docker-<id>.scope`, containerd `cri-containerd-<id>.scope`,
+/// `nerdctl-<id>.scope` or `<pod>/<id>` (kubepods, `k8s.io`), CRI-O `crio-<id>.scope`, podman
+/// `libpod-<id>.scope`.
 pub fn container_of(path: &str) -> Option<ContainerRef> {
     const SCOPES: &[(&str, &str)] = &[
         ("docker-", "docker"),
         ("cri-containerd-", "containerd"),
         ("containerd-", "containerd"),
+        ("nerdctl-", "containerd"),
         ("crio-", "crio"),
         ("libpod-", "podman"),
     ];

@@ -25,8 +25,22 @@ fn container_ids_from_real_world_layouts() {
             &format!("/kubepods/besteffort/pod1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d/{ID}"),
             Some("containerd"),
         ),
+        // Kubernetes + containerd, systemd driver, Guaranteed QoS (no QoS slice).
+        (
+            &format!("/kubepods.slice/kubepods-pod0a1b.slice/cri-containerd-{ID}.scope"),
+            Some("containerd"),
+        ),
+        // Kubernetes, cgroupfs driver, kubepods below a node-level parent.
+        (
+            &format!("/kubelet/kubepods/burstable/pod0a1b/{ID}"),
+            Some("containerd"),
+        ),
         // containerd without Kubernetes (ctr, nerdctl).
         (&format!("/k8s.io/{ID}"), Some("containerd")),
+        (
+            &format!("/system.slice/nerdctl-{ID}.scope"),
+            Some("containerd"),
+        ),
         // CRI-O and podman.
         (
             &format!("/kubepods.slice/kubepods-pod1.slice/crio-{ID}.scope"),
