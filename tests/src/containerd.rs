@@ -126,7 +126,18 @@ impl ContainerdD {
     }
 
     fn launch(&mut self) {
-        let log = std::fs::File::create(self.path("containerd.log")).expect("containerd log");
+        if let Err(why) = self.try_launch() {
+            panic!("{why}; containerd's log:\n{}", self.log());
+        }
+    }
+
+    /// Starts the containerd process and waits until it answers; says why it did not.
+    fn try_launch(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("containerd.log"))
+            .map_err(|e| format!("containerd log: {e}"))?;
         let child = Command::new(CONTAINERD)
             .arg("--config")
             .arg(self.path("config.toml"))
@@ -137,29 +148,25 @@ impl ContainerdD {
             .arg("--address")
             .arg(self.address())
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
+            .stdout(log.try_clone().map_err(|e| format!("log handle: {e}"))?)
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {CONTAINERD}: {e}"));
+            .map_err(|e| format!("cannot start {CONTAINERD}: {e}"))?;
         self.child = Some(child);
         let started = Instant::now();
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!(
-                    "containerd exited ({status}) at start; its log:\n{}",
-                    self.log()
-                );
+                self.child = None;
+                return Err(format!("containerd exited ({status}) at start"));
             }
             if run(&mut self.ctr("default", &["version"])).status.success() {
-                return;
+                return Ok(());
             }
-            assert!(
-                started.elapsed() < START_TIMEOUT,
-                "containerd not answering after {START_TIMEOUT:?}; its log:\n{}",
-                self.log()
-            );
+            if started.elapsed() > START_TIMEOUT {
+                return Err(format!("containerd not answering after {START_TIMEOUT:?}"));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -377,6 +384,13 @@ impl ContainerdD {
     }
 
     fn cleanup(&mut self) {
+        // Containers outlive containerd (their shims keep them): bring it back to remove them.
+        if self.child.is_none()
+            && !self.containers.is_empty()
+            && let Err(why) = self.try_launch()
+        {
+            eprintln!("cannot restart containerd to remove the test's containers: {why}");
+        }
         if self.child.is_some() {
             for (ns, id) in std::mem::take(&mut self.containers) {
                 let _ = run(&mut self.ctr(&ns, &["task", "kill", "--signal", "SIGKILL", &id]));
