@@ -1,7 +1,6 @@
 //! The real containerd source: containerd's gRPC API (`containerd-client`, tonic) over its unix
-//! socket. Containers are listed through the tasks and containers services of each configured
-//! namespace and followed through the events service (`/tasks/start`, `/tasks/exit` of a
-//! container's init process, `/containers/delete`).
+//! socket. Containers are listed and read through the tasks and containers services of each
+//! configured namespace; followed through the events service ([`super::events`]).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -9,37 +8,22 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use containerd_client::events::{ContainerDelete, TaskExit, TaskStart};
 use containerd_client::services::v1::containers_client::ContainersClient;
-use containerd_client::services::v1::events_client::EventsClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
-use containerd_client::services::v1::{
-    GetContainerRequest, GetRequest, ListTasksRequest, SubscribeRequest,
-};
+use containerd_client::services::v1::{GetContainerRequest, GetRequest, ListTasksRequest};
 use containerd_client::tonic;
 use containerd_client::tonic::transport::Channel;
-use containerd_client::types::Envelope;
 use containerd_client::types::v1::Status;
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use prost::Message as _;
-use tokio::sync::mpsc;
 
 use super::error::{ContainerdError, chain};
-use super::spec;
+use super::{events, spec};
 use super::{key, split_key};
 use crate::creds::sts::BoxFuture;
 use crate::docker::{Connection, ContainerInfo, ContainerSource, DockerError, Event};
 
 /// How long one API call may take (the event stream itself is not bounded).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// containerd's events cannot be replayed: this long after subscribing, the running tasks are
-/// listed again and every difference from the first listing is looked at again, so a container
-/// that started or stopped between listing and subscribing is not missed.
-const CATCH_UP: Duration = Duration::from_secs(1);
-/// The event topics the index acts on.
-const TOPICS: [&str; 3] = ["/tasks/start", "/tasks/exit", "/containers/delete"];
-
 /// containerd at `CONTAINERD_ADDRESS`, for the namespaces of `CONTAINERD_NAMESPACES`.
 #[derive(Debug, Clone)]
 pub struct ContainerdApi {
@@ -137,7 +121,7 @@ fn is_live(status: Status) -> bool {
 }
 
 /// The keys of every live task in `namespaces`.
-async fn running_keys(
+pub(super) async fn running_keys(
     channel: &Channel,
     namespaces: &[String],
 ) -> Result<HashSet<String>, ContainerdError> {
@@ -163,36 +147,6 @@ async fn running_keys(
         }
     }
     Ok(keys)
-}
-
-/// The index's view of one event envelope; `None` for events it does not act on.
-pub(super) fn event(envelope: &Envelope, namespaces: &[String]) -> Option<Event> {
-    let ns = envelope.namespace.as_str();
-    if !namespaces.iter().any(|n| n == ns) {
-        return None;
-    }
-    let body = envelope.event.as_ref()?.value.as_slice();
-    let decoded = match envelope.topic.as_str() {
-        "/tasks/start" => {
-            TaskStart::decode(body).map(|e| Some(Event::Start(key(ns, &e.container_id))))
-        }
-        // Also sent for `exec` processes: only the init process's exit ends the container.
-        "/tasks/exit" => TaskExit::decode(body).map(|e| {
-            (e.id.is_empty() || e.id == e.container_id)
-                .then(|| Event::Die(key(ns, &e.container_id)))
-        }),
-        "/containers/delete" => {
-            ContainerDelete::decode(body).map(|e| Some(Event::Destroy(key(ns, &e.id))))
-        }
-        _ => return None,
-    };
-    match decoded {
-        Ok(event) => event,
-        Err(e) => {
-            tracing::warn!(topic = %envelope.topic, namespace = ns, error = %e, "undecodable containerd event ignored");
-            None
-        }
-    }
 }
 
 impl ContainerdConnection {
@@ -292,79 +246,11 @@ impl ContainerdConnection {
 
 impl Connection for ContainerdConnection {
     fn events(&self, _since: SystemTime) -> BoxStream<'static, Result<Event, DockerError>> {
-        let (tx, rx) = mpsc::unbounded_channel::<Result<Event, DockerError>>();
-        let namespaces = Arc::clone(&self.namespaces);
-        let mut client = EventsClient::new(self.channel.clone());
-        let events = tx.clone();
-        tokio::spawn(async move {
-            let filters = TOPICS.iter().map(|t| format!("topic==\"{t}\"")).collect();
-            let subscribed = tokio::select! {
-                r = client.subscribe(SubscribeRequest { filters }) => r,
-                () = events.closed() => return,
-            };
-            let mut stream = match subscribed {
-                Ok(response) => response.into_inner(),
-                Err(status) => {
-                    let _ =
-                        events.send(Err(
-                            ContainerdError::api("Events.Subscribe", "*", &status).into()
-                        ));
-                    return;
-                }
-            };
-            loop {
-                let message = tokio::select! {
-                    m = stream.message() => m,
-                    () = events.closed() => return,
-                };
-                let item = match message {
-                    Ok(Some(envelope)) => match event(&envelope, &namespaces) {
-                        Some(e) => Ok(e),
-                        None => continue,
-                    },
-                    Ok(None) => Err(ContainerdError::StreamEnded),
-                    Err(status) => Err(ContainerdError::api("Events.Subscribe", "*", &status)),
-                };
-                let last = item.is_err();
-                if events.send(item.map_err(DockerError::from)).is_err() || last {
-                    return;
-                }
-            }
-        });
-        let (channel, namespaces, listed) = (
+        events::follow(
             self.channel.clone(),
             Arc::clone(&self.namespaces),
             Arc::clone(&self.listed),
-        );
-        tokio::spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep(CATCH_UP) => {}
-                () = tx.closed() => return,
-            }
-            let item = running_keys(&channel, &namespaces).await.map(|now| {
-                let before = listed
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone();
-                now.symmetric_difference(&before)
-                    .cloned()
-                    .collect::<Vec<_>>()
-            });
-            match item {
-                Ok(changed) => {
-                    for k in changed {
-                        let _ = tx.send(Ok(Event::Changed(k)));
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e.into()));
-                }
-            }
-        });
-        futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        })
-        .boxed()
+        )
     }
 
     fn running(&self) -> BoxFuture<'_, Result<Vec<String>, DockerError>> {
@@ -388,71 +274,5 @@ impl Connection for ContainerdConnection {
             };
             Ok(self.read(ns, id).await?)
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn envelope(ns: &str, topic: &str, body: Vec<u8>) -> Envelope {
-        let mut any = Envelope::default().event.unwrap_or_default();
-        any.value = body;
-        Envelope {
-            timestamp: None,
-            namespace: ns.into(),
-            topic: topic.into(),
-            event: Some(any),
-        }
-    }
-
-    #[test]
-    fn events_are_filtered_by_namespace_and_mapped() {
-        let ns = ["k8s.io".to_owned(), "default".to_owned()];
-        let start = TaskStart {
-            container_id: "web".into(),
-            pid: 7,
-        }
-        .encode_to_vec();
-        assert_eq!(
-            event(&envelope("default", "/tasks/start", start.clone()), &ns),
-            Some(Event::Start("default/web".into()))
-        );
-        assert_eq!(
-            event(&envelope("moby", "/tasks/start", start), &ns),
-            None,
-            "Docker's namespace is not followed"
-        );
-        let exit = |id: &str| {
-            TaskExit {
-                container_id: "web".into(),
-                id: id.into(),
-                ..TaskExit::default()
-            }
-            .encode_to_vec()
-        };
-        assert_eq!(
-            event(&envelope("k8s.io", "/tasks/exit", exit("web")), &ns),
-            Some(Event::Die("k8s.io/web".into()))
-        );
-        assert_eq!(
-            event(&envelope("k8s.io", "/tasks/exit", exit("exec-1")), &ns),
-            None,
-            "an exec process ending is not the container's death"
-        );
-        let delete = ContainerDelete { id: "web".into() }.encode_to_vec();
-        assert_eq!(
-            event(&envelope("k8s.io", "/containers/delete", delete), &ns),
-            Some(Event::Destroy("k8s.io/web".into()))
-        );
-        assert_eq!(
-            event(&envelope("k8s.io", "/images/update", vec![]), &ns),
-            None
-        );
-        assert_eq!(
-            event(&envelope("k8s.io", "/tasks/start", vec![0xff, 0xff]), &ns),
-            None,
-            "garbage is ignored, not a panic"
-        );
     }
 }

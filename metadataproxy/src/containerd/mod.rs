@@ -10,6 +10,7 @@
 
 mod api;
 mod error;
+mod events;
 mod identify;
 pub mod spec;
 
