@@ -117,6 +117,32 @@ mod tests {
     }
 
     #[test]
+    fn defaults_and_every_bad_setting_reported_by_name() {
+        use std::collections::HashMap;
+        let load = |pairs: &[(&str, &str)]| {
+            let env: HashMap<&str, &str> = pairs.iter().copied().collect();
+            crate::config::Config::load(["metadataproxy"], &env)
+        };
+        let c = load(&[]).unwrap().containerd;
+        assert_eq!(c.mode, ContainerdMode::Auto);
+        assert_eq!(c.address, PathBuf::from("/run/containerd/containerd.sock"));
+        assert_eq!(c.namespaces, ["k8s.io", "default"]);
+        let Err(crate::config::ConfigErrors::Invalid(errors)) = load(&[
+            ("CONTAINERD", "maybe"),
+            ("CONTAINERD_ADDRESS", "containerd.sock"),
+            ("CONTAINERD_NAMESPACES", "k8s.io,a/b"),
+        ]) else {
+            panic!("bad containerd settings accepted");
+        };
+        let names: Vec<&str> = errors.iter().map(|e| e.name).collect();
+        assert_eq!(
+            names,
+            ["CONTAINERD", "CONTAINERD_ADDRESS", "CONTAINERD_NAMESPACES"]
+        );
+        assert!(errors[2].reason.contains("`a/b`"), "{errors:?}");
+    }
+
+    #[test]
     fn mode_values() {
         assert_eq!(mode("auto"), Ok(ContainerdMode::Auto));
         assert_eq!(mode("on"), Ok(ContainerdMode::On));
