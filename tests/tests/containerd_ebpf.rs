@@ -122,6 +122,31 @@ async fn pod(ctd: &mut ContainerdD) -> (String, String) {
     (app, own)
 }
 
+/// Waits (up to 10 s) until moto has answered an AssumeRole for each of `roles`.
+async fn prefetched(moto: &Moto, roles: &[&str]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let arns: Vec<String> = moto
+            .assumed_roles()
+            .await
+            .into_iter()
+            .map(|r| r.role_arn)
+            .collect();
+        let missing: Vec<&&str> = roles
+            .iter()
+            .filter(|r| !arns.iter().any(|a| a.ends_with(&format!(":role/{r}"))))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "roles never prefetched: {missing:?} (assumed: {arns:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_containers_and_pods_get_their_own_roles() {
     let Some(mut ctd) = ContainerdD::start() else {
@@ -145,6 +170,8 @@ async fn containerd_containers_and_pods_get_their_own_roles() {
     ctd.run("default", &plain, &plain, &[]);
     let (app, own) = pod(&mut ctd).await;
     assert!(daemon.is_running(), "the daemon exited:\n{}", daemon.logs());
+    // Each container's role is assumed when it starts, before it asks.
+    prefetched(&moto, &["ctd-web", "ctd-pod", "ctd-own"]).await;
 
     for (ns, id, role, what) in [
         ("default", &web, "ctd-web", "ctr container with IAM_ROLE"),
@@ -178,6 +205,21 @@ async fn containerd_containers_and_pods_get_their_own_roles() {
         logs.contains("container indexed") && logs.contains("shop/web-7d9/app"),
         "the pod container is named after its pod:\n{logs}"
     );
+
+    // Every request was served from the credentials fetched at start.
+    let arns: Vec<String> = moto
+        .assumed_roles()
+        .await
+        .into_iter()
+        .map(|r| r.role_arn)
+        .collect();
+    for role in ["ctd-web", "ctd-pod", "ctd-own"] {
+        let n = arns
+            .iter()
+            .filter(|a| a.ends_with(&format!(":role/{role}")))
+            .count();
+        assert_eq!(n, 1, "AssumeRole calls for {role}: {arns:?}");
+    }
 
     // A container whose task exits is forgotten at once.
     ctd.kill("default", &web);
