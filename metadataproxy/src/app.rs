@@ -12,7 +12,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, ContainerdConfig, ContainerdMode};
+use crate::containerd::{ContainerdApi, ContainerdCgroup};
 use crate::creds::aws::AwsSts;
 use crate::creds::{CredentialCache, CredentialCacheConfig, Sts};
 use crate::docker::{
@@ -65,17 +66,19 @@ pub fn build(
     sts: Arc<dyn Sts>,
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<Imds>, AppError> {
-    build_with(config, sts, clock, None, None)
+    build_with(config, sts, clock, None, None, None)
 }
 
 /// [`build`], with cgroup-path identification when the eBPF redirect is in force, and with
-/// `docker` a container index kept in step with it in the background (see [`docker_sources`]).
+/// `docker` a container index kept in step with it in the background (see [`docker_sources`]);
+/// likewise `containerd_source` (its containers are identified by cgroup only).
 pub fn build_with(
     config: &Config,
     sts: Arc<dyn Sts>,
     clock: Arc<dyn Clock>,
     cgroups: Option<Arc<CgroupPaths>>,
     docker: Option<Arc<dyn ContainerSource>>,
+    containerd_source: Option<Arc<dyn ContainerSource>>,
 ) -> Result<Arc<Imds>, AppError> {
     let mapping_file = match &config.role_mapping_file {
         Some(path) => Some(Arc::new(MappingFile::load(path)?)),
@@ -110,6 +113,17 @@ pub fn build_with(
             paths: Arc::clone(paths),
             mapping: Arc::clone(file),
         }));
+    }
+    if let (Some(source), Some(paths)) = (containerd_source, &cgroups) {
+        let default_role = default_role.clone().map(Arc::new);
+        sources.push(containerd_sources(
+            config,
+            source,
+            Arc::clone(paths),
+            &resolver,
+            &cache,
+            default_role,
+        ));
     }
     if let Some(source) = docker {
         let containers = DockerUse {
@@ -215,6 +229,61 @@ fn docker_sources(
     (index, sources)
 }
 
+/// Starts the containerd index (its containers' roles prefetched and held while they run); returns
+/// the identification source built on it: the containerd container of the caller's cgroup.
+fn containerd_sources(
+    config: &Config,
+    source: Arc<dyn ContainerSource>,
+    paths: Arc<CgroupPaths>,
+    resolver: &Arc<Resolver>,
+    cache: &Arc<CredentialCache>,
+    default_role: Option<Arc<RoleAssignment>>,
+) -> Box<dyn Identify> {
+    let listener = Arc::new(Prefetcher::new(
+        Arc::clone(resolver),
+        Arc::clone(cache),
+        default_role,
+    ));
+    let sync = SyncConfig {
+        session_key: config.role_session_key.clone(),
+        ..SyncConfig::default()
+    };
+    let (index, _task) = docker::spawn(source, listener, sync);
+    Box::new(ContainerdCgroup::new(
+        index,
+        paths,
+        &config.containerd.namespaces,
+    ))
+}
+
+/// containerd as a container source, if `CONTAINERD` and the redirect allow it.
+fn containerd_source(
+    config: &ContainerdConfig,
+    by_cgroup: bool,
+) -> Option<Arc<dyn ContainerSource>> {
+    let address = config.address.display();
+    match config.mode {
+        ContainerdMode::Off => None,
+        _ if !by_cgroup => {
+            tracing::info!(
+                "containerd containers are identified by their cgroup only: without the eBPF redirect they are not identified"
+            );
+            None
+        }
+        ContainerdMode::Auto if !config.address.exists() => {
+            tracing::info!(containerd = %address, "no containerd socket: containerd containers are not identified (CONTAINERD=on follows it even when it appears later)");
+            None
+        }
+        ContainerdMode::Auto | ContainerdMode::On => {
+            tracing::info!(containerd = %address, namespaces = %config.namespaces.join(","), "identifying containerd containers");
+            Some(Arc::new(ContainerdApi::new(
+                config.address.clone(),
+                &config.namespaces,
+            )))
+        }
+    }
+}
+
 /// Starts fetching credentials for each assignment in the background.
 fn prefetch(
     resolver: &Arc<Resolver>,
@@ -263,12 +332,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             None
         }
     };
+    let containerd = containerd_source(&config.containerd, kernel.is_some());
     let imds = build_with(
         &config,
         Arc::new(sts),
         clock,
         kernel.as_ref().map(|k| Arc::clone(&k.paths)),
         docker,
+        containerd,
     )?;
     tracing::info!(addr = %config.listen, mock_api = config.mock_api, imdsv2_required = config.imdsv2_required, "listening");
     if let Some(extra) = extra {

@@ -3,6 +3,7 @@
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod containerd;
 pub mod creds;
 pub mod docker;
 pub mod ebpf;

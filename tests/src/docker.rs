@@ -58,7 +58,7 @@ fn free_subnet(second: bool) -> u8 {
 }
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup/unified` beside v1 controllers).
-fn cgroup2_mount() -> PathBuf {
+pub(crate) fn cgroup2_mount() -> PathBuf {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     mounts
         .lines()
@@ -66,6 +66,23 @@ fn cgroup2_mount() -> PathBuf {
         .find(|f| f.get(2) == Some(&"cgroup2"))
         .and_then(|f| f.get(1).map(PathBuf::from))
         .unwrap_or_else(|| panic!("no cgroup2 mount in /proc/mounts"))
+}
+
+/// A root filesystem at `rootfs` holding Debian's static busybox and its applets.
+pub(crate) fn busybox_rootfs(rootfs: &Path) {
+    assert!(
+        Path::new(BUSYBOX).exists(),
+        "{BUSYBOX} is missing: run `cargo xtask setup` (installs busybox-static)"
+    );
+    let bin = rootfs.join("bin");
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dirs");
+    }
+    std::fs::copy(BUSYBOX, bin.join("busybox")).expect("copy busybox");
+    let applets = must(Command::new(BUSYBOX).arg("--list"));
+    for applet in applets.lines().filter(|a| *a != "busybox") {
+        let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+    }
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -222,15 +239,7 @@ impl DockerD {
 
     fn import_image(&self) {
         let rootfs = self.path("rootfs");
-        let bin = rootfs.join("bin");
-        for d in ["bin", "etc", "tmp", "proc", "sys", "dev"] {
-            std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dirs");
-        }
-        std::fs::copy(BUSYBOX, bin.join("busybox")).expect("copy busybox");
-        let applets = must(Command::new(BUSYBOX).arg("--list"));
-        for applet in applets.lines().filter(|a| *a != "busybox") {
-            let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
-        }
+        busybox_rootfs(&rootfs);
         let mut tar = Command::new("tar")
             .arg("-C")
             .arg(&rootfs)

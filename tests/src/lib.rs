@@ -4,6 +4,7 @@
 //! Run the suite with `cargo xtask test`: it provides `MOTO_SERVER`, `METADATAPROXY_BIN` and
 //! `METADATAPROXY_VENV`. Without them every test panics (never skips) and says so.
 
+mod containerd;
 mod creds;
 mod daemon;
 mod delay;
@@ -18,6 +19,7 @@ mod upstream;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+pub use containerd::{ContainerdD, ExecResult};
 pub use creds::{ImdsCredentials, fetch_credentials, parse_time};
 pub use daemon::{Daemon, DaemonBuilder, Exited};
 pub use delay::SlowRelay;

@@ -57,9 +57,13 @@ fn requirements_hash(path: &Path) -> Result<String> {
     Ok(format!("{hash:016x}"))
 }
 
-/// Debian packages the integration tests need (Docker tests, deploy-file checks), and how to tell each is installed.
+/// Debian packages the integration tests need (Docker and containerd tests, deploy-file checks;
+/// and the build: protoc for containerd's gRPC bindings), and how to tell each is installed.
 const PACKAGES: &[(&str, &str)] = &[
+    ("protobuf-compiler", "/usr/bin/protoc"),
     ("docker.io", "/usr/sbin/dockerd"),
+    ("containerd", "/usr/bin/containerd"),
+    ("runc", "/usr/sbin/runc"),
     ("busybox-static", "/bin/busybox"),
     ("iproute2", "/sbin/ip"),
     // `systemd-analyze verify` checks deploy/systemd/metadataproxy.service.

@@ -1,5 +1,6 @@
 //! Configuration: Lyft-compatible settings from flags and environment, validated all at once.
 
+mod containerd;
 mod ebpf;
 mod env;
 mod parse;
@@ -9,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use containerd::{ContainerdConfig, ContainerdMode};
 pub use ebpf::{EbpfConfig, EbpfMode, OnExit};
 pub use env::{Env, ProcessEnv};
 pub use parse::{ConfigError, ConfigErrors};
@@ -92,6 +94,8 @@ pub struct Config {
     pub mapping_reload_interval: Duration,
     /// `EBPF*`: the kernel redirect and caller identification.
     pub ebpf: EbpfConfig,
+    /// `CONTAINERD*`: containerd's containers and Kubernetes pods.
+    pub containerd: ContainerdConfig,
 }
 
 impl Config {

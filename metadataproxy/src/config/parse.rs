@@ -304,6 +304,7 @@ where
     let token_max_per_caller = r.parse(s::TOKEN_MAX_PER_CALLER, usize_in(1, 100_000));
     let reload = r.parse(s::ROLE_MAPPING_RELOAD_INTERVAL, integer(1, 3600));
     let ebpf = super::ebpf::read(&mut r, host, port);
+    let containerd = super::containerd::read(&mut r);
 
     // Cross-setting rule: a refresh threshold at or beyond the session length would refresh forever.
     if let (Some(t), Some(d)) = (threshold, session_duration)
@@ -336,6 +337,7 @@ where
         Some(token_max_per_caller),
         Some(reload),
         Some(ebpf),
+        Some(containerd),
     ) = (
         host,
         port,
@@ -352,6 +354,7 @@ where
         token_max_per_caller,
         reload,
         ebpf,
+        containerd,
     )
     else {
         return Err(super::ConfigErrors::Invalid(errors));
@@ -389,5 +392,6 @@ where
         token_max_per_caller,
         mapping_reload_interval: Duration::from_secs(reload),
         ebpf,
+        containerd,
     })
 }

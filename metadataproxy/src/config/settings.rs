@@ -100,6 +100,9 @@ pub const EBPF_MAP_SIZE: &str = "EBPF_MAP_SIZE";
 pub const EBPF_PIN_DIR: &str = "EBPF_PIN_DIR";
 pub const EBPF_ON_EXIT: &str = "EBPF_ON_EXIT";
 pub const EBPF_OBJECT: &str = "EBPF_OBJECT";
+pub const CONTAINERD: &str = "CONTAINERD";
+pub const CONTAINERD_ADDRESS: &str = "CONTAINERD_ADDRESS";
+pub const CONTAINERD_NAMESPACES: &str = "CONTAINERD_NAMESPACES";
 
 /// Every setting, Lyft's first (in the order of its README), then ours.
 pub const SETTINGS: &[Setting] = &[
@@ -354,6 +357,27 @@ pub const SETTINGS: &[Setting] = &[
         None,
         Kind::Value,
         "eBPF object file to load instead of the one built into the binary",
+    ),
+    ours(
+        CONTAINERD,
+        "containerd",
+        Some("auto"),
+        Kind::Value,
+        "`auto`: identify containerd containers (Kubernetes pods included) when CONTAINERD_ADDRESS exists at start; `on`: always (retried until reachable); `off`",
+    ),
+    ours(
+        CONTAINERD_ADDRESS,
+        "containerd-address",
+        Some("/run/containerd/containerd.sock"),
+        Kind::Value,
+        "containerd's gRPC socket (an absolute path)",
+    ),
+    ours(
+        CONTAINERD_NAMESPACES,
+        "containerd-namespaces",
+        Some("k8s.io,default"),
+        Kind::Value,
+        "comma-separated containerd namespaces whose containers are identified (`k8s.io`: Kubernetes; Docker's own `moby` is left to DOCKER_URL)",
     ),
 ];
 

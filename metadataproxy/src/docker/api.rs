@@ -225,6 +225,8 @@ fn info(response: ContainerInspectResponse) -> ContainerInfo {
         env: config.env.unwrap_or_default(),
         labels: config.labels.unwrap_or_default(),
         ips,
+        cgroup: None,
+        pod_annotations: HashMap::new(),
     }
 }
 

@@ -29,6 +29,11 @@ pub struct ContainerInfo {
     pub labels: HashMap<String, String>,
     /// Every address in `NetworkSettings.Networks[*]` (IPv4 and global IPv6).
     pub ips: Vec<IpAddr>,
+    /// The cgroup v2 path its processes run in, when the source knows it (containerd: from the
+    /// OCI spec); a cgroup lookup then only accepts a caller in exactly this cgroup or below.
+    pub cgroup: Option<String>,
+    /// The annotations of its Kubernetes pod (containerd's CRI containers; empty otherwise).
+    pub pod_annotations: HashMap<String, String>,
 }
 
 /// The environment and labels may hold secrets: `Debug` names only what is needed to debug.
@@ -43,6 +48,11 @@ impl fmt::Debug for ContainerInfo {
             .field("env", &format_args!("[{} entries]", self.env.len()))
             .field("labels", &format_args!("[{} labels]", self.labels.len()))
             .field("ips", &self.ips)
+            .field("cgroup", &self.cgroup)
+            .field(
+                "pod_annotations",
+                &format_args!("[{} annotations]", self.pod_annotations.len()),
+            )
             .finish()
     }
 }
@@ -60,6 +70,8 @@ pub struct Container {
     pub fqdn: String,
     /// What it is entitled to.
     pub role: ContainerRole,
+    /// Its cgroup v2 path, when the source knows it ([`ContainerInfo::cgroup`]).
+    pub cgroup: Option<String>,
 }
 
 impl Container {
@@ -82,7 +94,12 @@ impl Container {
         } else {
             format!("{}.{}", info.hostname, info.domainname)
         };
-        let role = settings::container_role(&info.env, &info.labels, session_key);
+        let role = settings::container_role_in_pod(
+            &info.env,
+            &info.labels,
+            &info.pod_annotations,
+            session_key,
+        );
         if settings::label_shadowed(&info.env, &info.labels) {
             tracing::warn!(
                 container = %info.name,
@@ -97,6 +114,7 @@ impl Container {
             ips,
             fqdn,
             role,
+            cgroup: info.cgroup.clone(),
         }
     }
 }
@@ -123,6 +141,7 @@ mod tests {
             ],
             labels: HashMap::new(),
             ips: vec!["172.17.0.2".parse().unwrap()],
+            ..ContainerInfo::default()
         }
     }
 

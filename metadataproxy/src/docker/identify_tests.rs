@@ -18,6 +18,7 @@ fn info(id: &str, ip: &str, hostname: &str, domain: &str, env: &[&str]) -> Conta
         env: env.iter().map(|e| (*e).to_owned()).collect(),
         labels: HashMap::new(),
         ips: ip.parse().into_iter().collect(),
+        ..ContainerInfo::default()
     }
 }
 

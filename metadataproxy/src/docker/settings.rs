@@ -8,6 +8,10 @@
 //! `IAM_ROLE=` counts as unset, as in Lyft. `ROLE_SESSION_KEY` (`Env:KEY` or `Labels:KEY`) names
 //! where the session name comes from; its value is sanitised, and one too short to use leaves the
 //! default session name.
+//!
+//! A container of a Kubernetes pod (containerd's CRI containers) that names no role of its own
+//! takes its pod's annotation [`POD_ROLE_ANNOTATION`] (kube2iam's convention), with the external id
+//! of [`POD_EXTERNAL_ID_ANNOTATION`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +30,11 @@ pub const EXTERNAL_ID_ENV: &str = "IAM_EXTERNAL_ID";
 pub const ROLE_LABEL: &str = "metadataproxy.role";
 /// The container label giving the external id for [`ROLE_LABEL`]'s role.
 pub const EXTERNAL_ID_LABEL: &str = "metadataproxy.external-id";
+
+/// The pod annotation naming the role of a pod's containers (kube2iam's convention).
+pub const POD_ROLE_ANNOTATION: &str = "iam.amazonaws.com/role";
+/// The pod annotation giving the external id for [`POD_ROLE_ANNOTATION`]'s role.
+pub const POD_EXTERNAL_ID_ANNOTATION: &str = "iam.amazonaws.com/external-id";
 
 /// Why a container's settings give it no credentials at all (not even `DEFAULT_ROLE`).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -107,13 +116,15 @@ impl<'a> EnvView<'a> {
     }
 }
 
-/// The role and related settings of one container.
-pub fn container_role(
+/// The role and related settings of one container of a pod with annotations `pod` (empty for a
+/// container outside Kubernetes): the container's own role first, else the pod's.
+pub fn container_role_in_pod(
     env: &[String],
     labels: &HashMap<String, String>,
+    pod: &HashMap<String, String>,
     session_key: Option<&SessionKey>,
 ) -> ContainerRole {
-    match try_container_role(env, labels, session_key) {
+    match try_container_role(env, labels, pod, session_key) {
         Ok(role) => role,
         Err(e) => ContainerRole::Invalid(e),
     }
@@ -129,6 +140,7 @@ pub fn label_shadowed(env: &[String], labels: &HashMap<String, String>) -> bool 
 fn try_container_role(
     env: &[String],
     labels: &HashMap<String, String>,
+    pod: &HashMap<String, String>,
     session_key: Option<&SessionKey>,
 ) -> Result<ContainerRole, SettingsError> {
     let env = EnvView::new(env);
@@ -138,6 +150,7 @@ fn try_container_role(
             .map(String::as_str)
             .filter(|v| !v.is_empty())
     };
+    let annotation = |name: &str| pod.get(name).map(String::as_str).filter(|v| !v.is_empty());
     let session = session_key
         .and_then(|key| match key {
             SessionKey::Env(name) => env.lenient(name),
@@ -154,6 +167,13 @@ fn try_container_role(
             label(EXTERNAL_ID_LABEL),
             ROLE_LABEL,
             EXTERNAL_ID_LABEL,
+        )
+    } else if let Some(role) = annotation(POD_ROLE_ANNOTATION) {
+        (
+            role,
+            annotation(POD_EXTERNAL_ID_ANNOTATION),
+            POD_ROLE_ANNOTATION,
+            POD_EXTERNAL_ID_ANNOTATION,
         )
     } else {
         return Ok(ContainerRole::Default(session));

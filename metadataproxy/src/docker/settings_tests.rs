@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// The role of a container outside Kubernetes.
+fn container_role(
+    env: &[String],
+    labels: &HashMap<String, String>,
+    session_key: Option<&SessionKey>,
+) -> ContainerRole {
+    container_role_in_pod(env, labels, &HashMap::new(), session_key)
+}
+
 fn env(entries: &[&str]) -> Vec<String> {
     entries.iter().map(|e| (*e).to_owned()).collect()
 }
@@ -208,4 +217,68 @@ fn label_shadowing_is_noticed() {
     assert!(!label_shadowed(&env(&["IAM_ROLE=lbl"]), &l));
     assert!(!label_shadowed(&[], &l));
     assert!(!label_shadowed(&env(&["IAM_ROLE=env"]), &HashMap::new()));
+}
+
+/// Container environment, container labels, pod annotations, and the expected summary's start.
+type PodCase<'a> = (
+    &'a [&'a str],
+    &'a [(&'a str, &'a str)],
+    &'a HashMap<String, String>,
+    &'a str,
+);
+
+#[test]
+fn pod_annotation_is_the_role_of_containers_naming_none() {
+    let none: &[(&str, &str)] = &[];
+    let pod = labels(&[
+        ("iam.amazonaws.com/role", "pod-role"),
+        ("iam.amazonaws.com/external-id", "pod-ext"),
+    ]);
+    // (container env, container labels, pod annotations, expected)
+    let cases: &[PodCase] = &[
+        (&[], none, &pod, "pod-role|pod-ext|-"),
+        // The container's own role wins, and the pod's external id never joins it.
+        (&["IAM_ROLE=own"], none, &pod, "own|-|-"),
+        (&[], &[("metadataproxy.role", "lbl")], &pod, "lbl|-|-"),
+        (
+            &[],
+            none,
+            &labels(&[("iam.amazonaws.com/role", "")]),
+            "default|-",
+        ),
+        (
+            &[],
+            none,
+            &labels(&[("iam.amazonaws.com/role", "r")]),
+            "r|-|-",
+        ),
+        (
+            &[],
+            none,
+            &labels(&[(
+                "iam.amazonaws.com/role",
+                "arn:aws:iam::123456789012:role/k8s/app",
+            )]),
+            "arn:aws:iam::123456789012:role/k8s/app|-|-",
+        ),
+        (
+            &[],
+            none,
+            &labels(&[("iam.amazonaws.com/role", "not a role")]),
+            "invalid: iam.amazonaws.com/role: ",
+        ),
+        (
+            &["IAM_ROLE"],
+            none,
+            &pod,
+            "invalid: environment entry `IAM_ROLE` has no `=` and no value",
+        ),
+    ];
+    for (e, l, p, want) in cases {
+        let got = summary(&container_role_in_pod(&env(e), &labels(l), p, None));
+        assert!(
+            got.starts_with(want),
+            "env {e:?} labels {l:?}: got {got}, want {want}"
+        );
+    }
 }

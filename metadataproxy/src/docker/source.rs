@@ -49,6 +49,9 @@ pub enum DockerError {
     /// The event stream ended: dockerd stopped or the connection dropped.
     #[error("the event stream ended (dockerd stopped or the connection dropped)")]
     StreamEnded,
+    /// The source is containerd, and talking to it failed.
+    #[error(transparent)]
+    Containerd(#[from] crate::containerd::ContainerdError),
 }
 
 /// One connection to dockerd.
@@ -71,6 +74,11 @@ pub trait Connection: Send + Sync + fmt::Debug {
 pub trait ContainerSource: Send + Sync + fmt::Debug {
     /// Where it connects to, for logs.
     fn describe(&self) -> String;
+
+    /// The runtime's name, for logs.
+    fn runtime(&self) -> &'static str {
+        "Docker"
+    }
 
     /// A new connection, ready to use.
     fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, DockerError>>;

@@ -92,12 +92,13 @@ impl Syncer {
                 last_error.clear();
             }
             let delay = self.backoff(failures);
+            let runtime = self.source.runtime();
             if synced {
-                tracing::warn!(docker = %self.source.describe(), error = %text, retry_in = ?delay, containers = self.index.len(), "lost Docker; still serving the containers known so far, reconnecting");
+                tracing::warn!(runtime, url = %self.source.describe(), error = %text, retry_in = ?delay, containers = self.index.len(), "lost {runtime}; still serving the containers known so far, reconnecting");
             } else if text != last_error {
-                tracing::error!(docker = %self.source.describe(), error = %text, retry_in = ?delay, "Docker is unreachable: containers cannot be identified until it is back (mapping-file and DEFAULT_ROLE callers are still served); retrying with backoff");
+                tracing::error!(runtime, url = %self.source.describe(), error = %text, retry_in = ?delay, "{runtime} is unreachable: {}; retrying with backoff", unreachable_effect(runtime));
             } else {
-                tracing::debug!(docker = %self.source.describe(), error = %text, retry_in = ?delay, "Docker still unreachable");
+                tracing::debug!(runtime, url = %self.source.describe(), error = %text, retry_in = ?delay, "{runtime} still unreachable");
             }
             last_error = text;
             failures = failures.saturating_add(1);
@@ -128,7 +129,8 @@ impl Syncer {
         *synced = true;
         self.index.set_live(true);
         let again = if after_failures { " again" } else { "" };
-        tracing::info!(docker = %self.source.describe(), containers = self.index.len(), "Docker reachable{again}; container index synchronised");
+        let runtime = self.source.runtime();
+        tracing::info!(runtime, url = %self.source.describe(), containers = self.index.len(), "{runtime} reachable{again}; container index synchronised");
         loop {
             match events.next().await {
                 None => return DockerError::StreamEnded,
@@ -175,7 +177,8 @@ impl Syncer {
         tracing::debug!(
             ?event,
             containers = self.index.len(),
-            "Docker event applied"
+            runtime = self.source.runtime(),
+            "container event applied"
         );
         self.notify(&change);
         Ok(())
@@ -202,6 +205,15 @@ impl Syncer {
         if !change.is_empty() {
             self.listener.changed(change);
         }
+    }
+}
+
+/// What callers lose while `runtime` cannot be reached.
+fn unreachable_effect(runtime: &str) -> &'static str {
+    if runtime == "Docker" {
+        "containers cannot be identified until it is back (mapping-file and DEFAULT_ROLE callers are still served)"
+    } else {
+        "its containers not seen yet get no credentials until it is back (other callers are still served)"
     }
 }
 

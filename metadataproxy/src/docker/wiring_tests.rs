@@ -35,6 +35,7 @@ fn build(env: &[(&str, &str)], docker: &FakeDocker) -> (Arc<Imds>, Arc<FakeSts>)
         Arc::new(clock),
         None,
         Some(Arc::new(docker.clone())),
+        None,
     )
     .unwrap();
     (imds, sts)

@@ -55,6 +55,8 @@ pub struct Exempt {
     map: HashMap<MapData, u64, u32>,
     cgroup2: PathBuf,
     roots: Vec<String>,
+    /// Top-level cgroups whose every cgroup is a container's (containerd namespaces).
+    container_roots: Vec<String>,
     mapping_path: Option<PathBuf>,
     /// The bytes and parse of the mapping file last read successfully.
     mapping: Option<(Vec<u8>, Arc<Mapping>)>,
@@ -65,23 +67,27 @@ impl std::fmt::Debug for Exempt {
         f.debug_struct("Exempt")
             .field("cgroup2", &self.cgroup2)
             .field("roots", &self.roots)
+            .field("container_roots", &self.container_roots)
             .field("mapping_path", &self.mapping_path)
             .finish_non_exhaustive()
     }
 }
 
 impl Exempt {
-    /// `roots`: the `EBPF_CGROUPS` paths below the cgroup2 mount `cgroup2`.
+    /// `roots`: the `EBPF_CGROUPS` paths below the cgroup2 mount `cgroup2`; `container_roots`:
+    /// top-level cgroups holding only containers (the followed containerd namespaces).
     pub fn new(
         map: HashMap<MapData, u64, u32>,
         cgroup2: PathBuf,
         roots: Vec<String>,
+        container_roots: Vec<String>,
         mapping_path: Option<PathBuf>,
     ) -> Self {
         Self {
             map,
             cgroup2,
             roots,
+            container_roots,
             mapping_path,
             mapping: None,
         }
@@ -122,7 +128,7 @@ impl Exempt {
         if let Some(mapping) = &mapping {
             for root in &self.roots {
                 for (id, path) in tree(&self.cgroup2, root) {
-                    if !redirected_without_host(&path, mapping) {
+                    if !redirected_without_host(&path, mapping, &self.container_roots) {
                         host.insert(id);
                     }
                 }

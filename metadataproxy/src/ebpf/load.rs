@@ -72,13 +72,14 @@ fn pin_err(path: &Path) -> impl Fn(String) -> EbpfError + '_ {
 impl Redirect {
     /// Loads the programs against the pinned maps (created on first start), points them at
     /// `target`, brings the host exemptions in line with `EBPF_REDIRECT_HOST` (classifying with
-    /// the mapping file at `mapping`), attaches the programs to every configured cgroup and pins
-    /// the links over any older ones.
+    /// the mapping file at `mapping` and the `container_roots`, see [`Exempt::new`]), attaches the
+    /// programs to every configured cgroup and pins the links over any older ones.
     pub fn start(
         config: &EbpfConfig,
         host: &Host,
         target: &Target,
         mapping: Option<PathBuf>,
+        container_roots: Vec<String>,
     ) -> Result<(Self, ConnTable, Exempt), EbpfError> {
         let object = match &config.object {
             Some(path) => std::fs::read(path).map_err(|source| EbpfError::Io {
@@ -131,7 +132,7 @@ impl Redirect {
         }
 
         // Exemptions before the links: a first start attaches with the host cgroups already out.
-        let exempt = exempt(&mut ebpf, config, host, mapping)?;
+        let exempt = exempt(&mut ebpf, config, host, mapping, container_roots)?;
 
         // Load (verify) every program before attaching any, so a refused program leaves no
         // half-installed redirect behind.
@@ -218,6 +219,7 @@ fn exempt(
     config: &EbpfConfig,
     host: &Host,
     mapping: Option<PathBuf>,
+    container_roots: Vec<String>,
 ) -> Result<Exempt, EbpfError> {
     let map = ebpf
         .take_map(maps::EXEMPT)
@@ -226,7 +228,13 @@ fn exempt(
         })
         .map_err(map_err(maps::EXEMPT))?;
     let map = HashMap::try_from(map).map_err(map_err(maps::EXEMPT))?;
-    let mut exempt = Exempt::new(map, host.cgroup2.clone(), config.cgroups.clone(), mapping);
+    let mut exempt = Exempt::new(
+        map,
+        host.cgroup2.clone(),
+        config.cgroups.clone(),
+        container_roots,
+        mapping,
+    );
     if config.redirect_host {
         let cleared = exempt.clear();
         tracing::info!(

@@ -146,8 +146,19 @@ pub fn start(config: &crate::config::Config) -> Result<Option<Kernel>, EbpfError
             v4: ebpf.target4,
             v6: ebpf.target6,
         };
-        let (redirect, table, exempt) =
-            Redirect::start(ebpf, &host, &target, config.role_mapping_file.clone())?;
+        // containerd puts containers at /<namespace>/<id> whatever their names.
+        let container_roots = if config.containerd.mode == crate::config::ContainerdMode::Off {
+            Vec::new()
+        } else {
+            config.containerd.namespaces.clone()
+        };
+        let (redirect, table, exempt) = Redirect::start(
+            ebpf,
+            &host,
+            &target,
+            config.role_mapping_file.clone(),
+            container_roots,
+        )?;
         if !ebpf.redirect_host {
             exempt.spawn();
         }

@@ -107,13 +107,15 @@ fn is_container_id(s: &str) -> bool {
 }
 
 /// The container of a cgroup path, from its deepest segment naming one:
-/// cgroupfs `docker/<id>`, systemd `docker-<id>.scope`, containerd `cri-containerd-<id>.scope`
-/// or `<pod>/<id>` (kubepods, `k8s.io`), CRI-O `crio-<id>.scope`, podman `libpod-<id>.scope`.
+/// cgroupfs `docker/<id>`, systemd `docker-<id>.scope`, containerd `cri-containerd-<id>.scope`,
+/// `nerdctl-<id>.scope` or `<pod>/<id>` (kubepods, `k8s.io`), CRI-O `crio-<id>.scope`, podman
+/// `libpod-<id>.scope`.
 pub fn container_of(path: &str) -> Option<ContainerRef> {
     const SCOPES: &[(&str, &str)] = &[
         ("docker-", "docker"),
         ("cri-containerd-", "containerd"),
         ("containerd-", "containerd"),
+        ("nerdctl-", "containerd"),
         ("crio-", "crio"),
         ("libpod-", "podman"),
     ];
@@ -179,9 +181,20 @@ pub fn is_container_path(path: &str) -> bool {
 }
 
 /// Whether `EBPF_REDIRECT_HOST=false` still redirects the cgroup at `path`: it is a container's
-/// ([`is_container_path`]), or it or an ancestor is named by a `cgroup:` key of `mapping`.
-pub fn redirected_without_host(path: &str, mapping: &super::mapping_file::Mapping) -> bool {
-    is_container_path(path) || ancestors(path).any(|p| mapping.lookup_cgroup(p).is_some())
+/// ([`is_container_path`]), it lies in one of `container_roots` (top-level cgroups a runtime puts
+/// containers in whatever their names: containerd's default `/<namespace>/<id>` for the followed
+/// `CONTAINERD_NAMESPACES`), or it or an ancestor is named by a `cgroup:` key of `mapping`.
+pub fn redirected_without_host(
+    path: &str,
+    mapping: &super::mapping_file::Mapping,
+    container_roots: &[String],
+) -> bool {
+    is_container_path(path)
+        || path
+            .split('/')
+            .find(|s| !s.is_empty())
+            .is_some_and(|top| container_roots.iter().any(|r| r == top))
+        || ancestors(path).any(|p| mapping.lookup_cgroup(p).is_some())
 }
 
 /// `path` and its ancestors, deepest first, ending with `/`.

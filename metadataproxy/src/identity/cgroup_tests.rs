@@ -25,8 +25,22 @@ fn container_ids_from_real_world_layouts() {
             &format!("/kubepods/besteffort/pod1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d/{ID}"),
             Some("containerd"),
         ),
+        // Kubernetes + containerd, systemd driver, Guaranteed QoS (no QoS slice).
+        (
+            &format!("/kubepods.slice/kubepods-pod0a1b.slice/cri-containerd-{ID}.scope"),
+            Some("containerd"),
+        ),
+        // Kubernetes, cgroupfs driver, kubepods below a node-level parent.
+        (
+            &format!("/kubelet/kubepods/burstable/pod0a1b/{ID}"),
+            Some("containerd"),
+        ),
         // containerd without Kubernetes (ctr, nerdctl).
         (&format!("/k8s.io/{ID}"), Some("containerd")),
+        (
+            &format!("/system.slice/nerdctl-{ID}.scope"),
+            Some("containerd"),
+        ),
         // CRI-O and podman.
         (
             &format!("/kubepods.slice/kubepods-pod1.slice/crio-{ID}.scope"),
@@ -156,11 +170,38 @@ fn container_paths_are_redirected_host_paths_only_when_mapped() {
     for (path, container, redirected) in table {
         assert_eq!(is_container_path(path), *container, "{path}");
         assert_eq!(
-            redirected_without_host(path, &mapping),
+            redirected_without_host(path, &mapping, &[]),
             *redirected,
             "{path}"
         );
     }
+}
+
+#[test]
+fn containerd_namespaces_hold_containers_whatever_their_names() {
+    let mapping = crate::identity::mapping_file::Mapping::default();
+    let roots = ["default".to_owned(), "k8s.io".to_owned()];
+    for (path, redirected) in [
+        // `ctr run` and the Go client put a container at /<namespace>/<id>, any id.
+        ("/default/web", true),
+        ("/default/web/inner", true),
+        ("/default", true),
+        ("/k8s.io/anything", true),
+        // Not a followed namespace, nor a runtime's layout: a host cgroup.
+        ("/other/web", false),
+        ("/system.slice/default", false),
+        ("/defaultx/web", false),
+    ] {
+        assert_eq!(
+            redirected_without_host(path, &mapping, &roots),
+            redirected,
+            "{path}"
+        );
+    }
+    assert!(
+        !redirected_without_host("/default/web", &mapping, &[]),
+        "without containerd, /default is an ordinary host cgroup"
+    );
 }
 
 #[test]

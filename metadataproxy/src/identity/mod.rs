@@ -71,6 +71,8 @@ pub enum Source {
     DockerCgroup,
     /// A running Docker container, found by the caller's IP address.
     DockerIp,
+    /// A running containerd container (a Kubernetes pod's included), found by the caller's cgroup.
+    ContainerdCgroup,
     /// A running Docker container whose `Hostname.Domainname` matches the caller's reverse DNS.
     ReverseDns,
 }
@@ -84,6 +86,7 @@ impl Source {
             Self::DefaultRole => "default_role",
             Self::DockerCgroup => "docker_cgroup",
             Self::DockerIp => "docker_ip",
+            Self::ContainerdCgroup => "containerd_cgroup",
             Self::ReverseDns => "reverse_dns",
         }
     }

@@ -1,0 +1,278 @@
+//! The real containerd source: containerd's gRPC API (`containerd-client`, tonic) over its unix
+//! socket. Containers are listed and read through the tasks and containers services of each
+//! configured namespace; followed through the events service ([`super::events`]).
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::{GetContainerRequest, GetRequest, ListTasksRequest};
+use containerd_client::tonic;
+use containerd_client::tonic::transport::Channel;
+use containerd_client::types::v1::Status;
+use futures_util::stream::BoxStream;
+
+use super::error::{ContainerdError, chain};
+use super::{events, spec};
+use super::{key, split_key};
+use crate::creds::sts::BoxFuture;
+use crate::docker::{Connection, ContainerInfo, ContainerSource, DockerError, Event};
+
+/// How long one API call may take (the event stream itself is not bounded).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// containerd at `CONTAINERD_ADDRESS`, for the namespaces of `CONTAINERD_NAMESPACES`.
+#[derive(Debug, Clone)]
+pub struct ContainerdApi {
+    address: PathBuf,
+    namespaces: Arc<[String]>,
+}
+
+impl ContainerdApi {
+    /// containerd at the socket `address`, following `namespaces`.
+    pub fn new(address: PathBuf, namespaces: &[String]) -> Self {
+        Self {
+            address,
+            namespaces: namespaces.into(),
+        }
+    }
+}
+
+impl ContainerSource for ContainerdApi {
+    fn describe(&self) -> String {
+        format!(
+            "unix://{} (namespaces {})",
+            self.address.display(),
+            self.namespaces.join(",")
+        )
+    }
+
+    fn runtime(&self) -> &'static str {
+        "containerd"
+    }
+
+    fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, DockerError>> {
+        Box::pin(async move {
+            let address = self.address.display().to_string();
+            let channel =
+                tokio::time::timeout(CALL_TIMEOUT, containerd_client::connect(&self.address))
+                    .await
+                    .map_err(|_| ContainerdError::Timeout {
+                        call: "connect",
+                        namespace: "*".into(),
+                        secs: CALL_TIMEOUT.as_secs(),
+                    })?
+                    .map_err(|e| ContainerdError::Connect {
+                        address,
+                        reason: chain(&e),
+                    })?;
+            Ok(Box::new(ContainerdConnection {
+                channel,
+                namespaces: Arc::clone(&self.namespaces),
+                listed: Arc::default(),
+            }) as Box<dyn Connection>)
+        })
+    }
+}
+
+/// One gRPC channel to containerd.
+#[derive(Debug)]
+struct ContainerdConnection {
+    channel: Channel,
+    namespaces: Arc<[String]>,
+    /// The keys of the last listing, for the catch-up after subscribing.
+    listed: Arc<Mutex<HashSet<String>>>,
+}
+
+/// A request in containerd namespace `namespace`.
+fn request<T>(namespace: &str, message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    // Namespaces are validated at start-up (letters, digits, `.`, `_`, `-`): always ASCII.
+    if let Ok(value) = namespace.parse() {
+        req.metadata_mut().insert("containerd-namespace", value);
+    }
+    req
+}
+
+/// Runs a unary call with [`CALL_TIMEOUT`]; `NotFound` is `Ok(None)`.
+async fn unary<T>(
+    call: &'static str,
+    namespace: &str,
+    fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<Option<T>, ContainerdError> {
+    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+        Err(_) => Err(ContainerdError::Timeout {
+            call,
+            namespace: namespace.to_owned(),
+            secs: CALL_TIMEOUT.as_secs(),
+        }),
+        Ok(Ok(response)) => Ok(Some(response.into_inner())),
+        Ok(Err(status)) if status.code() == tonic::Code::NotFound => Ok(None),
+        Ok(Err(status)) => Err(ContainerdError::api(call, namespace, &status)),
+    }
+}
+
+/// Whether a task in this state runs processes that may call.
+fn is_live(status: Status) -> bool {
+    matches!(status, Status::Running | Status::Paused | Status::Pausing)
+}
+
+/// The keys of every live task in `namespaces`.
+pub(super) async fn running_keys(
+    channel: &Channel,
+    namespaces: &[String],
+) -> Result<HashSet<String>, ContainerdError> {
+    let mut keys = HashSet::new();
+    for ns in namespaces {
+        let mut tasks = TasksClient::new(channel.clone());
+        let list = unary(
+            "Tasks.List",
+            ns,
+            tasks.list(request(ns, ListTasksRequest::default())),
+        )
+        .await?
+        .unwrap_or_default();
+        for task in list.tasks {
+            if is_live(task.status()) {
+                let id = if task.container_id.is_empty() {
+                    &task.id
+                } else {
+                    &task.container_id
+                };
+                keys.insert(key(ns, id));
+            }
+        }
+    }
+    Ok(keys)
+}
+
+impl ContainerdConnection {
+    /// Reads one container and, for a Kubernetes container, its pod's annotations.
+    async fn read(&self, ns: &str, id: &str) -> Result<Option<ContainerInfo>, ContainerdError> {
+        let mut containers = ContainersClient::new(self.channel.clone());
+        let Some(found) = unary(
+            "Containers.Get",
+            ns,
+            containers.get(request(ns, GetContainerRequest { id: id.to_owned() })),
+        )
+        .await?
+        .and_then(|r| r.container) else {
+            return Ok(None);
+        };
+        let facts = match found.spec.as_ref().map(|s| spec::spec_facts(&s.value)) {
+            Some(Ok(facts)) => facts,
+            Some(Err(e)) => {
+                tracing::warn!(namespace = ns, id, error = %e, "containerd container has an unreadable OCI spec: it is not identified");
+                return Ok(None);
+            }
+            None => spec::SpecFacts::default(),
+        };
+        if spec::is_sandbox(&found.labels, &facts) {
+            // A pod's pause container: nothing in it calls, its pod's containers are what counts.
+            return Ok(None);
+        }
+        let mut tasks = TasksClient::new(self.channel.clone());
+        let running = unary(
+            "Tasks.Get",
+            ns,
+            tasks.get(request(
+                ns,
+                GetRequest {
+                    container_id: id.to_owned(),
+                    exec_id: String::new(),
+                },
+            )),
+        )
+        .await?
+        .and_then(|r| r.process)
+        .is_some_and(|p| is_live(p.status()));
+        let pod_annotations = match spec::sandbox_id(&facts) {
+            Some(sandbox) => self.pod_annotations(ns, id, sandbox).await?,
+            None => HashMap::new(),
+        };
+        Ok(Some(ContainerInfo {
+            id: key(ns, id),
+            name: spec::display_name(ns, id, &facts),
+            running,
+            env: facts.env,
+            labels: found.labels,
+            cgroup: facts.cgroup,
+            pod_annotations,
+            ..ContainerInfo::default()
+        }))
+    }
+
+    /// The annotations of the pod whose sandbox container is `sandbox`.
+    async fn pod_annotations(
+        &self,
+        ns: &str,
+        id: &str,
+        sandbox: &str,
+    ) -> Result<HashMap<String, String>, ContainerdError> {
+        let mut containers = ContainersClient::new(self.channel.clone());
+        let found = unary(
+            "Containers.Get",
+            ns,
+            containers.get(request(
+                ns,
+                GetContainerRequest {
+                    id: sandbox.to_owned(),
+                },
+            )),
+        )
+        .await?
+        .and_then(|r| r.container);
+        let metadata = found
+            .as_ref()
+            .and_then(|s| s.extensions.get(spec::SANDBOX_METADATA_EXTENSION));
+        let Some(metadata) = metadata else {
+            tracing::warn!(
+                namespace = ns,
+                id,
+                sandbox,
+                "pod sandbox of a containerd container not found or without CRI metadata: the pod's annotations are not used"
+            );
+            return Ok(HashMap::new());
+        };
+        Ok(spec::pod_annotations(&metadata.value).unwrap_or_else(|e| {
+            tracing::warn!(namespace = ns, id, sandbox, error = %e, "pod sandbox metadata unreadable: the pod's annotations are not used");
+            HashMap::new()
+        }))
+    }
+}
+
+impl Connection for ContainerdConnection {
+    fn events(&self, _since: SystemTime) -> BoxStream<'static, Result<Event, DockerError>> {
+        events::follow(
+            self.channel.clone(),
+            Arc::clone(&self.namespaces),
+            Arc::clone(&self.listed),
+        )
+    }
+
+    fn running(&self) -> BoxFuture<'_, Result<Vec<String>, DockerError>> {
+        Box::pin(async move {
+            let keys = running_keys(&self.channel, &self.namespaces).await?;
+            self.listed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone_from(&keys);
+            Ok(keys.into_iter().collect())
+        })
+    }
+
+    fn inspect<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ContainerInfo>, DockerError>> {
+        Box::pin(async move {
+            let Some((ns, id)) = split_key(id) else {
+                return Ok(None);
+            };
+            Ok(self.read(ns, id).await?)
+        })
+    }
+}

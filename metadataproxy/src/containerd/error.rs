@@ -1,0 +1,69 @@
+//! Why talking to containerd failed.
+
+use containerd_client::tonic;
+use thiserror::Error;
+
+/// Why talking to containerd failed.
+#[derive(Debug, Error)]
+pub enum ContainerdError {
+    /// containerd cannot be reached at `CONTAINERD_ADDRESS`.
+    #[error("cannot connect to {address}: {reason}")]
+    Connect {
+        /// The socket.
+        address: String,
+        /// The transport error and its causes.
+        reason: String,
+    },
+    /// A containerd API call failed.
+    #[error("{call} (namespace {namespace}) failed: {code:?}: {message}")]
+    Api {
+        /// Which call.
+        call: &'static str,
+        /// The containerd namespace it was made in (`*` for all).
+        namespace: String,
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// containerd's message.
+        message: String,
+    },
+    /// A call did not answer in time.
+    #[error("{call} (namespace {namespace}) did not answer within {secs} s")]
+    Timeout {
+        /// Which call.
+        call: &'static str,
+        /// The containerd namespace it was made in.
+        namespace: String,
+        /// The time allowed.
+        secs: u64,
+    },
+    /// The event stream ended: containerd stopped or the connection dropped.
+    #[error("the event stream ended (containerd stopped or the connection dropped)")]
+    StreamEnded,
+}
+
+impl ContainerdError {
+    /// A failed call.
+    pub(super) fn api(call: &'static str, namespace: &str, status: &tonic::Status) -> Self {
+        Self::Api {
+            call,
+            namespace: namespace.to_owned(),
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
+    }
+}
+
+/// An error and its causes, `: `-separated (tonic's transport error says little on its own).
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
