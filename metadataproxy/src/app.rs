@@ -11,8 +11,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::admin::ready::{EbpfState, StsCheck};
+use crate::admin::{Admin, Readiness};
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, EbpfMode};
 use crate::creds::aws::AwsSts;
 use crate::creds::{CredentialCache, CredentialCacheConfig, Sts};
 use crate::docker::{
@@ -28,6 +30,7 @@ use crate::imds::mock::MockTree;
 use crate::imds::proxy::Upstream;
 use crate::imds::service::{Imds, Passthrough};
 use crate::imds::token::TokenStore;
+use crate::metrics::{MeteredSts, StsHealth};
 use crate::resolver::Resolver;
 use crate::role::RoleAssignment;
 
@@ -77,6 +80,28 @@ pub fn build_with(
     cgroups: Option<Arc<CgroupPaths>>,
     docker: Option<Arc<dyn ContainerSource>>,
 ) -> Result<Arc<Imds>, AppError> {
+    build_parts(config, sts, clock, cgroups, docker).map(|parts| parts.imds)
+}
+
+/// The IMDS API and the parts of it the admin endpoints look at.
+#[derive(Debug)]
+pub struct Parts {
+    /// The API.
+    pub imds: Arc<Imds>,
+    /// Its credential cache.
+    pub cache: Arc<CredentialCache>,
+    /// The container index, when Docker is used.
+    pub index: Option<Arc<ContainerIndex>>,
+}
+
+/// [`build_with`], returning the parts too.
+pub fn build_parts(
+    config: &Config,
+    sts: Arc<dyn Sts>,
+    clock: Arc<dyn Clock>,
+    cgroups: Option<Arc<CgroupPaths>>,
+    docker: Option<Arc<dyn ContainerSource>>,
+) -> Result<Parts, AppError> {
     let mapping_file = match &config.role_mapping_file {
         Some(path) => Some(Arc::new(MappingFile::load(path)?)),
         None => None,
@@ -105,6 +130,7 @@ pub fn build_with(
     let default_role = config.default_role.clone().map(RoleAssignment::from_role);
     let mut known: Vec<Arc<RoleAssignment>> = default_role.iter().cloned().map(Arc::new).collect();
     let mut sources: Vec<Box<dyn Identify>> = Vec::new();
+    let mut index = None;
     if let (Some(file), Some(paths)) = (&mapping_file, &cgroups) {
         sources.push(Box::new(CgroupSource {
             paths: Arc::clone(paths),
@@ -117,8 +143,9 @@ pub fn build_with(
             by_address: mapping_file.is_none(),
         };
         let default_role = default_role.clone().map(Arc::new);
-        let (_index, found) =
+        let (docker_index, found) =
             docker_sources(config, source, containers, &resolver, &cache, default_role);
+        index = Some(docker_index);
         sources.extend(found);
     }
     if let Some(file) = mapping_file {
@@ -140,11 +167,11 @@ pub fn build_with(
             config.proxy_allowed_paths.clone(),
         )))
     };
-    Ok(Arc::new(Imds {
+    let imds = Arc::new(Imds {
         iam: Iam {
             chain,
             resolver,
-            cache,
+            cache: Arc::clone(&cache),
             clock: Arc::clone(&clock),
         },
         tokens: TokenStore::new(
@@ -155,7 +182,8 @@ pub fn build_with(
         passthrough,
         imdsv2_required: config.imdsv2_required,
         clock,
-    }))
+    });
+    Ok(Parts { imds, cache, index })
 }
 
 /// How containers are identified.
@@ -247,8 +275,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     )
     .await;
     tracing::info!(region = ?sts.region(), "AWS clients ready");
+    let sts = Arc::new(sts);
+    let sts_health = Arc::new(StsHealth::default());
+    let metered: Arc<dyn Sts> = Arc::new(MeteredSts::new(
+        Arc::clone(&sts) as Arc<dyn Sts>,
+        Arc::clone(&sts_health),
+    ));
     // Listen before the redirect points at us, so a restart has no window without a listener.
     let listener = bind(config.listen).await?;
+    let admin_listener = match config.admin_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let kernel = crate::ebpf::start(&config)?;
     let extra = match (&kernel, config.ebpf.target6) {
         (Some(_), Some(t6)) if !covers(config.listen, t6.into()) => Some(bind(t6.into()).await?),
@@ -263,13 +301,47 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             None
         }
     };
-    let imds = build_with(
+    let parts = build_parts(
         &config,
-        Arc::new(sts),
+        metered,
         clock,
         kernel.as_ref().map(|k| Arc::clone(&k.paths)),
         docker,
     )?;
+    let imds = Arc::clone(&parts.imds);
+    let (admin_stop, admin_task) = match admin_listener {
+        Some(listener) => {
+            let ebpf = match (&kernel, config.ebpf.mode) {
+                (Some(_), _) => EbpfState::Attached,
+                (None, EbpfMode::Off) => EbpfState::Off,
+                (None, _) => EbpfState::FellBack,
+            };
+            let admin = Admin {
+                readiness: Readiness {
+                    ebpf,
+                    docker: parts.index.clone(),
+                    docker_url: config.docker_url.clone(),
+                    sts: StsCheck::new(sts_health, sts),
+                },
+                cache: Arc::clone(&parts.cache),
+                table: table.clone().map(|t| {
+                    (
+                        t,
+                        usize::try_from(config.ebpf.map_size).unwrap_or(usize::MAX),
+                    )
+                }),
+            };
+            // Know the state of STS from the start rather than at the first /readyz.
+            admin.readiness.sts.spawn_probe();
+            let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+            tracing::info!(addr = ?listener.local_addr().ok(), "admin listener: /healthz, /readyz, /metrics");
+            let task = tokio::spawn(crate::admin::serve(listener, Arc::new(admin), async move {
+                let _ = stop_rx.changed().await;
+            }));
+            (Some(stop_tx), Some(task))
+        }
+        None => (None, None),
+    };
     tracing::info!(addr = %config.listen, mock_api = config.mock_api, imdsv2_required = config.imdsv2_required, "listening");
     if let Some(extra) = extra {
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -281,6 +353,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let _ = second.await;
     } else {
         serve(listener, imds, table, shutdown).await;
+    }
+    if let (Some(stop), Some(task)) = (admin_stop, admin_task) {
+        let _ = stop.send(true);
+        let _ = task.await;
     }
     if let Some(kernel) = kernel {
         kernel.shutdown();
@@ -338,7 +414,12 @@ pub async fn serve(
         let imds = Arc::clone(&imds);
         let service = service_fn(move |req| {
             let imds = Arc::clone(&imds);
-            async move { Ok::<_, Infallible>(imds.handle(&req, &conn_info).await) }
+            async move {
+                let started = std::time::Instant::now();
+                let resp = imds.handle(&req, &conn_info).await;
+                crate::metrics::request(req.uri().path(), resp.status(), started.elapsed());
+                Ok::<_, Infallible>(resp)
+            }
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 pub use exempt::Exempt;
 pub use load::Redirect;
-pub use preflight::{Host, cgroup2_mount, current_cgroup};
+pub use preflight::{BTF, Host, cap_eff, cgroup2_mount, current_cgroup, fs_type, missing_caps};
 pub use table::{Caller, ConnTable};
 
 /// Why the eBPF redirect cannot be set up (each variant says exactly what is missing).
@@ -34,7 +34,7 @@ pub enum EbpfError {
     NoBtf,
     /// The process lacks the privileges to load and attach programs.
     #[error(
-        "not privileged enough to load eBPF programs: run as root (or with CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); effective capabilities {0:#x}"
+        "not privileged enough to load eBPF programs: run as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, or CAP_SYS_ADMIN); effective capabilities {0:#x}"
     )]
     NotPrivileged(u64),
     /// No cgroup v2 hierarchy is mounted.
