@@ -1,12 +1,14 @@
 //! The admin listener of the real daemon: `/healthz`, `/readyz` and `/metrics` only (never
 //! credentials), and readiness following its peers: a real dockerd stopped and started again,
-//! STS unreachable.
+//! STS unreachable; with the eBPF redirect, what it reports of the kernel side and the audit line
+//! of a container found by its cgroup.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use metadataproxy_tests::{
-    CREDS_PATH, Daemon, DockerD, MappingFile, Moto, SRC_1, SRC_2, free_port, get, loopback, request,
+    ACCOUNT, BpfFs, CREDS_PATH, Daemon, DockerD, METADATA_IP, MappingFile, MetadataAddress, Moto,
+    SRC_1, SRC_2, free_port, get, loopback, request,
 };
 use serde_json::json;
 
@@ -211,4 +213,109 @@ async fn readiness_reports_sts_unreachable_after_a_failed_call() {
         sts.contains("sts:AssumeRole failed (Unavailable)"),
         "the failed call is named: {body}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ebpf_the_redirect_and_its_maps_are_reported() {
+    let Some(docker) = DockerD::start() else {
+        return;
+    };
+    let metadata = MetadataAddress::start();
+    let bpffs = BpfFs::mount();
+    let moto = Moto::start().await;
+    moto.create_role("role-h", "/").await;
+    let port = free_port();
+    let admin = loopback(free_port());
+    let daemon = Daemon::builder()
+        .moto(&moto)
+        .default_account()
+        .env("HOST", "0.0.0.0")
+        .env("PORT", port.to_string())
+        .env("ADMIN_LISTEN", admin.to_string())
+        .env("DOCKER_URL", docker.url())
+        .env("LOG_FORMAT", "json")
+        .env("EBPF", "required")
+        .env("EBPF_CGROUPS", docker.cgroup_parent())
+        .env("EBPF_TARGET", format!("{}:{port}", docker.gateway()))
+        .env("EBPF_TARGET6", "off")
+        .env("EBPF_PIN_DIR", bpffs.pin_dir())
+        .env("EBPF_MAP_SIZE", "4096")
+        .env("EBPF_ON_EXIT", "detach")
+        .start()
+        .await;
+    let body = readyz_when(
+        admin,
+        200,
+        &["docker: ok", "sts: ok"],
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(
+        body.lines().next(),
+        Some("ebpf: ok (redirect of 169.254.169.254:80 attached and pinned)"),
+        "{body}"
+    );
+    // A host-network container has no address of its own: only its cgroup names it.
+    let id = docker.run_detached(&[
+        "--network",
+        "host",
+        "--name",
+        "hostnet-h",
+        "-e",
+        "IAM_ROLE=role-h",
+    ]);
+    let (ok, out, err) = docker.exec(
+        &id,
+        &format!("wget -q -O - http://{METADATA_IP}{CREDS_PATH}role-h"),
+    );
+    assert!(ok, "wget in the container: {err}\n{}", daemon.logs());
+    assert!(out.contains("\"AccessKeyId\""), "{out}");
+    assert!(
+        metadata.standin.requests().is_empty(),
+        "the stand-in was reached"
+    );
+
+    let logs = daemon.wait_for_log("credentials served").await;
+    let audit: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "audit")
+        .collect();
+    assert_eq!(audit.len(), 1, "{logs}");
+    for (field, want) in [
+        ("container_id", id.as_str()),
+        ("container_name", "hostnet-h"),
+        ("source", "docker_cgroup"),
+        ("imds", "v1"),
+        ("role_arn", &format!("arn:aws:iam::{ACCOUNT}:role/role-h")),
+    ] {
+        assert_eq!(
+            audit[0][field].as_str(),
+            Some(want),
+            "{field}: {}",
+            audit[0]
+        );
+    }
+    assert!(
+        audit[0]["caller"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("cgroup:")),
+        "{}",
+        audit[0]
+    );
+
+    let metrics = get(SRC_1, admin, "/metrics", &[]).await.body;
+    for want in [
+        "metadataproxy_ebpf_connection_capacity 4096",
+        // Every redirected connection was accepted, so its record was taken out of the map.
+        r#"metadataproxy_ebpf_connection_entries{map="conn4"} 0"#,
+        r#"metadataproxy_identifications_total{source="docker_cgroup"} 1"#,
+        "metadataproxy_docker_containers 1",
+        "metadataproxy_docker_synchronised 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == want),
+            "no {want:?} in:\n{metrics}"
+        );
+    }
 }
