@@ -309,39 +309,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         docker,
     )?;
     let imds = Arc::clone(&parts.imds);
-    let (admin_stop, admin_task) = match admin_listener {
-        Some(listener) => {
-            let ebpf = match (&kernel, config.ebpf.mode) {
-                (Some(_), _) => EbpfState::Attached,
-                (None, EbpfMode::Off) => EbpfState::Off,
-                (None, _) => EbpfState::FellBack,
-            };
-            let admin = Admin {
-                readiness: Readiness {
-                    ebpf,
-                    docker: parts.index.clone(),
-                    docker_url: config.docker_url.clone(),
-                    sts: StsCheck::new(sts_health, sts),
-                },
-                cache: Arc::clone(&parts.cache),
-                table: table.clone().map(|t| {
-                    (
-                        t,
-                        usize::try_from(config.ebpf.map_size).unwrap_or(usize::MAX),
-                    )
-                }),
-            };
-            // Know the state of STS from the start rather than at the first /readyz.
-            admin.readiness.sts.spawn_probe();
-            let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-            tracing::info!(addr = ?listener.local_addr().ok(), "admin listener: /healthz, /readyz, /metrics");
-            let task = tokio::spawn(crate::admin::serve(listener, Arc::new(admin), async move {
-                let _ = stop_rx.changed().await;
-            }));
-            (Some(stop_tx), Some(task))
-        }
-        None => (None, None),
-    };
+    let admin = admin_listener.map(|listener| {
+        let admin = admin(
+            &config,
+            kernel.is_some(),
+            &parts,
+            table.clone(),
+            sts_health,
+            sts,
+        );
+        crate::admin::spawn(listener, admin)
+    });
     tracing::info!(addr = %config.listen, mock_api = config.mock_api, imdsv2_required = config.imdsv2_required, "listening");
     if let Some(extra) = extra {
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -354,14 +332,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     } else {
         serve(listener, imds, table, shutdown).await;
     }
-    if let (Some(stop), Some(task)) = (admin_stop, admin_task) {
-        let _ = stop.send(true);
-        let _ = task.await;
+    if let Some(admin) = admin {
+        admin.stop().await;
     }
     if let Some(kernel) = kernel {
         kernel.shutdown();
     }
     Ok(())
+}
+
+/// What the admin endpoints look at.
+fn admin(
+    config: &Config,
+    attached: bool,
+    parts: &Parts,
+    table: Option<Arc<ConnTable>>,
+    sts_health: Arc<StsHealth>,
+    probe: Arc<AwsSts>,
+) -> Admin {
+    let ebpf = match (attached, config.ebpf.mode) {
+        (true, _) => EbpfState::Attached,
+        (false, EbpfMode::Off) => EbpfState::Off,
+        (false, _) => EbpfState::FellBack,
+    };
+    let map_size = usize::try_from(config.ebpf.map_size).unwrap_or(usize::MAX);
+    Admin {
+        readiness: Readiness {
+            ebpf,
+            docker: parts.index.clone(),
+            docker_url: config.docker_url.clone(),
+            sts: StsCheck::new(sts_health, probe),
+        },
+        cache: Arc::clone(&parts.cache),
+        table: table.map(|t| (t, map_size)),
+    }
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, AppError> {

@@ -119,12 +119,9 @@ async fn admin_listen_off_and_on_the_imds_port_are_handled() {
     );
     // `off` (the harness default): nothing but the IMDS listener.
     let daemon = Daemon::builder().start().await;
-    assert!(daemon.logs().contains("listening"));
-    assert!(
-        !daemon.logs().contains("admin listener"),
-        "{}",
-        daemon.logs()
-    );
+    // The admin listener would be announced before "listening".
+    let logs = daemon.wait_for_log("listening").await;
+    assert!(!logs.contains("admin listener"), "{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,6 +52,8 @@ async fn counters_after_known_traffic() {
         ],
     )
     .await;
+    // The call is counted as it returns; the cache stores its result a moment later.
+    tokio::time::sleep(Duration::from_millis(200)).await;
 
     let path = format!("{CREDS_PATH}role-a");
     for _ in 0..3 {

@@ -101,6 +101,33 @@ impl Admin {
     }
 }
 
+/// The admin listener running in the background.
+#[derive(Debug)]
+pub struct Running {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting admin connections.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Serves `admin` on `listener` in the background, and starts a first STS probe so readiness
+/// knows the state of STS from the start.
+pub fn spawn(listener: TcpListener, admin: Admin) -> Running {
+    admin.readiness.sts.spawn_probe();
+    tracing::info!(addr = ?listener.local_addr().ok(), "admin listener: /healthz, /readyz, /metrics");
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(serve(listener, Arc::new(admin), async move {
+        let _ = stopped.changed().await;
+    }));
+    Running { stop, task }
+}
+
 /// Serves the admin endpoints on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
