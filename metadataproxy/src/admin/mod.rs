@@ -159,3 +159,6 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Futu
         });
     }
 }
+
+#[cfg(test)]
+mod tests;
