@@ -337,6 +337,7 @@ where
     let ebpf = super::ebpf::read(&mut r, host, port);
     if let (Some(Some(admin)), Some(host), Some(port)) = (admin_listen, host, port)
         && admin.port() == port
+        && admin.is_ipv4() == host.is_ipv4()
         && (admin.ip() == host || admin.ip().is_unspecified() || host.is_unspecified())
     {
         let value = r.raw(s::ADMIN_LISTEN).unwrap_or_default();
