@@ -11,8 +11,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::admin::ready::{EbpfState, StsCheck};
+use crate::admin::{Admin, Readiness};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ContainerdConfig, ContainerdMode};
+use crate::config::{Config, ContainerdConfig, ContainerdMode, EbpfMode};
 use crate::containerd::{ContainerdApi, ContainerdCgroup};
 use crate::creds::aws::AwsSts;
 use crate::creds::{CredentialCache, CredentialCacheConfig, Sts};
@@ -29,6 +31,7 @@ use crate::imds::mock::MockTree;
 use crate::imds::proxy::Upstream;
 use crate::imds::service::{Imds, Passthrough};
 use crate::imds::token::TokenStore;
+use crate::metrics::{MeteredSts, StsHealth};
 use crate::resolver::Resolver;
 use crate::role::RoleAssignment;
 
@@ -80,6 +83,29 @@ pub fn build_with(
     docker: Option<Arc<dyn ContainerSource>>,
     containerd_source: Option<Arc<dyn ContainerSource>>,
 ) -> Result<Arc<Imds>, AppError> {
+    build_parts(config, sts, clock, cgroups, docker, containerd_source).map(|parts| parts.imds)
+}
+
+/// The IMDS API and the parts of it the admin endpoints look at.
+#[derive(Debug)]
+pub struct Parts {
+    /// The API.
+    pub imds: Arc<Imds>,
+    /// Its credential cache.
+    pub cache: Arc<CredentialCache>,
+    /// The container index, when Docker is used.
+    pub index: Option<Arc<ContainerIndex>>,
+}
+
+/// [`build_with`], returning the parts too.
+pub fn build_parts(
+    config: &Config,
+    sts: Arc<dyn Sts>,
+    clock: Arc<dyn Clock>,
+    cgroups: Option<Arc<CgroupPaths>>,
+    docker: Option<Arc<dyn ContainerSource>>,
+    containerd_source: Option<Arc<dyn ContainerSource>>,
+) -> Result<Parts, AppError> {
     let mapping_file = match &config.role_mapping_file {
         Some(path) => Some(Arc::new(MappingFile::load(path)?)),
         None => None,
@@ -108,6 +134,7 @@ pub fn build_with(
     let default_role = config.default_role.clone().map(RoleAssignment::from_role);
     let mut known: Vec<Arc<RoleAssignment>> = default_role.iter().cloned().map(Arc::new).collect();
     let mut sources: Vec<Box<dyn Identify>> = Vec::new();
+    let mut index = None;
     if let (Some(file), Some(paths)) = (&mapping_file, &cgroups) {
         sources.push(Box::new(CgroupSource {
             paths: Arc::clone(paths),
@@ -131,8 +158,9 @@ pub fn build_with(
             by_address: mapping_file.is_none(),
         };
         let default_role = default_role.clone().map(Arc::new);
-        let (_index, found) =
+        let (docker_index, found) =
             docker_sources(config, source, containers, &resolver, &cache, default_role);
+        index = Some(docker_index);
         sources.extend(found);
     }
     if let Some(file) = mapping_file {
@@ -154,11 +182,11 @@ pub fn build_with(
             config.proxy_allowed_paths.clone(),
         )))
     };
-    Ok(Arc::new(Imds {
+    let imds = Arc::new(Imds {
         iam: Iam {
             chain,
             resolver,
-            cache,
+            cache: Arc::clone(&cache),
             clock: Arc::clone(&clock),
         },
         tokens: TokenStore::new(
@@ -169,7 +197,8 @@ pub fn build_with(
         passthrough,
         imdsv2_required: config.imdsv2_required,
         clock,
-    }))
+    });
+    Ok(Parts { imds, cache, index })
 }
 
 /// How containers are identified.
@@ -316,8 +345,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     )
     .await;
     tracing::info!(region = ?sts.region(), "AWS clients ready");
+    let sts = Arc::new(sts);
+    let sts_health = Arc::new(StsHealth::default());
+    let metered: Arc<dyn Sts> = Arc::new(MeteredSts::new(
+        Arc::clone(&sts) as Arc<dyn Sts>,
+        Arc::clone(&sts_health),
+    ));
     // Listen before the redirect points at us, so a restart has no window without a listener.
     let listener = bind(config.listen).await?;
+    let admin_listener = match config.admin_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let kernel = crate::ebpf::start(&config)?;
     let extra = match (&kernel, config.ebpf.target6) {
         (Some(_), Some(t6)) if !covers(config.listen, t6.into()) => Some(bind(t6.into()).await?),
@@ -333,14 +372,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     };
     let containerd = containerd_source(&config.containerd, kernel.is_some());
-    let imds = build_with(
+    let parts = build_parts(
         &config,
-        Arc::new(sts),
+        metered,
         clock,
         kernel.as_ref().map(|k| Arc::clone(&k.paths)),
         docker,
         containerd,
     )?;
+    let imds = Arc::clone(&parts.imds);
+    let admin = admin_listener.map(|listener| {
+        let admin = admin(
+            &config,
+            kernel.is_some(),
+            &parts,
+            table.clone(),
+            sts_health,
+            sts,
+        );
+        crate::admin::spawn(listener, admin)
+    });
     tracing::info!(addr = %config.listen, mock_api = config.mock_api, imdsv2_required = config.imdsv2_required, "listening");
     if let Some(extra) = extra {
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -353,10 +404,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     } else {
         serve(listener, imds, table, shutdown).await;
     }
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
     if let Some(kernel) = kernel {
         kernel.shutdown();
     }
     Ok(())
+}
+
+/// What the admin endpoints look at.
+fn admin(
+    config: &Config,
+    attached: bool,
+    parts: &Parts,
+    table: Option<Arc<ConnTable>>,
+    sts_health: Arc<StsHealth>,
+    probe: Arc<AwsSts>,
+) -> Admin {
+    let ebpf = match (attached, config.ebpf.mode) {
+        (true, _) => EbpfState::Attached,
+        (false, EbpfMode::Off) => EbpfState::Off,
+        (false, _) => EbpfState::FellBack,
+    };
+    let map_size = usize::try_from(config.ebpf.map_size).unwrap_or(usize::MAX);
+    Admin {
+        readiness: Readiness {
+            ebpf,
+            docker: parts.index.clone(),
+            docker_url: config.docker_url.clone(),
+            sts: StsCheck::new(sts_health, probe),
+        },
+        cache: Arc::clone(&parts.cache),
+        table: table.map(|t| (t, map_size)),
+    }
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, AppError> {
@@ -409,7 +490,12 @@ pub async fn serve(
         let imds = Arc::clone(&imds);
         let service = service_fn(move |req| {
             let imds = Arc::clone(&imds);
-            async move { Ok::<_, Infallible>(imds.handle(&req, &conn_info).await) }
+            async move {
+                let started = std::time::Instant::now();
+                let resp = imds.handle(&req, &conn_info).await;
+                crate::metrics::request(req.uri().path(), resp.status(), started.elapsed());
+                Ok::<_, Infallible>(resp)
+            }
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())

@@ -1,13 +1,16 @@
 //! metadataproxy: an EC2 instance metadata service that gives every caller its own scoped IAM credentials.
 
+pub mod admin;
 pub mod app;
 pub mod clock;
 pub mod config;
 pub mod containerd;
 pub mod creds;
 pub mod docker;
+pub mod doctor;
 pub mod ebpf;
 pub mod identity;
 pub mod imds;
+pub mod metrics;
 pub mod resolver;
 pub mod role;

@@ -1,10 +1,50 @@
-//! The `metadataproxy` binary: configuration, logging, runtime, signals. Everything else is in the library.
+//! The `metadataproxy` binary: configuration, logging, runtime, signals, and the `doctor`
+//! subcommand. Everything else is in the library.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
-use metadataproxy::config::{Config, ConfigErrors, LogFormat, ProcessEnv};
+use metadataproxy::config::{Config, ConfigErrors, LogFormat, Mode, ProcessEnv};
 
 fn main() -> ExitCode {
+    match Config::mode(std::env::args_os()) {
+        Ok(Mode::Serve) => serve(),
+        Ok(Mode::Doctor) => doctor(),
+        Err(e) => e.exit(),
+    }
+}
+
+/// `metadataproxy doctor`: every check on stdout; exit status 1 when one failed.
+fn doctor() -> ExitCode {
+    let config = Config::load(std::env::args_os(), &ProcessEnv);
+    // Only problems the checks do not report themselves reach stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("error"))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("metadataproxy doctor: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(metadataproxy::doctor::run(config));
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "{report}");
+    let _ = out.flush();
+    if report.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Runs the daemon.
+fn serve() -> ExitCode {
     let config = match Config::load(std::env::args_os(), &ProcessEnv) {
         Ok(c) => c,
         Err(ConfigErrors::Cli(e)) => e.exit(),

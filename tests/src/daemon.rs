@@ -55,6 +55,8 @@ impl Default for DaemonBuilder {
             ("AWS_EC2_METADATA_DISABLED", "true"),
             // IP-only mode: these tests run unprivileged-style; tests/privileged covers eBPF.
             ("EBPF", "off"),
+            // Tests run many daemons at once: each that wants the admin listener gives it a port.
+            ("ADMIN_LISTEN", "off"),
         ];
         Self {
             vars: vars

@@ -4,11 +4,14 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-/// A TCP port free on 127.0.0.1 right now (the caller hands it to a server soon after).
+/// A TCP port free on every address right now (the caller hands it to a server soon after).
+///
+/// Found by binding the wildcard address: a port free on 127.0.0.1 may still be the local port
+/// of a client connection from 127.0.0.2, and then a daemon with `HOST=0.0.0.0` cannot bind it.
 pub fn free_port() -> u16 {
-    match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+    match TcpListener::bind("0.0.0.0:0").and_then(|l| l.local_addr()) {
         Ok(addr) => addr.port(),
-        Err(e) => panic!("cannot bind 127.0.0.1:0 to find a free port: {e}"),
+        Err(e) => panic!("cannot bind 0.0.0.0:0 to find a free port: {e}"),
     }
 }
 

@@ -24,6 +24,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// What the binary was asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Run the daemon.
+    Serve,
+    /// `metadataproxy doctor`: check the host and the configuration, then exit.
+    Doctor,
+}
+
 /// Where a container's role session name comes from (`ROLE_SESSION_KEY`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionKey {
@@ -92,6 +101,8 @@ pub struct Config {
     pub token_max_per_caller: usize,
     /// `ROLE_MAPPING_RELOAD_INTERVAL`.
     pub mapping_reload_interval: Duration,
+    /// `ADMIN_LISTEN`: where `/healthz`, `/readyz` and `/metrics` are served; `None`: off.
+    pub admin_listen: Option<SocketAddr>,
     /// `EBPF*`: the kernel redirect and caller identification.
     pub ebpf: EbpfConfig,
     /// `CONTAINERD*`: containerd's containers and Kubernetes pods.
@@ -108,6 +119,15 @@ impl Config {
         T: Into<std::ffi::OsString> + Clone,
     {
         parse::load(args, env)
+    }
+
+    /// What the command line asks for: serve, or `doctor`. Settings are not validated here.
+    pub fn mode<I, T>(args: I) -> Result<Mode, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        parse::mode(args)
     }
 
     /// The clap command describing every flag (for `--help`).

@@ -50,11 +50,30 @@ pub(super) fn command() -> Command {
     let mut cmd = Command::new("metadataproxy")
         .version(env!("CARGO_PKG_VERSION"))
         .about("EC2 instance metadata service that gives every container its own scoped IAM credentials")
-        .after_help("Every option can also be set by the environment variable named in its help.");
+        .after_help("Every option can also be set by the environment variable named in its help.")
+        .subcommand(Command::new(DOCTOR).about(
+            "Check this host and the configuration (BTF, cgroup v2, bpffs, capabilities, Docker, AWS credentials, STS); print what is wrong and how to fix it",
+        ));
     for setting in SETTINGS {
         cmd = cmd.arg(arg(setting));
     }
     cmd
+}
+
+/// The `doctor` subcommand's name.
+const DOCTOR: &str = "doctor";
+
+/// What the command line asks for, without validating the settings.
+pub(super) fn mode<I, T>(args: I) -> Result<super::Mode, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = command().try_get_matches_from(args)?;
+    Ok(match matches.subcommand_name() {
+        Some(DOCTOR) => super::Mode::Doctor,
+        _ => super::Mode::Serve,
+    })
 }
 
 fn arg(setting: &'static Setting) -> Arg {
@@ -64,6 +83,7 @@ fn arg(setting: &'static Setting) -> Arg {
     }
     let arg = Arg::new(setting.env)
         .long(setting.flag)
+        .global(true)
         .help(help)
         .action(ArgAction::Set);
     match setting.kind {
@@ -231,6 +251,16 @@ fn path_prefixes(v: &str) -> Result<Vec<String>, String> {
         .collect()
 }
 
+/// `off`, or an `address:port` (IPv6 in brackets).
+fn admin_listen(v: &str) -> Result<Option<SocketAddr>, String> {
+    if v.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    v.parse::<SocketAddr>().map(Some).map_err(|_| {
+        "not an address:port like `127.0.0.1:45002` or `[::1]:45002`, nor `off`".to_owned()
+    })
+}
+
 fn log_filter(v: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(v)
         .map(|_| v.to_owned())
@@ -303,8 +333,21 @@ where
     let token_max_total = r.parse(s::TOKEN_MAX_TOTAL, usize_in(1, 10_000_000));
     let token_max_per_caller = r.parse(s::TOKEN_MAX_PER_CALLER, usize_in(1, 100_000));
     let reload = r.parse(s::ROLE_MAPPING_RELOAD_INTERVAL, integer(1, 3600));
+    let admin_listen = r.parse(s::ADMIN_LISTEN, admin_listen);
     let ebpf = super::ebpf::read(&mut r, host, port);
     let containerd = super::containerd::read(&mut r);
+    if let (Some(Some(admin)), Some(host), Some(port)) = (admin_listen, host, port)
+        && admin.port() == port
+        && admin.is_ipv4() == host.is_ipv4()
+        && (admin.ip() == host || admin.ip().is_unspecified() || host.is_unspecified())
+    {
+        let value = r.raw(s::ADMIN_LISTEN).unwrap_or_default();
+        r.fail(
+            s::ADMIN_LISTEN,
+            &value,
+            "is the IMDS listener's address (HOST, PORT): give the admin listener its own port",
+        );
+    }
 
     // Cross-setting rule: a refresh threshold at or beyond the session length would refresh forever.
     if let (Some(t), Some(d)) = (threshold, session_duration)
@@ -336,6 +379,7 @@ where
         Some(token_max_total),
         Some(token_max_per_caller),
         Some(reload),
+        Some(admin_listen),
         Some(ebpf),
         Some(containerd),
     ) = (
@@ -353,6 +397,7 @@ where
         token_max_total,
         token_max_per_caller,
         reload,
+        admin_listen,
         ebpf,
         containerd,
     )
@@ -391,6 +436,7 @@ where
         token_max_total,
         token_max_per_caller,
         mapping_reload_interval: Duration::from_secs(reload),
+        admin_listen,
         ebpf,
         containerd,
     })

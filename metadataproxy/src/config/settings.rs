@@ -91,6 +91,7 @@ pub const CREDENTIAL_CACHE_SIZE: &str = "CREDENTIAL_CACHE_SIZE";
 pub const TOKEN_MAX_TOTAL: &str = "TOKEN_MAX_TOTAL";
 pub const TOKEN_MAX_PER_CALLER: &str = "TOKEN_MAX_PER_CALLER";
 pub const ROLE_MAPPING_RELOAD_INTERVAL: &str = "ROLE_MAPPING_RELOAD_INTERVAL";
+pub const ADMIN_LISTEN: &str = "ADMIN_LISTEN";
 pub const EBPF: &str = "EBPF";
 pub const EBPF_CGROUPS: &str = "EBPF_CGROUPS";
 pub const EBPF_REDIRECT_HOST: &str = "EBPF_REDIRECT_HOST";
@@ -294,6 +295,13 @@ pub const SETTINGS: &[Setting] = &[
         Some("1"),
         Kind::Value,
         "seconds between checks of ROLE_MAPPING_FILE for changes",
+    ),
+    ours(
+        ADMIN_LISTEN,
+        "admin-listen",
+        Some("127.0.0.1:45002"),
+        Kind::Value,
+        "address:port of the admin listener (`/healthz`, `/readyz`, `/metrics`; never credentials), or `off`",
     ),
     ours(
         EBPF,

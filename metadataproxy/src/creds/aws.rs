@@ -18,6 +18,8 @@ pub struct AwsSts {
     sts: aws_sdk_sts::Client,
     iam: aws_sdk_iam::Client,
     clock: std::sync::Arc<dyn Clock>,
+    /// The daemon's own credentials chain (what the clients sign with).
+    credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
 }
 
 impl AwsSts {
@@ -54,7 +56,36 @@ impl AwsSts {
             sts: aws_sdk_sts::Client::new(&config),
             iam: aws_sdk_iam::Client::new(&config),
             clock,
+            credentials: config.credentials_provider(),
         }
+    }
+
+    /// `sts:GetCallerIdentity`: the ARN of the daemon's own AWS identity (needs no permission).
+    pub async fn caller_identity(&self) -> Result<String, StsError> {
+        let out = self
+            .sts
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| classify("sts:GetCallerIdentity", &e))?;
+        Ok(out.arn().unwrap_or_default().to_owned())
+    }
+
+    /// The daemon's own credentials from the default chain (no call to AWS): the last four
+    /// characters of their access key id, or why there are none.
+    pub async fn own_key_hint(&self) -> Result<String, String> {
+        use aws_credential_types::provider::ProvideCredentials as _;
+        let provider = self
+            .credentials
+            .as_ref()
+            .ok_or_else(|| "no credentials provider is configured".to_owned())?;
+        let creds = provider
+            .provide_credentials()
+            .await
+            .map_err(|e| aws_smithy_types::error::display::DisplayErrorContext(e).to_string())?;
+        let id = creds.access_key_id();
+        let hint = id.char_indices().rev().nth(3).map_or(id, |(i, _)| &id[i..]);
+        Ok(hint.to_owned())
     }
 
     /// The region the clients use.

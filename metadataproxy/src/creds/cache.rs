@@ -189,6 +189,7 @@ impl CredentialCache {
             st.last_used = Some(self.clock.monotonic());
             self.plan(key, &slot, &mut st, Urgency::Caller)
         };
+        crate::metrics::cache_lookup(matches!(plan, Plan::Serve(_)));
         match plan {
             Plan::Serve(c) => Ok(c),
             Plan::Fail(e) => Err(e),
@@ -363,6 +364,7 @@ impl CredentialCache {
                 started += 1;
             }
         }
+        crate::metrics::cache_refreshes(started);
         started
     }
 

@@ -60,6 +60,21 @@ impl DockerApi {
     }
 }
 
+impl DockerApi {
+    /// dockerd's version and API version (what `doctor` reports).
+    pub async fn version(&self) -> Result<(String, String), DockerError> {
+        let docker = self.open().await.map_err(DockerError::Connect)?;
+        let v = docker.version().await.map_err(|source| DockerError::Api {
+            call: "version",
+            source,
+        })?;
+        Ok((
+            v.version.unwrap_or_default(),
+            v.api_version.unwrap_or_default(),
+        ))
+    }
+}
+
 /// The version in "… Maximum supported API version is 1.41".
 fn max_version(message: &str) -> Option<ClientVersion> {
     let (_, tail) = message.split_once("Maximum supported API version is ")?;

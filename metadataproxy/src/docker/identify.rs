@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use regex::Regex;
 
 use super::container::{Container, short};
@@ -20,7 +21,7 @@ use super::index::ContainerIndex;
 use super::settings::ContainerRole;
 use crate::creds::sts::BoxFuture;
 use crate::identity::cgroup::{CgroupPaths, container_of};
-use crate::identity::{Answer, ConnInfo, Identify, Source, canonical_ip};
+use crate::identity::{Answer, ConnInfo, Found, Identify, Source, Workload, canonical_ip};
 
 /// How long a reverse lookup may take (clients give IMDS about a second in all).
 pub const REVERSE_LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
@@ -30,11 +31,22 @@ pub const REVERSE_LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
 pub const START_GRACE: Duration = Duration::from_millis(500);
 
 /// What the chain makes of a container found for a caller.
-fn answer(container: &Container, source: Source, ip: IpAddr) -> (Answer, Source) {
+fn answer(container: &Container, source: Source, ip: IpAddr) -> Found {
     if let ContainerRole::Invalid(e) = &container.role {
         tracing::warn!(container = %container.name, id = short(&container.id), %ip, error = %e, "caller's container has malformed role settings: no credentials");
     }
-    (container.role.answer(), source)
+    let workload = Workload {
+        id: container.id.clone(),
+        name: container.name.clone(),
+    };
+    (container.role.answer(), source, Some(workload))
+}
+
+/// [`Identify::identify`] of a source that implements [`Identify::identify_workload`].
+fn without_workload(
+    found: BoxFuture<'_, Option<Found>>,
+) -> BoxFuture<'_, Option<(Answer, Source)>> {
+    Box::pin(found.map(|f| f.map(|(answer, source, _)| (answer, source))))
 }
 
 /// Finds the caller's container by its source address.
@@ -52,6 +64,10 @@ impl DockerIp {
 
 impl Identify for DockerIp {
     fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
+        without_workload(self.identify_workload(conn))
+    }
+
+    fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
         let ip = canonical_ip(conn.peer.ip());
         Box::pin(async move {
             let found = match self.index.by_ip(ip) {
@@ -83,6 +99,10 @@ impl DockerCgroup {
 
 impl Identify for DockerCgroup {
     fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
+        without_workload(self.identify_workload(conn))
+    }
+
+    fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
         Box::pin(async move {
             let kernel = conn.kernel?;
             let path = self.paths.path(kernel.cgroup_id)?;
@@ -184,6 +204,10 @@ impl ReverseDns {
 
 impl Identify for ReverseDns {
     fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
+        without_workload(self.identify_workload(conn))
+    }
+
+    fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
         Box::pin(async move {
             if self.index.is_empty() {
                 return None;

@@ -281,6 +281,14 @@ async fn the_kernel_cgroup_names_the_container_even_on_the_host_network() {
         Some(fallback()),
     );
     let caller = chain.identify(&kernel_conn(container_ino)).await;
+    // The audit log names the container the caller was found in.
+    assert_eq!(
+        caller.workload,
+        Some(crate::identity::Workload {
+            id: id.clone(),
+            name: "c-c".into()
+        })
+    );
     let (role, source) = caller.assignment.unwrap();
     assert_eq!(
         (role.role.name(), source),
@@ -288,6 +296,7 @@ async fn the_kernel_cgroup_names_the_container_even_on_the_host_network() {
     );
     // A host service: not a container; the chain goes on (here to DEFAULT_ROLE).
     let caller = chain.identify(&kernel_conn(service_ino)).await;
+    assert_eq!(caller.workload, None);
     assert_eq!(caller.assignment.unwrap().1, Source::DefaultRole);
     let _ = std::fs::remove_dir_all(root);
 }

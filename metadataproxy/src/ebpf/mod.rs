@@ -22,7 +22,7 @@ use std::path::PathBuf;
 
 pub use exempt::Exempt;
 pub use load::Redirect;
-pub use preflight::{Host, cgroup2_mount, current_cgroup};
+pub use preflight::{BTF, Host, cap_eff, cgroup2_mount, current_cgroup, fs_type, missing_caps};
 pub use table::{Caller, ConnTable};
 
 /// Why the eBPF redirect cannot be set up (each variant says exactly what is missing).

@@ -5,34 +5,40 @@ use std::path::{Path, PathBuf};
 
 use super::EbpfError;
 
-const BTF: &str = "/sys/kernel/btf/vmlinux";
+/// Where the kernel exposes its BTF.
+pub const BTF: &str = "/sys/kernel/btf/vmlinux";
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-/// The capabilities the redirect needs, by name: loading the programs (`CAP_BPF`, and
-/// `CAP_PERFMON` for the verifier to accept their pointer use), attaching them to cgroups
-/// (`CAP_NET_ADMIN`). `CAP_SYS_ADMIN` alone implies all three. Verified on kernel 6.18 by running
-/// the daemon as `nobody` with only these (`tests/privileged/tests/least_privilege.rs`).
-pub const NEEDED_CAPS: [(&str, u32); 3] = [
-    ("CAP_BPF", CAP_BPF),
-    ("CAP_PERFMON", CAP_PERFMON),
-    ("CAP_NET_ADMIN", CAP_NET_ADMIN),
-];
-
-/// The names of the needed capabilities missing from the effective set `caps` (none when
-/// `CAP_SYS_ADMIN` is present).
-pub fn missing_caps(caps: u64) -> Vec<&'static str> {
-    let has = |cap: u32| caps & (1 << cap) != 0;
+/// The capabilities loading and attaching the programs needs that `cap_eff` lacks (empty: none).
+///
+/// Verified on Linux 6.18: `CAP_BPF` + `CAP_NET_ADMIN` is refused by the verifier (`EACCES`);
+/// `CAP_BPF` + `CAP_NET_ADMIN` + `CAP_PERFMON` works, and so does `CAP_SYS_ADMIN` alone.
+pub fn missing_caps(cap_eff: u64) -> Vec<&'static str> {
+    let has = |cap: u32| cap_eff & (1 << cap) != 0;
     if has(CAP_SYS_ADMIN) {
         return Vec::new();
     }
-    NEEDED_CAPS
-        .iter()
-        .filter(|(_, bit)| !has(*bit))
-        .map(|(name, _)| *name)
-        .collect()
+    [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+    ]
+    .into_iter()
+    .filter(|(cap, _)| !has(*cap))
+    .map(|(_, name)| name)
+    .collect()
+}
+
+/// The `CapEff:` mask of a `/proc/<pid>/status` text (0 when absent).
+pub fn cap_eff(status: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0)
 }
 
 /// What the host offers the redirect.
@@ -50,7 +56,7 @@ impl Host {
         if !Path::new(BTF).exists() {
             return Err(EbpfError::NoBtf);
         }
-        let caps = effective_caps()?;
+        let caps = cap_eff(&read("/proc/self/status")?);
         let missing = missing_caps(caps);
         if !missing.is_empty() {
             return Err(EbpfError::NotPrivileged {
@@ -83,15 +89,6 @@ fn read(path: &str) -> Result<String, EbpfError> {
         path: path.into(),
         source,
     })
-}
-
-fn effective_caps() -> Result<u64, EbpfError> {
-    let status = read("/proc/self/status")?;
-    Ok(status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0))
 }
 
 /// Unescapes the octal escapes (`\040` for a space) of a mountinfo path.
@@ -133,7 +130,7 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
 }
 
 /// The type of the filesystem `path` is on (the longest mount point containing it; last wins).
-fn fs_type(mountinfo: &str, path: &Path) -> Option<String> {
+pub fn fs_type(mountinfo: &str, path: &Path) -> Option<String> {
     let mut best: Option<(usize, String)> = None;
     for (point, fs) in mounts(mountinfo) {
         if path.starts_with(&point) && best.as_ref().is_none_or(|(len, _)| point.len() >= *len) {
@@ -163,18 +160,6 @@ mod tests {
 51 24 0:41 / /sys/fs/bpf rw - bpf bpf rw";
 
     #[test]
-    fn capabilities_bpf_perfmon_and_net_admin_or_sys_admin_alone() {
-        let set = |caps: &[u32]| caps.iter().fold(0_u64, |acc, c| acc | 1 << c);
-        assert!(missing_caps(set(&[CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN])).is_empty());
-        assert!(missing_caps(set(&[CAP_SYS_ADMIN])).is_empty());
-        assert_eq!(
-            missing_caps(set(&[CAP_BPF, CAP_NET_ADMIN])),
-            ["CAP_PERFMON"]
-        );
-        assert_eq!(missing_caps(0), ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]);
-    }
-
-    #[test]
     fn finds_cgroup2_in_a_hybrid_layout() {
         assert_eq!(
             cgroup2_mount(MOUNTINFO),
@@ -196,6 +181,23 @@ mod tests {
             fs_type(MOUNTINFO, Path::new("/sys/fs/bpfx")).as_deref(),
             Some("ext4")
         );
+    }
+
+    #[test]
+    fn capabilities_the_loader_needs() {
+        let bit = |c: u32| 1u64 << c;
+        assert!(missing_caps(bit(CAP_SYS_ADMIN)).is_empty());
+        assert!(missing_caps(bit(CAP_BPF) | bit(CAP_NET_ADMIN) | bit(CAP_PERFMON)).is_empty());
+        assert_eq!(
+            missing_caps(bit(CAP_BPF) | bit(CAP_NET_ADMIN)),
+            ["CAP_PERFMON"]
+        );
+        assert_eq!(missing_caps(0), ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]);
+        assert_eq!(
+            cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"),
+            0x1ff_ffff_ffff
+        );
+        assert_eq!(cap_eff("Name:\tx\n"), 0);
     }
 
     #[test]

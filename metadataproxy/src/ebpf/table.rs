@@ -98,6 +98,11 @@ impl ConnTable {
         }
     }
 
+    /// How many entries the IPv4 and IPv6 maps hold (one system call per entry).
+    pub fn occupancy(&self) -> (usize, usize) {
+        (count(&self.v4), count(&self.v6))
+    }
+
     /// Removes every entry (stale records of connections nobody accepted while no daemon ran).
     pub fn clear(&self) -> usize {
         clear_one(&self.v4) + clear_one(&self.v6)
@@ -140,6 +145,13 @@ fn take_one<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>, k: &K) -> Opt
             None
         }
     }
+}
+
+fn count<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>) -> usize {
+    let map = map
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    map.keys().flatten().count()
 }
 
 fn clear_one<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>) -> usize {

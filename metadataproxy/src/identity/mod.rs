@@ -11,6 +11,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use futures_util::FutureExt as _;
+
 use crate::creds::sts::BoxFuture;
 use crate::role::{RoleAssignment, SessionName};
 
@@ -99,7 +101,21 @@ pub struct Caller {
     pub identity: Identity,
     /// The role it may have, and which source said so; `None`: no credentials for it.
     pub assignment: Option<(Arc<RoleAssignment>, Source)>,
+    /// The container it runs in, when the source that identified it found one.
+    pub workload: Option<Workload>,
 }
+
+/// The container a caller runs in (for the audit log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// The container's full id.
+    pub id: String,
+    /// The container's name.
+    pub name: String,
+}
+
+/// What a source found: its answer, which source it is, and the caller's container if it knows.
+pub type Found = (Answer, Source, Option<Workload>);
 
 /// What a source that recognised a caller says it is entitled to.
 #[derive(Debug, Clone)]
@@ -116,6 +132,15 @@ pub enum Answer {
 pub trait Identify: Send + Sync + fmt::Debug {
     /// What this source knows of the caller on this connection; `None`: ask the next source.
     fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>>;
+
+    /// [`Identify::identify`], also naming the container the caller runs in when this source
+    /// found it through one. Container sources override it; the chain asks this.
+    fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
+        Box::pin(
+            self.identify(conn)
+                .map(|found| found.map(|(answer, source)| (answer, source, None))),
+        )
+    }
 }
 
 /// The sources in order; the first that knows the caller wins, then `DEFAULT_ROLE`.
@@ -147,7 +172,7 @@ impl Chain {
     pub async fn identify(&self, conn: &ConnInfo) -> Caller {
         let identity = Self::identity(conn);
         for source in &self.sources {
-            if let Some((answer, by)) = source.identify(conn).await {
+            if let Some((answer, by, workload)) = source.identify_workload(conn).await {
                 let assignment = match answer {
                     Answer::Role(role) => Some((role, by)),
                     Answer::DefaultRole(session) => self.default_role(session).map(|r| (r, by)),
@@ -156,6 +181,7 @@ impl Chain {
                 return Caller {
                     identity,
                     assignment,
+                    workload,
                 };
             }
         }
@@ -163,6 +189,7 @@ impl Chain {
         Caller {
             identity,
             assignment,
+            workload: None,
         }
     }
 
@@ -183,6 +210,10 @@ impl Chain {
 impl<T: Identify + ?Sized> Identify for Arc<T> {
     fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
         (**self).identify(conn)
+    }
+
+    fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
+        (**self).identify_workload(conn)
     }
 }
 

@@ -61,6 +61,7 @@ impl Iam {
         version: ImdsVersion,
     ) -> Response<Body> {
         let caller = self.chain.identify(conn).await;
+        crate::metrics::identified(caller.assignment.as_ref().map(|(_, source)| *source));
         let Some((assignment, source)) = &caller.assignment else {
             tracing::info!(caller = %caller.identity, peer = %conn.peer, "no role for caller");
             return not_found();
@@ -84,10 +85,13 @@ impl Iam {
                 // One audit line per credential set handed to a caller; its repeat fetches of the
                 // same set are debug lines (a busy caller must not flood the audit log).
                 if creds.delivery.first_for(&caller.identity) {
+                    let workload = caller.workload.as_ref();
                     tracing::info!(
                         target: "audit",
                         caller = %caller.identity,
                         peer = %conn.peer,
+                        container_id = workload.map(|w| w.id.as_str()),
+                        container_name = workload.map(|w| w.name.as_str()),
                         role_arn = %arn,
                         session = %creds.assumed_role_arn.rsplit('/').next().unwrap_or_default(),
                         access_key = %format_args!("…{}", creds.key_hint()),

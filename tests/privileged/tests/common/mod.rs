@@ -65,6 +65,8 @@ impl World {
             ("EBPF_TARGET", format!("{GATEWAY}:{}", self.port)),
             ("EBPF_PIN_DIR", self.bpffs.pin_dir().display().to_string()),
             ("LOG_LEVEL", "metadataproxy=debug".to_owned()),
+            // Not under test here; its fixed default port must not tie tests to one another.
+            ("ADMIN_LISTEN", "off".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

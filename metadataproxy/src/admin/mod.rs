@@ -1,0 +1,164 @@
+//! The admin listener (`ADMIN_LISTEN`): `/healthz` (the process serves), `/readyz` (see
+//! [`ready`]) and `/metrics` (Prometheus). Every other path is 404: it never serves credentials
+//! nor anything of the IMDS API.
+
+pub mod ready;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderValue;
+use http::{Method, Request, Response, StatusCode};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::creds::CredentialCache;
+use crate::docker::ContainerIndex;
+use crate::ebpf::ConnTable;
+use crate::imds::response::{self, Body};
+use crate::metrics::{self, MapOccupancy, State};
+pub use ready::Readiness;
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the admin endpoints read.
+#[derive(Debug)]
+pub struct Admin {
+    /// The readiness checks.
+    pub readiness: Readiness,
+    /// The credential cache (its size is a metric).
+    pub cache: Arc<CredentialCache>,
+    /// The eBPF connection table and the size of its maps, in eBPF mode.
+    pub table: Option<(Arc<ConnTable>, usize)>,
+}
+
+impl Admin {
+    /// Answers one admin request.
+    pub async fn handle<B>(&self, req: &Request<B>) -> Response<Body> {
+        let path = req.uri().path();
+        if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
+            return response::text(StatusCode::NOT_FOUND, "Not Found\n");
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            let mut resp = response::text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
+            resp.headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return resp;
+        }
+        match path {
+            "/healthz" => response::text(StatusCode::OK, "ok\n"),
+            "/readyz" => {
+                let (ready, body) = ready::report(&self.readiness.checks());
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                response::text(status, body)
+            }
+            _ => {
+                let state = self.state().await;
+                metrics::global().set_state(&state);
+                response::with_type(
+                    StatusCode::OK,
+                    metrics::global().encode().into(),
+                    metrics::CONTENT_TYPE,
+                )
+            }
+        }
+    }
+
+    /// The scrape-time gauges. Counting eBPF map entries is one system call per entry, so it
+    /// runs on a blocking thread.
+    async fn state(&self) -> State {
+        let ebpf = match &self.table {
+            Some((table, capacity)) => {
+                let (table, capacity) = (Arc::clone(table), *capacity);
+                tokio::task::spawn_blocking(move || {
+                    let (v4, v6) = table.occupancy();
+                    MapOccupancy { v4, v6, capacity }
+                })
+                .await
+                .ok()
+            }
+            None => None,
+        };
+        let docker = self
+            .readiness
+            .docker
+            .as_deref()
+            .map(|i: &ContainerIndex| (i.len(), i.is_live()));
+        State {
+            cache_entries: self.cache.len(),
+            docker,
+            ebpf,
+        }
+    }
+}
+
+/// The admin listener running in the background.
+#[derive(Debug)]
+pub struct Running {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting admin connections.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Serves `admin` on `listener` in the background, and starts a first STS probe so readiness
+/// knows the state of STS from the start.
+pub fn spawn(listener: TcpListener, admin: Admin) -> Running {
+    admin.readiness.sts.spawn_probe();
+    tracing::info!(addr = ?listener.local_addr().ok(), "admin listener: /healthz, /readyz, /metrics");
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(serve(listener, Arc::new(admin), async move {
+        let _ = stopped.changed().await;
+    }));
+    Running { stop, task }
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let admin = Arc::clone(&admin);
+        let service = service_fn(move |req| {
+            let admin = Arc::clone(&admin);
+            async move { Ok::<_, Infallible>(admin.handle(&req).await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(peer = %peer, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,126 @@
+//! The admin service without a socket: its three paths, 404 for everything else (the IAM routes
+//! included), 405 for other methods, and `/readyz` built from the checks.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt as _;
+
+use super::ready::{EbpfState, Probe, StsCheck};
+use super::{Admin, Readiness};
+use crate::clock::ManualClock;
+use crate::creds::fake::FakeSts;
+use crate::creds::sts::BoxFuture;
+use crate::creds::{CredentialCache, CredentialCacheConfig, StsError};
+use crate::docker::ContainerIndex;
+use crate::metrics::StsHealth;
+
+#[derive(Debug)]
+struct NeverProbe;
+
+impl Probe for NeverProbe {
+    fn probe(&self) -> BoxFuture<'_, Result<(), StsError>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+fn admin(index: &Arc<ContainerIndex>) -> Admin {
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    let cache = CredentialCache::new(
+        FakeSts::new(&clock, Duration::ZERO),
+        Arc::new(clock),
+        CredentialCacheConfig {
+            capacity: NonZeroUsize::MIN,
+            threshold: Duration::from_secs(900),
+            session_duration: Duration::from_secs(3600),
+            idle_after: Duration::from_secs(7200),
+        },
+    );
+    let health = Arc::new(StsHealth::default());
+    health.record("sts:AssumeRole", None, Duration::from_millis(5));
+    Admin {
+        readiness: Readiness {
+            ebpf: EbpfState::Off,
+            docker: Some(Arc::clone(index)),
+            docker_url: "unix:///d.sock".into(),
+            sts: StsCheck::new(health, Arc::new(NeverProbe)),
+        },
+        cache,
+        table: None,
+    }
+}
+
+async fn call(admin: &Admin, method: Method, path: &str) -> (StatusCode, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .body(())
+        .unwrap_or_default();
+    let resp = admin.handle(&req).await;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(http_body_util::Collected::to_bytes);
+    (
+        status,
+        String::from_utf8_lossy(&body.unwrap_or_default()).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn three_paths_and_nothing_else() {
+    let index = ContainerIndex::new();
+    let admin = admin(&index);
+    assert_eq!(
+        call(&admin, Method::GET, "/healthz").await,
+        (StatusCode::OK, "ok\n".into())
+    );
+    let (status, body) = call(&admin, Method::GET, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("metadataproxy_docker_containers 0"), "{body}");
+    for path in [
+        "/",
+        "/latest/meta-data/iam/security-credentials/",
+        "/latest/meta-data/iam/security-credentials/web",
+        "/latest/api/token",
+        "/healthz/",
+    ] {
+        assert_eq!(
+            call(&admin, Method::GET, path).await,
+            (StatusCode::NOT_FOUND, "Not Found\n".into()),
+            "{path}"
+        );
+    }
+    // A query is not part of the path (Kubernetes may add `?verbose`).
+    let (status, body) = call(&admin, Method::GET, "/readyz?verbose").await;
+    assert!(body.starts_with("ebpf: ok"), "{status} {body}");
+    assert_eq!(
+        call(&admin, Method::DELETE, "/metrics").await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+}
+
+#[tokio::test]
+async fn readyz_follows_the_container_index() {
+    let index = ContainerIndex::new();
+    let admin = admin(&index);
+    let (status, body) = call(&admin, Method::GET, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body.contains("\ndocker: FAIL (container index not synchronised"),
+        "{body}"
+    );
+    index.set_live(true);
+    let (status, body) = call(&admin, Method::GET, "/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        "ebpf: ok (not used (EBPF=off: IP-only mode))\n\
+         docker: ok (container index synchronised (0 running))\n\
+         sts: ok (sts:AssumeRole succeeded 0s ago)\n"
+    );
+}

@@ -1,0 +1,193 @@
+//! The host checks of `doctor` (BTF, cgroup v2, bpffs, capabilities): pure functions of what the
+//! host's files say, read through [`System`] so tests can give any host.
+
+use std::path::Path;
+
+use super::{Finding, Verdict};
+use crate::ebpf::{BTF, cap_eff, cgroup2_mount, fs_type, missing_caps};
+
+/// The files the host checks read.
+pub trait System {
+    /// Whether `path` exists.
+    fn exists(&self, path: &Path) -> bool;
+    /// The text of `path`.
+    fn read(&self, path: &Path) -> std::io::Result<String>;
+}
+
+/// This machine.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RealSystem;
+
+impl System for RealSystem {
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+}
+
+/// How much the eBPF redirect matters under the configured `EBPF`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// `EBPF=required`: a missing piece stops the daemon (FAIL).
+    Required,
+    /// `EBPF=auto`: a missing piece means IP-only mode (warn).
+    Wanted,
+    /// `EBPF=off`: nothing is checked.
+    NotNeeded,
+}
+
+impl Need {
+    fn problem(self) -> Verdict {
+        match self {
+            Self::Required => Verdict::Fail,
+            Self::Wanted | Self::NotNeeded => Verdict::Warn,
+        }
+    }
+
+    fn skipped(self, name: &'static str) -> Option<Finding> {
+        (self == Self::NotNeeded).then(|| Finding::ok(name, "not needed (EBPF=off)"))
+    }
+}
+
+/// The kernel exposes BTF.
+pub fn btf(sys: &dyn System, need: Need) -> Finding {
+    const NAME: &str = "kernel BTF";
+    if let Some(f) = need.skipped(NAME) {
+        return f;
+    }
+    if sys.exists(Path::new(BTF)) {
+        Finding::ok(NAME, format!("{BTF} present"))
+    } else {
+        Finding::new(
+            NAME,
+            need.problem(),
+            format!("{BTF} is missing: the eBPF programs cannot be loaded"),
+        )
+        .fix("use a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels are), or run with EBPF=off")
+    }
+}
+
+fn mountinfo(sys: &dyn System, name: &'static str, need: Need) -> Result<String, Finding> {
+    sys.read(Path::new("/proc/self/mountinfo")).map_err(|e| {
+        Finding::new(
+            name,
+            need.problem(),
+            format!("cannot read /proc/self/mountinfo: {e}"),
+        )
+        .fix("run doctor where /proc is mounted")
+    })
+}
+
+/// A cgroup v2 hierarchy is mounted, and every `EBPF_CGROUPS` path exists in it.
+pub fn cgroup2(sys: &dyn System, need: Need, cgroups: &[String]) -> Finding {
+    const NAME: &str = "cgroup v2";
+    if let Some(f) = need.skipped(NAME) {
+        return f;
+    }
+    let text = match mountinfo(sys, NAME, need) {
+        Ok(t) => t,
+        Err(f) => return f,
+    };
+    let Some(root) = cgroup2_mount(&text) else {
+        return Finding::new(NAME, need.problem(), "no cgroup2 mount in /proc/self/mountinfo")
+            .fix("mount it (`mount -t cgroup2 none /sys/fs/cgroup/unified`) or boot with systemd.unified_cgroup_hierarchy=1");
+    };
+    let missing: Vec<&String> = cgroups
+        .iter()
+        .filter(|c| !sys.exists(&root.join(c.trim_start_matches('/'))))
+        .collect();
+    if missing.is_empty() {
+        Finding::ok(
+            NAME,
+            format!(
+                "mounted at {}; EBPF_CGROUPS {} present",
+                root.display(),
+                cgroups.join(",")
+            ),
+        )
+    } else {
+        let list: Vec<&str> = missing.iter().map(|c| c.as_str()).collect();
+        Finding::new(
+            NAME,
+            need.problem(),
+            format!(
+                "mounted at {}, but EBPF_CGROUPS names {} which does not exist there",
+                root.display(),
+                list.join(",")
+            ),
+        )
+        .fix("set EBPF_CGROUPS to cgroup v2 paths that exist (relative to the cgroup2 mount)")
+    }
+}
+
+/// `EBPF_PIN_DIR` is on a bpffs.
+pub fn bpffs(sys: &dyn System, need: Need, pin_dir: &Path) -> Finding {
+    const NAME: &str = "bpffs";
+    if let Some(f) = need.skipped(NAME) {
+        return f;
+    }
+    let text = match mountinfo(sys, NAME, need) {
+        Ok(t) => t,
+        Err(f) => return f,
+    };
+    match fs_type(&text, pin_dir) {
+        Some(fs) if fs == "bpf" => {
+            let pinned = sys.exists(&pin_dir.join(metadataproxy_common::maps::SETTINGS));
+            let state = if pinned {
+                "a pinned redirect is there"
+            } else {
+                "nothing pinned yet"
+            };
+            Finding::ok(
+                NAME,
+                format!("EBPF_PIN_DIR {} is on a bpffs ({state})", pin_dir.display()),
+            )
+        }
+        other => Finding::new(
+            NAME,
+            need.problem(),
+            format!(
+                "EBPF_PIN_DIR {} is not on a bpffs (it is on {})",
+                pin_dir.display(),
+                other.as_deref().unwrap_or("no known mount")
+            ),
+        )
+        .fix("mount one (`mount -t bpf bpf /sys/fs/bpf`), or set EBPF_PIN_DIR to a directory on a bpffs"),
+    }
+}
+
+/// The process has the capabilities loading and attaching the programs needs.
+pub fn capabilities(sys: &dyn System, need: Need) -> Finding {
+    const NAME: &str = "capabilities";
+    if let Some(f) = need.skipped(NAME) {
+        return f;
+    }
+    let status = match sys.read(Path::new("/proc/self/status")) {
+        Ok(s) => s,
+        Err(e) => {
+            return Finding::new(
+                NAME,
+                need.problem(),
+                format!("cannot read /proc/self/status: {e}"),
+            );
+        }
+    };
+    let caps = cap_eff(&status);
+    let missing = missing_caps(caps);
+    if missing.is_empty() {
+        Finding::ok(
+            NAME,
+            format!("effective {caps:#x}: enough to load and attach the eBPF programs"),
+        )
+    } else {
+        Finding::new(
+            NAME,
+            need.problem(),
+            format!("effective {caps:#x} lacks {}", missing.join(", ")),
+        )
+        .fix("run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or CAP_SYS_ADMIN), e.g. systemd AmbientCapabilities=")
+    }
+}

@@ -1,0 +1,352 @@
+//! Prometheus metrics: one process-wide registry, and the one-line calls the rest of the daemon
+//! makes to record what happened (requests, cache, STS, identification).
+//!
+//! Gauges of things owned elsewhere (cache entries, containers, eBPF map entries) are set by the
+//! admin listener just before each scrape, so nothing on the request path maintains them.
+
+mod sts;
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+pub use sts::{MeteredSts, StsHealth, StsOutcome};
+
+use crate::creds::StsErrorKind;
+use crate::identity::Source;
+use crate::imds::path::{self, Category};
+
+/// The `Content-Type` of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StsErrorLabels {
+    operation: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct MapLabels {
+    map: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Request latencies: 100 µs to about 6.5 s (cached answers are well under a millisecond; an
+/// STS call takes tens to hundreds of milliseconds; timeouts take seconds).
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_1, 4.0, 9))
+}
+
+/// Every metric of the daemon.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: HistogramFamily<RouteLabels>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    cache_refreshes: Counter,
+    cache_entries: Gauge,
+    sts_calls: Family<OperationLabels, Counter>,
+    sts_errors: Family<StsErrorLabels, Counter>,
+    sts_seconds: HistogramFamily<OperationLabels>,
+    identifications: Family<SourceLabels, Counter>,
+    containers: Gauge,
+    docker_synchronised: Gauge,
+    ebpf_entries: Family<MapLabels, Gauge>,
+    ebpf_capacity: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric at zero (tests make their own; the daemon uses [`global`]).
+    #[expect(clippy::too_many_lines, reason = "one registration per metric")]
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("metadataproxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "IMDS requests answered, by route category and HTTP status",
+            requests.clone(),
+        );
+        let request_seconds: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "request_duration",
+            "Time to answer an IMDS request, by route category",
+            Unit::Seconds,
+            request_seconds.clone(),
+        );
+        let cache_hits = Counter::default();
+        registry.register(
+            "credential_cache_hits",
+            "Credential requests answered from the cache without waiting for STS",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "credential_cache_misses",
+            "Credential requests that waited for an sts:AssumeRole call (or its failure)",
+            cache_misses.clone(),
+        );
+        let cache_refreshes = Counter::default();
+        registry.register(
+            "credential_cache_refreshes",
+            "Background refreshes of credentials nearing ROLE_EXPIRATION_THRESHOLD",
+            cache_refreshes.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "credential_cache_entries",
+            "Credential sets in the cache",
+            cache_entries.clone(),
+        );
+        let sts_calls = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "sts_calls",
+            "Calls to AWS (sts:AssumeRole, iam:GetRole, sts:GetCallerIdentity), by operation",
+            sts_calls.clone(),
+        );
+        let sts_errors = Family::<StsErrorLabels, Counter>::default();
+        registry.register(
+            "sts_errors",
+            "Failed calls to AWS, by operation and kind (denied, throttled, unavailable, no_credentials)",
+            sts_errors.clone(),
+        );
+        let sts_seconds: HistogramFamily<OperationLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "sts_call_duration",
+            "Duration of calls to AWS, by operation",
+            Unit::Seconds,
+            sts_seconds.clone(),
+        );
+        let identifications = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "identifications",
+            "Callers of the IAM routes identified, by source (`none`: no role)",
+            identifications.clone(),
+        );
+        let containers = Gauge::default();
+        registry.register(
+            "docker_containers",
+            "Running Docker containers in the container index",
+            containers.clone(),
+        );
+        let docker_synchronised = Gauge::default();
+        registry.register(
+            "docker_synchronised",
+            "1 while the container index follows Docker's events, else 0",
+            docker_synchronised.clone(),
+        );
+        let ebpf_entries = Family::<MapLabels, Gauge>::default();
+        registry.register(
+            "ebpf_connection_entries",
+            "Entries in the eBPF connection maps (records of redirected connections not yet accepted)",
+            ebpf_entries.clone(),
+        );
+        let ebpf_capacity = Gauge::default();
+        registry.register(
+            "ebpf_connection_capacity",
+            "Entries each eBPF connection map holds at most (EBPF_MAP_SIZE)",
+            ebpf_capacity.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_seconds,
+            cache_hits,
+            cache_misses,
+            cache_refreshes,
+            cache_entries,
+            sts_calls,
+            sts_errors,
+            sts_seconds,
+            identifications,
+            containers,
+            docker_synchronised,
+            ebpf_entries,
+            ebpf_capacity,
+        }
+    }
+
+    /// The `OpenMetrics` text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// One IMDS request answered.
+    pub fn request(&self, route: &'static str, status: u16, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
+        self.request_seconds
+            .get_or_create(&RouteLabels { route })
+            .observe(took.as_secs_f64());
+    }
+
+    /// One call to AWS finished.
+    pub fn sts_call(&self, operation: &'static str, error: Option<StsErrorKind>, took: Duration) {
+        let labels = OperationLabels { operation };
+        self.sts_calls.get_or_create(&labels).inc();
+        self.sts_seconds
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        if let Some(kind) = error {
+            self.sts_errors
+                .get_or_create(&StsErrorLabels {
+                    operation,
+                    kind: kind_name(kind),
+                })
+                .inc();
+        }
+    }
+
+    /// The state of things owned elsewhere, set just before a scrape.
+    pub fn set_state(&self, state: &State) {
+        self.cache_entries.set(gauge(state.cache_entries));
+        if let Some((containers, synchronised)) = state.docker {
+            self.containers.set(gauge(containers));
+            self.docker_synchronised.set(i64::from(synchronised));
+        }
+        if let Some(ebpf) = &state.ebpf {
+            self.ebpf_capacity.set(gauge(ebpf.capacity));
+            self.ebpf_entries
+                .get_or_create(&MapLabels { map: "conn4" })
+                .set(gauge(ebpf.v4));
+            self.ebpf_entries
+                .get_or_create(&MapLabels { map: "conn6" })
+                .set(gauge(ebpf.v6));
+        }
+    }
+}
+
+/// What the scrape-time gauges show.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    /// Credential sets cached.
+    pub cache_entries: usize,
+    /// Containers indexed, and whether the index follows Docker; `None` without Docker.
+    pub docker: Option<(usize, bool)>,
+    /// eBPF connection map occupancy; `None` in IP-only mode.
+    pub ebpf: Option<MapOccupancy>,
+}
+
+/// Entries of the eBPF connection maps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MapOccupancy {
+    /// `MP_CONN4` entries.
+    pub v4: usize,
+    /// `MP_CONN6` entries.
+    pub v6: usize,
+    /// Most entries of each map.
+    pub capacity: usize,
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The label of an STS error kind.
+pub fn kind_name(kind: StsErrorKind) -> &'static str {
+    match kind {
+        StsErrorKind::Denied => "denied",
+        StsErrorKind::Throttled => "throttled",
+        StsErrorKind::Unavailable => "unavailable",
+        StsErrorKind::NoCredentials => "no_credentials",
+    }
+}
+
+/// The route label of a request path: `token`, `iam_credentials`, `iam_info`, `iam_listing`,
+/// `iam_refused` (other IAM paths, the host's identity credentials), `metadata` (everything
+/// mocked or proxied), `bad_path` (refused before routing).
+pub fn route(raw_path: &str) -> &'static str {
+    let Ok(parsed) = path::parse(raw_path) else {
+        return "bad_path";
+    };
+    match path::classify(&parsed) {
+        Category::Token => "token",
+        Category::IamCredentials(_) => "iam_credentials",
+        Category::IamInfo => "iam_info",
+        Category::IamListing | Category::IamCredentialsList => "iam_listing",
+        Category::IamOther | Category::HostIdentityCredentials => "iam_refused",
+        Category::Root | Category::VersionRoot | Category::Other => "metadata",
+    }
+}
+
+static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The daemon's metrics.
+pub fn global() -> &'static Metrics {
+    &GLOBAL
+}
+
+/// Records one IMDS request (see [`route`] for the categories).
+pub fn request(raw_path: &str, status: http::StatusCode, took: Duration) {
+    global().request(route(raw_path), status.as_u16(), took);
+}
+
+/// A credential request was answered from the cache (`hit`) or had to wait for STS.
+pub fn cache_lookup(hit: bool) {
+    let m = global();
+    if hit {
+        m.cache_hits.inc()
+    } else {
+        m.cache_misses.inc()
+    };
+}
+
+/// `n` background refreshes were started.
+pub fn cache_refreshes(n: usize) {
+    global()
+        .cache_refreshes
+        .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+}
+
+/// A caller of an IAM route was identified by `source` (`None`: no role for it).
+pub fn identified(source: Option<Source>) {
+    let source = source.map_or("none", Source::as_str);
+    global()
+        .identifications
+        .get_or_create(&SourceLabels { source })
+        .inc();
+}
+
+#[cfg(test)]
+mod tests;
