@@ -43,7 +43,15 @@ pub fn run(extra: &[String], bench: bool) -> Result<()> {
             "--nocapture",
         ]);
     } else {
-        cmd.args(["--test", "redirect", "--", "--ignored", "--test-threads=1"]);
+        cmd.args([
+            "--test",
+            "redirect",
+            "--test",
+            "faults_restart",
+            "--",
+            "--ignored",
+            "--test-threads=1",
+        ]);
     }
     process::run(
         cmd.args(extra)

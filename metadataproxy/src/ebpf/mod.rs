@@ -22,7 +22,7 @@ use std::path::PathBuf;
 pub use exempt::Exempt;
 pub use load::Redirect;
 pub use preflight::{Host, cgroup2_mount, current_cgroup};
-pub use table::{Caller, ConnTable};
+pub use table::{Caller, ConnTable, monotonic_now};
 
 /// Why the eBPF redirect cannot be set up (each variant says exactly what is missing).
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +125,10 @@ impl Kernel {
 }
 
 /// Sets up the redirect as `EBPF` says: `None` in IP-only mode (configured, or `auto` and unusable).
-pub fn start(config: &crate::config::Config) -> Result<Option<Kernel>, EbpfError> {
+pub fn start(
+    config: &crate::config::Config,
+    listening_since: std::time::Duration,
+) -> Result<Option<Kernel>, EbpfError> {
     use crate::config::EbpfMode;
     let ebpf = &config.ebpf;
     if ebpf.mode == EbpfMode::Off {
@@ -137,8 +140,13 @@ pub fn start(config: &crate::config::Config) -> Result<Option<Kernel>, EbpfError
             v4: ebpf.target4,
             v6: ebpf.target6,
         };
-        let (redirect, table, exempt) =
-            Redirect::start(ebpf, &host, &target, config.role_mapping_file.clone())?;
+        let (redirect, table, exempt) = Redirect::start(
+            ebpf,
+            &host,
+            &target,
+            config.role_mapping_file.clone(),
+            listening_since,
+        )?;
         if !ebpf.redirect_host {
             exempt.spawn();
         }
