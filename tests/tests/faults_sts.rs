@@ -80,6 +80,9 @@ fn most_flights(window: Duration) -> usize {
     }
 }
 
+/// How long the AWS SDKs wait for an IMDS answer by default (aws-sdk-rust, botocore).
+const SDK_IMDS_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// aws-sdk's standard retry mode makes up to this many HTTP attempts per AssumeRole flight.
 const SDK_ATTEMPTS: usize = 3;
 
@@ -243,6 +246,12 @@ async fn throttled_sts_serves_still_valid_credentials_and_backs_off_with_jitter(
 
     let cached = cached_load.await.expect("cached caller task");
     let slowest_cached = check_still_valid(&cached, &first.access_key_id);
+    // Regression: callers holding due-but-valid credentials waited for the whole throttled
+    // refresh (1.5 s seen), longer than the AWS SDKs' 1 s IMDS timeout.
+    assert!(
+        slowest_cached < SDK_IMDS_TIMEOUT,
+        "a caller with still-valid credentials waited {slowest_cached:?} for a throttled STS"
+    );
     assert!(
         issued.elapsed() > STALE_AFTER,
         "the load did not outlast the refresh point"

@@ -103,47 +103,13 @@ fn check_output(
     tally
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_containers_under_load_only_ever_get_their_own_roles() {
-    let containers = setting("ISOLATION_LOAD_CONTAINERS", 50);
-    let secs = setting("ISOLATION_LOAD_SECS", 60);
-    let Some(docker) = DockerD::start() else {
-        return;
-    };
-    let metadata = MetadataAddress::start();
-    let bpffs = BpfFs::mount();
-    let moto = Moto::start().await;
-    let roles: Vec<String> = (0..containers).map(|i| format!("iso-{i:03}")).collect();
-    for role in &roles {
-        moto.create_role(role, "/").await;
-    }
-    let port = free_port();
-    let mut daemon = Daemon::builder()
-        .moto(&moto)
-        .default_account()
-        .env("HOST", "0.0.0.0")
-        .env("PORT", port.to_string())
-        .env("DOCKER_URL", docker.url())
-        .env("MOCK_API", "false")
-        .env("METADATA_URL", format!("http://{METADATA_IP}"))
-        .env("EBPF", "required")
-        .env("EBPF_CGROUPS", docker.cgroup_parent())
-        .env("EBPF_TARGET", format!("{}:{port}", docker.gateway()))
-        .env("EBPF_TARGET6", "off")
-        .env("EBPF_PIN_DIR", bpffs.pin_dir())
-        .env("EBPF_ON_EXIT", "detach")
-        .start()
-        .await;
-
-    let signal = tempfile::tempdir().expect("signal dir");
-    let mount = format!("{}:/sig:ro", signal.path().display());
-    let script = script(secs);
-    let started = Instant::now();
-    let ids: Vec<String> = std::thread::scope(|s| {
+/// Starts one container per role running `script` with `mount`, ten `docker run`s at a time;
+/// returns their ids in the order of `roles`.
+fn start_containers(docker: &DockerD, roles: &[String], mount: &str, script: &str) -> Vec<String> {
+    std::thread::scope(|s| {
         let handles: Vec<_> = roles
             .chunks(10)
             .map(|chunk| {
-                let (docker, mount, script) = (&docker, &mount, &script);
                 s.spawn(move || {
                     chunk
                         .iter()
@@ -169,7 +135,51 @@ async fn fifty_containers_under_load_only_ever_get_their_own_roles() {
             .into_iter()
             .flat_map(|h| h.join().expect("docker run thread"))
             .collect()
-    });
+    })
+}
+
+/// The daemon following `docker`, with the eBPF redirect on its containers' cgroup parent.
+async fn start_daemon(docker: &DockerD, moto: &Moto, bpffs: &BpfFs) -> Daemon {
+    let port = free_port();
+    Daemon::builder()
+        .moto(moto)
+        .default_account()
+        .env("HOST", "0.0.0.0")
+        .env("PORT", port.to_string())
+        .env("DOCKER_URL", docker.url())
+        .env("MOCK_API", "false")
+        .env("METADATA_URL", format!("http://{METADATA_IP}"))
+        .env("EBPF", "required")
+        .env("EBPF_CGROUPS", docker.cgroup_parent())
+        .env("EBPF_TARGET", format!("{}:{port}", docker.gateway()))
+        .env("EBPF_TARGET6", "off")
+        .env("EBPF_PIN_DIR", bpffs.pin_dir())
+        .env("EBPF_ON_EXIT", "detach")
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_containers_under_load_only_ever_get_their_own_roles() {
+    let containers = setting("ISOLATION_LOAD_CONTAINERS", 50);
+    let secs = setting("ISOLATION_LOAD_SECS", 60);
+    let Some(docker) = DockerD::start() else {
+        return;
+    };
+    let metadata = MetadataAddress::start();
+    let bpffs = BpfFs::mount();
+    let moto = Moto::start().await;
+    let roles: Vec<String> = (0..containers).map(|i| format!("iso-{i:03}")).collect();
+    for role in &roles {
+        moto.create_role(role, "/").await;
+    }
+    let mut daemon = start_daemon(&docker, &moto, &bpffs).await;
+
+    let signal = tempfile::tempdir().expect("signal dir");
+    let mount = format!("{}:/sig:ro", signal.path().display());
+    let script = script(secs);
+    let started = Instant::now();
+    let ids = start_containers(&docker, &roles, &mount, &script);
     let setup = started.elapsed();
     assert!(daemon.is_running(), "the daemon exited:\n{}", daemon.logs());
     std::fs::write(signal.path().join("go"), "").expect("go signal");
