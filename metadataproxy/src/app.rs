@@ -352,12 +352,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Arc::clone(&sts_health),
     ));
     // Listen before the redirect points at us, so a restart has no window without a listener.
+    // Connection records from before this moment are stale; later ones are in our backlog.
+    let listening_since = crate::ebpf::monotonic_now().unwrap_or(std::time::Duration::MAX);
     let listener = bind(config.listen).await?;
     let admin_listener = match config.admin_listen {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
-    let kernel = crate::ebpf::start(&config)?;
+    let kernel = crate::ebpf::start(&config, listening_since)?;
     let extra = match (&kernel, config.ebpf.target6) {
         (Some(_), Some(t6)) if !covers(config.listen, t6.into()) => Some(bind(t6.into()).await?),
         _ => None,

@@ -9,6 +9,7 @@ mod creds;
 mod daemon;
 mod delay;
 mod docker;
+mod faulty_sts;
 mod http;
 mod kernel;
 mod mapping;
@@ -24,6 +25,7 @@ pub use creds::{ImdsCredentials, fetch_credentials, parse_time};
 pub use daemon::{Daemon, DaemonBuilder, Exited};
 pub use delay::SlowRelay;
 pub use docker::{DockerD, IMAGE};
+pub use faulty_sts::{Fault, FaultySts, Outcome, StsAttempt};
 pub use http::{Response, get, put_token, raw_http, request, token};
 pub use kernel::{
     BpfFs, METADATA_ADDRESS_LOCK, METADATA_IP, MetadataAddress, hold_metadata_address,

@@ -11,6 +11,7 @@ mod privileged;
 mod process;
 mod repo;
 mod setup;
+mod soak;
 mod test;
 
 use std::process::ExitCode;
@@ -61,6 +62,13 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Soak: mixed load for N minutes with credentials rotating every 25-40 s; fails unless there
+    /// were no errors, memory stayed flat and STS was called only at refresh points. Not for CI.
+    Soak {
+        /// How long to run.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// The bench's bare hyper server (internal: `cargo xtask bench` starts it).
     #[command(hide = true)]
     BenchBareServer {
@@ -88,6 +96,7 @@ fn main() -> ExitCode {
         Command::TestPrivileged { args } => privileged::run(&args, false),
         Command::BenchRedirect => privileged::run(&[], true),
         Command::Bench { quick } => bench::run(quick),
+        Command::Soak { minutes } => soak::run(minutes),
         Command::BenchBareServer { addr, body } => bench::bare::serve(addr, &body),
     };
     match result {

@@ -48,6 +48,7 @@ pub fn run(extra: &[String], bench: bool) -> Result<()> {
             "redirect",
             "--test",
             "least_privilege",
+            "faults_restart",
             "--",
             "--ignored",
             "--test-threads=1",

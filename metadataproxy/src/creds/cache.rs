@@ -79,6 +79,10 @@ impl Slot {
     }
 }
 
+/// Longest a caller holding still-valid (but due) credentials waits for their refresh before it is
+/// given them: below the 1 s IMDS timeout of the AWS SDKs.
+pub const STALE_WAIT: Duration = Duration::from_millis(500);
+
 /// Most STS calls made at once for prefetches and background refreshes.
 const BACKGROUND_STS_CALLS: usize = 16;
 
@@ -193,17 +197,32 @@ impl CredentialCache {
         match plan {
             Plan::Serve(c) => Ok(c),
             Plan::Fail(e) => Err(e),
-            Plan::Wait(flight, fallback) => match flight.await {
-                Ok(c) => Ok(c),
-                Err(e) => match fallback.filter(|c| c.remaining(self.clock.now()) > Duration::ZERO)
-                {
-                    Some(c) => {
-                        tracing::warn!(role = %key.role_arn, error = %e, "STS failed; serving credentials that are still valid");
-                        Ok(c)
+            Plan::Wait(flight, None) => flight.await,
+            // Credentials still valid are held: a caller (an SDK with its 1 s IMDS timeout) waits
+            // for their refresh only briefly, and gets them if STS is slow or fails.
+            Plan::Wait(flight, Some(valid)) => {
+                let outcome = tokio::time::timeout(STALE_WAIT, flight).await;
+                let still_valid = valid.remaining(self.clock.now()) > Duration::ZERO;
+                match outcome {
+                    Ok(Ok(c)) => Ok(c),
+                    Err(_) if still_valid => {
+                        tracing::warn!(role = %key.role_arn, "STS slow; serving credentials that are still valid");
+                        Ok(valid)
                     }
-                    None => Err(e),
-                },
-            },
+                    Ok(Err(e)) if still_valid => {
+                        tracing::warn!(role = %key.role_arn, error = %e, "STS failed; serving credentials that are still valid");
+                        Ok(valid)
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(StsError {
+                        operation: "sts:AssumeRole",
+                        kind: super::StsErrorKind::Unavailable,
+                        code: None,
+                        message: "STS did not answer before the credentials held expired"
+                            .to_owned(),
+                    }),
+                }
+            }
         }
     }
 

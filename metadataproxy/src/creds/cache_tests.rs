@@ -119,6 +119,29 @@ async fn still_valid_credentials_are_served_when_sts_fails() {
 }
 
 #[tokio::test]
+async fn slow_sts_does_not_hold_up_callers_with_still_valid_credentials() {
+    // Regression: a caller whose credentials were due but still valid waited for the whole
+    // refresh, so a slow or throttled STS made SDK callers (1 s IMDS timeout) fail.
+    let (clock, sts, cache) = setup(Duration::from_millis(1500));
+    let k = key("a", None, "s");
+    let first = cache.get(&k).await.unwrap();
+    clock.advance(Duration::from_secs(50 * 60)); // 10 minutes left: due, still valid
+    let started = std::time::Instant::now();
+    let stale = cache.get(&k).await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(stale.access_key_id, first.access_key_id);
+    assert!(
+        waited >= STALE_WAIT && waited < STALE_WAIT + Duration::from_millis(400),
+        "waited {waited:?}"
+    );
+    // The refresh went on without the caller and is served once it lands.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let fresh = cache.get(&k).await.unwrap();
+    assert_ne!(fresh.access_key_id, first.access_key_id);
+    assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn failures_back_off_then_retry() {
     let (clock, sts, cache) = setup(Duration::ZERO);
     sts.failing.store(true, Ordering::SeqCst);

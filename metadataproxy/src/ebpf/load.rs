@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
@@ -80,6 +81,7 @@ impl Redirect {
         target: &Target,
         mapping: Option<PathBuf>,
         container_roots: Vec<String>,
+        listening_since: Duration,
     ) -> Result<(Self, ConnTable, Exempt), EbpfError> {
         let object = match &config.object {
             Some(path) => std::fs::read(path).map_err(|source| EbpfError::Io {
@@ -123,7 +125,7 @@ impl Redirect {
             take_hash(&mut ebpf, maps::CONN4)?,
             take_hash(&mut ebpf, maps::CONN6)?,
         );
-        let stale = table.clear();
+        let stale = table.clear_before(listening_since);
         if stale > 0 {
             tracing::info!(
                 entries = stale,

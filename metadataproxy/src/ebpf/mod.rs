@@ -23,7 +23,7 @@ use std::path::PathBuf;
 pub use exempt::Exempt;
 pub use load::Redirect;
 pub use preflight::{BTF, Host, cap_eff, cgroup2_mount, current_cgroup, fs_type, missing_caps};
-pub use table::{Caller, ConnTable};
+pub use table::{Caller, ConnTable, monotonic_now};
 
 /// Why the eBPF redirect cannot be set up (each variant says exactly what is missing).
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +134,10 @@ impl Kernel {
 }
 
 /// Sets up the redirect as `EBPF` says: `None` in IP-only mode (configured, or `auto` and unusable).
-pub fn start(config: &crate::config::Config) -> Result<Option<Kernel>, EbpfError> {
+pub fn start(
+    config: &crate::config::Config,
+    listening_since: std::time::Duration,
+) -> Result<Option<Kernel>, EbpfError> {
     use crate::config::EbpfMode;
     let ebpf = &config.ebpf;
     if ebpf.mode == EbpfMode::Off {
@@ -158,6 +161,7 @@ pub fn start(config: &crate::config::Config) -> Result<Option<Kernel>, EbpfError
             &target,
             config.role_mapping_file.clone(),
             container_roots,
+            listening_since,
         )?;
         if !ebpf.redirect_host {
             exempt.spawn();

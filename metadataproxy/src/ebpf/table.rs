@@ -103,9 +103,11 @@ impl ConnTable {
         (count(&self.v4), count(&self.v6))
     }
 
-    /// Removes every entry (stale records of connections nobody accepted while no daemon ran).
-    pub fn clear(&self) -> usize {
-        clear_one(&self.v4) + clear_one(&self.v6)
+    /// Removes the records of connections made before `since` (`CLOCK_MONOTONIC`, taken before
+    /// our listener was bound): nobody accepted them while no daemon ran. Younger records belong
+    /// to connections already waiting in our listener's backlog and must stay for `accept()`.
+    pub fn clear_before(&self, since: Duration) -> usize {
+        clear_one(&self.v4, since) + clear_one(&self.v6, since)
     }
 }
 
@@ -115,7 +117,7 @@ impl ConnTable {
 pub const MAX_RECORD_AGE: Duration = Duration::from_secs(130);
 
 /// `CLOCK_MONOTONIC` now, the clock of `bpf_ktime_get_ns()`.
-fn monotonic_now() -> Option<Duration> {
+pub fn monotonic_now() -> Option<Duration> {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .ok()
         .map(Duration::from)
@@ -154,11 +156,23 @@ fn count<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>) -> usize {
     map.keys().flatten().count()
 }
 
-fn clear_one<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>) -> usize {
+/// Whether a record made at `connected_ns` predates `since` (a record without a time does).
+pub fn predates(connected_ns: u64, since: Duration) -> bool {
+    Duration::from_nanos(connected_ns) < since
+}
+
+fn clear_one<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>, since: Duration) -> usize {
     let mut map = map
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    let keys: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| {
+            map.get(k, 0)
+                .map_or(true, |r| predates(r.connected_ns, since))
+        })
+        .collect();
     keys.iter().filter(|k| map.remove(k).is_ok()).count()
 }
 
@@ -183,6 +197,20 @@ mod tests {
             !is_fresh(now_ns + SEC, now),
             "a record from the future is not trusted"
         );
+    }
+
+    #[test]
+    fn restart_keeps_records_of_connections_already_in_the_backlog() {
+        // Regression: a restarted daemon cleared every record, including those of connections
+        // made after it bound its listener (waiting in its backlog), so those callers got 404.
+        let since = Duration::from_secs(100);
+        assert!(
+            predates(99_999_999_999, since),
+            "before the listener: stale"
+        );
+        assert!(!predates(100_000_000_000, since), "in the backlog: kept");
+        assert!(!predates(101_000_000_000, since));
+        assert!(predates(0, since), "a record without a time is never kept");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: our daemon against Lyft's metadataproxy and a bare hyper server, side by side.
 
 pub mod bare;
-mod client;
+pub(crate) mod client;
 mod coldstart;
 mod ebpf_path;
 mod loadgen;

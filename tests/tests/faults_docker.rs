@@ -1,0 +1,194 @@
+//! dockerd and its containerd killed (SIGKILL, no goodbye events) and started again under the daemon: the containers
+//! it knew keep being served while Docker is down, it reconnects and resynchronises, a container
+//! that died while Docker was down is forgotten (its address then serves only its successor), a
+//! restarted container and new ones get their roles.
+//!
+//! Needs root and a real dockerd (IP mode: containers call the daemon at their gateway).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use metadataproxy_tests::{CREDS_PATH, Daemon, DockerD, Moto};
+
+/// The pids of dockerd and of the containerd it started, from their pid files.
+fn docker_pids(docker: &DockerD) -> [String; 2] {
+    let socket = PathBuf::from(docker.url().trim_start_matches("unix://"));
+    let read = |path: PathBuf| {
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+            .trim()
+            .to_owned()
+    };
+    [
+        read(socket.with_file_name("docker.pid")),
+        read(
+            socket
+                .with_file_name("exec")
+                .join("containerd/containerd.pid"),
+        ),
+    ]
+}
+
+/// Waits until process `pid` is gone (reaped), so a new dockerd does not take it for alive.
+fn wait_gone(pid: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "process {pid} still there");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn kill9(pid: &str) {
+    let status = Command::new("kill")
+        .args(["-KILL", pid])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -KILL {pid} failed");
+}
+
+/// The role listing as container `id` sees it, asked from inside with `docker exec`.
+fn listing(docker: &DockerD, id: &str, gateway: Ipv4Addr, port: u16) -> (bool, String) {
+    let (ok, out, err) = docker.exec(
+        id,
+        &format!("wget -q -O - http://{gateway}:{port}{CREDS_PATH}"),
+    );
+    (ok, if ok { out } else { err })
+}
+
+/// The same from inside the network namespace of process `pid` (works while dockerd is down).
+fn listing_from_netns(pid: &str, gateway: Ipv4Addr, port: u16) -> (bool, String) {
+    let out = Command::new("nsenter")
+        .args(["-t", pid, "-n", "/bin/busybox", "wget", "-q", "-O", "-"])
+        .arg(format!("http://{gateway}:{port}{CREDS_PATH}"))
+        .output()
+        .expect("nsenter");
+    let ok = out.status.success();
+    let text = if ok { out.stdout } else { out.stderr };
+    (ok, String::from_utf8_lossy(&text).into_owned())
+}
+
+/// Polls until container `id` lists `want` (a role) or, with `None`, gets a 404.
+async fn until_listing(
+    docker: &DockerD,
+    daemon: &Daemon,
+    id: &str,
+    gateway: Ipv4Addr,
+    want: Option<&str>,
+    what: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (ok, body) = listing(docker, id, gateway, daemon.addr().port());
+        match want {
+            Some(role) if ok => {
+                assert_eq!(body, role, "{what}: another role");
+                return;
+            }
+            None if !ok && body.contains("404") => return,
+            None => assert!(!ok, "{what}: served {body:?}, expected a 404"),
+            Some(_) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not as expected after 40 s: {body}\n{}",
+            daemon.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerd_killed_and_restarted_is_resynchronised_and_the_dead_are_forgotten() {
+    let Some(mut docker) = DockerD::start() else {
+        return;
+    };
+    let moto = Moto::start().await;
+    for role in ["keep", "gone", "fresh"] {
+        moto.create_role(role, "/").await;
+    }
+    let daemon = Daemon::builder()
+        .moto(&moto)
+        .default_account()
+        .env("HOST", "0.0.0.0")
+        .env("DOCKER_URL", docker.url())
+        .start()
+        .await;
+    let port = daemon.addr().port();
+    let (net, gw) = docker.create_network();
+    let ip = |n: u8| Ipv4Addr::new(gw.octets()[0], gw.octets()[1], gw.octets()[2], n).to_string();
+    let keep = docker.run_detached(&[
+        "--name",
+        "mpd-keep",
+        "--network",
+        &net,
+        "--ip",
+        &ip(10),
+        "--restart",
+        "always",
+        "-e",
+        "IAM_ROLE=keep",
+    ]);
+    let gone = docker.run_detached(&[
+        "--name",
+        "mpd-gone",
+        "--network",
+        &net,
+        "--ip",
+        &ip(11),
+        "-e",
+        "IAM_ROLE=gone",
+    ]);
+    until_listing(&docker, &daemon, &keep, gw, Some("keep"), "keep before").await;
+    until_listing(&docker, &daemon, &gone, gw, Some("gone"), "gone before").await;
+    let keep_pid = docker.must(&["inspect", "-f", "{{.State.Pid}}", &keep]);
+    let gone_pid = docker.must(&["inspect", "-f", "{{.State.Pid}}", &gone]);
+
+    // dockerd and its containerd die without a word (like an OOM kill of the service); the
+    // containers' shims keep them running meanwhile.
+    let [dockerd, containerd] = docker_pids(&docker);
+    kill9(&dockerd);
+    kill9(&containerd);
+    wait_gone(&containerd);
+    daemon.wait_for_log("lost Docker").await;
+    let (ok, body) = listing_from_netns(&keep_pid, gw, port);
+    assert!(
+        ok && body == "keep",
+        "a known container while Docker is down: {body}"
+    );
+    // `gone` dies while nobody can tell the daemon.
+    kill9(&gone_pid);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    docker.restart_daemon();
+    daemon.wait_for_log("Docker reachable again").await;
+    // `keep` was stopped by dockerd's start-up (no live restore) and restarted by its policy.
+    until_listing(&docker, &daemon, &keep, gw, Some("keep"), "keep after").await;
+    let fresh = docker.run_detached(&["--network", &net, "-e", "IAM_ROLE=fresh"]);
+    until_listing(
+        &docker,
+        &daemon,
+        &fresh,
+        gw,
+        Some("fresh"),
+        "a new container",
+    )
+    .await;
+    // `gone`'s address now belongs to a container without a role: nothing for it, never `gone`.
+    let successor = docker.run_detached(&["--network", &net, "--ip", &ip(11)]);
+    until_listing(
+        &docker,
+        &daemon,
+        &successor,
+        gw,
+        None,
+        "a role-less container at the dead one's address",
+    )
+    .await;
+    let logs = daemon.logs();
+    let left = logs
+        .lines()
+        .any(|l| l.contains("container left the index") && l.contains("mpd-gone"));
+    assert!(left, "the dead container was never dropped:\n{logs}");
+}
