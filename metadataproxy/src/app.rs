@@ -12,7 +12,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, HttpLimits};
 use crate::creds::aws::AwsSts;
 use crate::creds::{CredentialCache, CredentialCacheConfig, Sts};
 use crate::docker::{
@@ -23,6 +23,7 @@ use crate::ebpf::ConnTable;
 use crate::identity::cgroup::{CgroupPaths, CgroupSource};
 use crate::identity::mapping_file::{MappingError, MappingFile};
 use crate::identity::{Chain, ConnInfo, Identify};
+use crate::imds::conn::{ConnLimits, Tracked};
 use crate::imds::iam::Iam;
 use crate::imds::mock::MockTree;
 use crate::imds::proxy::Upstream;
@@ -31,10 +32,6 @@ use crate::imds::token::TokenStore;
 use crate::resolver::Resolver;
 use crate::role::RoleAssignment;
 
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest request head accepted (request line + headers); larger gets 431.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// How long in-flight requests may finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often the background refresher looks for credentials due for renewal.
@@ -273,14 +270,41 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!(addr = %config.listen, mock_api = config.mock_api, imdsv2_required = config.imdsv2_required, "listening");
     if let Some(extra) = extra {
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        let second = tokio::spawn(serve(extra, Arc::clone(&imds), table.clone(), async move {
+        // One set of connection limits for both listeners.
+        let limits = ConnLimits::new(
+            config.http.max_connections,
+            config.http.max_connections_per_caller,
+        );
+        let serving = Serving {
+            imds: Arc::clone(&imds),
+            table: table.clone(),
+            http: config.http,
+            limits: Arc::clone(&limits),
+        };
+        let second = tokio::spawn(serve(extra, serving, async move {
             let _ = stop_rx.changed().await;
         }));
-        serve(listener, imds, table, shutdown).await;
+        let serving = Serving {
+            imds,
+            table,
+            http: config.http,
+            limits,
+        };
+        serve(listener, serving, shutdown).await;
         let _ = stop_tx.send(true);
         let _ = second.await;
     } else {
-        serve(listener, imds, table, shutdown).await;
+        let limits = ConnLimits::new(
+            config.http.max_connections,
+            config.http.max_connections_per_caller,
+        );
+        let serving = Serving {
+            imds,
+            table,
+            http: config.http,
+            limits,
+        };
+        serve(listener, serving, shutdown).await;
     }
     if let Some(kernel) = kernel {
         kernel.shutdown();
@@ -301,15 +325,31 @@ fn covers(listen: std::net::SocketAddr, addr: std::net::SocketAddr) -> bool {
             || listen.ip().is_unspecified() && listen.is_ipv6() == addr.is_ipv6())
 }
 
+/// What [`serve`] serves, and within which limits.
+#[derive(Debug)]
+pub struct Serving {
+    /// The IMDS API.
+    pub imds: Arc<Imds>,
+    /// With the eBPF redirect: each connection's kernel record, taken at accept.
+    pub table: Option<Arc<ConnTable>>,
+    /// `HTTP_*` timeouts and sizes.
+    pub http: HttpLimits,
+    /// Open connections, shared by every listener.
+    pub limits: Arc<ConnLimits>,
+}
+
 /// Accepts connections until `shutdown`, then lets in-flight requests finish (bounded).
 ///
-/// With the eBPF redirect, each connection's kernel record is taken from `table` at accept.
-pub async fn serve(
-    listener: TcpListener,
-    imds: Arc<Imds>,
-    table: Option<Arc<ConnTable>>,
-    shutdown: impl Future<Output = ()>,
-) {
+/// A connection beyond `HTTP_MAX_CONNECTIONS` or `HTTP_MAX_CONNECTIONS_PER_CALLER` gets 503; a
+/// request head not complete within `HTTP_HEADER_TIMEOUT` gets 408 (an idle keep-alive
+/// connection is closed then); one larger than `HTTP_MAX_HEAD_BYTES` gets 431.
+pub async fn serve(listener: TcpListener, serving: Serving, shutdown: impl Future<Output = ()>) {
+    let Serving {
+        imds,
+        table,
+        http,
+        limits,
+    } = serving;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -335,19 +375,32 @@ pub async fn serve(
             local,
             kernel,
         };
+        let permit = match limits.try_acquire(Chain::identity(&conn_info)) {
+            Ok(permit) => permit,
+            Err(hit) => {
+                tracing::warn!(peer = %peer, limit = %hit, "connection refused with 503");
+                tokio::spawn(crate::imds::conn::refuse_busy(stream));
+                continue;
+            }
+        };
         let imds = Arc::clone(&imds);
         let service = service_fn(move |req| {
             let imds = Arc::clone(&imds);
             async move { Ok::<_, Infallible>(imds.handle(&req, &conn_info).await) }
         });
+        let (io, handle) = Tracked::new(stream);
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(MAX_HEAD_BYTES)
-            .serve_connection(TokioIo::new(stream), service);
+            .header_read_timeout(http.header_timeout)
+            .max_buf_size(http.max_head_bytes)
+            .serve_connection(TokioIo::new(io), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.await {
+                if e.is_timeout() {
+                    handle.request_timed_out();
+                }
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }
         });

@@ -6,6 +6,8 @@ pub mod config;
 pub mod creds;
 pub mod docker;
 pub mod ebpf;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod imds;
 pub mod resolver;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
 use super::settings::{self as s, Kind, SETTINGS, Setting};
-use super::{Config, Env, LogFormat, SessionKey};
+use super::{Config, Env, HttpLimits, LogFormat, SessionKey};
 use crate::role::{AccountMap, RoleSpec};
 
 /// One invalid setting.
@@ -303,6 +303,21 @@ where
     let token_max_total = r.parse(s::TOKEN_MAX_TOTAL, usize_in(1, 10_000_000));
     let token_max_per_caller = r.parse(s::TOKEN_MAX_PER_CALLER, usize_in(1, 100_000));
     let reload = r.parse(s::ROLE_MAPPING_RELOAD_INTERVAL, integer(1, 3600));
+    let http = (
+        r.parse(s::HTTP_HEADER_TIMEOUT, integer(1, 3600)),
+        r.parse(s::HTTP_MAX_HEAD_BYTES, usize_in(8192, 1 << 20)),
+        r.parse(s::HTTP_MAX_CONNECTIONS, usize_in(1, 1_000_000)),
+        r.parse(s::HTTP_MAX_CONNECTIONS_PER_CALLER, usize_in(1, 1_000_000)),
+    );
+    let http = match http {
+        (Some(t), Some(head), Some(total), Some(per_caller)) => Some(HttpLimits {
+            header_timeout: Duration::from_secs(t),
+            max_head_bytes: head,
+            max_connections: total,
+            max_connections_per_caller: per_caller,
+        }),
+        _ => None,
+    };
     let ebpf = super::ebpf::read(&mut r, host, port);
 
     // Cross-setting rule: a refresh threshold at or beyond the session length would refresh forever.
@@ -335,6 +350,7 @@ where
         Some(token_max_total),
         Some(token_max_per_caller),
         Some(reload),
+        Some(http),
         Some(ebpf),
     ) = (
         host,
@@ -351,6 +367,7 @@ where
         token_max_total,
         token_max_per_caller,
         reload,
+        http,
         ebpf,
     )
     else {
@@ -388,6 +405,7 @@ where
         token_max_total,
         token_max_per_caller,
         mapping_reload_interval: Duration::from_secs(reload),
+        http,
         ebpf,
     })
 }
