@@ -377,3 +377,38 @@ async fn odd_methods_and_request_targets_get_clear_statuses() {
     }
     assert_still_serving(&mut daemon, "odd methods").await;
 }
+
+/// The spellings the normalisation property found (an upstream that drops `;…` parameters or
+/// trailing dots would read them as IAM paths) are refused by the daemon in proxy mode: the
+/// stand-in for the host's IMDS sees nothing.
+#[tokio::test]
+async fn regression_path_spellings_found_by_the_property_never_reach_the_upstream() {
+    let upstream = metadataproxy_tests::Upstream::start();
+    let mut daemon = Daemon::builder().upstream(&upstream).start().await;
+    let addr = daemon.addr();
+    for (path, want) in [
+        (
+            "/latest/meta-data/x/..;/iam/security-credentials/host-role",
+            400,
+        ),
+        (
+            "/latest/meta-data/;x/iam/security-credentials/host-role",
+            400,
+        ),
+        ("/latest/meta-data/iam./security-credentials/host-role", 404),
+        ("/latest/meta-data../iam/info", 404),
+        ("/latest/meta-data/identity-credentials./ec2/info", 404),
+    ] {
+        let r = get(SRC_3, addr, path, &[]).await;
+        assert_eq!(r.status, want, "{path}: {r:?}");
+        assert!(!r.body.contains(metadataproxy_tests::HOST_ACCESS_KEY_ID));
+    }
+    assert!(
+        upstream.requests().is_empty(),
+        "the upstream saw {:?}",
+        upstream.requests()
+    );
+    let r = get(SRC_3, addr, "/latest/meta-data/placement/region", &[]).await;
+    assert_eq!(r.status, 200, "ordinary paths are still forwarded: {r:?}");
+    assert!(daemon.is_running());
+}

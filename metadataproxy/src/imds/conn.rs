@@ -173,9 +173,9 @@ impl AsyncRead for Tracked {
     ) -> Poll<io::Result<()>> {
         loop {
             ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read(buf.initialize_unfilled()) {
+            // Reads into the uninitialised part directly (no zeroing), and advances `buf`.
+            match self.stream.try_read_buf(buf) {
                 Ok(n) => {
-                    buf.advance(n);
                     if n > 0 {
                         self.partial.store(true, Ordering::Relaxed);
                     }

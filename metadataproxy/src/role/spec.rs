@@ -190,7 +190,13 @@ impl fmt::Display for RoleSpec {
         if let (Some(p), Some(acct)) = (partition, account) {
             return write!(f, "arn:{p}:iam::{acct}:role{path}{name}");
         }
-        write!(f, "{}{name}", &path[1..])?;
+        // `@x,y` would read as "no name before `@`": keep the root path's slash to say it is one.
+        let path = if path == "/" && name.starts_with('@') {
+            path.as_str()
+        } else {
+            &path[1..]
+        };
+        write!(f, "{path}{name}")?;
         match account {
             Some(acct) => write!(f, "@{acct}"),
             None => Ok(()),
@@ -356,6 +362,27 @@ mod tests {
             RoleSpec::parse(&"x".repeat(65)),
             Err(RoleSpecError::Name(IamNameError::NameTooLong(_)))
         ));
+    }
+
+    /// Found by the `docker_settings` fuzz target: `IAM_ROLE=/@x,y` is the role named `@x,y`, but
+    /// it printed as `@x,y`, which does not parse back (nothing before the `@`).
+    #[test]
+    fn regression_fuzz_name_starting_with_at_prints_back_to_itself() {
+        for raw in [
+            "/@...IM.A._ROLE,ION",
+            "/@x,y",
+            "@x,y@prod",
+            "/@x,y@123456789012",
+        ] {
+            let spec = RoleSpec::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert!(spec.name().starts_with('@'), "{raw}: {spec:?}");
+            let printed = spec.to_string();
+            assert_eq!(
+                RoleSpec::parse(&printed).as_ref(),
+                Ok(&spec),
+                "{raw} printed as {printed}"
+            );
+        }
     }
 
     #[test]
