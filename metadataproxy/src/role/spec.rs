@@ -190,11 +190,12 @@ impl fmt::Display for RoleSpec {
         if let (Some(p), Some(acct)) = (partition, account) {
             return write!(f, "arn:{p}:iam::{acct}:role{path}{name}");
         }
-        // `@x,y` would read as "no name before `@`": keep the root path's slash to say it is one.
-        let path = if path == "/" && name.starts_with('@') {
+        // `@x,y` or `@a/b` would read as "no name before `@`": keep the leading slash then.
+        let short = &path[1..];
+        let path = if short.starts_with('@') || short.is_empty() && name.starts_with('@') {
             path.as_str()
         } else {
-            &path[1..]
+            short
         };
         write!(f, "{path}{name}")?;
         match account {
@@ -364,8 +365,9 @@ mod tests {
         ));
     }
 
-    /// Found by the `docker_settings` fuzz target: `IAM_ROLE=/@x,y` is the role named `@x,y`, but
-    /// it printed as `@x,y`, which does not parse back (nothing before the `@`).
+    /// Found by the `docker_settings` and `role_string` fuzz targets: `IAM_ROLE=/@x,y` is the role
+    /// named `@x,y` (and `/@a/=` the role `=` under the path `/@a/`), but it printed as `@x,y`,
+    /// which does not parse back (nothing before the `@`).
     #[test]
     fn regression_fuzz_name_starting_with_at_prints_back_to_itself() {
         for raw in [
