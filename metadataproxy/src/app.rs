@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use crate::admin::ready::{EbpfState, StsCheck};
 use crate::admin::{Admin, Readiness};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ContainerdConfig, ContainerdMode, EbpfMode};
+use crate::config::{Config, ContainerdConfig, ContainerdMode, EbpfMode, HttpLimits};
 use crate::containerd::{ContainerdApi, ContainerdCgroup};
 use crate::creds::aws::AwsSts;
 use crate::creds::{CredentialCache, CredentialCacheConfig, Sts};
@@ -26,6 +26,7 @@ use crate::ebpf::ConnTable;
 use crate::identity::cgroup::{CgroupPaths, CgroupSource};
 use crate::identity::mapping_file::{MappingError, MappingFile};
 use crate::identity::{Chain, ConnInfo, Identify};
+use crate::imds::conn::{ConnLimits, Tracked};
 use crate::imds::iam::Iam;
 use crate::imds::mock::MockTree;
 use crate::imds::proxy::Upstream;
@@ -35,10 +36,6 @@ use crate::metrics::{MeteredSts, StsHealth};
 use crate::resolver::Resolver;
 use crate::role::RoleAssignment;
 
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest request head accepted (request line + headers); larger gets 431.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// How long in-flight requests may finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often the background refresher looks for credentials due for renewal.
@@ -285,6 +282,18 @@ fn containerd_sources(
     ))
 }
 
+/// Docker as a container source.
+fn docker_source(docker_url: &str) -> Option<Arc<dyn ContainerSource>> {
+    match Endpoint::parse(docker_url) {
+        Ok(endpoint) => Some(Arc::new(DockerApi::new(endpoint))),
+        Err(e) => {
+            // Unreachable: the configuration was validated; say so rather than guess.
+            tracing::error!(docker_url = %docker_url, error = %e, "DOCKER_URL unusable: containers will not be identified");
+            None
+        }
+    }
+}
+
 /// containerd as a container source, if `CONTAINERD` and the redirect allow it.
 fn containerd_source(
     config: &ContainerdConfig,
@@ -365,14 +374,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         _ => None,
     };
     let table = kernel.as_ref().map(|k| Arc::clone(&k.table));
-    let docker: Option<Arc<dyn ContainerSource>> = match Endpoint::parse(&config.docker_url) {
-        Ok(endpoint) => Some(Arc::new(DockerApi::new(endpoint))),
-        Err(e) => {
-            // Unreachable: the configuration was validated; say so rather than guess.
-            tracing::error!(docker_url = %config.docker_url, error = %e, "DOCKER_URL unusable: containers will not be identified");
-            None
-        }
-    };
+    let docker = docker_source(&config.docker_url);
     let containerd = containerd_source(&config.containerd, kernel.is_some());
     let parts = build_parts(
         &config,
@@ -395,16 +397,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         crate::admin::spawn(listener, admin)
     });
     tracing::info!(addr = %config.listen, mock_api = config.mock_api, imdsv2_required = config.imdsv2_required, "listening");
+    let serving = Serving {
+        imds,
+        table,
+        http: config.http,
+        // One set of connection limits for every listener.
+        limits: ConnLimits::new(
+            config.http.max_connections,
+            config.http.max_connections_per_caller,
+        ),
+    };
     if let Some(extra) = extra {
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        let second = tokio::spawn(serve(extra, Arc::clone(&imds), table.clone(), async move {
+        let second = tokio::spawn(serve(extra, serving.clone(), async move {
             let _ = stop_rx.changed().await;
         }));
-        serve(listener, imds, table, shutdown).await;
+        serve(listener, serving, shutdown).await;
         let _ = stop_tx.send(true);
         let _ = second.await;
     } else {
-        serve(listener, imds, table, shutdown).await;
+        serve(listener, serving, shutdown).await;
     }
     if let Some(admin) = admin {
         admin.stop().await;
@@ -455,15 +467,31 @@ fn covers(listen: std::net::SocketAddr, addr: std::net::SocketAddr) -> bool {
             || listen.ip().is_unspecified() && listen.is_ipv6() == addr.is_ipv6())
 }
 
+/// What [`serve`] serves, and within which limits.
+#[derive(Debug, Clone)]
+pub struct Serving {
+    /// The IMDS API.
+    pub imds: Arc<Imds>,
+    /// With the eBPF redirect: each connection's kernel record, taken at accept.
+    pub table: Option<Arc<ConnTable>>,
+    /// `HTTP_*` timeouts and sizes.
+    pub http: HttpLimits,
+    /// Open connections, shared by every listener.
+    pub limits: Arc<ConnLimits>,
+}
+
 /// Accepts connections until `shutdown`, then lets in-flight requests finish (bounded).
 ///
-/// With the eBPF redirect, each connection's kernel record is taken from `table` at accept.
-pub async fn serve(
-    listener: TcpListener,
-    imds: Arc<Imds>,
-    table: Option<Arc<ConnTable>>,
-    shutdown: impl Future<Output = ()>,
-) {
+/// A connection beyond `HTTP_MAX_CONNECTIONS` or `HTTP_MAX_CONNECTIONS_PER_CALLER` gets 503; a
+/// request head not complete within `HTTP_HEADER_TIMEOUT` gets 408 (an idle keep-alive
+/// connection is closed then); one larger than `HTTP_MAX_HEAD_BYTES` gets 431.
+pub async fn serve(listener: TcpListener, serving: Serving, shutdown: impl Future<Output = ()>) {
+    let Serving {
+        imds,
+        table,
+        http,
+        limits,
+    } = serving;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -489,6 +517,14 @@ pub async fn serve(
             local,
             kernel,
         };
+        let permit = match limits.try_acquire(Chain::identity(&conn_info)) {
+            Ok(permit) => permit,
+            Err(hit) => {
+                tracing::warn!(peer = %peer, limit = %hit, "connection refused with 503");
+                tokio::spawn(crate::imds::conn::refuse_busy(stream));
+                continue;
+            }
+        };
         let imds = Arc::clone(&imds);
         let service = service_fn(move |req| {
             let imds = Arc::clone(&imds);
@@ -499,14 +535,19 @@ pub async fn serve(
                 Ok::<_, Infallible>(resp)
             }
         });
+        let (io, handle) = Tracked::new(stream);
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(MAX_HEAD_BYTES)
-            .serve_connection(TokioIo::new(stream), service);
+            .header_read_timeout(http.header_timeout)
+            .max_buf_size(http.max_head_bytes)
+            .serve_connection(TokioIo::new(io), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.await {
+                if e.is_timeout() {
+                    handle.request_timed_out();
+                }
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }
         });

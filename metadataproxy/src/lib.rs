@@ -9,6 +9,8 @@ pub mod creds;
 pub mod docker;
 pub mod doctor;
 pub mod ebpf;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod imds;
 pub mod metrics;

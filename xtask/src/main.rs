@@ -1,4 +1,4 @@
-//! `cargo xtask`: the developer commands (setup, test, demo, build-ebpf, bench).
+//! `cargo xtask`: the developer commands (setup, test, demo, build-ebpf, bench, fuzz).
 #![expect(
     clippy::print_stdout,
     reason = "xtask is a command-line tool; stdout is its interface"
@@ -7,6 +7,7 @@
 mod bench;
 mod demo;
 mod ebpf;
+mod fuzz;
 mod privileged;
 mod process;
 mod repo;
@@ -69,6 +70,17 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         minutes: u64,
     },
+    /// Run every cargo-fuzz target (or those named) for a bounded time; prints executions per target.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Minimise each corpus (`cargo fuzz cmin`) after its run.
+        #[arg(long)]
+        cmin: bool,
+        /// Targets to run (default: all in `fuzz/fuzz_targets`).
+        targets: Vec<String>,
+    },
     /// The bench's bare hyper server (internal: `cargo xtask bench` starts it).
     #[command(hide = true)]
     BenchBareServer {
@@ -97,6 +109,11 @@ fn main() -> ExitCode {
         Command::BenchRedirect => privileged::run(&[], true),
         Command::Bench { quick } => bench::run(quick),
         Command::Soak { minutes } => soak::run(minutes),
+        Command::Fuzz {
+            seconds,
+            cmin,
+            targets,
+        } => fuzz::run(seconds, cmin, &targets),
         Command::BenchBareServer { addr, body } => bench::bare::serve(addr, &body),
     };
     match result {

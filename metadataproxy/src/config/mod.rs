@@ -42,6 +42,31 @@ pub enum SessionKey {
     Label(String),
 }
 
+/// Limits on callers' connections and requests (`HTTP_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// `HTTP_HEADER_TIMEOUT`: time to send a request head; also the keep-alive idle limit.
+    pub header_timeout: Duration,
+    /// `HTTP_MAX_HEAD_BYTES`: largest request line + headers.
+    pub max_head_bytes: usize,
+    /// `HTTP_MAX_CONNECTIONS`: most open connections.
+    pub max_connections: usize,
+    /// `HTTP_MAX_CONNECTIONS_PER_CALLER`: most open connections of one caller.
+    pub max_connections_per_caller: usize,
+}
+
+impl Default for HttpLimits {
+    /// The defaults of the settings table.
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(5),
+            max_head_bytes: 16 * 1024,
+            max_connections: 4096,
+            max_connections_per_caller: 256,
+        }
+    }
+}
+
 /// The validated configuration; nothing in it needs checking again.
 #[derive(Debug, Clone)]
 #[expect(
@@ -103,6 +128,8 @@ pub struct Config {
     pub mapping_reload_interval: Duration,
     /// `ADMIN_LISTEN`: where `/healthz`, `/readyz` and `/metrics` are served; `None`: off.
     pub admin_listen: Option<SocketAddr>,
+    /// `HTTP_*`: limits on callers' connections and requests.
+    pub http: HttpLimits,
     /// `EBPF*`: the kernel redirect and caller identification.
     pub ebpf: EbpfConfig,
     /// `CONTAINERD*`: containerd's containers and Kubernetes pods.

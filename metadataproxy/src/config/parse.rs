@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
 use super::settings::{self as s, Kind, SETTINGS, Setting};
-use super::{Config, Env, LogFormat, SessionKey};
+use super::{Config, Env, HttpLimits, LogFormat, SessionKey};
 use crate::role::{AccountMap, RoleSpec};
 
 /// One invalid setting.
@@ -334,6 +334,21 @@ where
     let token_max_per_caller = r.parse(s::TOKEN_MAX_PER_CALLER, usize_in(1, 100_000));
     let reload = r.parse(s::ROLE_MAPPING_RELOAD_INTERVAL, integer(1, 3600));
     let admin_listen = r.parse(s::ADMIN_LISTEN, admin_listen);
+    let http = (
+        r.parse(s::HTTP_HEADER_TIMEOUT, integer(1, 3600)),
+        r.parse(s::HTTP_MAX_HEAD_BYTES, usize_in(8192, 1 << 20)),
+        r.parse(s::HTTP_MAX_CONNECTIONS, usize_in(1, 1_000_000)),
+        r.parse(s::HTTP_MAX_CONNECTIONS_PER_CALLER, usize_in(1, 1_000_000)),
+    );
+    let http = match http {
+        (Some(t), Some(head), Some(total), Some(per_caller)) => Some(HttpLimits {
+            header_timeout: Duration::from_secs(t),
+            max_head_bytes: head,
+            max_connections: total,
+            max_connections_per_caller: per_caller,
+        }),
+        _ => None,
+    };
     let ebpf = super::ebpf::read(&mut r, host, port);
     let containerd = super::containerd::read(&mut r);
     if let (Some(Some(admin)), Some(host), Some(port)) = (admin_listen, host, port)
@@ -380,6 +395,7 @@ where
         Some(token_max_per_caller),
         Some(reload),
         Some(admin_listen),
+        Some(http),
         Some(ebpf),
         Some(containerd),
     ) = (
@@ -398,6 +414,7 @@ where
         token_max_per_caller,
         reload,
         admin_listen,
+        http,
         ebpf,
         containerd,
     )
@@ -437,6 +454,7 @@ where
         token_max_per_caller,
         mapping_reload_interval: Duration::from_secs(reload),
         admin_listen,
+        http,
         ebpf,
         containerd,
     })

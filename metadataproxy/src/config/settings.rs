@@ -92,6 +92,10 @@ pub const TOKEN_MAX_TOTAL: &str = "TOKEN_MAX_TOTAL";
 pub const TOKEN_MAX_PER_CALLER: &str = "TOKEN_MAX_PER_CALLER";
 pub const ROLE_MAPPING_RELOAD_INTERVAL: &str = "ROLE_MAPPING_RELOAD_INTERVAL";
 pub const ADMIN_LISTEN: &str = "ADMIN_LISTEN";
+pub const HTTP_HEADER_TIMEOUT: &str = "HTTP_HEADER_TIMEOUT";
+pub const HTTP_MAX_HEAD_BYTES: &str = "HTTP_MAX_HEAD_BYTES";
+pub const HTTP_MAX_CONNECTIONS: &str = "HTTP_MAX_CONNECTIONS";
+pub const HTTP_MAX_CONNECTIONS_PER_CALLER: &str = "HTTP_MAX_CONNECTIONS_PER_CALLER";
 pub const EBPF: &str = "EBPF";
 pub const EBPF_CGROUPS: &str = "EBPF_CGROUPS";
 pub const EBPF_REDIRECT_HOST: &str = "EBPF_REDIRECT_HOST";
@@ -288,6 +292,34 @@ pub const SETTINGS: &[Setting] = &[
         Some("128"),
         Kind::Value,
         "most live IMDSv2 tokens per caller; a caller's oldest is dropped first",
+    ),
+    ours(
+        HTTP_HEADER_TIMEOUT,
+        "http-header-timeout",
+        Some("5"),
+        Kind::Value,
+        "seconds a caller may take to send a request's line and headers (else 408 and closed); also the longest a keep-alive connection stays idle",
+    ),
+    ours(
+        HTTP_MAX_HEAD_BYTES,
+        "http-max-head-bytes",
+        Some("16384"),
+        Kind::Value,
+        "largest request line + headers, in bytes (8192 to 1048576); larger gets 431. Request bodies are refused (413)",
+    ),
+    ours(
+        HTTP_MAX_CONNECTIONS,
+        "http-max-connections",
+        Some("4096"),
+        Kind::Value,
+        "most open caller connections; beyond it a new connection gets 503 and is closed",
+    ),
+    ours(
+        HTTP_MAX_CONNECTIONS_PER_CALLER,
+        "http-max-connections-per-caller",
+        Some("256"),
+        Kind::Value,
+        "most open connections of one caller (its cgroup; its address in IP-only mode); beyond it 503, so one caller cannot starve the others",
     ),
     ours(
         ROLE_MAPPING_RELOAD_INTERVAL,

@@ -13,7 +13,7 @@ mod endpoint;
 mod identify;
 mod index;
 mod prefetch;
-mod settings;
+pub(crate) mod settings;
 mod source;
 mod sync;
 

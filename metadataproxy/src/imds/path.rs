@@ -28,10 +28,12 @@ pub enum PathError {
     /// The path contains a byte outside the allowed set (backslash, space, control, non-ASCII…).
     #[error("forbidden byte 0x{0:02x} in path")]
     ForbiddenByte(u8),
-    /// The path contains `//`, or more than one trailing `/`.
+    /// The path contains `//`, more than one trailing `/`, or a segment that is only a `;…`
+    /// parameter (which an upstream stripping parameters would turn into `//`).
     #[error("empty path segment")]
     EmptySegment,
-    /// The path contains a `.` or `..` segment.
+    /// The path contains a segment made only of dots (`.`, `..`, `...`), also before a `;…`
+    /// parameter (`..;x`, which Tomcat-style upstreams treat as `..`).
     #[error("dot segment in path")]
     DotSegment,
 }
@@ -123,11 +125,15 @@ pub fn parse(raw: &str) -> Result<ImdsPath, PathError> {
     };
     let mut segments = Vec::new();
     for seg in body.split('/') {
-        match seg {
-            "" => return Err(PathError::EmptySegment),
-            "." | ".." => return Err(PathError::DotSegment),
-            s => segments.push(s.to_owned()),
+        // Judge the segment as an upstream that drops `;…` path parameters would see it.
+        let stem = stem(seg);
+        if stem.is_empty() {
+            return Err(PathError::EmptySegment);
         }
+        if stem.bytes().all(|b| b == b'.') {
+            return Err(PathError::DotSegment);
+        }
+        segments.push(seg.to_owned());
     }
     let version = if is_version(&segments[0]) {
         Some(segments.remove(0))
@@ -162,11 +168,18 @@ fn is_version(s: &str) -> bool {
         })
 }
 
-/// Compares a segment to a lower-case keyword ignoring ASCII case and any `;…` suffix, so an
-/// upstream that strips path parameters (`iam;x`) could not reach a route we did not recognise.
+/// A segment without its `;…` path parameters.
+fn stem(seg: &str) -> &str {
+    seg.split(';').next().unwrap_or(seg)
+}
+
+/// Compares a segment to a lower-case keyword ignoring ASCII case, any `;…` suffix and trailing
+/// dots, so an upstream that strips path parameters (`iam;x`) or trailing dots (`iam.`, as IIS
+/// does) could not reach a route we did not recognise.
 fn seg_is(seg: &str, keyword: &str) -> bool {
-    let stem = seg.split(';').next().unwrap_or(seg);
-    stem.eq_ignore_ascii_case(keyword)
+    stem(seg)
+        .trim_end_matches('.')
+        .eq_ignore_ascii_case(keyword)
 }
 
 /// Whether `meta-data` is immediately followed by `next` anywhere in the segments (version
@@ -222,3 +235,7 @@ fn classify_iam(p: &ImdsPath) -> Category {
 #[cfg(test)]
 #[path = "path_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "path_props.rs"]
+mod props;

@@ -287,3 +287,46 @@ fn case_variants(word: &str, max: usize) -> Vec<String> {
     out.push(word.to_ascii_uppercase());
     out
 }
+
+/// Found by the normalisation property: a Tomcat-style upstream drops `;…` and then reads `..;`
+/// as `..`, so `/latest/meta-data/x/..;/iam/info` was forwarded and could reach IAM.
+#[test]
+fn regression_dot_segment_with_path_parameter() {
+    for raw in [
+        "/latest/meta-data/x/..;/iam/info",
+        "/latest/meta-data/x/..;x/iam/info",
+        "/latest/meta-data/.;/iam/info",
+        "/latest/meta-data/x/.../iam/info",
+    ] {
+        assert_eq!(parse(raw), Err(PathError::DotSegment), "{raw}");
+    }
+}
+
+/// Found by the normalisation property: `meta-data/;x/iam` becomes `meta-data//iam`, then
+/// `meta-data/iam`, on an upstream that drops parameters and collapses slashes.
+#[test]
+fn regression_parameter_only_segment() {
+    for raw in ["/latest/meta-data/;x/iam/info", "/latest/meta-data/;/iam/"] {
+        assert_eq!(parse(raw), Err(PathError::EmptySegment), "{raw}");
+    }
+}
+
+/// Found by the normalisation property: IIS drops trailing dots, so `iam.` is `iam` there.
+#[test]
+fn regression_trailing_dot_on_iam_segment() {
+    for raw in [
+        "/latest/meta-data/iam./security-credentials/host",
+        "/latest/meta-data../iam/info",
+        "/latest/meta-data/iam.;x/info",
+        "/latest/meta-data/identity-credentials./ec2/info",
+    ] {
+        let got = parse(raw).map(|p| classify(&p));
+        assert!(
+            matches!(
+                got,
+                Ok(Category::IamOther | Category::HostIdentityCredentials)
+            ),
+            "{raw}: {got:?}"
+        );
+    }
+}

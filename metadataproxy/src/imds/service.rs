@@ -60,6 +60,17 @@ pub struct Imds {
 impl Imds {
     /// Handles one request from the connection `conn`.
     pub async fn handle<B>(&self, req: &Request<B>, conn: &ConnInfo) -> Response<Body> {
+        if has_body(req.headers()) {
+            // No IMDS request has a body; never read one (and close, so it is not parsed either).
+            tracing::info!(peer = %conn.peer, "refused a request with a body");
+            let mut resp = response::text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Content Too Large: metadata requests have no body\n",
+            );
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
         let raw_path = req.uri().path();
         let parsed = match path::parse(raw_path) {
             Ok(p) => p,
@@ -207,6 +218,15 @@ impl Imds {
             }
         }
     }
+}
+
+/// Whether a request announces a body: any `Transfer-Encoding`, or a `Content-Length` other than 0.
+fn has_body(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes().iter().any(|&b| b != b'0'))
 }
 
 /// The 404 every unknown or refused path gets.

@@ -184,6 +184,54 @@ async fn tokens_are_bound_to_the_caller() {
     );
 }
 
+/// Two callers behind one address (host-network containers, say) are told apart by the cgroup the
+/// kernel recorded: a token of one is refused for the other.
+#[tokio::test]
+async fn tokens_are_bound_to_the_cgroup_not_the_shared_address() {
+    let f = fixture(&[("DEFAULT_ROLE", "role-a")], None);
+    let in_cgroup = |id: u64| ConnInfo {
+        kernel: Some(crate::ebpf::Caller {
+            cgroup_id: id,
+            pid: 1000,
+            netns_cookie: 1,
+        }),
+        ..conn("127.0.0.1")
+    };
+    let ttl = http::HeaderValue::from_static("60");
+    let mut put = Request::builder()
+        .method(Method::PUT)
+        .uri("/latest/api/token")
+        .body(())
+        .unwrap();
+    put.headers_mut()
+        .insert("x-aws-ec2-metadata-token-ttl-seconds", ttl);
+    let resp = f.imds.handle(&put, &in_cgroup(7)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let token =
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    let get = |token: &str| {
+        Request::builder()
+            .uri("/latest/meta-data/instance-id")
+            .header("x-aws-ec2-metadata-token", token)
+            .body(())
+            .unwrap()
+    };
+    let mine = f.imds.handle(&get(&token), &in_cgroup(7)).await.status();
+    let other = f.imds.handle(&get(&token), &in_cgroup(8)).await.status();
+    let by_ip = f
+        .imds
+        .handle(&get(&token), &conn("127.0.0.1"))
+        .await
+        .status();
+    assert_ne!(mine, StatusCode::UNAUTHORIZED, "its own cgroup");
+    assert_eq!(
+        other,
+        StatusCode::UNAUTHORIZED,
+        "another cgroup, same address"
+    );
+    assert_eq!(by_ip, StatusCode::UNAUTHORIZED, "same address, no cgroup");
+}
+
 #[tokio::test]
 async fn token_requests_are_validated() {
     let f = fixture(&[], None);
@@ -390,4 +438,61 @@ async fn bare_names_are_looked_up_with_iam_get_role() {
         body.contains("arn:aws:iam::999999999999:instance-profile/team/role-a"),
         "{body}"
     );
+}
+
+/// `Debug` of the whole service, once it holds credentials (with an external id) and session
+/// tokens, shows none of them: every secret-bearing part redacts itself.
+#[tokio::test]
+async fn debug_of_the_service_holding_secrets_is_redacted() {
+    let f = fixture(
+        &[],
+        Some(r#"{"10.0.0.2": {"name": "role-a", "external_id": "ext-id-sekrit"}}"#),
+    );
+    let ttl = [("x-aws-ec2-metadata-token-ttl-seconds", "60")];
+    let (_, token) = call(&f, "10.0.0.2", Method::PUT, "/latest/api/token", &ttl).await;
+    let with = [("x-aws-ec2-metadata-token", token.as_str())];
+    let (status, body) = call(
+        &f,
+        "10.0.0.2",
+        Method::GET,
+        &format!("{CREDS}role-a"),
+        &with,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let shown = format!("{:?} {:#?}", f.imds, f.imds);
+    for (what, secret) in [
+        (
+            "secret access key",
+            doc["SecretAccessKey"].as_str().unwrap(),
+        ),
+        ("session token", doc["Token"].as_str().unwrap()),
+        ("IMDSv2 token", token.as_str()),
+        ("external id", "ext-id-sekrit"),
+    ] {
+        assert!(!secret.is_empty());
+        assert!(!shown.contains(secret), "{what} in Debug: {shown}");
+    }
+}
+
+#[test]
+fn debug_of_secret_bearing_values_is_redacted() {
+    use crate::creds::{CacheKey, Secret};
+    let secret = Secret::new("s3cr3t-value".into());
+    let key = CacheKey {
+        role_arn: "arn:aws:iam::123456789012:role/a".into(),
+        external_id: Some("ext-id-sekrit".into()),
+        session_name: "devproxyauth".into(),
+    };
+    for shown in [
+        format!("{secret:?}"),
+        format!("{:?}", Some(&secret)),
+        format!("{key:?}"),
+        format!("{key:#?}"),
+    ] {
+        assert!(!shown.contains("s3cr3t-value"), "{shown}");
+        assert!(!shown.contains("ext-id-sekrit"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+    }
 }

@@ -219,3 +219,31 @@ fn debug_output_is_redacted() {
     assert!(!shown.contains(&t), "{shown}");
     assert!(shown.contains("redacted"));
 }
+
+#[test]
+fn expiry_at_ttl_minus_one_ttl_and_ttl_plus_one_seconds() {
+    let ttl = 300;
+    for (elapsed, want) in [
+        (ttl - 1, Ok(())),
+        (ttl, Err(TokenError::Expired)),
+        (ttl + 1, Err(TokenError::Expired)),
+    ] {
+        let (s, clock) = store(10, 10);
+        let t = issue(&s, &ip(1), u32::try_from(ttl).unwrap_or(u32::MAX));
+        clock.advance(Duration::from_secs(elapsed));
+        assert_eq!(s.validate(&t, &ip(1)), want, "{elapsed} s after issue");
+    }
+}
+
+#[test]
+fn a_caller_at_its_limit_leaves_the_total_to_others() {
+    let (s, _) = store(4, 2);
+    for _ in 0..100 {
+        issue(&s, &ip(1), 60);
+    }
+    assert_eq!(s.len(), 2, "the flooding caller holds only its own quota");
+    let others: Vec<(Identity, String)> = (2..=3).map(|n| (ip(n), issue(&s, &ip(n), 60))).collect();
+    for (who, t) in &others {
+        assert_eq!(s.validate(t, who), Ok(()), "{who}");
+    }
+}

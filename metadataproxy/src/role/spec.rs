@@ -190,7 +190,14 @@ impl fmt::Display for RoleSpec {
         if let (Some(p), Some(acct)) = (partition, account) {
             return write!(f, "arn:{p}:iam::{acct}:role{path}{name}");
         }
-        write!(f, "{}{name}", &path[1..])?;
+        // `@x,y` or `@a/b` would read as "no name before `@`": keep the leading slash then.
+        let short = &path[1..];
+        let path = if short.starts_with('@') || short.is_empty() && name.starts_with('@') {
+            path.as_str()
+        } else {
+            short
+        };
+        write!(f, "{path}{name}")?;
         match account {
             Some(acct) => write!(f, "@{acct}"),
             None => Ok(()),
@@ -356,6 +363,28 @@ mod tests {
             RoleSpec::parse(&"x".repeat(65)),
             Err(RoleSpecError::Name(IamNameError::NameTooLong(_)))
         ));
+    }
+
+    /// Found by the `docker_settings` and `role_string` fuzz targets: `IAM_ROLE=/@x,y` is the role
+    /// named `@x,y` (and `/@a/=` the role `=` under the path `/@a/`), but it printed as `@x,y`,
+    /// which does not parse back (nothing before the `@`).
+    #[test]
+    fn regression_fuzz_name_starting_with_at_prints_back_to_itself() {
+        for raw in [
+            "/@...IM.A._ROLE,ION",
+            "/@x,y",
+            "@x,y@prod",
+            "/@x,y@123456789012",
+        ] {
+            let spec = RoleSpec::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert!(spec.name().starts_with('@'), "{raw}: {spec:?}");
+            let printed = spec.to_string();
+            assert_eq!(
+                RoleSpec::parse(&printed).as_ref(),
+                Ok(&spec),
+                "{raw} printed as {printed}"
+            );
+        }
     }
 
     #[test]

@@ -355,3 +355,14 @@ async fn failed_refresh_keeps_a_still_valid_token() {
         "{r:?}"
     );
 }
+
+#[tokio::test]
+async fn debug_never_shows_the_upstream_token() {
+    let stub = Stub::start(v2_upstream).await;
+    let up = upstream(&stub);
+    let r = get(&up, "/latest/meta-data/placement/region").await;
+    assert_eq!(r.ok(), Some((StatusCode::OK, "us-east-1".to_owned())));
+    assert_eq!(stub.count(&Method::PUT), 1, "a token is held now");
+    let shown = format!("{up:?} {:?}", up.session);
+    assert!(!shown.contains("tok-1"), "{shown}");
+}

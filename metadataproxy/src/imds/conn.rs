@@ -1,0 +1,254 @@
+//! One caller connection's bounds: how many may be open (in total and per caller), the 503 for one
+//! too many, and the 408 for a request head that does not arrive in time.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::identity::Identity;
+
+/// Sent to a connection beyond a limit, before it is closed.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+retry-after: 1\r\nconnection: close\r\ncontent-length: 40\r\n\r\n\
+Service Unavailable: too many connections";
+/// Sent when a request head was begun but not finished within the header timeout.
+const TIMED_OUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n\
+connection: close\r\ncontent-length: 16\r\n\r\nRequest Timeout\n";
+/// How long a refused connection's request is drained, so closing it does not reset the 503.
+const DRAIN: Duration = Duration::from_millis(500);
+
+/// Which limit refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LimitHit {
+    /// `HTTP_MAX_CONNECTIONS`.
+    #[error("HTTP_MAX_CONNECTIONS reached")]
+    Total,
+    /// `HTTP_MAX_CONNECTIONS_PER_CALLER`.
+    #[error("HTTP_MAX_CONNECTIONS_PER_CALLER reached")]
+    Caller,
+}
+
+/// Counts open connections, in total and per caller.
+#[derive(Debug)]
+pub struct ConnLimits {
+    max_total: usize,
+    max_per_caller: usize,
+    open: Mutex<Open>,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    total: usize,
+    by_caller: HashMap<Identity, usize>,
+}
+
+/// One open connection, counted until dropped.
+#[derive(Debug)]
+pub struct ConnPermit {
+    limits: Arc<ConnLimits>,
+    caller: Identity,
+}
+
+impl ConnLimits {
+    /// Limits of `max_total` connections and `max_per_caller` per caller (0 counts as 1).
+    pub fn new(max_total: usize, max_per_caller: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_total: max_total.max(1),
+            max_per_caller: max_per_caller.max(1),
+            open: Mutex::new(Open::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a new connection of `caller`, unless a limit is reached.
+    pub fn try_acquire(self: &Arc<Self>, caller: Identity) -> Result<ConnPermit, LimitHit> {
+        let mut open = self.lock();
+        if open.total >= self.max_total {
+            return Err(LimitHit::Total);
+        }
+        let mine = open.by_caller.entry(caller.clone()).or_default();
+        if *mine >= self.max_per_caller {
+            return Err(LimitHit::Caller);
+        }
+        *mine += 1;
+        open.total += 1;
+        Ok(ConnPermit {
+            limits: Arc::clone(self),
+            caller,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.lock().total
+    }
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        let mut open = self.limits.lock();
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.by_caller.get_mut(&self.caller) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.by_caller.remove(&self.caller);
+            }
+        }
+    }
+}
+
+/// Answers a connection refused by a limit with 503, drains what it sent for a moment (closing
+/// with unread bytes would reset the connection and lose the answer), and closes it.
+pub async fn refuse_busy(mut stream: TcpStream) {
+    if tokio::io::AsyncWriteExt::write_all(&mut stream, BUSY)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+    let mut sink = [0_u8; 1024];
+    let _ = tokio::time::timeout(DRAIN, async {
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// The caller's socket as hyper's I/O, shared with the connection task so that it can still
+/// answer 408 after hyper gave up on a slow request head. Remembers whether request bytes
+/// arrived since the last response, which tells a slow request from an idle keep-alive.
+#[derive(Debug)]
+pub struct Tracked {
+    stream: Arc<TcpStream>,
+    partial: Arc<AtomicBool>,
+}
+
+/// The connection task's side of [`Tracked`].
+#[derive(Debug)]
+pub struct TrackedHandle {
+    stream: Arc<TcpStream>,
+    partial: Arc<AtomicBool>,
+}
+
+impl Tracked {
+    /// Wraps `stream`; the handle can answer 408 later.
+    pub fn new(stream: TcpStream) -> (Self, TrackedHandle) {
+        let stream = Arc::new(stream);
+        let partial = Arc::new(AtomicBool::new(false));
+        (
+            Self {
+                stream: Arc::clone(&stream),
+                partial: Arc::clone(&partial),
+            },
+            TrackedHandle { stream, partial },
+        )
+    }
+}
+
+impl TrackedHandle {
+    /// After a header timeout: answers 408 if a request was begun (an idle keep-alive connection
+    /// is just closed, as HTTP expects). Best effort, never waits.
+    pub fn request_timed_out(&self) {
+        if self.partial.load(Ordering::Relaxed) {
+            let _ = self.stream.try_write(TIMED_OUT);
+        }
+    }
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            // Reads into the uninitialised part directly (no zeroing), and advances `buf`.
+            match self.stream.try_read_buf(buf) {
+                Ok(n) => {
+                    if n > 0 {
+                        self.partial.store(true, Ordering::Relaxed);
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write(buf) {
+                Ok(n) => {
+                    self.partial.store(false, Ordering::Relaxed);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The socket closes (FIN) when the connection task drops its last handle, right after.
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+
+    fn ip(last: u8) -> Identity {
+        Identity::Ip(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
+    }
+
+    #[test]
+    fn one_caller_at_its_limit_leaves_room_for_others() {
+        let limits = ConnLimits::new(5, 2);
+        let a1 = limits.try_acquire(ip(2)).expect("first");
+        let _a2 = limits.try_acquire(ip(2)).expect("second");
+        assert_eq!(limits.try_acquire(ip(2)).err(), Some(LimitHit::Caller));
+        let _b = limits.try_acquire(ip(3)).expect("another caller");
+        drop(a1);
+        let _a3 = limits.try_acquire(ip(2)).expect("after one closed");
+        assert_eq!(limits.open(), 3);
+    }
+
+    #[test]
+    fn the_total_bounds_every_caller_and_frees_on_drop() {
+        let limits = ConnLimits::new(3, 10);
+        let permits: Vec<_> = (1..=3)
+            .map(|i| limits.try_acquire(ip(i)).expect("under the total"))
+            .collect();
+        assert_eq!(limits.try_acquire(ip(9)).err(), Some(LimitHit::Total));
+        drop(permits);
+        assert_eq!(limits.open(), 0);
+        assert!(limits.lock().by_caller.is_empty(), "no entry left behind");
+        assert!(limits.try_acquire(ip(9)).is_ok());
+    }
+}
