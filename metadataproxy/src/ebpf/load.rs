@@ -7,7 +7,7 @@ use aya::maps::{Array, HashMap, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
 use aya::{Ebpf, EbpfLoader};
-use metadataproxy_common::{FLAG_IPV4, FLAG_IPV6, Settings, maps, programs};
+use metadataproxy_common::{FLAG_ECS, FLAG_IPV4, FLAG_IPV6, Settings, maps, programs};
 
 use super::{ConnTable, EbpfError, Exempt, Host, Target};
 use crate::config::{EbpfConfig, OnExit};
@@ -50,6 +50,9 @@ fn settings(target: &Target, host: &Host) -> Settings {
         });
         s.port6 = v6.port().to_be();
         s.flags |= FLAG_IPV6;
+    }
+    if target.ecs {
+        s.flags |= FLAG_ECS;
     }
     s
 }

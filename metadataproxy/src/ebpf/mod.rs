@@ -113,6 +113,8 @@ pub struct Target {
     pub v4: SocketAddrV4,
     /// Where IPv6 callers are sent (`None`: IPv6 is not redirected).
     pub v6: Option<SocketAddrV6>,
+    /// `ECS_ENDPOINT`: also redirect the container-credentials endpoint's addresses.
+    pub ecs: bool,
 }
 
 /// The redirect in force, with what identification needs from it.
@@ -145,6 +147,7 @@ pub fn start(config: &crate::config::Config) -> Result<Option<Kernel>, EbpfError
         let target = Target {
             v4: ebpf.target4,
             v6: ebpf.target6,
+            ecs: config.ecs_endpoint,
         };
         let (redirect, table, exempt) =
             Redirect::start(ebpf, &host, &target, config.role_mapping_file.clone())?;
@@ -154,6 +157,7 @@ pub fn start(config: &crate::config::Config) -> Result<Option<Kernel>, EbpfError
         tracing::info!(
             target = %target.v4,
             target6 = ?target.v6,
+            ecs_endpoint = target.ecs,
             cgroups = ?ebpf.cgroups,
             daemon_cgroup = %host.own_cgroup.0,
             pins = %ebpf.pin_dir.display(),

@@ -1,5 +1,6 @@
 //! The IMDS HTTP API: routing, `IMDSv2` tokens, IAM handlers, passthrough and mock tree.
 
+pub mod ecs;
 pub mod iam;
 pub mod mock;
 pub mod path;
