@@ -24,7 +24,7 @@ pub use delay::SlowRelay;
 pub use docker::{DockerD, IMAGE};
 pub use http::{Response, get, put_token, raw_http, request, token};
 pub use kernel::{
-    BpfFs, METADATA_ADDRESS_LOCK, METADATA_IP, MetadataAddress, hold_metadata_address,
+    BpfFs, ECS_IP, METADATA_ADDRESS_LOCK, METADATA_IP, MetadataAddress, hold_metadata_address,
 };
 pub use mapping::MappingFile;
 pub use moto::{AssumedRole, Moto};
