@@ -10,7 +10,8 @@ use std::fmt::Write as _;
 use std::io::Read as _;
 
 use metadataproxy_tests::{
-    ACCOUNT, BpfFs, Daemon, DockerD, ECS_IP, HOST_ACCESS_KEY_ID, METADATA_IP, MetadataAddress, Moto,
+    ACCOUNT, BpfFs, Daemon, DockerD, ECS_IP, HOST_ACCESS_KEY_ID, METADATA_IP, MetadataAddress,
+    Moto, path_var, required_path,
 };
 
 /// A port free on every address: the daemon listens on `0.0.0.0`, which a port free only on
@@ -65,6 +66,78 @@ async fn identity(moto: &Moto, body: &str) -> (String, String) {
         )
         .await;
     (arn, text("RoleArn"))
+}
+
+/// What the Python script prints: the provider botocore used and who STS says it is.
+const BOTOCORE_SCRIPT: &str = r#"
+import json, os, botocore.session
+session = botocore.session.get_session()
+creds = session.get_credentials()
+if creds is None:
+    raise SystemExit("botocore found no credentials")
+sts = session.create_client("sts", region_name="us-east-1", endpoint_url=os.environ["MOTO_URL"])
+print(json.dumps({"method": creds.method, "arn": sts.get_caller_identity()["Arn"]}))
+"#;
+
+/// The cgroup v2 directory of container `id` (from its main process's `/proc/<pid>/cgroup`).
+fn container_cgroup_dir(docker: &DockerD, id: &str) -> std::path::PathBuf {
+    let pid = docker.must(&["inspect", "-f", "{{.State.Pid}}", id]);
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("its cgroups");
+    let path = cgroups
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_else(|| panic!("no cgroup v2 line for {id}: {cgroups}"));
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
+    let mount = mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&"cgroup2"))
+        .and_then(|f| f.get(1).map(|m| (*m).to_owned()))
+        .expect("a cgroup2 mount");
+    std::path::PathBuf::from(format!("{mount}{path}"))
+}
+
+/// botocore's container-credentials provider, run in container `id`'s cgroup (so the redirect
+/// and the daemon know it as that container) with the SDK's two variables: (ok, output).
+async fn botocore_in_container(
+    docker: &DockerD,
+    id: &str,
+    token: &str,
+    moto: &Moto,
+) -> (bool, String) {
+    let python = required_path("METADATAPROXY_VENV")
+        .join("bin")
+        .join("python");
+    let procs = container_cgroup_dir(docker, id).join("cgroup.procs");
+    let out = tokio::process::Command::new("sh")
+        .args([
+            "-c",
+            r#"echo $$ > "$1" && exec "$2" -c "$3""#,
+            "sh",
+            &procs.display().to_string(),
+            &python.display().to_string(),
+            BOTOCORE_SCRIPT,
+        ])
+        .env_clear()
+        .env("PATH", path_var())
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            format!("http://{ECS_IP}/v1/credentials"),
+        )
+        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN", token)
+        .env("MOTO_URL", moto.endpoint())
+        .output()
+        .await
+        .expect("run botocore");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 fn assumed(role: &str) -> String {
@@ -143,6 +216,20 @@ async fn containers_get_their_own_role_for_their_own_token_only() {
         let (ok, err) = ecs_get(&docker, id, auth);
         assert!(!ok && err.contains(status), "{what}: {err}");
     }
+
+    // A real SDK: botocore's container provider, in container a's cgroup, with a's token and
+    // then with b's.
+    let (ok, out) = botocore_in_container(&docker, &a, &token_a, &moto).await;
+    assert!(ok, "botocore: {out}\n{}", daemon.logs());
+    let got: serde_json::Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("botocore printed {out:?}: {e}"));
+    assert_eq!(got["method"], "container-role", "{got}");
+    assert_eq!(got["arn"], assumed("role-a"), "{got}");
+    let (ok, out) = botocore_in_container(&docker, &a, &token_b, &moto).await;
+    assert!(
+        !ok,
+        "botocore got credentials with another container's token: {out}"
+    );
 
     // Every caller was known by its cgroup; the tokens never reached the log.
     let logs = daemon
