@@ -144,20 +144,11 @@ fn assumed(role: &str) -> String {
     format!("arn:aws:sts::{ACCOUNT}:assumed-role/{role}/devproxyauth")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn containers_get_their_own_role_for_their_own_token_only() {
-    let Some(docker) = DockerD::start() else {
-        return;
-    };
-    let addresses = MetadataAddress::start_with_ecs();
-    let bpffs = BpfFs::mount();
-    let moto = Moto::start().await;
-    for role in ["role-a", "role-b"] {
-        moto.create_role(role, "/").await;
-    }
+/// The daemon with `ECS_ENDPOINT` and the redirect attached to `docker`'s containers.
+async fn start_daemon(docker: &DockerD, bpffs: &BpfFs, moto: &Moto) -> Daemon {
     let port = free_wildcard_port();
-    let mut daemon = Daemon::builder()
-        .moto(&moto)
+    Daemon::builder()
+        .moto(moto)
         .default_account()
         .env("HOST", "0.0.0.0")
         .env("PORT", port.to_string())
@@ -172,7 +163,21 @@ async fn containers_get_their_own_role_for_their_own_token_only() {
         .env("EBPF_PIN_DIR", bpffs.pin_dir())
         .env("EBPF_ON_EXIT", "detach")
         .start()
-        .await;
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_get_their_own_role_for_their_own_token_only() {
+    let Some(docker) = DockerD::start() else {
+        return;
+    };
+    let addresses = MetadataAddress::start_with_ecs();
+    let bpffs = BpfFs::mount();
+    let moto = Moto::start().await;
+    for role in ["role-a", "role-b"] {
+        moto.create_role(role, "/").await;
+    }
+    let mut daemon = start_daemon(&docker, &bpffs, &moto).await;
 
     let (token_a, token_b) = (random_token(), random_token());
     let a = docker.run_detached(&[
