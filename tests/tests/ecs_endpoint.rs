@@ -144,8 +144,8 @@ fn assumed(role: &str) -> String {
     format!("arn:aws:sts::{ACCOUNT}:assumed-role/{role}/devproxyauth")
 }
 
-/// The daemon with `ECS_ENDPOINT` and the redirect attached to `docker`'s containers.
-async fn start_daemon(docker: &DockerD, bpffs: &BpfFs, moto: &Moto) -> Daemon {
+/// The daemon with `ECS_ENDPOINT=ecs` and the redirect attached to `docker`'s containers.
+async fn start_daemon(docker: &DockerD, bpffs: &BpfFs, moto: &Moto, ecs: bool) -> Daemon {
     let port = free_wildcard_port();
     Daemon::builder()
         .moto(moto)
@@ -155,7 +155,7 @@ async fn start_daemon(docker: &DockerD, bpffs: &BpfFs, moto: &Moto) -> Daemon {
         .env("DOCKER_URL", docker.url())
         .env("MOCK_API", "false")
         .env("METADATA_URL", format!("http://{METADATA_IP}"))
-        .env("ECS_ENDPOINT", "true")
+        .env("ECS_ENDPOINT", ecs.to_string())
         .env("EBPF", "required")
         .env("EBPF_CGROUPS", docker.cgroup_parent())
         .env("EBPF_TARGET", format!("{}:{port}", docker.gateway()))
@@ -177,7 +177,7 @@ async fn containers_get_their_own_role_for_their_own_token_only() {
     for role in ["role-a", "role-b"] {
         moto.create_role(role, "/").await;
     }
-    let mut daemon = start_daemon(&docker, &bpffs, &moto).await;
+    let mut daemon = start_daemon(&docker, &bpffs, &moto, true).await;
 
     let (token_a, token_b) = (random_token(), random_token());
     let a = docker.run_detached(&[
@@ -261,5 +261,49 @@ async fn containers_get_their_own_role_for_their_own_token_only() {
     assert!(
         seen.is_empty(),
         "the 169.254.170.23 stand-in was reached: {seen:?}"
+    );
+}
+
+/// With the setting off, nothing changes: 169.254.170.23 is not redirected (the stand-in gets the
+/// request, which on a real host would go to whatever owns that address), and the daemon's
+/// `/v1/credentials` is a 404 even with the right token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_setting_169_254_170_23_is_left_alone() {
+    let Some(docker) = DockerD::start() else {
+        return;
+    };
+    let addresses = MetadataAddress::start_with_ecs();
+    let bpffs = BpfFs::mount();
+    let moto = Moto::start().await;
+    moto.create_role("role-a", "/").await;
+    let mut daemon = start_daemon(&docker, &bpffs, &moto, false).await;
+    let token = random_token();
+    let a = docker.run_detached(&[
+        "-e",
+        "IAM_ROLE=role-a",
+        "-e",
+        &format!("AWS_CONTAINER_AUTHORIZATION_TOKEN={token}"),
+    ]);
+    assert!(daemon.is_running(), "the daemon exited:\n{}", daemon.logs());
+
+    let _ = ecs_get(&docker, &a, Some(&token));
+    let ecs_standin = addresses.ecs_standin.as_ref().expect("asked for");
+    let seen = ecs_standin.requests();
+    assert!(
+        seen.iter().any(|r| r.target == "/v1/credentials"),
+        "the 169.254.170.23 stand-in saw {seen:?}"
+    );
+    // 169.254.169.254 is still redirected, and the daemon does not serve the route.
+    let (ok, _, err) = docker.exec(
+        &a,
+        &format!(
+            "wget -q -O - --header 'Authorization: {token}' http://{METADATA_IP}/v1/credentials"
+        ),
+    );
+    assert!(!ok && err.contains("404"), "{err}");
+    let seen = addresses.standin.requests();
+    assert!(
+        seen.is_empty(),
+        "the real IMDS stand-in was reached: {seen:?}"
     );
 }
