@@ -326,3 +326,29 @@ fn remove_stale_links(dir: &Path, keep: &[String]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_container_credentials_endpoint_is_redirected_only_with_ecs_endpoint() {
+        let host = Host {
+            cgroup2: PathBuf::from("/sys/fs/cgroup"),
+            own_cgroup: ("/daemon".into(), 7),
+        };
+        let mut target = Target {
+            v4: "172.17.0.1:45001".parse().unwrap(),
+            v6: None,
+            ecs: false,
+        };
+        assert_eq!(settings(&target, &host).flags, FLAG_IPV4);
+        target.ecs = true;
+        assert_eq!(settings(&target, &host).flags, FLAG_IPV4 | FLAG_ECS);
+        target.v6 = Some("[::1]:45001".parse().unwrap());
+        assert_eq!(
+            settings(&target, &host).flags,
+            FLAG_IPV4 | FLAG_IPV6 | FLAG_ECS
+        );
+    }
+}
