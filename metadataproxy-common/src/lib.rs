@@ -10,6 +10,10 @@ pub const IMDS_IPV4: u32 = 0xA9FE_A9FE;
 pub const IMDS_IPV6: [u32; 4] = [0xfd00_0ec2, 0, 0, 0x0000_0254];
 /// The port the metadata service listens on.
 pub const IMDS_PORT: u16 = 80;
+/// The container-credentials endpoint (EKS Pod Identity's), 169.254.170.23, in host byte order.
+pub const ECS_IPV4: u32 = 0xA9FE_AA17;
+/// The container-credentials endpoint's IPv6 address, `fd00:ec2::23`, as host-order words.
+pub const ECS_IPV6: [u32; 4] = [0xfd00_0ec2, 0, 0, 0x0000_0023];
 
 /// Map names (also the file names of their pins in bpffs).
 pub mod maps {
@@ -39,6 +43,9 @@ pub mod programs {
 pub const FLAG_IPV4: u32 = 1;
 /// [`Settings::flags`]: redirect IPv6 connections to `[fd00:ec2::254]:80`.
 pub const FLAG_IPV6: u32 = 2;
+/// [`Settings::flags`]: also redirect the container-credentials endpoint (`ECS_ENDPOINT`):
+/// 169.254.170.23:80 with [`FLAG_IPV4`], `[fd00:ec2::23]:80` with [`FLAG_IPV6`].
+pub const FLAG_ECS: u32 = 4;
 
 /// The one entry of [`maps::SETTINGS`]; all zero means "redirect nothing".
 #[repr(C)]
@@ -56,7 +63,7 @@ pub struct Settings {
     pub port6: u16,
     /// Process id (tgid) of the daemon; its connections are never redirected.
     pub daemon_tgid: u32,
-    /// [`FLAG_IPV4`] | [`FLAG_IPV6`].
+    /// [`FLAG_IPV4`] | [`FLAG_IPV6`] | [`FLAG_ECS`].
     pub flags: u32,
 }
 const _: () = assert!(size_of::<Settings>() == 40);

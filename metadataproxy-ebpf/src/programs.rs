@@ -1,5 +1,8 @@
 //! The maps and the three programs (connect4, connect6, `sock_ops`).
 //!
+//! connect4/6 redirect the metadata service's address and, when [`FLAG_ECS`] is set, the
+//! container-credentials endpoint's, to the daemon.
+//!
 //! Map sizes here are placeholders: the daemon sets every size from its configuration at load time.
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_SOCK_OPS_TCP_CONNECT_CB};
@@ -11,7 +14,8 @@ use aya_ebpf::macros::{cgroup_sock_addr, map, sock_ops};
 use aya_ebpf::maps::{Array, HashMap, LruHashMap};
 use aya_ebpf::programs::{SockAddrContext, SockOpsContext};
 use metadataproxy_common::{
-    Conn4, Conn6, FLAG_IPV4, FLAG_IPV6, IMDS_IPV4, IMDS_IPV6, IMDS_PORT, Record, Settings,
+    Conn4, Conn6, ECS_IPV4, ECS_IPV6, FLAG_ECS, FLAG_IPV4, FLAG_IPV6, IMDS_IPV4, IMDS_IPV6,
+    IMDS_PORT, Record, Settings,
 };
 
 /// Verdict of a `cgroup/connect*` program that lets the connect go ahead.
@@ -63,10 +67,13 @@ pub fn mp_sock_ops(ctx: SockOpsContext) -> u32 {
     0
 }
 
-/// The settings, if the caller of this connect is to be redirected at all.
-fn redirect_settings(flag: u32) -> Option<(&'static Settings, u64, u64)> {
+/// The settings, if the caller of this connect is to be redirected at all: `flag` is the address
+/// family's flag, and `ecs` whether the destination is the container-credentials endpoint (which
+/// [`FLAG_ECS`] must also enable).
+fn redirect_settings(flag: u32, ecs: bool) -> Option<(&'static Settings, u64, u64)> {
     let settings = MP_SETTINGS.get(0)?;
-    if settings.flags & flag == 0 {
+    let needed = if ecs { flag | FLAG_ECS } else { flag };
+    if settings.flags & needed != needed {
         return None;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -111,10 +118,12 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), i32> {
         let sa = &*ctx.sock_addr;
         (sa.protocol, sa.user_ip4, sa.user_port)
     };
-    if protocol != TCP || ip != IMDS_IPV4.to_be() || port != u32::from(IMDS_PORT.to_be()) {
+    let ecs = ip == ECS_IPV4.to_be();
+    if protocol != TCP || !(ecs || ip == IMDS_IPV4.to_be()) || port != u32::from(IMDS_PORT.to_be())
+    {
         return Ok(());
     }
-    let Some((settings, cgroup_id, pid_tgid)) = redirect_settings(FLAG_IPV4) else {
+    let Some((settings, cgroup_id, pid_tgid)) = redirect_settings(FLAG_IPV4, ecs) else {
         return Ok(());
     };
     remember(ctx, cgroup_id, pid_tgid)?;
@@ -138,10 +147,17 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<(), i32> {
         IMDS_IPV6[2].to_be(),
         IMDS_IPV6[3].to_be(),
     ];
-    if protocol != TCP || ip != imds || port != u32::from(IMDS_PORT.to_be()) {
+    let ecs_addr = [
+        ECS_IPV6[0].to_be(),
+        ECS_IPV6[1].to_be(),
+        ECS_IPV6[2].to_be(),
+        ECS_IPV6[3].to_be(),
+    ];
+    let ecs = ip == ecs_addr;
+    if protocol != TCP || !(ecs || ip == imds) || port != u32::from(IMDS_PORT.to_be()) {
         return Ok(());
     }
-    let Some((settings, cgroup_id, pid_tgid)) = redirect_settings(FLAG_IPV6) else {
+    let Some((settings, cgroup_id, pid_tgid)) = redirect_settings(FLAG_IPV6, ecs) else {
         return Ok(());
     };
     remember(ctx, cgroup_id, pid_tgid)?;

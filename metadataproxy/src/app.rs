@@ -19,14 +19,15 @@ use crate::containerd::{ContainerdApi, ContainerdCgroup};
 use crate::creds::aws::AwsSts;
 use crate::creds::{CredentialCache, CredentialCacheConfig, Sts};
 use crate::docker::{
-    self, ContainerIndex, ContainerSource, DockerApi, DockerCgroup, DockerIp, Endpoint,
-    IndexListener, NoListener, Prefetcher, ReverseDns, SyncConfig, SystemResolver,
+    self, CallerContainer, ContainerIndex, ContainerSource, DockerApi, DockerCgroup, DockerIp,
+    Endpoint, IndexListener, NoListener, Prefetcher, ReverseDns, SyncConfig, SystemResolver,
 };
 use crate::ebpf::ConnTable;
 use crate::identity::cgroup::{CgroupPaths, CgroupSource};
 use crate::identity::mapping_file::{MappingError, MappingFile};
 use crate::identity::{Chain, ConnInfo, Identify};
 use crate::imds::conn::{ConnLimits, Tracked};
+use crate::imds::ecs::Ecs;
 use crate::imds::iam::Iam;
 use crate::imds::mock::MockTree;
 use crate::imds::proxy::Upstream;
@@ -138,6 +139,8 @@ pub fn build_parts(
             mapping: Arc::clone(file),
         }));
     }
+    // The caller's container as the chain finds it, for `ECS_ENDPOINT`'s token check.
+    let mut caller_container = CallerContainer::default();
     if let (Some(source), Some(paths)) = (containerd_source, &cgroups) {
         let default_role = default_role.clone().map(Arc::new);
         sources.push(containerd_sources(
@@ -151,14 +154,20 @@ pub fn build_parts(
     }
     if let Some(source) = docker {
         let containers = DockerUse {
-            by_cgroup: cgroups,
+            by_cgroup: cgroups.clone(),
             by_address: mapping_file.is_none(),
         };
         let default_role = default_role.clone().map(Arc::new);
         let (docker_index, found) =
             docker_sources(config, source, containers, &resolver, &cache, default_role);
-        index = Some(docker_index);
         sources.extend(found);
+        caller_container = CallerContainer {
+            by_cgroup: cgroups.map(|paths| DockerCgroup::new(Arc::clone(&docker_index), paths)),
+            by_ip: mapping_file
+                .is_none()
+                .then(|| DockerIp::new(Arc::clone(&docker_index))),
+        };
+        index = Some(docker_index);
     }
     if let Some(file) = mapping_file {
         known.extend(file.current().assignments().cloned());
@@ -193,6 +202,9 @@ pub fn build_parts(
         ),
         passthrough,
         imdsv2_required: config.imdsv2_required,
+        ecs: config
+            .ecs_endpoint
+            .then(|| Ecs::new(Arc::new(caller_container))),
         clock,
     });
     Ok(Parts { imds, cache, index })

@@ -108,6 +108,8 @@ pub struct Config {
     pub patch_ecs_allowed_hosts: Option<String>,
     /// `IMDSV2_REQUIRED`.
     pub imdsv2_required: bool,
+    /// `ECS_ENDPOINT`: serve `/v1/credentials` and redirect the container-credentials endpoint.
+    pub ecs_endpoint: bool,
     /// `LOG_FORMAT`.
     pub log_format: LogFormat,
     /// `LOG_LEVEL`, or the default derived from `DEBUG`.

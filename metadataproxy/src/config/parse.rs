@@ -322,6 +322,7 @@ where
     let role_session_key = r.parse(s::ROLE_SESSION_KEY, session_key);
     let patch_ecs_allowed_hosts = r.optional(s::PATCH_ECS_ALLOWED_HOSTS);
     let imdsv2_required = r.boolean(s::IMDSV2_REQUIRED);
+    let ecs_endpoint = r.boolean(s::ECS_ENDPOINT);
     let log_format = r.parse(s::LOG_FORMAT, log_format);
     let log_filter = r.parse(s::LOG_LEVEL, log_filter);
     let proxy_allowed_paths = r
@@ -444,6 +445,7 @@ where
         role_session_key,
         patch_ecs_allowed_hosts,
         imdsv2_required,
+        ecs_endpoint,
         log_format,
         log_filter,
         proxy_allowed_paths,

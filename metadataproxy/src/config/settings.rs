@@ -82,6 +82,7 @@ pub const HOSTNAME_MATCH_REGEX: &str = "HOSTNAME_MATCH_REGEX";
 pub const ROLE_SESSION_KEY: &str = "ROLE_SESSION_KEY";
 pub const PATCH_ECS_ALLOWED_HOSTS: &str = "PATCH_ECS_ALLOWED_HOSTS";
 pub const IMDSV2_REQUIRED: &str = "IMDSV2_REQUIRED";
+pub const ECS_ENDPOINT: &str = "ECS_ENDPOINT";
 pub const LOG_FORMAT: &str = "LOG_FORMAT";
 pub const LOG_LEVEL: &str = "LOG_LEVEL";
 pub const PROXY_ALLOWED_PATHS: &str = "PROXY_ALLOWED_PATHS";
@@ -236,6 +237,13 @@ pub const SETTINGS: &[Setting] = &[
         Some("false"),
         Kind::Bool,
         "refuse requests without an IMDSv2 session token (401)",
+    ),
+    ours(
+        ECS_ENDPOINT,
+        "ecs-endpoint",
+        Some("false"),
+        Kind::Bool,
+        "serve containers' own credentials at `GET /v1/credentials`, for SDKs given AWS_CONTAINER_CREDENTIALS_FULL_URI=http://169.254.170.23/v1/credentials and their container's AWS_CONTAINER_AUTHORIZATION_TOKEN; the eBPF redirect then also covers 169.254.170.23:80 and [fd00:ec2::23]:80",
     ),
     ours(
         LOG_FORMAT,

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use super::settings::{self, ContainerRole};
 use crate::config::SessionKey;
+use crate::creds::Secret;
 
 /// Lyft's label for the address Rancher's managed network gives a container (`ip/prefix`).
 pub const RANCHER_IP_LABEL: &str = "io.rancher.container.ip";
@@ -72,6 +73,8 @@ pub struct Container {
     pub role: ContainerRole,
     /// Its cgroup v2 path, when the source knows it ([`ContainerInfo::cgroup`]).
     pub cgroup: Option<String>,
+    /// Its `AWS_CONTAINER_AUTHORIZATION_TOKEN`: what its calls to `/v1/credentials` must present.
+    pub authorization_token: Option<Secret>,
 }
 
 impl Container {
@@ -115,6 +118,7 @@ impl Container {
             fqdn,
             role,
             cgroup: info.cgroup.clone(),
+            authorization_token: settings::authorization_token(&info.env),
         }
     }
 }
@@ -181,6 +185,23 @@ mod tests {
         let text = format!("{:?}", info());
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("[2 entries]"), "{text}");
+    }
+
+    #[test]
+    fn authorization_token_is_kept_and_redacted() {
+        let mut i = info();
+        assert_eq!(Container::new(&i, None).authorization_token, None);
+        i.env
+            .push("AWS_CONTAINER_AUTHORIZATION_TOKEN=s3cr3t-t0ken".into());
+        let c = Container::new(&i, None);
+        assert_eq!(
+            c.authorization_token.as_ref().map(Secret::expose),
+            Some("s3cr3t-t0ken")
+        );
+        let text = format!("{c:?}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+        i.env.push("AWS_CONTAINER_AUTHORIZATION_TOKEN=".into());
+        assert_eq!(Container::new(&i, None).authorization_token, None);
     }
 
     #[test]

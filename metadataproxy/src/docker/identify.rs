@@ -60,6 +60,17 @@ impl DockerIp {
     pub fn new(index: Arc<ContainerIndex>) -> Self {
         Self { index }
     }
+
+    /// The container with the caller's address.
+    pub async fn container(&self, conn: &ConnInfo) -> Option<Arc<Container>> {
+        let ip = canonical_ip(conn.peer.ip());
+        match self.index.by_ip(ip) {
+            Some(found) => Some(found),
+            // No container has a loopback address of its own: nothing to wait for.
+            None if ip.is_loopback() => None,
+            None => self.index.wait_for(START_GRACE, |i| i.by_ip(ip)).await,
+        }
+    }
 }
 
 impl Identify for DockerIp {
@@ -68,15 +79,13 @@ impl Identify for DockerIp {
     }
 
     fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
-        let ip = canonical_ip(conn.peer.ip());
         Box::pin(async move {
-            let found = match self.index.by_ip(ip) {
-                Some(found) => found,
-                // No container has a loopback address of its own: nothing to wait for.
-                None if ip.is_loopback() => return None,
-                None => self.index.wait_for(START_GRACE, |i| i.by_ip(ip)).await?,
-            };
-            Some(answer(&found, Source::DockerIp, ip))
+            let found = self.container(conn).await?;
+            Some(answer(
+                &found,
+                Source::DockerIp,
+                canonical_ip(conn.peer.ip()),
+            ))
         })
     }
 }
@@ -95,6 +104,19 @@ impl DockerCgroup {
     pub fn new(index: Arc<ContainerIndex>, paths: Arc<CgroupPaths>) -> Self {
         Self { index, paths }
     }
+
+    /// The container of the cgroup the kernel recorded for the caller's connection.
+    pub async fn container(&self, conn: &ConnInfo) -> Option<Arc<Container>> {
+        let kernel = conn.kernel?;
+        let path = self.paths.path(kernel.cgroup_id)?;
+        let container = container_of(&path).filter(|c| c.runtime == "docker")?;
+        // The cgroup proves the container exists: give its start event time to arrive.
+        let found = self.index.by_id_soon(&container.id).await;
+        if found.is_none() {
+            tracing::info!(cgroup = %path, id = short(&container.id), pid = kernel.pid, "caller's cgroup names a Docker container the index does not know");
+        }
+        found
+    }
 }
 
 impl Identify for DockerCgroup {
@@ -104,16 +126,34 @@ impl Identify for DockerCgroup {
 
     fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
         Box::pin(async move {
-            let kernel = conn.kernel?;
-            let path = self.paths.path(kernel.cgroup_id)?;
-            let container = container_of(&path).filter(|c| c.runtime == "docker")?;
-            // The cgroup proves the container exists: give its start event time to arrive.
-            let Some(found) = self.index.by_id_soon(&container.id).await else {
-                tracing::info!(cgroup = %path, id = short(&container.id), pid = kernel.pid, "caller's cgroup names a Docker container the index does not know");
-                return None;
-            };
+            let found = self.container(conn).await?;
             Some(answer(&found, Source::DockerCgroup, conn.peer.ip()))
         })
+    }
+}
+
+/// The Docker container a caller runs in, found as the identification chain finds it: by the
+/// kernel-attested cgroup, else (when containers are identified by address) by its address.
+#[derive(Debug, Clone, Default)]
+pub struct CallerContainer {
+    /// By cgroup (eBPF redirect in force).
+    pub by_cgroup: Option<DockerCgroup>,
+    /// By address (no `ROLE_MAPPING_FILE`).
+    pub by_ip: Option<DockerIp>,
+}
+
+impl CallerContainer {
+    /// The caller's container, if it is in one the index knows.
+    pub async fn find(&self, conn: &ConnInfo) -> Option<Arc<Container>> {
+        if let Some(source) = &self.by_cgroup
+            && let Some(found) = source.container(conn).await
+        {
+            return Some(found);
+        }
+        match &self.by_ip {
+            Some(source) => source.container(conn).await,
+            None => None,
+        }
     }
 }
 

@@ -18,17 +18,17 @@ mod source;
 mod sync;
 
 pub use api::DockerApi;
-pub use container::{Container, ContainerInfo, RANCHER_IP_LABEL};
+pub use container::{Container, ContainerInfo, RANCHER_IP_LABEL, short};
 pub use endpoint::{Endpoint, EndpointError};
 pub use identify::{
-    DockerCgroup, DockerIp, REVERSE_LOOKUP_TIMEOUT, ReverseDns, ReverseLookup, START_GRACE,
-    SystemResolver, match_key,
+    CallerContainer, DockerCgroup, DockerIp, REVERSE_LOOKUP_TIMEOUT, ReverseDns, ReverseLookup,
+    START_GRACE, SystemResolver, match_key,
 };
 pub use index::{Change, ContainerIndex};
 pub use prefetch::Prefetcher;
 pub use settings::{
-    ContainerRole, EXTERNAL_ID_ENV, EXTERNAL_ID_LABEL, POD_EXTERNAL_ID_ANNOTATION,
-    POD_ROLE_ANNOTATION, ROLE_ENV, ROLE_LABEL, SettingsError,
+    AUTHORIZATION_TOKEN_ENV, ContainerRole, EXTERNAL_ID_ENV, EXTERNAL_ID_LABEL,
+    POD_EXTERNAL_ID_ANNOTATION, POD_ROLE_ANNOTATION, ROLE_ENV, ROLE_LABEL, SettingsError,
 };
 pub use source::{Connection, ContainerSource, DockerError, Event};
 pub use sync::{IndexListener, NoListener, SyncConfig, Syncer};

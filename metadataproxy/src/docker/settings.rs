@@ -19,6 +19,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use crate::config::SessionKey;
+use crate::creds::Secret;
 use crate::identity::Answer;
 use crate::role::{ExternalIdError, RoleAssignment, RoleSpec, RoleSpecError, SessionName};
 
@@ -30,6 +31,8 @@ pub const EXTERNAL_ID_ENV: &str = "IAM_EXTERNAL_ID";
 pub const ROLE_LABEL: &str = "metadataproxy.role";
 /// The container label giving the external id for [`ROLE_LABEL`]'s role.
 pub const EXTERNAL_ID_LABEL: &str = "metadataproxy.external-id";
+/// The container variable its SDK sends as `Authorization` to the container-credentials endpoint.
+pub const AUTHORIZATION_TOKEN_ENV: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN";
 
 /// The pod annotation naming the role of a pod's containers (kube2iam's convention).
 pub const POD_ROLE_ANNOTATION: &str = "iam.amazonaws.com/role";
@@ -128,6 +131,15 @@ pub fn container_role_in_pod(
         Ok(role) => role,
         Err(e) => ContainerRole::Invalid(e),
     }
+}
+
+/// The container's [`AUTHORIZATION_TOKEN_ENV`] (the last one, as Docker keeps it); empty or bare
+/// is none.
+pub fn authorization_token(env: &[String]) -> Option<Secret> {
+    EnvView::new(env)
+        .lenient(AUTHORIZATION_TOKEN_ENV)
+        .filter(|v| !v.is_empty())
+        .map(|v| Secret::new(v.to_owned()))
 }
 
 /// Whether the container names a role both by `IAM_ROLE` and by label, differently.

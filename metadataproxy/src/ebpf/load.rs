@@ -8,7 +8,7 @@ use aya::maps::{Array, HashMap, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
 use aya::{Ebpf, EbpfLoader};
-use metadataproxy_common::{FLAG_IPV4, FLAG_IPV6, Settings, maps, programs};
+use metadataproxy_common::{FLAG_ECS, FLAG_IPV4, FLAG_IPV6, Settings, maps, programs};
 
 use super::{ConnTable, EbpfError, Exempt, Host, Target};
 use crate::config::{EbpfConfig, OnExit};
@@ -51,6 +51,9 @@ fn settings(target: &Target, host: &Host) -> Settings {
         });
         s.port6 = v6.port().to_be();
         s.flags |= FLAG_IPV6;
+    }
+    if target.ecs {
+        s.flags |= FLAG_ECS;
     }
     s
 }
@@ -331,5 +334,31 @@ fn remove_stale_links(dir: &Path, keep: &[String]) {
             tracing::info!(pin = %name, "removing the pin of a cgroup no longer in EBPF_CGROUPS");
             let _ = std::fs::remove_file(entry.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_container_credentials_endpoint_is_redirected_only_with_ecs_endpoint() {
+        let host = Host {
+            cgroup2: PathBuf::from("/sys/fs/cgroup"),
+            own_cgroup: ("/daemon".into(), 7),
+        };
+        let mut target = Target {
+            v4: "172.17.0.1:45001".parse().unwrap(),
+            v6: None,
+            ecs: false,
+        };
+        assert_eq!(settings(&target, &host).flags, FLAG_IPV4);
+        target.ecs = true;
+        assert_eq!(settings(&target, &host).flags, FLAG_IPV4 | FLAG_ECS);
+        target.v6 = Some("[::1]:45001".parse().unwrap());
+        assert_eq!(
+            settings(&target, &host).flags,
+            FLAG_IPV4 | FLAG_IPV6 | FLAG_ECS
+        );
     }
 }

@@ -113,6 +113,8 @@ pub struct Target {
     pub v4: SocketAddrV4,
     /// Where IPv6 callers are sent (`None`: IPv6 is not redirected).
     pub v6: Option<SocketAddrV6>,
+    /// `ECS_ENDPOINT`: also redirect the container-credentials endpoint's addresses.
+    pub ecs: bool,
 }
 
 /// The redirect in force, with what identification needs from it.
@@ -148,6 +150,7 @@ pub fn start(
         let target = Target {
             v4: ebpf.target4,
             v6: ebpf.target6,
+            ecs: config.ecs_endpoint,
         };
         // containerd puts containers at /<namespace>/<id> whatever their names.
         let container_roots = if config.containerd.mode == crate::config::ContainerdMode::Off {
@@ -169,6 +172,7 @@ pub fn start(
         tracing::info!(
             target = %target.v4,
             target6 = ?target.v6,
+            ecs_endpoint = target.ecs,
             cgroups = ?ebpf.cgroups,
             daemon_cgroup = %host.own_cgroup.0,
             pins = %ebpf.pin_dir.display(),

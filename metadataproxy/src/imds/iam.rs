@@ -108,7 +108,8 @@ impl Iam {
         }
     }
 
-    async fn credentials(
+    /// The credentials of an identified caller and its role's ARN, or the error response.
+    pub(super) async fn credentials(
         &self,
         caller: &Caller,
     ) -> Result<(Arc<Credentials>, RoleArn), Response<Body>> {

@@ -1,6 +1,7 @@
 //! The IMDS HTTP API: routing, `IMDSv2` tokens, IAM handlers, passthrough and mock tree.
 
 pub mod conn;
+pub mod ecs;
 pub mod iam;
 pub mod mock;
 pub mod path;

@@ -53,6 +53,8 @@ pub struct Imds {
     pub passthrough: Passthrough,
     /// `IMDSV2_REQUIRED`.
     pub imdsv2_required: bool,
+    /// `ECS_ENDPOINT`: the container-credentials route; `None`: it is a 404.
+    pub ecs: Option<super::ecs::Ecs>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
 }
@@ -72,6 +74,12 @@ impl Imds {
             return resp;
         }
         let raw_path = req.uri().path();
+        if raw_path == super::ecs::PATH {
+            return match &self.ecs {
+                Some(ecs) => ecs.handle(&self.iam, req, conn).await,
+                None => not_found(),
+            };
+        }
         let parsed = match path::parse(raw_path) {
             Ok(p) => p,
             Err(e) => {

@@ -15,8 +15,8 @@ use crate::config::Config;
 use crate::creds::fake::FakeSts;
 use crate::identity::ConnInfo;
 
-struct Fixture {
-    imds: Arc<Imds>,
+pub(super) struct Fixture {
+    pub(super) imds: Arc<Imds>,
     sts: Arc<FakeSts>,
     clock: ManualClock,
     _dir: Option<TempDir>,
@@ -30,7 +30,7 @@ impl Drop for TempDir {
     }
 }
 
-fn fixture(env: &[(&str, &str)], mapping: Option<&str>) -> Fixture {
+pub(super) fn fixture(env: &[(&str, &str)], mapping: Option<&str>) -> Fixture {
     let mut env: HashMap<String, String> = env
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -74,7 +74,7 @@ fn conn(ip: &str) -> ConnInfo {
     }
 }
 
-async fn call(
+pub(super) async fn call(
     f: &Fixture,
     ip: &str,
     method: Method,

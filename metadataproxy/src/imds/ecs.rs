@@ -1,0 +1,196 @@
+//! `ECS_ENDPOINT`: the container-credentials protocol at `GET /v1/credentials`, for SDKs given
+//! `AWS_CONTAINER_CREDENTIALS_FULL_URI` and `AWS_CONTAINER_AUTHORIZATION_TOKEN`.
+//!
+//! The caller is identified exactly as for IMDS (same chain, same credential cache), so this route
+//! never hands out anything the caller could not get from the IAM routes. In addition the request
+//! must carry, as `Authorization`, the `AWS_CONTAINER_AUTHORIZATION_TOKEN` of the caller's own
+//! container (compared in constant time; never logged): a caller in no known container, or in one
+//! that sets no token, is refused.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use subtle::ConstantTimeEq as _;
+
+use super::iam::Iam;
+use super::response::{self, Body};
+use crate::creds::Secret;
+use crate::creds::sts::BoxFuture;
+use crate::docker::{CallerContainer, short};
+use crate::identity::{Chain, ConnInfo};
+
+/// The path SDKs are pointed at: `http://169.254.170.23/v1/credentials`.
+pub const PATH: &str = "/v1/credentials";
+
+/// The container a caller runs in, as far as this route cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerToken {
+    /// The container's name (for logs).
+    pub container: String,
+    /// Its `AWS_CONTAINER_AUTHORIZATION_TOKEN`, if it sets one.
+    pub token: Option<Secret>,
+}
+
+/// Finds the authorization token of the caller's container.
+pub trait CallerTokens: Send + Sync + fmt::Debug {
+    /// The caller's container and its token; `None`: the caller is in no known container.
+    fn token<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<CallerToken>>;
+}
+
+/// Docker containers, found as the identification chain finds them.
+impl CallerTokens for CallerContainer {
+    fn token<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<CallerToken>> {
+        Box::pin(async move {
+            let found = self.find(conn).await?;
+            Some(CallerToken {
+                container: format!("{} ({})", found.name, short(&found.id)),
+                token: found.authorization_token.clone(),
+            })
+        })
+    }
+}
+
+/// The success document, as the ECS agent and EKS Pod Identity agent write it.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct CredentialsDoc<'a> {
+    access_key_id: &'a str,
+    secret_access_key: &'a str,
+    token: &'a str,
+    expiration: String,
+    role_arn: String,
+}
+
+/// The route, when `ECS_ENDPOINT` is on.
+#[derive(Debug)]
+pub struct Ecs {
+    /// Where callers' tokens come from.
+    pub tokens: Arc<dyn CallerTokens>,
+}
+
+/// Why a request was refused before its credentials were looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    NoHeader,
+    NoContainer,
+    NoToken,
+    WrongToken,
+}
+
+impl Refusal {
+    fn status(self) -> StatusCode {
+        match self {
+            Self::NoHeader => StatusCode::UNAUTHORIZED,
+            Self::NoContainer | Self::NoToken | Self::WrongToken => StatusCode::FORBIDDEN,
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Self::NoHeader => "the Authorization header is missing",
+            Self::NoContainer => "the caller is in no known container",
+            Self::NoToken => "the caller's container sets no AWS_CONTAINER_AUTHORIZATION_TOKEN",
+            Self::WrongToken => {
+                "the Authorization header is not the caller's AWS_CONTAINER_AUTHORIZATION_TOKEN"
+            }
+        }
+    }
+}
+
+impl Ecs {
+    /// A route checking tokens with `tokens`.
+    pub fn new(tokens: Arc<dyn CallerTokens>) -> Self {
+        Self { tokens }
+    }
+
+    /// Answers `GET /v1/credentials` from the connection `conn`, with `iam`'s chain and cache.
+    pub async fn handle<B>(&self, iam: &Iam, req: &Request<B>, conn: &ConnInfo) -> Response<Body> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            let mut resp = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "use GET",
+            );
+            resp.headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return resp;
+        }
+        let identity = Chain::identity(conn);
+        let found = self.tokens.token(conn).await;
+        let container = found.as_ref().map(|f| f.container.as_str());
+        if let Err(refusal) = check(req.headers().get(AUTHORIZATION), found.as_ref()) {
+            tracing::info!(caller = %identity, peer = %conn.peer, container, reason = refusal.message(), "refused container-credentials request");
+            let code = if refusal == Refusal::NoHeader {
+                "Unauthorized"
+            } else {
+                "AccessDenied"
+            };
+            return error(refusal.status(), code, refusal.message());
+        }
+        let caller = iam.chain.identify(conn).await;
+        let Some((_, source)) = &caller.assignment else {
+            tracing::info!(caller = %identity, peer = %conn.peer, container, "no role for caller");
+            return error(StatusCode::NOT_FOUND, "NotFound", "no role for this caller");
+        };
+        let (creds, arn) = match iam.credentials(&caller).await {
+            Ok(found) => found,
+            Err(resp) => return resp,
+        };
+        if creds.delivery.first_for(&caller.identity) {
+            tracing::info!(
+                target: "audit",
+                caller = %caller.identity,
+                peer = %conn.peer,
+                container,
+                role_arn = %arn,
+                session = %creds.assumed_role_arn.rsplit('/').next().unwrap_or_default(),
+                access_key = %format_args!("…{}", creds.key_hint()),
+                source = source.as_str(),
+                imds = "ecs",
+                "credentials served"
+            );
+        }
+        let doc = CredentialsDoc {
+            access_key_id: &creds.access_key_id,
+            secret_access_key: creds.secret_access_key.expose(),
+            token: creds.session_token.expose(),
+            expiration: response::timestamp(creds.expiration),
+            role_arn: arn.to_string(),
+        };
+        response::with_type(
+            StatusCode::OK,
+            Bytes::from(serde_json::to_vec(&doc).unwrap_or_default()),
+            "application/json",
+        )
+    }
+}
+
+/// Whether `header` is the token of the caller's container `found`.
+fn check(header: Option<&HeaderValue>, found: Option<&CallerToken>) -> Result<(), Refusal> {
+    let header = header.ok_or(Refusal::NoHeader)?;
+    let found = found.ok_or(Refusal::NoContainer)?;
+    let token = found.token.as_ref().ok_or(Refusal::NoToken)?;
+    if bool::from(header.as_bytes().ct_eq(token.expose().as_bytes())) {
+        Ok(())
+    } else {
+        Err(Refusal::WrongToken)
+    }
+}
+
+/// An error in the ECS agent's style: `{"code": …, "message": …}`.
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "code": code, "message": message });
+    response::with_type(
+        status,
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+        "application/json",
+    )
+}
+
+#[cfg(test)]
+#[path = "ecs_tests.rs"]
+mod tests;

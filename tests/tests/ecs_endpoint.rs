@@ -1,0 +1,309 @@
+//! `ECS_ENDPOINT`, the real thing: containers call `http://169.254.170.23/v1/credentials` (the
+//! address SDKs accept for `AWS_CONTAINER_CREDENTIALS_FULL_URI`) with their
+//! `AWS_CONTAINER_AUTHORIZATION_TOKEN`; the eBPF redirect brings them to the daemon, which knows
+//! each by its cgroup and serves its own role only for its own token. 169.254.169.254 and
+//! 169.254.170.23 are made local with stand-ins that must see no request.
+//!
+//! Needs root, a real dockerd, and the daemon built with the eBPF object.
+
+use std::fmt::Write as _;
+use std::io::Read as _;
+
+use metadataproxy_tests::{
+    ACCOUNT, BpfFs, Daemon, DockerD, ECS_IP, HOST_ACCESS_KEY_ID, METADATA_IP, MetadataAddress,
+    Moto, path_var, required_path,
+};
+
+/// A port free on every address: the daemon listens on `0.0.0.0`, which a port free only on
+/// 127.0.0.1 may not be (e.g. while a load test holds thousands of client ports on 127.0.0.x).
+fn free_wildcard_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 0.0.0.0:0")
+        .port()
+}
+
+/// A fresh random token (hex of 16 bytes from the kernel).
+fn random_token() -> String {
+    let mut bytes = [0_u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("read /dev/urandom");
+    bytes.iter().fold(String::new(), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}
+
+/// `GET http://169.254.170.23/v1/credentials` from inside container `id` with `busybox wget`,
+/// sending `auth` as the `Authorization` header: (ok, body or error).
+fn ecs_get(docker: &DockerD, id: &str, auth: Option<&str>) -> (bool, String) {
+    let header = auth.map_or_else(String::new, |a| format!("--header 'Authorization: {a}' "));
+    let (ok, out, err) = docker.exec(
+        id,
+        &format!("wget -q -O - {header}http://{ECS_IP}/v1/credentials"),
+    );
+    assert!(
+        !out.contains(HOST_ACCESS_KEY_ID),
+        "host credentials reached container {id}: {out}"
+    );
+    (ok, if ok { out } else { err })
+}
+
+/// The assumed-role ARN moto reports for the credentials document `body`, and its `RoleArn`.
+async fn identity(moto: &Moto, body: &str) -> (String, String) {
+    let doc: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    let text = |k: &str| doc[k].as_str().unwrap_or_default().to_owned();
+    let expiration = text("Expiration");
+    humantime::parse_rfc3339(&expiration)
+        .unwrap_or_else(|e| panic!("Expiration {expiration:?} is not RFC 3339: {e}"));
+    let arn = moto
+        .caller_identity_arn(
+            &text("AccessKeyId"),
+            &text("SecretAccessKey"),
+            &text("Token"),
+        )
+        .await;
+    (arn, text("RoleArn"))
+}
+
+/// What the Python script prints: the provider botocore used and who STS says it is.
+const BOTOCORE_SCRIPT: &str = r#"
+import json, os, botocore.session
+session = botocore.session.get_session()
+creds = session.get_credentials()
+if creds is None:
+    raise SystemExit("botocore found no credentials")
+sts = session.create_client("sts", region_name="us-east-1", endpoint_url=os.environ["MOTO_URL"])
+print(json.dumps({"method": creds.method, "arn": sts.get_caller_identity()["Arn"]}))
+"#;
+
+/// The cgroup v2 directory of container `id` (from its main process's `/proc/<pid>/cgroup`).
+fn container_cgroup_dir(docker: &DockerD, id: &str) -> std::path::PathBuf {
+    let pid = docker.must(&["inspect", "-f", "{{.State.Pid}}", id]);
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("its cgroups");
+    let path = cgroups
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_else(|| panic!("no cgroup v2 line for {id}: {cgroups}"));
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
+    let mount = mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&"cgroup2"))
+        .and_then(|f| f.get(1).map(|m| (*m).to_owned()))
+        .expect("a cgroup2 mount");
+    std::path::PathBuf::from(format!("{mount}{path}"))
+}
+
+/// botocore's container-credentials provider, run in container `id`'s cgroup (so the redirect
+/// and the daemon know it as that container) with the SDK's two variables: (ok, output).
+async fn botocore_in_container(
+    docker: &DockerD,
+    id: &str,
+    token: &str,
+    moto: &Moto,
+) -> (bool, String) {
+    let python = required_path("METADATAPROXY_VENV")
+        .join("bin")
+        .join("python");
+    let procs = container_cgroup_dir(docker, id).join("cgroup.procs");
+    let out = tokio::process::Command::new("sh")
+        .args([
+            "-c",
+            r#"echo $$ > "$1" && exec "$2" -c "$3""#,
+            "sh",
+            &procs.display().to_string(),
+            &python.display().to_string(),
+            BOTOCORE_SCRIPT,
+        ])
+        .env_clear()
+        .env("PATH", path_var())
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            format!("http://{ECS_IP}/v1/credentials"),
+        )
+        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN", token)
+        .env("MOTO_URL", moto.endpoint())
+        .output()
+        .await
+        .expect("run botocore");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn assumed(role: &str) -> String {
+    format!("arn:aws:sts::{ACCOUNT}:assumed-role/{role}/devproxyauth")
+}
+
+/// The daemon with `ECS_ENDPOINT=ecs` and the redirect attached to `docker`'s containers.
+async fn start_daemon(docker: &DockerD, bpffs: &BpfFs, moto: &Moto, ecs: bool) -> Daemon {
+    let port = free_wildcard_port();
+    Daemon::builder()
+        .moto(moto)
+        .default_account()
+        .env("HOST", "0.0.0.0")
+        .env("PORT", port.to_string())
+        .env("DOCKER_URL", docker.url())
+        .env("MOCK_API", "false")
+        .env("METADATA_URL", format!("http://{METADATA_IP}"))
+        .env("ECS_ENDPOINT", ecs.to_string())
+        .env("EBPF", "required")
+        .env("EBPF_CGROUPS", docker.cgroup_parent())
+        .env("EBPF_TARGET", format!("{}:{port}", docker.gateway()))
+        .env("EBPF_TARGET6", "off")
+        .env("EBPF_PIN_DIR", bpffs.pin_dir())
+        .env("EBPF_ON_EXIT", "detach")
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_get_their_own_role_for_their_own_token_only() {
+    let Some(docker) = DockerD::start() else {
+        return;
+    };
+    let addresses = MetadataAddress::start_with_ecs();
+    let bpffs = BpfFs::mount();
+    let moto = Moto::start().await;
+    for role in ["role-a", "role-b"] {
+        moto.create_role(role, "/").await;
+    }
+    let mut daemon = start_daemon(&docker, &bpffs, &moto, true).await;
+
+    let (token_a, token_b) = (random_token(), random_token());
+    let a = docker.run_detached(&[
+        "-e",
+        "IAM_ROLE=role-a",
+        "-e",
+        &format!("AWS_CONTAINER_AUTHORIZATION_TOKEN={token_a}"),
+    ]);
+    let b = docker.run_detached(&[
+        "-e",
+        "IAM_ROLE=role-b",
+        "-e",
+        &format!("AWS_CONTAINER_AUTHORIZATION_TOKEN={token_b}"),
+    ]);
+    let no_token = docker.run_detached(&["-e", "IAM_ROLE=role-a"]);
+    assert!(daemon.is_running(), "the daemon exited:\n{}", daemon.logs());
+
+    for (id, token, role) in [(&a, &token_a, "role-a"), (&b, &token_b, "role-b")] {
+        let (ok, body) = ecs_get(&docker, id, Some(token));
+        assert!(ok, "{role}: {body}\n{}", daemon.logs());
+        let (arn, role_arn) = identity(&moto, &body).await;
+        assert_eq!(arn, assumed(role));
+        assert_eq!(role_arn, format!("arn:aws:iam::{ACCOUNT}:role/{role}"));
+    }
+    for (id, auth, status, what) in [
+        (&a, None, "401", "no Authorization header"),
+        (&a, Some("not-the-token"), "403", "a wrong token"),
+        (
+            &b,
+            Some(token_a.as_str()),
+            "403",
+            "another container's token",
+        ),
+        (
+            &no_token,
+            Some(token_a.as_str()),
+            "403",
+            "a container without a token",
+        ),
+    ] {
+        let (ok, err) = ecs_get(&docker, id, auth);
+        assert!(!ok && err.contains(status), "{what}: {err}");
+    }
+
+    // A real SDK: botocore's container provider, in container a's cgroup, with a's token and
+    // then with b's.
+    let (ok, out) = botocore_in_container(&docker, &a, &token_a, &moto).await;
+    assert!(ok, "botocore: {out}\n{}", daemon.logs());
+    let got: serde_json::Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("botocore printed {out:?}: {e}"));
+    assert_eq!(got["method"], "container-role", "{got}");
+    assert_eq!(got["arn"], assumed("role-a"), "{got}");
+    let (ok, out) = botocore_in_container(&docker, &a, &token_b, &moto).await;
+    assert!(
+        !ok,
+        "botocore got credentials with another container's token: {out}"
+    );
+
+    // Every caller was known by its cgroup; the tokens never reached the log.
+    let logs = daemon
+        .wait_for_log("refused container-credentials request")
+        .await;
+    assert!(logs.contains("imds=\"ecs\""), "no audit line:\n{logs}");
+    for token in [&token_a, &token_b] {
+        assert!(
+            !logs.contains(token.as_str()),
+            "a token was logged:\n{logs}"
+        );
+    }
+    assert!(
+        !logs.contains("source=\"docker_ip\""),
+        "a caller fell back to its address:\n{logs}"
+    );
+    let seen = addresses.standin.requests();
+    assert!(
+        seen.is_empty(),
+        "the real IMDS stand-in was reached: {seen:?}"
+    );
+    let ecs_standin = addresses.ecs_standin.as_ref().expect("asked for");
+    let seen = ecs_standin.requests();
+    assert!(
+        seen.is_empty(),
+        "the 169.254.170.23 stand-in was reached: {seen:?}"
+    );
+}
+
+/// With the setting off, nothing changes: 169.254.170.23 is not redirected (the stand-in gets the
+/// request, which on a real host would go to whatever owns that address), and the daemon's
+/// `/v1/credentials` is a 404 even with the right token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_setting_169_254_170_23_is_left_alone() {
+    let Some(docker) = DockerD::start() else {
+        return;
+    };
+    let addresses = MetadataAddress::start_with_ecs();
+    let bpffs = BpfFs::mount();
+    let moto = Moto::start().await;
+    moto.create_role("role-a", "/").await;
+    let mut daemon = start_daemon(&docker, &bpffs, &moto, false).await;
+    let token = random_token();
+    let a = docker.run_detached(&[
+        "-e",
+        "IAM_ROLE=role-a",
+        "-e",
+        &format!("AWS_CONTAINER_AUTHORIZATION_TOKEN={token}"),
+    ]);
+    assert!(daemon.is_running(), "the daemon exited:\n{}", daemon.logs());
+
+    let _ = ecs_get(&docker, &a, Some(&token));
+    let ecs_standin = addresses.ecs_standin.as_ref().expect("asked for");
+    let seen = ecs_standin.requests();
+    assert!(
+        seen.iter().any(|r| r.target == "/v1/credentials"),
+        "the 169.254.170.23 stand-in saw {seen:?}"
+    );
+    // 169.254.169.254 is still redirected, and the daemon does not serve the route.
+    let (ok, _, err) = docker.exec(
+        &a,
+        &format!(
+            "wget -q -O - --header 'Authorization: {token}' http://{METADATA_IP}/v1/credentials"
+        ),
+    );
+    assert!(!ok && err.contains("404"), "{err}");
+    let seen = addresses.standin.requests();
+    assert!(
+        seen.is_empty(),
+        "the real IMDS stand-in was reached: {seen:?}"
+    );
+}
