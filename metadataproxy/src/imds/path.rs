@@ -121,19 +121,16 @@ pub fn parse(raw: &str) -> Result<ImdsPath, PathError> {
         Some(body) => (body, true),
         None => (rest, false),
     };
-    let mut segments = Vec::new();
-    for seg in body.split('/') {
+    let mut version = None;
+    let mut segments = Vec::with_capacity(4);
+    for (i, seg) in body.split('/').enumerate() {
         match seg {
             "" => return Err(PathError::EmptySegment),
             "." | ".." => return Err(PathError::DotSegment),
+            s if i == 0 && is_version(s) => version = Some(s.to_owned()),
             s => segments.push(s.to_owned()),
         }
     }
-    let version = if is_version(&segments[0]) {
-        Some(segments.remove(0))
-    } else {
-        None
-    };
     Ok(ImdsPath {
         version,
         segments,
@@ -165,21 +162,26 @@ fn is_version(s: &str) -> bool {
 /// Compares a segment to a lower-case keyword ignoring ASCII case and any `;…` suffix, so an
 /// upstream that strips path parameters (`iam;x`) could not reach a route we did not recognise.
 fn seg_is(seg: &str, keyword: &str) -> bool {
-    let stem = seg.split(';').next().unwrap_or(seg);
-    stem.eq_ignore_ascii_case(keyword)
+    // A byte search: `split(';')` cost more than the rest of routing (it runs on every segment).
+    let stem = seg
+        .as_bytes()
+        .iter()
+        .position(|&b| b == b';')
+        .map_or(seg.as_bytes(), |i| &seg.as_bytes()[..i]);
+    stem.eq_ignore_ascii_case(keyword.as_bytes())
 }
 
 /// Whether `meta-data` is immediately followed by `next` anywhere in the segments (version
 /// included, since an unrecognised first segment is kept in `segments`).
 fn has_pair(p: &ImdsPath, next: &str) -> bool {
-    let all: Vec<&str> = p
-        .version
-        .iter()
-        .chain(p.segments.iter())
-        .map(String::as_str)
-        .collect();
-    all.windows(2)
-        .any(|w| seg_is(w[0], "meta-data") && seg_is(w[1], next))
+    let mut after_meta_data = false;
+    for seg in p.version.iter().chain(p.segments.iter()) {
+        if after_meta_data && seg_is(seg, next) {
+            return true;
+        }
+        after_meta_data = seg_is(seg, "meta-data");
+    }
+    false
 }
 
 /// Decides what a parsed path is. IAM detection ignores case; local IAM handlers only serve the
