@@ -74,6 +74,11 @@ fn serve() -> ExitCode {
     }
 }
 
+/// Lines the log writer thread may have queued. The queue is allocated and touched in full up
+/// front (tracing-appender's default of 128,000 lines is 4 MiB of resident memory, idle or not);
+/// a burst beyond this makes the logging thread wait, it never loses a line.
+const LOG_QUEUE_LINES: usize = 4096;
+
 /// Logs go to stderr through a writer thread, so a request never waits on a `write(2)`; the
 /// writer blocks rather than drops when its buffer is full (audit lines are never lost).
 fn init_tracing(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
@@ -81,6 +86,7 @@ fn init_tracing(config: &Config) -> tracing_appender::non_blocking::WorkerGuard 
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
         .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_ansi(ansi)

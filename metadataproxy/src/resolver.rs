@@ -1,10 +1,15 @@
 //! From a caller's role assignment to the cache key of its credentials: static resolution, then
 //! `iam:GetRole` for bare role names when no default account is configured (results cached).
+//!
+//! Static resolutions never change while the daemon runs (the account map and default account are
+//! fixed at start), so each assignment's is computed once and shared by every later request: the
+//! cached-credentials path then builds no ARN string and allocates nothing here.
 
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use hashbrown::HashMap;
 use lru::LruCache;
 
 use crate::clock::Clock;
@@ -18,8 +23,21 @@ const LOOKUP_TTL: Duration = Duration::from_secs(3600);
 /// How long an `iam:GetRole` failure is remembered, so a bad role cannot flood IAM.
 const LOOKUP_FAILURE_TTL: Duration = Duration::from_secs(10);
 
+/// Most static resolutions remembered; beyond it the memo starts over (only a host with more
+/// distinct assignments than this recomputes some of them).
+const MEMO_CAPACITY: usize = 4096;
+
 /// A cached `iam:GetRole` answer and when it was obtained.
 type Lookup = (Result<RoleArn, ResolveFailure>, Instant);
+
+/// An assignment resolved: the cache key of its credentials and its role ARN.
+#[derive(Debug)]
+pub struct Resolution {
+    /// Where its credentials are cached.
+    pub key: CacheKey,
+    /// The role's ARN.
+    pub arn: RoleArn,
+}
 
 /// Why a caller's role could not be turned into an ARN.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -44,6 +62,9 @@ pub struct Resolver {
     sts: Arc<dyn Sts>,
     clock: Arc<dyn Clock>,
     lookups: Mutex<LruCache<(String, String), Lookup>>,
+    /// Static resolutions (no `iam:GetRole` involved), by assignment; foldhash, because an
+    /// assignment is hashed on every request and `SipHash` cost more than the rest of the lookup.
+    memo: RwLock<HashMap<RoleAssignment, Arc<Resolution>>>,
 }
 
 impl Resolver {
@@ -64,19 +85,20 @@ impl Resolver {
             lookups: Mutex::new(LruCache::new(
                 NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
             )),
+            memo: RwLock::new(HashMap::new()),
         }
     }
 
-    /// The role ARN for an assignment.
-    pub async fn role_arn(&self, a: &RoleAssignment) -> Result<RoleArn, ResolveFailure> {
+    /// The role ARN for an assignment, and whether it was resolved statically (no lookup).
+    async fn role_arn(&self, a: &RoleAssignment) -> Result<(RoleArn, bool), ResolveFailure> {
         match resolve(
             &a.role,
             &self.accounts,
             self.default_account.as_deref(),
             self.partition,
         )? {
-            Resolved::Arn(arn) => Ok(arn),
-            Resolved::NeedsLookup { path, name } => self.lookup(path, name).await,
+            Resolved::Arn(arn) => Ok((arn, true)),
+            Resolved::NeedsLookup { path, name } => Ok((self.lookup(path, name).await?, false)),
         }
     }
 
@@ -107,21 +129,98 @@ impl Resolver {
         answer
     }
 
-    /// The cache key for an assignment.
+    /// The resolution of an assignment: remembered when static, else through `iam:GetRole`
+    /// (whose answers are cached for [`LOOKUP_TTL`]).
+    pub async fn resolve(&self, a: &RoleAssignment) -> Result<Arc<Resolution>, ResolveFailure> {
+        if let Some(found) = self
+            .memo
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(a)
+        {
+            return Ok(Arc::clone(found));
+        }
+        let (arn, fixed) = self.role_arn(a).await?;
+        let resolution = Arc::new(Resolution {
+            key: key_for(a, &arn),
+            arn,
+        });
+        if fixed {
+            let mut memo = self.memo.write().unwrap_or_else(PoisonError::into_inner);
+            if memo.len() >= MEMO_CAPACITY {
+                memo.clear();
+            }
+            memo.insert(a.clone(), Arc::clone(&resolution));
+        }
+        Ok(resolution)
+    }
+
+    /// The cache key for an assignment, and its role ARN.
     pub async fn cache_key(
         &self,
         a: &RoleAssignment,
     ) -> Result<(CacheKey, RoleArn), ResolveFailure> {
-        let arn = self.role_arn(a).await?;
-        let session = a
-            .session_name
-            .clone()
-            .unwrap_or_else(SessionName::default_name);
-        let key = CacheKey {
-            role_arn: arn.to_string().into(),
-            external_id: a.external_id.as_deref().map(Into::into),
-            session_name: session.as_str().into(),
-        };
-        Ok((key, arn))
+        let r = self.resolve(a).await?;
+        Ok((r.key.clone(), r.arn.clone()))
+    }
+}
+
+/// The cache key of `a`'s credentials once its role is `arn`.
+fn key_for(a: &RoleAssignment, arn: &RoleArn) -> CacheKey {
+    let session = a
+        .session_name
+        .clone()
+        .unwrap_or_else(SessionName::default_name);
+    CacheKey {
+        role_arn: arn.to_string().into(),
+        external_id: a.external_id.as_deref().map(Into::into),
+        session_name: session.as_str().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::creds::fake::FakeSts;
+    use crate::role::RoleSpec;
+
+    fn resolver(default_account: Option<&str>) -> Resolver {
+        let clock = ManualClock::new(std::time::SystemTime::UNIX_EPOCH);
+        Resolver::new(
+            AccountMap::default(),
+            default_account.map(str::to_owned),
+            None,
+            FakeSts::new(&clock, Duration::ZERO),
+            Arc::new(clock),
+        )
+    }
+
+    fn assignment(role: &str) -> RoleAssignment {
+        RoleAssignment::from_role(RoleSpec::parse(role).unwrap())
+    }
+
+    #[tokio::test]
+    async fn static_resolutions_are_computed_once_per_assignment() {
+        let r = resolver(Some("123456789012"));
+        let first = r.resolve(&assignment("web")).await.unwrap();
+        assert_eq!(&*first.key.role_arn, "arn:aws:iam::123456789012:role/web");
+        assert_eq!(first.arn.to_string(), "arn:aws:iam::123456789012:role/web");
+        // An equal assignment (e.g. from a reloaded mapping) shares the same resolution.
+        let again = r.resolve(&assignment("web")).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        let other = r.resolve(&assignment("batch")).await.unwrap();
+        assert_eq!(&*other.key.role_arn, "arn:aws:iam::123456789012:role/batch");
+    }
+
+    #[tokio::test]
+    async fn lookup_resolutions_are_not_memoised() {
+        // Without a default account, bare names go through iam:GetRole, whose answers expire.
+        let r = resolver(None);
+        let first = r.resolve(&assignment("web")).await.unwrap();
+        assert_eq!(&*first.key.role_arn, "arn:aws:iam::999999999999:role/web");
+        let again = r.resolve(&assignment("web")).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &again));
+        assert!(r.memo.read().unwrap().is_empty());
     }
 }

@@ -179,6 +179,10 @@ impl CredentialCache {
 
     fn slot(&self, key: &CacheKey) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        // A hit (every request for cached credentials) does not clone the key.
+        if let Some(slot) = slots.get(key) {
+            return Arc::clone(slot);
+        }
         Arc::clone(slots.get_or_insert(key.clone(), || Arc::new(Slot::default())))
     }
 

@@ -136,7 +136,7 @@ impl Ecs {
             tracing::info!(caller = %identity, peer = %conn.peer, container, "no role for caller");
             return error(StatusCode::NOT_FOUND, "NotFound", "no role for this caller");
         };
-        let (creds, arn) = match iam.credentials(&caller).await {
+        let (creds, resolution) = match iam.credentials(&caller).await {
             Ok(found) => found,
             Err(resp) => return resp,
         };
@@ -146,7 +146,7 @@ impl Ecs {
                 caller = %caller.identity,
                 peer = %conn.peer,
                 container,
-                role_arn = %arn,
+                role_arn = %resolution.arn,
                 session = %creds.assumed_role_arn.rsplit('/').next().unwrap_or_default(),
                 access_key = %format_args!("…{}", creds.key_hint()),
                 source = source.as_str(),
@@ -159,7 +159,7 @@ impl Ecs {
             secret_access_key: creds.secret_access_key.expose(),
             token: creds.session_token.expose(),
             expiration: response::timestamp(creds.expiration),
-            role_arn: arn.to_string(),
+            role_arn: resolution.arn.to_string(),
         };
         response::with_type(
             StatusCode::OK,

@@ -12,7 +12,7 @@ use super::service::{ImdsVersion, not_found};
 use crate::clock::Clock;
 use crate::creds::{CredentialCache, Credentials, StsError, StsErrorKind};
 use crate::identity::{Caller, Chain, ConnInfo};
-use crate::resolver::{ResolveFailure, Resolver};
+use crate::resolver::{Resolution, ResolveFailure, Resolver};
 use crate::role::RoleArn;
 
 /// The credentials document, fields in the order the real service writes them.
@@ -75,12 +75,12 @@ impl Iam {
                 not_found()
             }
             Category::IamCredentials(_) | Category::IamInfo => {
-                let (creds, arn) = match self.credentials(&caller).await {
+                let (creds, resolution) = match self.credentials(&caller).await {
                     Ok(found) => found,
                     Err(resp) => return resp,
                 };
                 if matches!(route, Category::IamInfo) {
-                    return Self::info(&creds, &arn);
+                    return Self::info(&creds, &resolution.arn);
                 }
                 // One audit line per credential set handed to a caller; its repeat fetches of the
                 // same set are debug lines (a busy caller must not flood the audit log).
@@ -92,7 +92,7 @@ impl Iam {
                         peer = %conn.peer,
                         container_id = workload.map(|w| w.id.as_str()),
                         container_name = workload.map(|w| w.name.as_str()),
-                        role_arn = %arn,
+                        role_arn = %resolution.arn,
                         session = %creds.assumed_role_arn.rsplit('/').next().unwrap_or_default(),
                         access_key = %format_args!("…{}", creds.key_hint()),
                         source = source.as_str(),
@@ -112,20 +112,24 @@ impl Iam {
     pub(super) async fn credentials(
         &self,
         caller: &Caller,
-    ) -> Result<(Arc<Credentials>, RoleArn), Response<Body>> {
+    ) -> Result<(Arc<Credentials>, Arc<Resolution>), Response<Body>> {
         let Some((assignment, _)) = &caller.assignment else {
             return Err(not_found());
         };
-        let now = self.clock.now();
-        let (key, arn) = self.resolver.cache_key(assignment).await.map_err(|e| {
+        let resolution = self.resolver.resolve(assignment).await.map_err(|e| {
             tracing::warn!(caller = %caller.identity, role = %assignment.role, error = %e, "cannot resolve role");
+            let now = self.clock.now();
             match e {
                 ResolveFailure::Lookup(e) => sts_error(&e, now),
                 other => response::error(StatusCode::INTERNAL_SERVER_ERROR, "InvalidRole", &other.to_string(), now),
             }
         })?;
-        let creds = self.cache.get(&key).await.map_err(|e| sts_error(&e, now))?;
-        Ok((creds, arn))
+        let creds = self
+            .cache
+            .get(&resolution.key)
+            .await
+            .map_err(|e| sts_error(&e, self.clock.now()))?;
+        Ok((creds, resolution))
     }
 
     fn info(creds: &Credentials, arn: &RoleArn) -> Response<Body> {

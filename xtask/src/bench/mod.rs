@@ -38,6 +38,8 @@ struct Size {
     cold_lyft: usize,
     callers: usize,
     added_callers: usize,
+    /// Rounds of the eBPF path, each way (alternating which goes first).
+    ebpf_rounds: usize,
 }
 
 const FULL: Size = Size {
@@ -49,6 +51,7 @@ const FULL: Size = Size {
     cold_lyft: 3,
     callers: 1000,
     added_callers: 20,
+    ebpf_rounds: 5,
 };
 
 /// A smoke run: everything runs once, briefly (CI checks it works, never how fast).
@@ -61,6 +64,7 @@ const QUICK: Size = Size {
     cold_lyft: 1,
     callers: 50,
     added_callers: 3,
+    ebpf_rounds: 1,
 };
 
 /// Runs the benchmark; `quick` for the short smoke version. Fails only when something could not run.
@@ -95,6 +99,11 @@ pub fn run(quick: bool) -> Result<()> {
         machine.cpus, machine.model, machine.kernel, machine.load_at_start
     );
     let venv = setup::run()?;
+    match ebpf_path::why_not() {
+        // The daemon embeds the eBPF object only when it was built first.
+        None => crate::ebpf::run()?,
+        Some(why) => println!("the eBPF path will not be measured: {why}"),
+    }
     step("build: cargo build --release -p metadataproxy");
     process::run(
         Command::new(repo::cargo())
@@ -187,6 +196,9 @@ async fn measure(
         .collect::<Result<Vec<_>>>()?;
     drop(servers);
 
+    step("eBPF path: new connections through the redirect vs straight to the daemon");
+    let ebpf = ebpf_path::measure(&programs, &body, size.ebpf_rounds, size.plan.duration).await?;
+
     step("cold start: spawn to first credentials");
     let cold = vec![
         (
@@ -216,7 +228,7 @@ async fn measure(
         rss_loaded,
         cold,
         many,
-        ebpf: ebpf_path::measure(),
+        ebpf,
     })
 }
 

@@ -1,7 +1,9 @@
 //! `BENCHMARKS.md`: machine, method, the tables and the targets, then the hand-written notes.
 
+use std::fmt::Write as _;
+
 use super::Results;
-use crate::bench::ebpf_path::EbpfPath;
+use crate::bench::ebpf_path::{self, EbpfPath};
 
 impl Results {
     /// The whole of `BENCHMARKS.md`.
@@ -45,16 +47,56 @@ impl Results {
              ## Targets (issue 5)\n\n{}\n\
              Everything above is written by `cargo xtask bench`; regenerate it rather than edit it.\n\n{notes}",
             self.command,
-            m.cpus, m.model, m.kernel, m.memory, m.load_at_start, self.load_at_end, m.date,
+            m.cpus,
+            m.model,
+            m.kernel,
+            m.memory,
+            m.load_at_start,
+            self.load_at_end,
+            m.date,
             self.plan.duration.as_secs(),
             self.plan.rounds,
             self.table(),
             self.other_table(),
-            match &self.ebpf {
-                EbpfPath::NotYetMeasured => "Not yet measured: the redirect (new connection per request from a redirected test cgroup to 169.254.169.254, versus the same load straight to the daemon) is added with the eBPF work; see `xtask/src/bench/ebpf_path.rs`.".to_owned(),
-                EbpfPath::Measured { redirected, direct } => format!("| path | req/s | p50 | p99 |\n|---|---:|---:|---:|\n| redirected | {:.0} | {:.2} ms | {:.2} ms |\n| direct | {:.0} | {:.2} ms | {:.2} ms |", redirected.rps, redirected.p50_us / 1000.0, redirected.p99_us / 1000.0, direct.rps, direct.p50_us / 1000.0, direct.p99_us / 1000.0),
-            },
+            self.ebpf_section(),
             self.targets_table(),
         )
+    }
+
+    /// The eBPF section: how the redirect was measured and what it gave, or why it was not.
+    fn ebpf_section(&self) -> String {
+        let m = match &self.ebpf {
+            EbpfPath::NotMeasured(why) => {
+                return format!("Not measured on this machine: {why}.");
+            }
+            EbpfPath::Measured(m) => m,
+        };
+        let mut t = format!(
+            "Our daemon (a second instance, `EBPF=required`, programs attached to a test cgroup and \
+             pinned in a private bpffs; 169.254.169.254 made local with a stand-in behind it, which \
+             saw no request). The xtask's generator, {} workers, a new connection per request: from \
+             inside a redirected test cgroup to `169.254.169.254:80` (identified by the cgroup path \
+             in the mapping file), versus from outside it to the daemon's address (identified by \
+             source address); {} round(s) of {} s each way, alternating which goes first.\n\n\
+             | path | req/s | p50 | p99 |\n|---|---:|---:|---:|\n",
+            ebpf_path::CONCURRENCY,
+            m.rounds.len(),
+            m.duration.as_secs_f64(),
+        );
+        for (name, redirected) in [("redirected (eBPF)", true), ("direct", false)] {
+            let (rps, p50, p99) = m.medians(redirected);
+            let _ = writeln!(
+                t,
+                "| {name} | {rps:.0} | {:.2} ms | {:.2} ms |",
+                p50 / 1000.0,
+                p99 / 1000.0
+            );
+        }
+        let _ = write!(
+            t,
+            "\nRedirected / direct throughput: {:.2}× (median of same-round ratios).",
+            m.ratio()
+        );
+        t
     }
 }

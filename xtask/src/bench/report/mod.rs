@@ -241,10 +241,13 @@ impl Results {
             });
         }
         let ebpf = match &self.ebpf {
-            EbpfPath::NotYetMeasured => ("not yet measured".to_owned(), None),
-            EbpfPath::Measured { redirected, direct } => {
-                let r = redirected.rps / direct.rps;
-                (format!("{r:.2}×"), Some(r >= 0.7))
+            EbpfPath::NotMeasured(why) => (format!("not measured: {why}"), None),
+            EbpfPath::Measured(m) => {
+                let r = m.ratio();
+                (
+                    format!("{r:.2}× (median of {} same-round ratios)", m.rounds.len()),
+                    Some(r >= 0.7),
+                )
             }
         };
         out.push(Target {
