@@ -93,6 +93,8 @@ pub struct Parts {
     pub cache: Arc<CredentialCache>,
     /// The container index, when Docker is used.
     pub index: Option<Arc<ContainerIndex>>,
+    /// containerd's container index, when containerd is followed.
+    pub containerd: Option<Arc<ContainerIndex>>,
 }
 
 /// [`build_with`], returning the parts too.
@@ -141,16 +143,19 @@ pub fn build_parts(
     }
     // The caller's container as the chain finds it, for `ECS_ENDPOINT`'s token check.
     let mut caller_container = CallerContainer::default();
+    let mut containerd_index = None;
     if let (Some(source), Some(paths)) = (containerd_source, &cgroups) {
         let default_role = default_role.clone().map(Arc::new);
-        sources.push(containerd_sources(
+        let (followed, found) = containerd_sources(
             config,
             source,
             Arc::clone(paths),
             &resolver,
             &cache,
             default_role,
-        ));
+        );
+        sources.push(found);
+        containerd_index = Some(followed);
     }
     if let Some(source) = docker {
         let containers = DockerUse {
@@ -179,6 +184,31 @@ pub fn build_parts(
     }
     prefetch(&resolver, &cache, known);
     let chain = Arc::new(Chain::new(sources, default_role));
+    let imds = imds(
+        config,
+        chain,
+        resolver,
+        Arc::clone(&cache),
+        clock,
+        caller_container,
+    );
+    Ok(Parts {
+        imds,
+        cache,
+        index,
+        containerd: containerd_index,
+    })
+}
+
+/// The IMDS API over its identification chain and credentials.
+fn imds(
+    config: &Config,
+    chain: Arc<Chain>,
+    resolver: Arc<Resolver>,
+    cache: Arc<CredentialCache>,
+    clock: Arc<dyn Clock>,
+    caller_container: CallerContainer,
+) -> Arc<Imds> {
     let passthrough = if config.mock_api {
         Passthrough::Mock(MockTree::new(&config.mocked_instance_id))
     } else {
@@ -188,11 +218,11 @@ pub fn build_parts(
             config.proxy_allowed_paths.clone(),
         )))
     };
-    let imds = Arc::new(Imds {
+    Arc::new(Imds {
         iam: Iam {
             chain,
             resolver,
-            cache: Arc::clone(&cache),
+            cache,
             clock: Arc::clone(&clock),
         },
         tokens: TokenStore::new(
@@ -206,8 +236,7 @@ pub fn build_parts(
             .ecs_endpoint
             .then(|| Ecs::new(Arc::new(caller_container))),
         clock,
-    });
-    Ok(Parts { imds, cache, index })
+    })
 }
 
 /// How containers are identified.
@@ -276,7 +305,7 @@ fn containerd_sources(
     resolver: &Arc<Resolver>,
     cache: &Arc<CredentialCache>,
     default_role: Option<Arc<RoleAssignment>>,
-) -> Box<dyn Identify> {
+) -> (Arc<ContainerIndex>, Box<dyn Identify>) {
     let listener = Arc::new(Prefetcher::new(
         Arc::clone(resolver),
         Arc::clone(cache),
@@ -287,15 +316,20 @@ fn containerd_sources(
         ..SyncConfig::default()
     };
     let (index, _task) = docker::spawn(source, listener, sync);
-    Box::new(ContainerdCgroup::new(
-        index,
+    let found = Box::new(ContainerdCgroup::new(
+        Arc::clone(&index),
         paths,
         &config.containerd.namespaces,
-    ))
+    ));
+    (index, found)
 }
 
 /// Docker as a container source.
 fn docker_source(docker_url: &str) -> Option<Arc<dyn ContainerSource>> {
+    if docker_url == docker::OFF {
+        tracing::info!("DOCKER_URL=off: Docker containers are not identified");
+        return None;
+    }
     match Endpoint::parse(docker_url) {
         Ok(endpoint) => Some(Arc::new(DockerApi::new(endpoint))),
         Err(e) => {
@@ -459,6 +493,10 @@ fn admin(
             ebpf,
             docker: parts.index.clone(),
             docker_url: config.docker_url.clone(),
+            containerd: parts
+                .containerd
+                .clone()
+                .map(|index| (index, config.containerd.address.display().to_string())),
             sts: StsCheck::new(sts_health, probe),
         },
         cache: Arc::clone(&parts.cache),

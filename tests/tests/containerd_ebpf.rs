@@ -205,6 +205,13 @@ async fn containerd_containers_and_pods_get_their_own_roles() {
         logs.contains("container indexed") && logs.contains("shop/web-7d9/app"),
         "the pod container is named after its pod:\n{logs}"
     );
+    // The audit line names the container the credentials went to.
+    assert!(
+        logs.lines().any(|l| l.contains("credentials served")
+            && l.contains("container_name=\"shop/web-7d9/app\"")
+            && l.contains(&format!("container_id=\"k8s.io/{app}\""))),
+        "no audit line naming the pod container:\n{logs}"
+    );
 
     // Every request was served from the credentials fetched at start.
     let arns: Vec<String> = moto

@@ -142,8 +142,11 @@ pub fn sts_check(last: Option<&StsOutcome>, now: Instant) -> Check {
     }
 }
 
-/// The docker check: the index follows Docker's events.
+/// The docker check: the index follows Docker's events (or Docker is off: `DOCKER_URL=off`).
 pub fn docker_check(index: Option<&ContainerIndex>, docker_url: &str) -> Check {
+    if docker_url == crate::docker::OFF {
+        return Check::new("docker", true, "not used (DOCKER_URL=off)");
+    }
     match index {
         Some(i) if i.is_live() => Check::new(
             "docker",
@@ -159,6 +162,26 @@ pub fn docker_check(index: Option<&ContainerIndex>, docker_url: &str) -> Check {
             ),
         ),
         None => Check::new("docker", false, format!("DOCKER_URL {docker_url} unusable")),
+    }
+}
+
+/// The containerd check, when containerd is followed: its index follows containerd's events.
+pub fn containerd_check(index: &ContainerIndex, address: &str) -> Check {
+    if index.is_live() {
+        Check::new(
+            "containerd",
+            true,
+            format!("container index synchronised ({} running)", index.len()),
+        )
+    } else {
+        Check::new(
+            "containerd",
+            false,
+            format!(
+                "container index not synchronised: containerd at {address} unreachable ({} containers known from before)",
+                index.len()
+            ),
+        )
     }
 }
 
@@ -188,6 +211,8 @@ pub struct Readiness {
     pub docker: Option<Arc<ContainerIndex>>,
     /// `DOCKER_URL`, for messages.
     pub docker_url: String,
+    /// The containerd index and `CONTAINERD_ADDRESS`, when containerd is followed.
+    pub containerd: Option<(Arc<ContainerIndex>, String)>,
     /// STS.
     pub sts: StsCheck,
 }
@@ -195,11 +220,15 @@ pub struct Readiness {
 impl Readiness {
     /// Every check, in order.
     pub fn checks(&self) -> Vec<Check> {
-        vec![
+        let mut checks = vec![
             ebpf_check(&self.ebpf),
             docker_check(self.docker.as_deref(), &self.docker_url),
-            self.sts.check(),
-        ]
+        ];
+        if let Some((index, address)) = &self.containerd {
+            checks.push(containerd_check(index, address));
+        }
+        checks.push(self.sts.check());
+        checks
     }
 }
 

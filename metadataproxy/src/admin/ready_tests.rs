@@ -131,3 +131,19 @@ async fn stale_or_missing_outcome_starts_one_probe_and_a_fresh_one_none() {
         "a fresh outcome needs no probe"
     );
 }
+
+#[test]
+fn docker_off_is_ready_and_containerd_is_checked_when_followed() {
+    let c = docker_check(None, "off");
+    assert!(c.ok, "{c:?}");
+    assert!(c.detail.contains("DOCKER_URL=off"), "{c:?}");
+    let index = ContainerIndex::default();
+    let c = containerd_check(&index, "/run/containerd/containerd.sock");
+    assert!(!c.ok, "an index not yet synchronised is not ready: {c:?}");
+    assert!(
+        c.detail.contains("/run/containerd/containerd.sock"),
+        "{c:?}"
+    );
+    index.set_live(true);
+    assert!(containerd_check(&index, "x").ok);
+}

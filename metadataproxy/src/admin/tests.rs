@@ -45,6 +45,7 @@ fn admin(index: &Arc<ContainerIndex>) -> Admin {
             ebpf: EbpfState::Off,
             docker: Some(Arc::clone(index)),
             docker_url: "unix:///d.sock".into(),
+            containerd: None,
             sts: StsCheck::new(health, Arc::new(NeverProbe)),
         },
         cache,

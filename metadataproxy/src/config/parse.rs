@@ -200,6 +200,9 @@ fn metadata_url(v: &str) -> Result<http::Uri, String> {
 }
 
 fn docker_url(v: &str) -> Result<String, String> {
+    if v == crate::docker::OFF {
+        return Ok(v.to_owned());
+    }
     crate::docker::Endpoint::parse(v)
         .map(|_| v.to_owned())
         .map_err(|e| e.to_string())

@@ -159,7 +159,7 @@ pub const SETTINGS: &[Setting] = &[
         "docker-url",
         Some("unix://var/run/docker.sock"),
         Kind::Value,
-        "Docker daemon URL: unix:///path (Lyft's unix://var/run/docker.sock is /var/run/docker.sock) or tcp://host:port",
+        "Docker daemon URL: unix:///path (Lyft's unix://var/run/docker.sock is /var/run/docker.sock) or tcp://host:port; `off` on a node without Docker",
     ),
     lyft(
         METADATA_URL,

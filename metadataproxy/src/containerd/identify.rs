@@ -6,13 +6,14 @@
 //! cgroup — read from its spec — is exactly that path: a host cgroup that happens to end in a
 //! container's name identifies nothing.
 
+use futures_util::FutureExt as _;
 use std::sync::Arc;
 
 use super::key;
 use crate::creds::sts::BoxFuture;
 use crate::docker::{Container, ContainerIndex, ContainerRole, START_GRACE};
 use crate::identity::cgroup::{CgroupPaths, ancestors, container_of};
-use crate::identity::{Answer, ConnInfo, Identify, Source};
+use crate::identity::{Answer, ConnInfo, Found, Identify, Source, Workload};
 
 /// Finds the caller's containerd container by its cgroup.
 #[derive(Debug, Clone)]
@@ -72,6 +73,14 @@ fn find(index: &ContainerIndex, namespaces: &[String], path: &str) -> Option<Arc
 
 impl Identify for ContainerdCgroup {
     fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
+        Box::pin(
+            self.identify_workload(conn)
+                .map(|found| found.map(|(answer, source, _)| (answer, source))),
+        )
+    }
+
+    /// Also names the container (`namespace/id` and its name), for the audit line.
+    fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
         Box::pin(async move {
             let kernel = conn.kernel?;
             let path = self.paths.path(kernel.cgroup_id)?;
@@ -81,7 +90,7 @@ impl Identify for ContainerdCgroup {
                 None if !self.index.is_live() => {
                     // Fail closed: this caller's role is only known to containerd.
                     tracing::error!(cgroup = %path, pid = kernel.pid, "caller's cgroup is a containerd container's, and containerd is not reachable: no credentials until it is back");
-                    return Some((Answer::Refused, Source::ContainerdCgroup));
+                    return Some((Answer::Refused, Source::ContainerdCgroup, None));
                 }
                 None => {
                     // The cgroup proves the container exists: give its start event time to arrive.
@@ -99,7 +108,15 @@ impl Identify for ContainerdCgroup {
             if let ContainerRole::Invalid(e) = &found.role {
                 tracing::warn!(container = %found.name, id = %found.id, error = %e, "caller's container has malformed role settings: no credentials");
             }
-            Some((found.role.answer(), Source::ContainerdCgroup))
+            let workload = Workload {
+                id: found.id.clone(),
+                name: found.name.clone(),
+            };
+            Some((
+                found.role.answer(),
+                Source::ContainerdCgroup,
+                Some(workload),
+            ))
         })
     }
 }

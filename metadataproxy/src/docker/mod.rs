@@ -18,6 +18,9 @@ mod source;
 mod sync;
 
 pub use api::DockerApi;
+
+/// `DOCKER_URL=off`: Docker is not followed (a containerd-only node).
+pub const OFF: &str = "off";
 pub use container::{Container, ContainerInfo, RANCHER_IP_LABEL, short};
 pub use endpoint::{Endpoint, EndpointError};
 pub use identify::{

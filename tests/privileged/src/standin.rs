@@ -17,6 +17,8 @@ pub const HOST_MARKER: &str = "HOST-INSTANCE-PROFILE-CREDENTIALS";
 pub struct Standin {
     seen: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    /// The listeners' threads, joined on drop (the addresses are free again before the lock goes).
+    threads: Vec<std::thread::JoinHandle<()>>,
     /// The machine-wide lock on the address, held until drop (`hold_metadata_address`).
     _lock: std::fs::File,
 }
@@ -47,22 +49,28 @@ impl Standin {
     /// Adds the addresses to `lo` and starts serving on both.
     pub fn start() -> Self {
         let lock = metadataproxy_tests::hold_metadata_address();
-        sh("ip addr add 169.254.169.254/32 dev lo");
-        sh("ip -6 addr add fd00:ec2::254/128 dev lo nodad");
+        // `replace`, not `add`: under the lock, an address still there is a leftover of a killed
+        // run (nobody else uses it), and it stays local either way.
+        sh("ip addr replace 169.254.169.254/32 dev lo");
+        sh("ip -6 addr replace fd00:ec2::254/128 dev lo nodad");
         let seen = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let this = Self {
-            seen: Arc::clone(&seen),
-            stop: Arc::clone(&stop),
+        let threads = ["169.254.169.254:80", "[fd00:ec2::254]:80"]
+            .into_iter()
+            .map(|addr| {
+                let addr: SocketAddr = addr.parse().expect("address");
+                let listener =
+                    TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+                let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
+                std::thread::spawn(move || serve(&listener, &seen, &stop))
+            })
+            .collect();
+        Self {
+            seen,
+            stop,
+            threads,
             _lock: lock,
-        };
-        for addr in ["169.254.169.254:80", "[fd00:ec2::254]:80"] {
-            let addr: SocketAddr = addr.parse().expect("address");
-            let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-            let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
-            std::thread::spawn(move || serve(&listener, &seen, &stop));
         }
-        this
     }
 
     /// Requests the stand-in has seen (each one is a connection that was not redirected).
@@ -74,7 +82,9 @@ impl Standin {
 impl Drop for Standin {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(20));
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
         let _ = std::process::Command::new("ip")
             .args(["addr", "del", "169.254.169.254/32", "dev", "lo"])
             .status();
