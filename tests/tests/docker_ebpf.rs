@@ -22,20 +22,41 @@ fn v1(docker: &DockerD, id: &str, path: &str) -> (bool, String) {
     (ok, if ok { out } else { err })
 }
 
-/// IMDSv2 at the metadata address: a token by PUT (busybox `nc`), then GET with it.
-fn v2(docker: &DockerD, id: &str, path: &str) -> (bool, String) {
+/// An IMDSv2 token obtained from inside container `id` (PUT through busybox `nc`).
+fn token_in(docker: &DockerD, id: &str) -> String {
     let script = format!(
-        "T=$( (printf 'PUT /latest/api/token HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\
+        "(printf 'PUT /latest/api/token HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\
          X-aws-ec2-metadata-token-ttl-seconds: 60\\r\\n\\r\\n'; sleep 1) | nc {METADATA_IP} 80 \
-         | sed '1,/^\\r$/d'); test -n \"$T\" || exit 7; \
-         wget -q -O - --header \"X-aws-ec2-metadata-token: $T\" http://{METADATA_IP}{path}"
+         | sed '1,/^\\r$/d'"
     );
     let (ok, out, err) = docker.exec(id, &script);
+    assert!(
+        ok && !out.trim().is_empty(),
+        "no token in {id}: {out} {err}"
+    );
+    out.trim().to_owned()
+}
+
+/// `path` from inside container `id` with the IMDSv2 token `token`: (ok, body or error).
+fn with_token(docker: &DockerD, id: &str, token: &str, path: &str) -> (bool, String) {
+    let (ok, out, err) = docker.exec(
+        id,
+        &format!(
+            "wget -q -O - --header 'X-aws-ec2-metadata-token: {token}' http://{METADATA_IP}{path}"
+        ),
+    );
+    (ok, if ok { out } else { err })
+}
+
+/// IMDSv2 at the metadata address: a token by PUT (busybox `nc`), then GET with it.
+fn v2(docker: &DockerD, id: &str, path: &str) -> (bool, String) {
+    let token = token_in(docker, id);
+    let (ok, out) = with_token(docker, id, &token, path);
     assert!(
         !out.contains(HOST_ACCESS_KEY_ID),
         "host credentials reached container {id}: {out}"
     );
-    (ok, if ok { out } else { err })
+    (ok, out)
 }
 
 /// The assumed-role ARN moto reports for credentials served as `body`.
@@ -114,6 +135,30 @@ async fn containers_calling_169_254_169_254_get_their_own_roles() {
         let (ok, err) = v1(&docker, id, CREDS_PATH);
         assert!(!ok && err.contains("404"), "{what}: {err}");
     }
+    // An IMDSv2 token is bound to the container that obtained it: refused in any other, whether
+    // on the same bridge or sharing the host's network (and so the host's address).
+    let token_a = token_in(&docker, &bridge);
+    let (ok, own) = with_token(&docker, &bridge, &token_a, CREDS_PATH);
+    assert!(
+        ok && own == "role-a",
+        "the token in its own container: {own}"
+    );
+    for (other, what) in [
+        (&host_net, "host-network container"),
+        (&no_role, "same bridge"),
+    ] {
+        let (ok, err) = with_token(&docker, other, &token_a, CREDS_PATH);
+        assert!(
+            !ok && err.contains("401"),
+            "{what} used another container's token: {err}"
+        );
+    }
+    let token_h = token_in(&docker, &host_net);
+    let (ok, err) = with_token(&docker, &host_none, &token_h, CREDS_PATH);
+    assert!(
+        !ok && err.contains("401"),
+        "two host-network containers share an address, not a token: {err}"
+    );
     // Every container was known by its cgroup, the host-network ones included.
     let logs = daemon.wait_for_log("source=\"docker_cgroup\"").await;
     assert!(
