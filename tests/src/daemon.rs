@@ -110,6 +110,25 @@ impl DaemonBuilder {
         self.env("ROLE_MAPPING_FILE", file.path().display().to_string())
     }
 
+    /// Follows `docker` with the eBPF redirect attached to its containers' cgroup parent (pins in
+    /// `bpffs`, detached on exit), listening on every address of a free port so containers reach
+    /// it at their gateway; non-IAM paths proxied to the metadata address (the stand-in).
+    #[must_use]
+    pub fn redirecting_docker(self, docker: &crate::DockerD, bpffs: &crate::BpfFs) -> Self {
+        let port = free_port();
+        self.env("HOST", "0.0.0.0")
+            .env("PORT", port.to_string())
+            .env("DOCKER_URL", docker.url())
+            .env("MOCK_API", "false")
+            .env("METADATA_URL", format!("http://{}", crate::METADATA_IP))
+            .env("EBPF", "required")
+            .env("EBPF_CGROUPS", docker.cgroup_parent())
+            .env("EBPF_TARGET", format!("{}:{port}", docker.gateway()))
+            .env("EBPF_TARGET6", "off")
+            .env("EBPF_PIN_DIR", bpffs.pin_dir())
+            .env("EBPF_ON_EXIT", "detach")
+    }
+
     /// `DEFAULT_ACCOUNT_ID` is moto's account (no iam:GetRole lookups).
     #[must_use]
     pub fn default_account(self) -> Self {

@@ -9,7 +9,7 @@
 
 use metadataproxy_tests::{
     ACCOUNT, BpfFs, CREDS_PATH, Daemon, DockerD, HOST_ACCESS_KEY_ID, METADATA_IP, MetadataAddress,
-    Moto, free_port,
+    Moto,
 };
 
 /// IMDSv1 at the metadata address from inside container `id`: (ok, body or error).
@@ -87,21 +87,10 @@ async fn containers_calling_169_254_169_254_get_their_own_roles() {
     for role in ["role-a", "role-f", "role-h"] {
         moto.create_role(role, "/").await;
     }
-    let port = free_port();
     let mut daemon = Daemon::builder()
         .moto(&moto)
         .default_account()
-        .env("HOST", "0.0.0.0")
-        .env("PORT", port.to_string())
-        .env("DOCKER_URL", docker.url())
-        .env("MOCK_API", "false")
-        .env("METADATA_URL", format!("http://{METADATA_IP}"))
-        .env("EBPF", "required")
-        .env("EBPF_CGROUPS", docker.cgroup_parent())
-        .env("EBPF_TARGET", format!("{}:{port}", docker.gateway()))
-        .env("EBPF_TARGET6", "off")
-        .env("EBPF_PIN_DIR", bpffs.pin_dir())
-        .env("EBPF_ON_EXIT", "detach")
+        .redirecting_docker(&docker, &bpffs)
         .start()
         .await;
 

@@ -14,15 +14,6 @@ use metadataproxy_tests::{
     Moto, path_var, required_path,
 };
 
-/// A port free on every address: the daemon listens on `0.0.0.0`, which a port free only on
-/// 127.0.0.1 may not be (e.g. while a load test holds thousands of client ports on 127.0.0.x).
-fn free_wildcard_port() -> u16 {
-    std::net::TcpListener::bind("0.0.0.0:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 0.0.0.0:0")
-        .port()
-}
-
 /// A fresh random token (hex of 16 bytes from the kernel).
 fn random_token() -> String {
     let mut bytes = [0_u8; 16];
@@ -146,22 +137,11 @@ fn assumed(role: &str) -> String {
 
 /// The daemon with `ECS_ENDPOINT=ecs` and the redirect attached to `docker`'s containers.
 async fn start_daemon(docker: &DockerD, bpffs: &BpfFs, moto: &Moto, ecs: bool) -> Daemon {
-    let port = free_wildcard_port();
     Daemon::builder()
         .moto(moto)
         .default_account()
-        .env("HOST", "0.0.0.0")
-        .env("PORT", port.to_string())
-        .env("DOCKER_URL", docker.url())
-        .env("MOCK_API", "false")
-        .env("METADATA_URL", format!("http://{METADATA_IP}"))
+        .redirecting_docker(docker, bpffs)
         .env("ECS_ENDPOINT", ecs.to_string())
-        .env("EBPF", "required")
-        .env("EBPF_CGROUPS", docker.cgroup_parent())
-        .env("EBPF_TARGET", format!("{}:{port}", docker.gateway()))
-        .env("EBPF_TARGET6", "off")
-        .env("EBPF_PIN_DIR", bpffs.pin_dir())
-        .env("EBPF_ON_EXIT", "detach")
         .start()
         .await
 }

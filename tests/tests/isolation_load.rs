@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use metadataproxy_tests::{
     ACCOUNT, BpfFs, Daemon, DockerD, HOST_ACCESS_KEY_ID, IMAGE, METADATA_IP, MetadataAddress, Moto,
-    free_port,
 };
 
 /// A number from the environment, or `default`.
@@ -140,21 +139,10 @@ fn start_containers(docker: &DockerD, roles: &[String], mount: &str, script: &st
 
 /// The daemon following `docker`, with the eBPF redirect on its containers' cgroup parent.
 async fn start_daemon(docker: &DockerD, moto: &Moto, bpffs: &BpfFs) -> Daemon {
-    let port = free_port();
     Daemon::builder()
         .moto(moto)
         .default_account()
-        .env("HOST", "0.0.0.0")
-        .env("PORT", port.to_string())
-        .env("DOCKER_URL", docker.url())
-        .env("MOCK_API", "false")
-        .env("METADATA_URL", format!("http://{METADATA_IP}"))
-        .env("EBPF", "required")
-        .env("EBPF_CGROUPS", docker.cgroup_parent())
-        .env("EBPF_TARGET", format!("{}:{port}", docker.gateway()))
-        .env("EBPF_TARGET6", "off")
-        .env("EBPF_PIN_DIR", bpffs.pin_dir())
-        .env("EBPF_ON_EXIT", "detach")
+        .redirecting_docker(docker, bpffs)
         .start()
         .await
 }
