@@ -9,6 +9,10 @@ use crate::{ebpf, process, repo, setup, step};
 
 const PACKAGE: &str = "metadataproxy-privileged-tests";
 
+/// The privileged test files (`tests/privileged/tests/*.rs`, but the benchmark), each passed as
+/// `--test NAME`: a name without its flag would silently become a filter that matches nothing.
+const TESTS: [&str; 3] = ["redirect", "least_privilege", "faults_restart"];
+
 fn require_root() -> Result<()> {
     if metadataproxy_tests::effective_uid() != "0" {
         bail!(
@@ -43,16 +47,10 @@ pub fn run(extra: &[String], bench: bool) -> Result<()> {
             "--nocapture",
         ]);
     } else {
-        cmd.args([
-            "--test",
-            "redirect",
-            "--test",
-            "least_privilege",
-            "faults_restart",
-            "--",
-            "--ignored",
-            "--test-threads=1",
-        ]);
+        for test in TESTS {
+            cmd.args(["--test", test]);
+        }
+        cmd.args(["--", "--ignored", "--test-threads=1"]);
     }
     process::run(
         cmd.args(extra)
