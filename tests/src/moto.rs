@@ -39,7 +39,23 @@ impl Moto {
     }
 
     /// Starts this `moto_server` binary (for callers other than the test suite).
+    ///
+    /// A free port can be taken between our check and moto's bind (by another test's listener,
+    /// or as a client's source port): then moto says "Address already in use" and a new port is
+    /// tried, three times at most.
     pub async fn start_with(bin: &Path) -> Self {
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(bin).await {
+                Ok(moto) => return moto,
+                Err(log) if attempt < 3 && log.contains("Address already in use") => attempt += 1,
+                Err(log) => panic!("{log}"),
+            }
+        }
+    }
+
+    /// One start on a free port; on failure, why, with moto's log.
+    async fn try_start(bin: &Path) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("moto-")
             .tempdir()
@@ -59,13 +75,13 @@ impl Moto {
             let _ = child.kill();
             let _ = child.wait();
             let log = std::fs::read_to_string(dir.path().join("moto.log")).unwrap_or_default();
-            panic!("moto_server {why}; its log:\n{log}");
+            return Err(format!("moto_server {why}; its log:\n{log}"));
         }
-        Self {
+        Ok(Self {
             child: Some(child),
             addr,
             dir,
-        }
+        })
     }
 
     /// `http://127.0.0.1:<port>`, for `AWS_ENDPOINT_URL_STS` / `AWS_ENDPOINT_URL_IAM`.
