@@ -22,7 +22,7 @@ use containerd_client::services::v1::{Container, CreateContainerRequest};
 use containerd_client::tonic::Request;
 use tempfile::TempDir;
 
-use crate::docker::{busybox_rootfs, cgroup2_mount};
+use crate::docker::{busybox_rootfs, cgroup2_mount, terminate};
 
 const CONTAINERD: &str = "/usr/bin/containerd";
 const CTR: &str = "/usr/bin/ctr";
@@ -173,18 +173,9 @@ impl ContainerdD {
 
     /// Stops containerd (SIGTERM). Its containers keep running under their shims.
     pub fn stop_daemon(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(child) = self.child.take() {
+            terminate(child, Duration::from_secs(20));
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     /// Starts containerd again on the same socket, root and state.

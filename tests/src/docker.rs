@@ -217,18 +217,9 @@ impl DockerD {
 
     /// Stops dockerd (SIGTERM: its containers stop too), as an operator restart would.
     pub fn stop_daemon(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(child) = self.child.take() {
+            terminate(child, Duration::from_secs(30));
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     /// Starts dockerd again on the same socket and data.
@@ -375,4 +366,18 @@ impl Drop for DockerD {
         }
         self.cleanup();
     }
+}
+
+/// SIGTERM to a test daemon (dockerd, containerd), then SIGKILL if it is still there after
+/// `grace`; reaped either way.
+pub(crate) fn terminate(mut child: Child, grace: Duration) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + grace;
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
