@@ -1,8 +1,9 @@
 //! `ECS_ENDPOINT`, the real thing: containers call `http://169.254.170.23/v1/credentials` (the
 //! address SDKs accept for `AWS_CONTAINER_CREDENTIALS_FULL_URI`) with their
 //! `AWS_CONTAINER_AUTHORIZATION_TOKEN`; the eBPF redirect brings them to the daemon, which knows
-//! each by its cgroup and serves its own role only for its own token. 169.254.169.254 and
-//! 169.254.170.23 are made local with stand-ins that must see no request.
+//! each by its cgroup and serves its own role only for its own token. The same over IPv6 at
+//! `http://[fd00:ec2::23]/v1/credentials`. 169.254.169.254, 169.254.170.23 and `fd00:ec2::23` are
+//! made local with stand-ins that must see no request.
 //!
 //! Needs root, a real dockerd, and the daemon built with the eBPF object.
 
@@ -10,8 +11,8 @@ use std::fmt::Write as _;
 use std::io::Read as _;
 
 use metadataproxy_tests::{
-    ACCOUNT, BpfFs, Daemon, DockerD, ECS_IP, HOST_ACCESS_KEY_ID, METADATA_IP, MetadataAddress,
-    Moto, path_var, required_path,
+    ACCOUNT, BpfFs, Daemon, DaemonBuilder, DockerD, ECS_IP, ECS_IP6, HOST_ACCESS_KEY_ID,
+    METADATA_IP, MetadataAddress, Moto, path_var, required_path,
 };
 
 /// A fresh random token (hex of 16 bytes from the kernel).
@@ -26,14 +27,26 @@ fn random_token() -> String {
     })
 }
 
+/// `http://169.254.170.23/v1/credentials`.
+fn ecs_uri() -> String {
+    format!("http://{ECS_IP}/v1/credentials")
+}
+
+/// `http://[fd00:ec2::23]/v1/credentials`.
+fn ecs6_uri() -> String {
+    format!("http://[{ECS_IP6}]/v1/credentials")
+}
+
 /// `GET http://169.254.170.23/v1/credentials` from inside container `id` with `busybox wget`,
 /// sending `auth` as the `Authorization` header: (ok, body or error).
 fn ecs_get(docker: &DockerD, id: &str, auth: Option<&str>) -> (bool, String) {
+    ecs_get_at(docker, id, &ecs_uri(), auth)
+}
+
+/// [`ecs_get`] at `uri`.
+fn ecs_get_at(docker: &DockerD, id: &str, uri: &str, auth: Option<&str>) -> (bool, String) {
     let header = auth.map_or_else(String::new, |a| format!("--header 'Authorization: {a}' "));
-    let (ok, out, err) = docker.exec(
-        id,
-        &format!("wget -q -O - {header}http://{ECS_IP}/v1/credentials"),
-    );
+    let (ok, out, err) = docker.exec(id, &format!("wget -q -O - {header}'{uri}'"));
     assert!(
         !out.contains(HOST_ACCESS_KEY_ID),
         "host credentials reached container {id}: {out}"
@@ -89,10 +102,12 @@ fn container_cgroup_dir(docker: &DockerD, id: &str) -> std::path::PathBuf {
 }
 
 /// botocore's container-credentials provider, run in container `id`'s cgroup (so the redirect
-/// and the daemon know it as that container) with the SDK's two variables: (ok, output).
+/// and the daemon know it as that container) with the SDK's two variables, the URI being `uri`:
+/// (ok, output).
 async fn botocore_in_container(
     docker: &DockerD,
     id: &str,
+    uri: &str,
     token: &str,
     moto: &Moto,
 ) -> (bool, String) {
@@ -114,10 +129,7 @@ async fn botocore_in_container(
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env(
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            format!("http://{ECS_IP}/v1/credentials"),
-        )
+        .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri)
         .env("AWS_CONTAINER_AUTHORIZATION_TOKEN", token)
         .env("MOTO_URL", moto.endpoint())
         .output()
@@ -136,14 +148,17 @@ fn assumed(role: &str) -> String {
 }
 
 /// The daemon with `ECS_ENDPOINT=ecs` and the redirect attached to `docker`'s containers.
-async fn start_daemon(docker: &DockerD, bpffs: &BpfFs, moto: &Moto, ecs: bool) -> Daemon {
+fn daemon(docker: &DockerD, bpffs: &BpfFs, moto: &Moto, ecs: bool) -> DaemonBuilder {
     Daemon::builder()
         .moto(moto)
         .default_account()
         .redirecting_docker(docker, bpffs)
         .env("ECS_ENDPOINT", ecs.to_string())
-        .start()
-        .await
+}
+
+/// [`daemon`], started.
+async fn start_daemon(docker: &DockerD, bpffs: &BpfFs, moto: &Moto, ecs: bool) -> Daemon {
+    daemon(docker, bpffs, moto, ecs).start().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,13 +219,13 @@ async fn containers_get_their_own_role_for_their_own_token_only() {
 
     // A real SDK: botocore's container provider, in container a's cgroup, with a's token and
     // then with b's.
-    let (ok, out) = botocore_in_container(&docker, &a, &token_a, &moto).await;
+    let (ok, out) = botocore_in_container(&docker, &a, &ecs_uri(), &token_a, &moto).await;
     assert!(ok, "botocore: {out}\n{}", daemon.logs());
     let got: serde_json::Value = serde_json::from_str(out.trim())
         .unwrap_or_else(|e| panic!("botocore printed {out:?}: {e}"));
     assert_eq!(got["method"], "container-role", "{got}");
     assert_eq!(got["arn"], assumed("role-a"), "{got}");
-    let (ok, out) = botocore_in_container(&docker, &a, &token_b, &moto).await;
+    let (ok, out) = botocore_in_container(&docker, &a, &ecs_uri(), &token_b, &moto).await;
     assert!(
         !ok,
         "botocore got credentials with another container's token: {out}"
@@ -281,6 +296,103 @@ async fn without_the_setting_169_254_170_23_is_left_alone() {
         ),
     );
     assert!(!ok && err.contains("404"), "{err}");
+    let seen = addresses.standin.requests();
+    assert!(
+        seen.is_empty(),
+        "the real IMDS stand-in was reached: {seen:?}"
+    );
+}
+
+/// IPv6, as SDKs on IPv6-only hosts (EKS Pod Identity) call it: `http://[fd00:ec2::23]/v1/credentials`
+/// is redirected by connect6 to the daemon's `EBPF_TARGET6` (its default, `[::1]:PORT`), which
+/// knows the caller by its cgroup as over IPv4. The callers: busybox `wget` in a host-network
+/// container (whose namespace has the host's `::1`), and botocore's container provider in a
+/// bridge-network container's cgroup. `fd00:ec2::23` is made local with a stand-in that must see
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_callers_at_fd00_ec2_23_get_their_own_role_for_their_own_token_only() {
+    let Some(docker) = DockerD::start() else {
+        return;
+    };
+    let Some(addresses) = MetadataAddress::start_with_ecs6() else {
+        return;
+    };
+    let bpffs = BpfFs::mount();
+    let moto = Moto::start().await;
+    for role in ["role-a", "role-b"] {
+        moto.create_role(role, "/").await;
+    }
+    // Without EBPF_TARGET6 (which the harness turns off), its default: [::1]:PORT.
+    let mut daemon = daemon(&docker, &bpffs, &moto, true)
+        .without("EBPF_TARGET6")
+        .start()
+        .await;
+    let (token_a, token_b) = (random_token(), random_token());
+    let host_net = docker.run_detached(&[
+        "--network",
+        "host",
+        "-e",
+        "IAM_ROLE=role-a",
+        "-e",
+        &format!("AWS_CONTAINER_AUTHORIZATION_TOKEN={token_a}"),
+    ]);
+    let bridged = docker.run_detached(&[
+        "-e",
+        "IAM_ROLE=role-b",
+        "-e",
+        &format!("AWS_CONTAINER_AUTHORIZATION_TOKEN={token_b}"),
+    ]);
+    assert!(daemon.is_running(), "the daemon exited:\n{}", daemon.logs());
+
+    let (ok, body) = ecs_get_at(&docker, &host_net, &ecs6_uri(), Some(&token_a));
+    assert!(ok, "over IPv6: {body}\n{}", daemon.logs());
+    let (arn, role_arn) = identity(&moto, &body).await;
+    assert_eq!(arn, assumed("role-a"));
+    assert_eq!(role_arn, format!("arn:aws:iam::{ACCOUNT}:role/role-a"));
+    for (auth, status, what) in [
+        (None, "401", "no Authorization header"),
+        (Some(token_b.as_str()), "403", "another container's token"),
+    ] {
+        let (ok, err) = ecs_get_at(&docker, &host_net, &ecs6_uri(), auth);
+        assert!(!ok && err.contains(status), "{what} over IPv6: {err}");
+    }
+
+    let (ok, out) = botocore_in_container(&docker, &bridged, &ecs6_uri(), &token_b, &moto).await;
+    assert!(ok, "botocore over IPv6: {out}\n{}", daemon.logs());
+    let got: serde_json::Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("botocore printed {out:?}: {e}"));
+    assert_eq!(got["method"], "container-role", "{got}");
+    assert_eq!(got["arn"], assumed("role-b"), "{got}");
+    let (ok, out) = botocore_in_container(&docker, &bridged, &ecs6_uri(), &token_a, &moto).await;
+    assert!(
+        !ok,
+        "botocore got credentials over IPv6 with another container's token: {out}"
+    );
+
+    let logs = daemon
+        .wait_for_log("refused container-credentials request")
+        .await;
+    assert!(logs.contains("imds=\"ecs\""), "no audit line:\n{logs}");
+    assert!(
+        logs.contains("source=\"docker_cgroup\""),
+        "no caller known by its cgroup:\n{logs}"
+    );
+    assert!(
+        !logs.contains("source=\"docker_ip\""),
+        "a caller fell back to its address:\n{logs}"
+    );
+    for token in [&token_a, &token_b] {
+        assert!(
+            !logs.contains(token.as_str()),
+            "a token was logged:\n{logs}"
+        );
+    }
+    let ecs6_standin = addresses.ecs6_standin.as_ref().expect("asked for");
+    let seen = ecs6_standin.requests();
+    assert!(
+        seen.is_empty(),
+        "the fd00:ec2::23 stand-in was reached: {seen:?}"
+    );
     let seen = addresses.standin.requests();
     assert!(
         seen.is_empty(),
