@@ -352,6 +352,12 @@ async fn ipv6_callers_at_fd00_ec2_23_get_their_own_role_for_their_own_token_only
     assert!(daemon.is_running(), "the daemon exited:\n{}", daemon.logs());
 
     let (ok, body) = ecs_get_at(&docker, &host_net, &ecs6_uri(), Some(&token_a));
+    let ecs6_standin = addresses.ecs6_standin.as_ref().expect("asked for");
+    let seen = ecs6_standin.requests();
+    assert!(
+        seen.is_empty(),
+        "not redirected: the fd00:ec2::23 stand-in saw {seen:?}"
+    );
     assert!(ok, "over IPv6: {body}\n{}", daemon.logs());
     let (arn, role_arn) = identity(&moto, &body).await;
     assert_eq!(arn, assumed("role-a"));
@@ -396,7 +402,6 @@ async fn ipv6_callers_at_fd00_ec2_23_get_their_own_role_for_their_own_token_only
             "a token was logged:\n{logs}"
         );
     }
-    let ecs6_standin = addresses.ecs6_standin.as_ref().expect("asked for");
     let seen = ecs6_standin.requests();
     assert!(
         seen.is_empty(),
