@@ -68,13 +68,15 @@ impl CallerTokens for CallerContainer {
             let token = match &found.authorization {
                 Authorization::Unset => Expected::Unset,
                 Authorization::Token(token) => Expected::Token(token.clone()),
-                Authorization::File(path) => match ecs_token_file::read(found.pid, path).await {
-                    Ok(token) => Expected::Token(token),
-                    Err(e) => Expected::Unreadable {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    },
-                },
+                Authorization::File(path) => {
+                    match ecs_token_file::read(found.pid, &found.id, path).await {
+                        Ok(token) => Expected::Token(token),
+                        Err(e) => Expected::Unreadable {
+                            path: path.clone(),
+                            reason: e.to_string(),
+                        },
+                    }
+                }
             };
             Some(CallerToken {
                 container: format!("{} ({})", found.name, short(&found.id)),

@@ -179,23 +179,57 @@ fn directories_fifos_and_devices_are_not_read() {
     ));
 }
 
+/// This process's cgroup v2 path.
+fn own_cgroup() -> String {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line")
+        .to_owned()
+}
+
 #[tokio::test]
-async fn through_proc_pid_root_and_without_a_process() {
-    // This process's own root is `/`: a file by its absolute path is found through it.
+async fn through_proc_pid_root_only_in_the_containers_cgroup() {
+    // This process's own root is `/`: a file by its absolute path is found through it, when the
+    // "container" is this process's own cgroup.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("token");
     std::fs::write(&file, "own-token\n").unwrap();
-    let got = read(Some(std::process::id()), &file.display().to_string())
-        .await
-        .unwrap();
+    let file = file.display().to_string();
+    let pid = Some(std::process::id());
+    let got = read(pid, &own_cgroup(), &file).await.unwrap();
     assert_eq!(got.expose(), "own-token");
+    // Another container's id: this process is not in it (as after a pid was reused).
     assert!(matches!(
-        read(None, "/token").await,
+        read(pid, &"f".repeat(64), &file).await,
+        Err(TokenFileError::NotTheContainer { .. })
+    ));
+    assert!(matches!(
+        read(pid, "", &file).await,
+        Err(TokenFileError::NotTheContainer { .. })
+    ));
+    assert!(matches!(
+        read(None, &own_cgroup(), "/token").await,
         Err(TokenFileError::NoProcess)
     ));
     // No such process (pid_max is below 2^22).
     assert!(matches!(
-        read(Some(u32::MAX), "/token").await,
+        read(Some(u32::MAX), &own_cgroup(), "/token").await,
         Err(TokenFileError::Root { .. })
     ));
+}
+
+#[test]
+fn cgroup_paths_of_docker_containers() {
+    let id = "0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d";
+    for (cgroups, want) in [
+        (format!("0::/docker/{id}\n"), true),
+        (format!("0::/system.slice/docker-{id}.scope\n"), true),
+        (format!("12:memory:/docker/{id}\n"), true),
+        ("0::/docker/ffff\n".to_owned(), false),
+        (format!("0::/\n1:name={id}\n"), false),
+    ] {
+        assert_eq!(super::in_container(&cgroups, id), want, "{cgroups:?}");
+    }
 }
