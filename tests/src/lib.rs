@@ -28,7 +28,8 @@ pub use docker::{DockerD, IMAGE};
 pub use faulty_sts::{Fault, FaultySts, Outcome, StsAttempt};
 pub use http::{Response, get, put_token, raw_http, request, token};
 pub use kernel::{
-    BpfFs, ECS_IP, METADATA_ADDRESS_LOCK, METADATA_IP, MetadataAddress, hold_metadata_address,
+    BpfFs, ECS_IP, ECS_IP6, METADATA_ADDRESS_LOCK, METADATA_IP, MetadataAddress,
+    hold_metadata_address, ipv6_unavailable,
 };
 pub use mapping::MappingFile;
 pub use moto::{AssumedRole, Moto};

@@ -1,8 +1,9 @@
 //! `ECS_ENDPOINT`, the real thing: containers call `http://169.254.170.23/v1/credentials` (the
 //! address SDKs accept for `AWS_CONTAINER_CREDENTIALS_FULL_URI`) with their
 //! `AWS_CONTAINER_AUTHORIZATION_TOKEN`; the eBPF redirect brings them to the daemon, which knows
-//! each by its cgroup and serves its own role only for its own token. 169.254.169.254 and
-//! 169.254.170.23 are made local with stand-ins that must see no request.
+//! each by its cgroup and serves its own role only for its own token. The same over IPv6 at
+//! `http://[fd00:ec2::23]/v1/credentials`. 169.254.169.254, 169.254.170.23 and `fd00:ec2::23` are
+//! made local with stand-ins that must see no request.
 //!
 //! Needs root, a real dockerd, and the daemon built with the eBPF object.
 
@@ -10,9 +11,14 @@ use std::fmt::Write as _;
 use std::io::Read as _;
 
 use metadataproxy_tests::{
-    ACCOUNT, BpfFs, Daemon, DockerD, ECS_IP, HOST_ACCESS_KEY_ID, METADATA_IP, MetadataAddress,
-    Moto, path_var, required_path,
+    ACCOUNT, BpfFs, Daemon, DaemonBuilder, DockerD, ECS_IP, ECS_IP6, HOST_ACCESS_KEY_ID,
+    METADATA_IP, MetadataAddress, Moto, path_var, required_path,
 };
+
+/// The SDKs' variable holding the token itself.
+const TOKEN_VAR: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN";
+/// The SDKs' variable naming a file holding it.
+const TOKEN_FILE_VAR: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE";
 
 /// A fresh random token (hex of 16 bytes from the kernel).
 fn random_token() -> String {
@@ -26,14 +32,26 @@ fn random_token() -> String {
     })
 }
 
+/// `http://169.254.170.23/v1/credentials`.
+fn ecs_uri() -> String {
+    format!("http://{ECS_IP}/v1/credentials")
+}
+
+/// `http://[fd00:ec2::23]/v1/credentials`.
+fn ecs6_uri() -> String {
+    format!("http://[{ECS_IP6}]/v1/credentials")
+}
+
 /// `GET http://169.254.170.23/v1/credentials` from inside container `id` with `busybox wget`,
 /// sending `auth` as the `Authorization` header: (ok, body or error).
 fn ecs_get(docker: &DockerD, id: &str, auth: Option<&str>) -> (bool, String) {
+    ecs_get_at(docker, id, &ecs_uri(), auth)
+}
+
+/// [`ecs_get`] at `uri`.
+fn ecs_get_at(docker: &DockerD, id: &str, uri: &str, auth: Option<&str>) -> (bool, String) {
     let header = auth.map_or_else(String::new, |a| format!("--header 'Authorization: {a}' "));
-    let (ok, out, err) = docker.exec(
-        id,
-        &format!("wget -q -O - {header}http://{ECS_IP}/v1/credentials"),
-    );
+    let (ok, out, err) = docker.exec(id, &format!("wget -q -O - {header}'{uri}'"));
     assert!(
         !out.contains(HOST_ACCESS_KEY_ID),
         "host credentials reached container {id}: {out}"
@@ -89,11 +107,13 @@ fn container_cgroup_dir(docker: &DockerD, id: &str) -> std::path::PathBuf {
 }
 
 /// botocore's container-credentials provider, run in container `id`'s cgroup (so the redirect
-/// and the daemon know it as that container) with the SDK's two variables: (ok, output).
+/// and the daemon know it as that container) with the SDK's two variables, the URI being `uri`
+/// and the token given by `auth`, a variable and its value: (ok, output).
 async fn botocore_in_container(
     docker: &DockerD,
     id: &str,
-    token: &str,
+    uri: &str,
+    auth: (&str, &str),
     moto: &Moto,
 ) -> (bool, String) {
     let python = required_path("METADATAPROXY_VENV")
@@ -114,11 +134,8 @@ async fn botocore_in_container(
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env(
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            format!("http://{ECS_IP}/v1/credentials"),
-        )
-        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN", token)
+        .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri)
+        .env(auth.0, auth.1)
         .env("MOTO_URL", moto.endpoint())
         .output()
         .await
@@ -136,14 +153,17 @@ fn assumed(role: &str) -> String {
 }
 
 /// The daemon with `ECS_ENDPOINT=ecs` and the redirect attached to `docker`'s containers.
-async fn start_daemon(docker: &DockerD, bpffs: &BpfFs, moto: &Moto, ecs: bool) -> Daemon {
+fn daemon(docker: &DockerD, bpffs: &BpfFs, moto: &Moto, ecs: bool) -> DaemonBuilder {
     Daemon::builder()
         .moto(moto)
         .default_account()
         .redirecting_docker(docker, bpffs)
         .env("ECS_ENDPOINT", ecs.to_string())
-        .start()
-        .await
+}
+
+/// [`daemon`], started.
+async fn start_daemon(docker: &DockerD, bpffs: &BpfFs, moto: &Moto, ecs: bool) -> Daemon {
+    daemon(docker, bpffs, moto, ecs).start().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,13 +224,15 @@ async fn containers_get_their_own_role_for_their_own_token_only() {
 
     // A real SDK: botocore's container provider, in container a's cgroup, with a's token and
     // then with b's.
-    let (ok, out) = botocore_in_container(&docker, &a, &token_a, &moto).await;
+    let (ok, out) =
+        botocore_in_container(&docker, &a, &ecs_uri(), (TOKEN_VAR, &token_a), &moto).await;
     assert!(ok, "botocore: {out}\n{}", daemon.logs());
     let got: serde_json::Value = serde_json::from_str(out.trim())
         .unwrap_or_else(|e| panic!("botocore printed {out:?}: {e}"));
     assert_eq!(got["method"], "container-role", "{got}");
     assert_eq!(got["arn"], assumed("role-a"), "{got}");
-    let (ok, out) = botocore_in_container(&docker, &a, &token_b, &moto).await;
+    let (ok, out) =
+        botocore_in_container(&docker, &a, &ecs_uri(), (TOKEN_VAR, &token_b), &moto).await;
     assert!(
         !ok,
         "botocore got credentials with another container's token: {out}"
@@ -285,5 +307,244 @@ async fn without_the_setting_169_254_170_23_is_left_alone() {
     assert!(
         seen.is_empty(),
         "the real IMDS stand-in was reached: {seen:?}"
+    );
+}
+
+/// IPv6, as SDKs on IPv6-only hosts (EKS Pod Identity) call it: `http://[fd00:ec2::23]/v1/credentials`
+/// is redirected by connect6 to the daemon's `EBPF_TARGET6` (its default, `[::1]:PORT`), which
+/// knows the caller by its cgroup as over IPv4. The callers: busybox `wget` in a host-network
+/// container (whose namespace has the host's `::1`), and botocore's container provider in a
+/// bridge-network container's cgroup. `fd00:ec2::23` is made local with a stand-in that must see
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_callers_at_fd00_ec2_23_get_their_own_role_for_their_own_token_only() {
+    let Some(docker) = DockerD::start() else {
+        return;
+    };
+    let Some(addresses) = MetadataAddress::start_with_ecs6() else {
+        return;
+    };
+    let bpffs = BpfFs::mount();
+    let moto = Moto::start().await;
+    for role in ["role-a", "role-b"] {
+        moto.create_role(role, "/").await;
+    }
+    // Without EBPF_TARGET6 (which the harness turns off), its default: [::1]:PORT.
+    let mut daemon = daemon(&docker, &bpffs, &moto, true)
+        .without("EBPF_TARGET6")
+        .start()
+        .await;
+    let (token_a, token_b) = (random_token(), random_token());
+    let host_net = docker.run_detached(&[
+        "--network",
+        "host",
+        "-e",
+        "IAM_ROLE=role-a",
+        "-e",
+        &format!("AWS_CONTAINER_AUTHORIZATION_TOKEN={token_a}"),
+    ]);
+    let bridged = docker.run_detached(&[
+        "-e",
+        "IAM_ROLE=role-b",
+        "-e",
+        &format!("AWS_CONTAINER_AUTHORIZATION_TOKEN={token_b}"),
+    ]);
+    assert!(daemon.is_running(), "the daemon exited:\n{}", daemon.logs());
+
+    let (ok, body) = ecs_get_at(&docker, &host_net, &ecs6_uri(), Some(&token_a));
+    let ecs6_standin = addresses.ecs6_standin.as_ref().expect("asked for");
+    let seen = ecs6_standin.requests();
+    assert!(
+        seen.is_empty(),
+        "not redirected: the fd00:ec2::23 stand-in saw {seen:?}"
+    );
+    assert!(ok, "over IPv6: {body}\n{}", daemon.logs());
+    let (arn, role_arn) = identity(&moto, &body).await;
+    assert_eq!(arn, assumed("role-a"));
+    assert_eq!(role_arn, format!("arn:aws:iam::{ACCOUNT}:role/role-a"));
+    for (auth, status, what) in [
+        (None, "401", "no Authorization header"),
+        (Some(token_b.as_str()), "403", "another container's token"),
+    ] {
+        let (ok, err) = ecs_get_at(&docker, &host_net, &ecs6_uri(), auth);
+        assert!(!ok && err.contains(status), "{what} over IPv6: {err}");
+    }
+
+    let (ok, out) =
+        botocore_in_container(&docker, &bridged, &ecs6_uri(), (TOKEN_VAR, &token_b), &moto).await;
+    assert!(ok, "botocore over IPv6: {out}\n{}", daemon.logs());
+    let got: serde_json::Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("botocore printed {out:?}: {e}"));
+    assert_eq!(got["method"], "container-role", "{got}");
+    assert_eq!(got["arn"], assumed("role-b"), "{got}");
+    let (ok, out) =
+        botocore_in_container(&docker, &bridged, &ecs6_uri(), (TOKEN_VAR, &token_a), &moto).await;
+    assert!(
+        !ok,
+        "botocore got credentials over IPv6 with another container's token: {out}"
+    );
+
+    let logs = daemon
+        .wait_for_log("refused container-credentials request")
+        .await;
+    assert!(logs.contains("imds=\"ecs\""), "no audit line:\n{logs}");
+    assert!(
+        logs.contains("source=\"docker_cgroup\""),
+        "no caller known by its cgroup:\n{logs}"
+    );
+    assert!(
+        !logs.contains("source=\"docker_ip\""),
+        "a caller fell back to its address:\n{logs}"
+    );
+    for token in [&token_a, &token_b] {
+        assert!(
+            !logs.contains(token.as_str()),
+            "a token was logged:\n{logs}"
+        );
+    }
+    let seen = ecs6_standin.requests();
+    assert!(
+        seen.is_empty(),
+        "the fd00:ec2::23 stand-in was reached: {seen:?}"
+    );
+    let seen = addresses.standin.requests();
+    assert!(
+        seen.is_empty(),
+        "the real IMDS stand-in was reached: {seen:?}"
+    );
+}
+
+/// [`botocore_in_container`] with `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=token_file`: the ARN STS
+/// knows it by, or the output.
+async fn botocore_with_token_file(
+    docker: &DockerD,
+    id: &str,
+    token_file: &str,
+    moto: &Moto,
+) -> Result<String, String> {
+    let (ok, out) =
+        botocore_in_container(docker, id, &ecs_uri(), (TOKEN_FILE_VAR, token_file), moto).await;
+    if !ok {
+        return Err(out);
+    }
+    let got: serde_json::Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("botocore printed {out:?}: {e}"));
+    assert_eq!(got["method"], "container-role", "{got}");
+    Ok(got["arn"].as_str().unwrap_or_default().to_owned())
+}
+
+/// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`: the daemon reads the caller's container's token file
+/// through the container's root, sees it rotated at once, and refuses (with the reason in its log)
+/// a container whose file is missing or is a symlink to a host file. The SDK is botocore's
+/// container provider, in the container's cgroup, reading the same file by its host path (the
+/// container has it from a bind mount).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_file_is_read_in_the_callers_container_and_may_rotate() {
+    let Some(docker) = DockerD::start() else {
+        return;
+    };
+    let addresses = MetadataAddress::start_with_ecs();
+    let bpffs = BpfFs::mount();
+    let moto = Moto::start().await;
+    for role in ["role-a", "role-b"] {
+        moto.create_role(role, "/").await;
+    }
+    let mut daemon = start_daemon(&docker, &bpffs, &moto, true).await;
+    let dir = tempfile::tempdir().expect("token dir");
+    let host_file = dir.path().join("token");
+    let host_path = host_file.display().to_string();
+    let (token_1, token_2) = (random_token(), random_token());
+    std::fs::write(&host_file, &token_1).expect("write the token file");
+    let a = docker.run_detached(&[
+        "-e",
+        "IAM_ROLE=role-a",
+        "-e",
+        &format!("{TOKEN_FILE_VAR}=/run/mp/token"),
+        "-v",
+        &format!("{}:/run/mp:ro", dir.path().display()),
+    ]);
+    // b's file is a symlink to the host path of a's file (which b's root does not have), c's
+    // file does not exist.
+    let b = docker.run_detached(&[
+        "-e",
+        "IAM_ROLE=role-b",
+        "-e",
+        &format!("{TOKEN_FILE_VAR}=/tmp/link"),
+    ]);
+    let (ok, _, err) = docker.exec(&b, &format!("ln -s '{host_path}' /tmp/link"));
+    assert!(ok, "ln -s in b: {err}");
+    let c = docker.run_detached(&[
+        "-e",
+        "IAM_ROLE=role-b",
+        "-e",
+        &format!("{TOKEN_FILE_VAR}=/run/no-such-token"),
+    ]);
+    assert!(daemon.is_running(), "the daemon exited:\n{}", daemon.logs());
+
+    let sdk = botocore_with_token_file(&docker, &a, &host_path, &moto).await;
+    assert_eq!(sdk, Ok(assumed("role-a")), "{}", daemon.logs());
+    let (ok, body) = ecs_get(&docker, &a, Some(&token_1));
+    assert!(ok, "wget with the file's token: {body}");
+    assert_eq!(identity(&moto, &body).await.0, assumed("role-a"));
+
+    // Rotation as Kubernetes does it: a new file renamed over the old one. The next request
+    // needs the new token; the old one is refused.
+    std::fs::write(dir.path().join(".token.new"), format!("{token_2}\n")).expect("new token");
+    std::fs::rename(dir.path().join(".token.new"), &host_file).expect("rotate");
+    let (ok, err) = ecs_get(&docker, &a, Some(&token_1));
+    assert!(
+        !ok && err.contains("403"),
+        "the old token after rotation: {err}"
+    );
+    let (ok, body) = ecs_get(&docker, &a, Some(&token_2));
+    assert!(
+        ok,
+        "the new token after rotation: {body}\n{}",
+        daemon.logs()
+    );
+    // botocore sends the file as it is, so without the line break.
+    std::fs::write(&host_file, &token_2).expect("token without a line break");
+    let sdk = botocore_with_token_file(&docker, &a, &host_path, &moto).await;
+    assert_eq!(
+        sdk,
+        Ok(assumed("role-a")),
+        "after rotation: {}",
+        daemon.logs()
+    );
+
+    // Fail closed: a symlink out of the container's root, a missing file.
+    for (id, what) in [(&b, "a symlink to a host file"), (&c, "a missing file")] {
+        let (ok, err) = ecs_get(&docker, id, Some(&token_2));
+        assert!(!ok && err.contains("403"), "{what}: {err}");
+    }
+    let logs = daemon.wait_for_log("token_file=/run/no-such-token").await;
+    for (path, what) in [
+        ("/tmp/link", "the symlink"),
+        ("/run/no-such-token", "the missing file"),
+    ] {
+        assert!(
+            logs.lines().any(|l| l
+                .contains("cannot read the caller's AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+                && l.contains(&format!("token_file={path}"))
+                && l.contains("No such file or directory")),
+            "no precise log line for {what}:\n{logs}"
+        );
+    }
+    for token in [&token_1, &token_2] {
+        assert!(
+            !logs.contains(token.as_str()),
+            "a token was logged:\n{logs}"
+        );
+    }
+    let seen = addresses.standin.requests();
+    assert!(
+        seen.is_empty(),
+        "the real IMDS stand-in was reached: {seen:?}"
+    );
+    let ecs_standin = addresses.ecs_standin.as_ref().expect("asked for");
+    let seen = ecs_standin.requests();
+    assert!(
+        seen.is_empty(),
+        "the 169.254.170.23 stand-in was reached: {seen:?}"
     );
 }

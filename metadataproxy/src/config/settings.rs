@@ -243,7 +243,7 @@ pub const SETTINGS: &[Setting] = &[
         "ecs-endpoint",
         Some("false"),
         Kind::Bool,
-        "serve containers' own credentials at `GET /v1/credentials`, for SDKs given AWS_CONTAINER_CREDENTIALS_FULL_URI=http://169.254.170.23/v1/credentials and their container's AWS_CONTAINER_AUTHORIZATION_TOKEN; the eBPF redirect then also covers 169.254.170.23:80 and [fd00:ec2::23]:80",
+        "serve containers' own credentials at `GET /v1/credentials`, for SDKs given AWS_CONTAINER_CREDENTIALS_FULL_URI=http://169.254.170.23/v1/credentials and their container's AWS_CONTAINER_AUTHORIZATION_TOKEN (or the file named by its AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE); the eBPF redirect then also covers 169.254.170.23:80 and [fd00:ec2::23]:80",
     ),
     ours(
         LOG_FORMAT,

@@ -212,6 +212,7 @@ fn event(message: &EventMessage) -> Option<Event> {
 /// The index's view of `docker inspect`.
 fn info(response: ContainerInspectResponse) -> ContainerInfo {
     let config = response.config.unwrap_or_default();
+    let state = response.state.unwrap_or_default();
     let mut ips = Vec::new();
     let networks = response
         .network_settings
@@ -234,7 +235,7 @@ fn info(response: ContainerInspectResponse) -> ContainerInfo {
             .unwrap_or_default()
             .trim_start_matches('/')
             .to_owned(),
-        running: response.state.and_then(|s| s.running).unwrap_or_default(),
+        running: state.running.unwrap_or_default(),
         hostname: config.hostname.unwrap_or_default(),
         domainname: config.domainname.unwrap_or_default(),
         env: config.env.unwrap_or_default(),
@@ -242,6 +243,10 @@ fn info(response: ContainerInspectResponse) -> ContainerInfo {
         ips,
         cgroup: None,
         pod_annotations: HashMap::new(),
+        pid: state
+            .pid
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0),
     }
 }
 
@@ -284,7 +289,7 @@ mod tests {
     #[test]
     fn inspect_gathers_every_network_address() {
         let json = r#"{
-            "Id": "abc", "Name": "/web", "State": {"Running": true},
+            "Id": "abc", "Name": "/web", "State": {"Running": true, "Pid": 4242},
             "Config": {"Hostname": "web1", "Domainname": "", "Env": ["IAM_ROLE=r"], "Labels": {"a": "b"}},
             "NetworkSettings": {"IPAddress": "172.17.0.2", "Networks": {
                 "bridge": {"IPAddress": "172.17.0.2", "GlobalIPv6Address": ""},
@@ -299,5 +304,6 @@ mod tests {
         ips.sort();
         assert_eq!(ips, ["172.17.0.2", "172.20.0.3", "fd00::3"]);
         assert_eq!(i.env, ["IAM_ROLE=r"]);
+        assert_eq!(i.pid, Some(4242));
     }
 }

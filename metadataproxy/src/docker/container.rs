@@ -4,9 +4,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use super::settings::{self, ContainerRole};
+use super::settings::{self, Authorization, ContainerRole};
 use crate::config::SessionKey;
-use crate::creds::Secret;
 
 /// Lyft's label for the address Rancher's managed network gives a container (`ip/prefix`).
 pub const RANCHER_IP_LABEL: &str = "io.rancher.container.ip";
@@ -35,6 +34,8 @@ pub struct ContainerInfo {
     pub cgroup: Option<String>,
     /// The annotations of its Kubernetes pod (containerd's CRI containers; empty otherwise).
     pub pod_annotations: HashMap<String, String>,
+    /// Its main process on this host (`State.Pid`), when the source reports it.
+    pub pid: Option<u32>,
 }
 
 /// The environment and labels may hold secrets: `Debug` names only what is needed to debug.
@@ -54,6 +55,7 @@ impl fmt::Debug for ContainerInfo {
                 "pod_annotations",
                 &format_args!("[{} annotations]", self.pod_annotations.len()),
             )
+            .field("pid", &self.pid)
             .finish()
     }
 }
@@ -73,8 +75,10 @@ pub struct Container {
     pub role: ContainerRole,
     /// Its cgroup v2 path, when the source knows it ([`ContainerInfo::cgroup`]).
     pub cgroup: Option<String>,
-    /// Its `AWS_CONTAINER_AUTHORIZATION_TOKEN`: what its calls to `/v1/credentials` must present.
-    pub authorization_token: Option<Secret>,
+    /// What its calls to `/v1/credentials` must present.
+    pub authorization: Authorization,
+    /// Its main process ([`ContainerInfo::pid`]): its token file is read through that root.
+    pub pid: Option<u32>,
 }
 
 impl Container {
@@ -118,7 +122,8 @@ impl Container {
             fqdn,
             role,
             cgroup: info.cgroup.clone(),
-            authorization_token: settings::authorization_token(&info.env),
+            authorization: settings::authorization(&info.env),
+            pid: info.pid,
         }
     }
 }
@@ -131,6 +136,7 @@ pub fn short(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::creds::Secret;
 
     fn info() -> ContainerInfo {
         ContainerInfo {
@@ -190,18 +196,39 @@ mod tests {
     #[test]
     fn authorization_token_is_kept_and_redacted() {
         let mut i = info();
-        assert_eq!(Container::new(&i, None).authorization_token, None);
+        assert_eq!(Container::new(&i, None).authorization, Authorization::Unset);
         i.env
             .push("AWS_CONTAINER_AUTHORIZATION_TOKEN=s3cr3t-t0ken".into());
         let c = Container::new(&i, None);
         assert_eq!(
-            c.authorization_token.as_ref().map(Secret::expose),
-            Some("s3cr3t-t0ken")
+            c.authorization,
+            Authorization::Token(Secret::new("s3cr3t-t0ken".into()))
         );
         let text = format!("{c:?}");
         assert!(!text.contains("s3cr3t"), "{text}");
         i.env.push("AWS_CONTAINER_AUTHORIZATION_TOKEN=".into());
-        assert_eq!(Container::new(&i, None).authorization_token, None);
+        assert_eq!(Container::new(&i, None).authorization, Authorization::Unset);
+    }
+
+    #[test]
+    fn authorization_token_file_wins_over_the_token_as_in_the_sdks() {
+        let mut i = info();
+        i.env.extend([
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN=s3cr3t-t0ken".into(),
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=/var/run/token".into(),
+        ]);
+        i.pid = Some(4242);
+        let c = Container::new(&i, None);
+        assert_eq!(
+            c.authorization,
+            Authorization::File("/var/run/token".into())
+        );
+        assert_eq!(c.pid, Some(4242));
+        i.env.push("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=".into());
+        assert_eq!(
+            Container::new(&i, None).authorization,
+            Authorization::Token(Secret::new("s3cr3t-t0ken".into()))
+        );
     }
 
     #[test]

@@ -30,8 +30,9 @@ pub use identify::{
 pub use index::{Change, ContainerIndex};
 pub use prefetch::Prefetcher;
 pub use settings::{
-    AUTHORIZATION_TOKEN_ENV, ContainerRole, EXTERNAL_ID_ENV, EXTERNAL_ID_LABEL,
-    POD_EXTERNAL_ID_ANNOTATION, POD_ROLE_ANNOTATION, ROLE_ENV, ROLE_LABEL, SettingsError,
+    AUTHORIZATION_TOKEN_ENV, AUTHORIZATION_TOKEN_FILE_ENV, Authorization, ContainerRole,
+    EXTERNAL_ID_ENV, EXTERNAL_ID_LABEL, POD_EXTERNAL_ID_ANNOTATION, POD_ROLE_ANNOTATION, ROLE_ENV,
+    ROLE_LABEL, SettingsError,
 };
 pub use source::{Connection, ContainerSource, DockerError, Event};
 pub use sync::{IndexListener, NoListener, SyncConfig, Syncer};

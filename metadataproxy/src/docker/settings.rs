@@ -33,6 +33,9 @@ pub const ROLE_LABEL: &str = "metadataproxy.role";
 pub const EXTERNAL_ID_LABEL: &str = "metadataproxy.external-id";
 /// The container variable its SDK sends as `Authorization` to the container-credentials endpoint.
 pub const AUTHORIZATION_TOKEN_ENV: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN";
+/// The container variable naming a file (inside the container) its SDK reads that token from;
+/// it wins over [`AUTHORIZATION_TOKEN_ENV`], as in the SDKs.
+pub const AUTHORIZATION_TOKEN_FILE_ENV: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE";
 
 /// The pod annotation naming the role of a pod's containers (kube2iam's convention).
 pub const POD_ROLE_ANNOTATION: &str = "iam.amazonaws.com/role";
@@ -133,13 +136,30 @@ pub fn container_role_in_pod(
     }
 }
 
-/// The container's [`AUTHORIZATION_TOKEN_ENV`] (the last one, as Docker keeps it); empty or bare
-/// is none.
-pub fn authorization_token(env: &[String]) -> Option<Secret> {
-    EnvView::new(env)
-        .lenient(AUTHORIZATION_TOKEN_ENV)
-        .filter(|v| !v.is_empty())
-        .map(|v| Secret::new(v.to_owned()))
+/// What a container's calls to the container-credentials endpoint must present, as its
+/// environment says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authorization {
+    /// Neither variable is set.
+    Unset,
+    /// [`AUTHORIZATION_TOKEN_ENV`].
+    Token(Secret),
+    /// [`AUTHORIZATION_TOKEN_FILE_ENV`]: the file's path inside the container, read per request.
+    File(String),
+}
+
+/// The container's [`AUTHORIZATION_TOKEN_FILE_ENV`], else its [`AUTHORIZATION_TOKEN_ENV`] (the
+/// last of each, as Docker keeps them); an empty or bare variable is unset.
+pub fn authorization(env: &[String]) -> Authorization {
+    let env = EnvView::new(env);
+    let set = |name| env.lenient(name).filter(|v| !v.is_empty());
+    if let Some(path) = set(AUTHORIZATION_TOKEN_FILE_ENV) {
+        Authorization::File(path.to_owned())
+    } else if let Some(token) = set(AUTHORIZATION_TOKEN_ENV) {
+        Authorization::Token(Secret::new(token.to_owned()))
+    } else {
+        Authorization::Unset
+    }
 }
 
 /// Whether the container names a role both by `IAM_ROLE` and by label, differently.

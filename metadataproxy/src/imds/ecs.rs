@@ -1,11 +1,13 @@
 //! `ECS_ENDPOINT`: the container-credentials protocol at `GET /v1/credentials`, for SDKs given
-//! `AWS_CONTAINER_CREDENTIALS_FULL_URI` and `AWS_CONTAINER_AUTHORIZATION_TOKEN`.
+//! `AWS_CONTAINER_CREDENTIALS_FULL_URI` and `AWS_CONTAINER_AUTHORIZATION_TOKEN` (or
+//! `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`).
 //!
 //! The caller is identified exactly as for IMDS (same chain, same credential cache), so this route
 //! never hands out anything the caller could not get from the IAM routes. In addition the request
-//! must carry, as `Authorization`, the `AWS_CONTAINER_AUTHORIZATION_TOKEN` of the caller's own
-//! container (compared in constant time; never logged): a caller in no known container, or in one
-//! that sets no token, is refused.
+//! must carry, as `Authorization`, the token of the caller's own container — its
+//! `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE` read now through the container's root, else its
+//! `AWS_CONTAINER_AUTHORIZATION_TOKEN` (compared in constant time; never logged): a caller in no
+//! known container, in one that sets no token, or whose token file cannot be read, is refused.
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,11 +18,12 @@ use http::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use subtle::ConstantTimeEq as _;
 
+use super::ecs_token_file;
 use super::iam::Iam;
 use super::response::{self, Body};
 use crate::creds::Secret;
 use crate::creds::sts::BoxFuture;
-use crate::docker::{CallerContainer, short};
+use crate::docker::{Authorization, CallerContainer, short};
 use crate::identity::{Chain, ConnInfo};
 
 /// The path SDKs are pointed at: `http://169.254.170.23/v1/credentials`.
@@ -31,8 +34,24 @@ pub const PATH: &str = "/v1/credentials";
 pub struct CallerToken {
     /// The container's name (for logs).
     pub container: String,
-    /// Its `AWS_CONTAINER_AUTHORIZATION_TOKEN`, if it sets one.
-    pub token: Option<Secret>,
+    /// The token it expects.
+    pub token: Expected,
+}
+
+/// The token a caller's container expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// It sets neither variable.
+    Unset,
+    /// Its `AWS_CONTAINER_AUTHORIZATION_TOKEN`, or its token file's content.
+    Token(Secret),
+    /// Its `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE` could not be read.
+    Unreadable {
+        /// The path inside the container.
+        path: String,
+        /// Why (for the log only).
+        reason: String,
+    },
 }
 
 /// Finds the authorization token of the caller's container.
@@ -46,9 +65,22 @@ impl CallerTokens for CallerContainer {
     fn token<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<CallerToken>> {
         Box::pin(async move {
             let found = self.find(conn).await?;
+            let token = match &found.authorization {
+                Authorization::Unset => Expected::Unset,
+                Authorization::Token(token) => Expected::Token(token.clone()),
+                Authorization::File(path) => {
+                    match ecs_token_file::read(found.pid, &found.id, path).await {
+                        Ok(token) => Expected::Token(token),
+                        Err(e) => Expected::Unreadable {
+                            path: path.clone(),
+                            reason: e.to_string(),
+                        },
+                    }
+                }
+            };
             Some(CallerToken {
                 container: format!("{} ({})", found.name, short(&found.id)),
-                token: found.authorization_token.clone(),
+                token,
             })
         })
     }
@@ -78,6 +110,7 @@ enum Refusal {
     NoHeader,
     NoContainer,
     NoToken,
+    TokenFileUnreadable,
     WrongToken,
 }
 
@@ -85,7 +118,9 @@ impl Refusal {
     fn status(self) -> StatusCode {
         match self {
             Self::NoHeader => StatusCode::UNAUTHORIZED,
-            Self::NoContainer | Self::NoToken | Self::WrongToken => StatusCode::FORBIDDEN,
+            Self::NoContainer | Self::NoToken | Self::TokenFileUnreadable | Self::WrongToken => {
+                StatusCode::FORBIDDEN
+            }
         }
     }
 
@@ -94,6 +129,9 @@ impl Refusal {
             Self::NoHeader => "the Authorization header is missing",
             Self::NoContainer => "the caller is in no known container",
             Self::NoToken => "the caller's container sets no AWS_CONTAINER_AUTHORIZATION_TOKEN",
+            Self::TokenFileUnreadable => {
+                "the caller's container's AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE cannot be read"
+            }
             Self::WrongToken => {
                 "the Authorization header is not the caller's AWS_CONTAINER_AUTHORIZATION_TOKEN"
             }
@@ -123,6 +161,9 @@ impl Ecs {
         let found = self.tokens.token(conn).await;
         let container = found.as_ref().map(|f| f.container.as_str());
         if let Err(refusal) = check(req.headers().get(AUTHORIZATION), found.as_ref()) {
+            if let Some(Expected::Unreadable { path, reason }) = found.as_ref().map(|f| &f.token) {
+                tracing::warn!(caller = %identity, peer = %conn.peer, container, token_file = %path, error = %reason, "cannot read the caller's AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: refused");
+            }
             tracing::info!(caller = %identity, peer = %conn.peer, container, reason = refusal.message(), "refused container-credentials request");
             let code = if refusal == Refusal::NoHeader {
                 "Unauthorized"
@@ -173,7 +214,11 @@ impl Ecs {
 fn check(header: Option<&HeaderValue>, found: Option<&CallerToken>) -> Result<(), Refusal> {
     let header = header.ok_or(Refusal::NoHeader)?;
     let found = found.ok_or(Refusal::NoContainer)?;
-    let token = found.token.as_ref().ok_or(Refusal::NoToken)?;
+    let token = match &found.token {
+        Expected::Unset => return Err(Refusal::NoToken),
+        Expected::Unreadable { .. } => return Err(Refusal::TokenFileUnreadable),
+        Expected::Token(token) => token,
+    };
     if bool::from(header.as_bytes().ct_eq(token.expose().as_bytes())) {
         Ok(())
     } else {

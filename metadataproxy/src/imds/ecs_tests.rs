@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::{Method, StatusCode};
 
 use super::super::service_tests::{Fixture, call, fixture};
-use super::{CallerToken, CallerTokens, Ecs, PATH};
+use super::{CallerToken, CallerTokens, Ecs, Expected, PATH};
 use crate::creds::Secret;
 use crate::creds::sts::BoxFuture;
 use crate::identity::{ConnInfo, canonical_ip};
@@ -30,23 +30,34 @@ const TOKEN_A: &str = "token-of-a-0123456789";
 
 /// 10.0.0.2: container `a` with role-a and a token; 10.0.0.3: container `b` with role-b and its
 /// own token; 10.0.0.4: container `c` with role-c and no token; 10.0.0.5: container `d` with a
-/// token and no role; 10.0.0.6: no container, role-a by the mapping file.
+/// token and no role; 10.0.0.6: no container, role-a by the mapping file; 10.0.0.7: container `e`
+/// with role-a and a token file that cannot be read.
 fn ecs_fixture() -> Fixture {
     let mut f = fixture(
         &[("ECS_ENDPOINT", "true")],
         Some(
-            r#"{"10.0.0.2": "role-a", "10.0.0.3": "role-b", "10.0.0.4": "role-c", "10.0.0.6": "role-a"}"#,
+            r#"{"10.0.0.2": "role-a", "10.0.0.3": "role-b", "10.0.0.4": "role-c", "10.0.0.6": "role-a", "10.0.0.7": "role-a"}"#,
         ),
     );
     let container = |name: &str, token: Option<&str>| CallerToken {
         container: name.into(),
-        token: token.map(|t| Secret::new(t.into())),
+        token: token.map_or(Expected::Unset, |t| Expected::Token(Secret::new(t.into()))),
     };
     let tokens = FakeTokens(HashMap::from([
         ("10.0.0.2".into(), container("a", Some(TOKEN_A))),
         ("10.0.0.3".into(), container("b", Some("token-of-b"))),
         ("10.0.0.4".into(), container("c", None)),
         ("10.0.0.5".into(), container("d", Some("token-of-d"))),
+        (
+            "10.0.0.7".into(),
+            CallerToken {
+                container: "e".into(),
+                token: Expected::Unreadable {
+                    path: "/var/run/token".into(),
+                    reason: "it is empty".into(),
+                },
+            },
+        ),
     ]));
     Arc::get_mut(&mut f.imds)
         .expect("the service is not shared yet")
@@ -122,6 +133,14 @@ async fn missing_wrong_or_borrowed_tokens_are_refused() {
             "AccessDenied",
         ),
         ("10.0.0.4", Some(""), StatusCode::FORBIDDEN, "AccessDenied"),
+        // A container whose token file cannot be read accepts none (fail closed).
+        (
+            "10.0.0.7",
+            Some(TOKEN_A),
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+        ),
+        ("10.0.0.7", Some(""), StatusCode::FORBIDDEN, "AccessDenied"),
         // A caller in no container has no token, even with a role.
         (
             "10.0.0.6",

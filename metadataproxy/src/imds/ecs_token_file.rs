@@ -1,0 +1,207 @@
+//! `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`: reading a container's token file as the SDK inside
+//! it does, through the container's root (`/proc/<main pid>/root`), never outside it.
+//!
+//! The root is reached through a `/proc/<pid>` directory opened first and checked to be in the
+//! container's cgroup: that descriptor keeps meaning that process, so a pid reused after the
+//! container stopped (before the daemon heard of it) cannot lend another process's root.
+//!
+//! Read on every request (a rotated file is seen at once; the file is small and the route is
+//! called about once an hour per SDK). The container controls the path and the file, so: the path
+//! is resolved with `openat2(RESOLVE_IN_ROOT)` (`..` and absolute symlinks stay inside the root,
+//! magic links such as `/proc/self/root` are refused), only a regular file is read, opened
+//! without blocking on a FIFO, and at most [`MAX_BYTES`] of it.
+
+use std::io::Read as _;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat, openat2};
+use nix::sys::stat::Mode;
+use thiserror::Error;
+
+use crate::creds::Secret;
+
+/// The largest token file read: EKS Pod Identity's tokens are JWTs of about 1 KiB, and no
+/// HTTP header carrying one could be much larger.
+pub const MAX_BYTES: usize = 16 * 1024;
+
+/// The longest a read may take (a file on a hung FUSE mount must not hold the caller forever).
+pub const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a token file could not be read.
+#[derive(Debug, Error)]
+pub enum TokenFileError {
+    /// The path is relative: it would depend on the SDK process's working directory.
+    #[error("the path is not absolute")]
+    NotAbsolute,
+    /// The container's main process is not known, so there is no root to read it through.
+    #[error("the container's main process is not known")]
+    NoProcess,
+    /// The container's process or root (`/proc/<pid>`, its `cgroup`, its `root`) could not be
+    /// opened: it has stopped.
+    #[error("cannot open {path}: {source}")]
+    Root {
+        /// What could not be opened.
+        path: String,
+        /// The error.
+        source: Errno,
+    },
+    /// The process is not in the container's cgroup (its pid was reused).
+    #[error("process {pid} is not in the container's cgroup")]
+    NotTheContainer {
+        /// The process id.
+        pid: u32,
+    },
+    /// The file could not be opened inside the root (missing, a magic link, not permitted).
+    #[error("cannot open it inside the container: {0}")]
+    Open(Errno),
+    /// It is a directory, FIFO, socket or device.
+    #[error("it is not a regular file")]
+    NotAFile,
+    /// It is larger than [`MAX_BYTES`].
+    #[error("it is larger than {MAX_BYTES} bytes")]
+    TooLarge,
+    /// Reading it failed.
+    #[error("cannot read it: {0}")]
+    Read(std::io::Error),
+    /// It is empty (or only a line break).
+    #[error("it is empty")]
+    Empty,
+    /// It is not UTF-8 text, or holds a line break or other control character inside (which no
+    /// SDK can send as a header).
+    #[error("it is not a single line of text")]
+    NotText,
+    /// Reading it took longer than [`TIMEOUT`].
+    #[error("reading it took longer than {TIMEOUT:?}")]
+    Timeout,
+}
+
+/// Reads the token file `path` (inside the container) of the container `container_id` whose main
+/// process is `pid`, on a blocking thread, within [`TIMEOUT`].
+pub async fn read(
+    pid: Option<u32>,
+    container_id: &str,
+    path: &str,
+) -> Result<Secret, TokenFileError> {
+    let pid = pid.ok_or(TokenFileError::NoProcess)?;
+    let (id, path) = (container_id.to_owned(), path.to_owned());
+    let task = tokio::task::spawn_blocking(move || read_as(pid, &id, &path));
+    match tokio::time::timeout(TIMEOUT, task).await {
+        Ok(Ok(read)) => read,
+        // The blocking task panicked (it does not) or the runtime is shutting down.
+        Ok(Err(_)) | Err(_) => Err(TokenFileError::Timeout),
+    }
+}
+
+/// Reads `path` inside the root of process `pid`, once that process is found to be in a cgroup
+/// whose path holds `container_id`.
+fn read_as(pid: u32, container_id: &str, path: &str) -> Result<Secret, TokenFileError> {
+    if !path.starts_with('/') {
+        return Err(TokenFileError::NotAbsolute);
+    }
+    let proc_dir = format!("/proc/{pid}");
+    let gone = |what: &str| {
+        let path = format!("{proc_dir}{what}");
+        move |source| TokenFileError::Root { path, source }
+    };
+    let proc_fd = open(
+        proc_dir.as_str(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(gone(""))?;
+    let cgroup = openat(
+        &proc_fd,
+        "cgroup",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(gone("/cgroup"))?;
+    let mut cgroups = String::new();
+    std::fs::File::from(cgroup)
+        .take(64 * 1024)
+        .read_to_string(&mut cgroups)
+        .map_err(TokenFileError::Read)?;
+    if !in_container(&cgroups, container_id) {
+        return Err(TokenFileError::NotTheContainer { pid });
+    }
+    let root = openat(
+        &proc_fd,
+        "root",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(gone("/root"))?;
+    read_at(&root, path)
+}
+
+/// Whether `/proc/<pid>/cgroup` text `cgroups` puts the process in a cgroup (v2, or v1 on hosts
+/// without v2) whose path names `container_id` (Docker's `…/<id>` and `docker-<id>.scope` alike).
+fn in_container(cgroups: &str, container_id: &str) -> bool {
+    !container_id.is_empty()
+        && cgroups
+            .lines()
+            .filter_map(|l| l.splitn(3, ':').nth(2))
+            .any(|p| p.contains(container_id))
+}
+
+/// Reads `path` as if `root` were `/`: the token, without one trailing line break.
+pub fn read_in(root: &Path, path: &str) -> Result<Secret, TokenFileError> {
+    if !path.starts_with('/') {
+        return Err(TokenFileError::NotAbsolute);
+    }
+    let root_fd = open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|source| TokenFileError::Root {
+        path: root.display().to_string(),
+        source,
+    })?;
+    read_at(&root_fd, path)
+}
+
+/// Reads `path` as if the directory `root` were `/`.
+fn read_at(root: &std::os::fd::OwnedFd, path: &str) -> Result<Secret, TokenFileError> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(root, path, how).map_err(TokenFileError::Open)?;
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata().map_err(TokenFileError::Read)?;
+    if !meta.is_file() {
+        return Err(TokenFileError::NotAFile);
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0).min(MAX_BYTES));
+    file.take(MAX_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(TokenFileError::Read)?;
+    if bytes.len() > MAX_BYTES {
+        return Err(TokenFileError::TooLarge);
+    }
+    token(bytes)
+}
+
+/// The token a file holds: one trailing `\n` or `\r\n` (an editor's) is not part of it.
+fn token(mut bytes: Vec<u8>) -> Result<Secret, TokenFileError> {
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        return Err(TokenFileError::Empty);
+    }
+    let text = String::from_utf8(bytes).map_err(|_| TokenFileError::NotText)?;
+    if text.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(TokenFileError::NotText);
+    }
+    Ok(Secret::new(text))
+}
+
+#[cfg(test)]
+#[path = "ecs_token_file_tests.rs"]
+mod tests;

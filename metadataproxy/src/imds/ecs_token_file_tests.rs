@@ -1,0 +1,235 @@
+//! Token files read through a root: paths, symlinks that try to leave it, sizes, file types.
+
+use std::os::unix::fs::symlink;
+
+use super::{MAX_BYTES, TokenFileError, read, read_in};
+
+/// A fake container root with a host file outside it holding a secret.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    outside: std::path::PathBuf,
+}
+
+fn root() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("var/run/secrets")).unwrap();
+    let outside = dir.path().join("host-secret");
+    std::fs::write(&outside, "HOST-SECRET").unwrap();
+    Fixture {
+        _dir: dir,
+        root,
+        outside,
+    }
+}
+
+fn read_ok(r: &Fixture, path: &str) -> String {
+    read_in(&r.root, path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .expose()
+        .to_owned()
+}
+
+#[test]
+fn reads_the_token_and_drops_one_trailing_line_break() {
+    let r = root();
+    let file = r.root.join("var/run/secrets/token");
+    for (content, want) in [
+        ("tok-1", "tok-1"),
+        ("tok-2\n", "tok-2"),
+        ("tok-3\r\n", "tok-3"),
+        ("eyJhbGciOi.eyJzdWIi.c2ln", "eyJhbGciOi.eyJzdWIi.c2ln"),
+    ] {
+        std::fs::write(&file, content).unwrap();
+        assert_eq!(read_ok(&r, "/var/run/secrets/token"), want, "{content:?}");
+    }
+}
+
+#[test]
+fn a_rotated_file_is_read_anew() {
+    let r = root();
+    let dir = r.root.join("var/run/secrets");
+    std::fs::write(dir.join("token"), "old").unwrap();
+    assert_eq!(read_ok(&r, "/var/run/secrets/token"), "old");
+    // Rotation as Kubernetes does it: a new file renamed over the old one.
+    std::fs::write(dir.join(".new"), "new").unwrap();
+    std::fs::rename(dir.join(".new"), dir.join("token")).unwrap();
+    assert_eq!(read_ok(&r, "/var/run/secrets/token"), "new");
+}
+
+#[test]
+fn symlinks_and_dot_dot_stay_inside_the_root() {
+    let r = root();
+    let secrets = r.root.join("var/run/secrets");
+    // An absolute symlink to the host file's path, a relative one climbing out, and `..` in the
+    // path itself: each resolves inside the root, where there is no such file.
+    symlink(&r.outside, secrets.join("abs")).unwrap();
+    symlink("../../../../host-secret", secrets.join("rel")).unwrap();
+    for path in [
+        "/var/run/secrets/abs",
+        "/var/run/secrets/rel",
+        "/../host-secret",
+        "/var/../../host-secret",
+    ] {
+        match read_in(&r.root, path) {
+            Err(TokenFileError::Open(_)) => {}
+            other => panic!("{path}: {:?}", other.map(|s| s.expose().to_owned())),
+        }
+    }
+    // The same links find a file of that name inside the root: the container's, not the host's.
+    std::fs::write(r.root.join("host-secret"), "container-token").unwrap();
+    std::fs::create_dir_all(
+        r.root
+            .join(r.outside.parent().unwrap().strip_prefix("/").unwrap()),
+    )
+    .unwrap();
+    std::fs::write(
+        r.root.join(r.outside.strip_prefix("/").unwrap()),
+        "container-token",
+    )
+    .unwrap();
+    for path in [
+        "/var/run/secrets/abs",
+        "/var/run/secrets/rel",
+        "/../host-secret",
+    ] {
+        assert_eq!(read_ok(&r, path), "container-token", "{path}");
+    }
+}
+
+#[test]
+fn magic_links_are_refused() {
+    // With the real `/` as root, `/proc/self/root` is a magic link (to this process's root):
+    // following one could leave any root, so it is refused even where it would not.
+    let got = read_in(std::path::Path::new("/"), "/proc/self/root/etc/hostname");
+    assert!(
+        matches!(got, Err(TokenFileError::Open(nix::errno::Errno::ELOOP))),
+        "{:?}",
+        got.map(|s| s.expose().to_owned())
+    );
+}
+
+#[test]
+fn a_relative_path_is_refused() {
+    let r = root();
+    std::fs::write(r.root.join("token"), "t").unwrap();
+    assert!(matches!(
+        read_in(&r.root, "token"),
+        Err(TokenFileError::NotAbsolute)
+    ));
+}
+
+#[test]
+fn sizes_at_and_over_the_limit() {
+    let r = root();
+    let file = r.root.join("token");
+    std::fs::write(&file, "a".repeat(MAX_BYTES)).unwrap();
+    assert_eq!(read_ok(&r, "/token").len(), MAX_BYTES);
+    std::fs::write(&file, "a".repeat(MAX_BYTES + 1)).unwrap();
+    assert!(matches!(
+        read_in(&r.root, "/token"),
+        Err(TokenFileError::TooLarge)
+    ));
+    std::fs::write(&file, "a".repeat(10 * MAX_BYTES)).unwrap();
+    assert!(matches!(
+        read_in(&r.root, "/token"),
+        Err(TokenFileError::TooLarge)
+    ));
+}
+
+#[test]
+fn empty_multi_line_and_binary_files_are_refused() {
+    let r = root();
+    let file = r.root.join("token");
+    for (content, what) in [
+        (&b""[..], "empty"),
+        (b"\n", "a bare line break"),
+        (b"line-1\nline-2", "two lines"),
+        (b"tok\r", "a carriage return"),
+        (b"\xff\xfe", "not UTF-8"),
+    ] {
+        std::fs::write(&file, content).unwrap();
+        let got = read_in(&r.root, "/token");
+        assert!(
+            matches!(got, Err(TokenFileError::Empty | TokenFileError::NotText)),
+            "{what}: {:?}",
+            got.map(|s| s.expose().to_owned())
+        );
+    }
+}
+
+#[test]
+fn directories_fifos_and_devices_are_not_read() {
+    let r = root();
+    nix::unistd::mkfifo(&r.root.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    symlink("/dev/zero", r.root.join("zero")).unwrap();
+    std::fs::create_dir_all(r.root.join("dev")).unwrap();
+    // A FIFO with no writer would block a plain open; this one must fail at once.
+    for path in ["/var/run/secrets", "/fifo"] {
+        assert!(
+            matches!(read_in(&r.root, path), Err(TokenFileError::NotAFile)),
+            "{path}"
+        );
+    }
+    // /dev/zero is resolved inside the root, where it does not exist.
+    assert!(matches!(
+        read_in(&r.root, "/zero"),
+        Err(TokenFileError::Open(_))
+    ));
+}
+
+/// This process's cgroup v2 path.
+fn own_cgroup() -> String {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn through_proc_pid_root_only_in_the_containers_cgroup() {
+    // This process's own root is `/`: a file by its absolute path is found through it, when the
+    // "container" is this process's own cgroup.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "own-token\n").unwrap();
+    let file = file.display().to_string();
+    let pid = Some(std::process::id());
+    let got = read(pid, &own_cgroup(), &file).await.unwrap();
+    assert_eq!(got.expose(), "own-token");
+    // Another container's id: this process is not in it (as after a pid was reused).
+    assert!(matches!(
+        read(pid, &"f".repeat(64), &file).await,
+        Err(TokenFileError::NotTheContainer { .. })
+    ));
+    assert!(matches!(
+        read(pid, "", &file).await,
+        Err(TokenFileError::NotTheContainer { .. })
+    ));
+    assert!(matches!(
+        read(None, &own_cgroup(), "/token").await,
+        Err(TokenFileError::NoProcess)
+    ));
+    // No such process (pid_max is below 2^22).
+    assert!(matches!(
+        read(Some(u32::MAX), &own_cgroup(), "/token").await,
+        Err(TokenFileError::Root { .. })
+    ));
+}
+
+#[test]
+fn cgroup_paths_of_docker_containers() {
+    let id = "0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d";
+    for (cgroups, want) in [
+        (format!("0::/docker/{id}\n"), true),
+        (format!("0::/system.slice/docker-{id}.scope\n"), true),
+        (format!("12:memory:/docker/{id}\n"), true),
+        ("0::/docker/ffff\n".to_owned(), false),
+        (format!("0::/\n1:name={id}\n"), false),
+    ] {
+        assert_eq!(super::in_container(&cgroups, id), want, "{cgroups:?}");
+    }
+}
