@@ -219,15 +219,27 @@ impl Daemon {
     /// Its log once it contains `needle` (logs are written by a writer thread, a moment after the
     /// event); panics with the log after 5 s.
     pub async fn wait_for_log(&self, needle: &str) -> String {
+        self.wait_for_logs(&[needle]).await
+    }
+
+    /// Its log once it contains every one of `needles`. The audit lines and the other lines reach
+    /// the log through different writers, so one appearing says nothing of the other; panics
+    /// with the log after 5 s.
+    pub async fn wait_for_logs(&self, needles: &[&str]) -> String {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             let logs = self.logs();
-            if logs.contains(needle) {
+            let missing: Vec<&str> = needles
+                .iter()
+                .copied()
+                .filter(|n| !logs.contains(n))
+                .collect();
+            if missing.is_empty() {
                 return logs;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "the daemon's log never showed {needle:?}:\n{logs}"
+                "the daemon's log never showed {missing:?}:\n{logs}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

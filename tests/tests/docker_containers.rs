@@ -194,7 +194,7 @@ async fn label_role_session_key_user_network_and_reverse_dns() {
         "reverse DNS: {response:?}\n{}",
         daemon.logs()
     );
-    assert!(daemon.logs().contains("reverse_dns"), "{}", daemon.logs());
+    daemon.wait_for_log("reverse_dns").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
