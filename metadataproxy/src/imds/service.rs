@@ -193,12 +193,12 @@ impl Imds {
     async fn passthrough(
         &self,
         method: &Method,
-        p: &ImdsPath,
+        p: &ImdsPath<'_>,
         query: Option<&str>,
     ) -> Response<Body> {
         match &self.passthrough {
             Passthrough::Mock(tree) => match tree.get(p) {
-                Some(a) => response::with_type(StatusCode::OK, a.body.into(), a.content_type),
+                Some(a) => response::with_type(StatusCode::OK, a.body, a.content_type),
                 None => not_found(),
             },
             Passthrough::Proxy(upstream) => {
