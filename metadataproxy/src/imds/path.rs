@@ -52,6 +52,8 @@ pub struct ImdsPath<'a> {
     pub version: Option<&'a str>,
     /// Whether the path ended with a single `/`.
     pub trailing_slash: bool,
+    /// No `.` and no `;` anywhere: a segment is then its own stem, without trailing dots.
+    plain: bool,
 }
 
 impl<'a> ImdsPath<'a> {
@@ -69,6 +71,15 @@ impl<'a> ImdsPath<'a> {
     /// Every segment, version included.
     fn all_segments(&self) -> Segments<'a> {
         Segments::of(self.body)
+    }
+
+    /// [`seg_is`] for one of this path's segments.
+    fn seg_is(&self, seg: &str, keyword: &str) -> bool {
+        if self.plain {
+            seg.eq_ignore_ascii_case(keyword)
+        } else {
+            seg_is(seg, keyword)
+        }
     }
 }
 
@@ -127,45 +138,37 @@ pub enum Category<'a> {
     Other,
 }
 
-/// How [`parse`] treats each byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
-    /// RFC 3986 unreserved, sub-delims, `:` and `@`, except the three below.
-    Plain,
-    /// `.`: a segment made only of these is a dot segment.
-    Dot,
-    /// `;`: starts a segment's path parameters.
-    Semicolon,
-    /// `/`: ends a segment.
-    Slash,
-    /// `%`: percent-encoding, refused.
-    Percent,
-    /// Anything else (backslash, space, controls, `?`, `#`, non-ASCII…), refused.
-    Forbidden,
-}
+/// [`FLAGS`] of a `.`: a segment made only of these is a dot segment.
+const DOT: u8 = 1;
+/// [`FLAGS`] of a `;`: it starts a segment's path parameters.
+const SEMICOLON: u8 = 2;
+/// [`FLAGS`] of a `%`: percent-encoding, refused.
+const PERCENT: u8 = 4;
+/// [`FLAGS`] of a byte outside RFC 3986 unreserved, sub-delims, `:`, `@` and `/` (backslash,
+/// space, controls, `?`, `#`, non-ASCII…), refused.
+const FORBIDDEN: u8 = 8;
 
-/// The class of every byte, so validation is one table load per byte.
-static CLASSES: [Class; 256] = {
-    let mut table = [Class::Forbidden; 256];
-    let mut b = 0;
-    while b < 256 {
-        #[expect(clippy::cast_possible_truncation, reason = "b < 256")]
-        let byte = b as u8;
-        if byte.is_ascii_alphanumeric() {
-            table[b] = Class::Plain;
-        }
-        b += 1;
-    }
-    let plain = b"-_~!$&'()*+,=:@";
+/// What each byte is, so validating a path is one table load per byte.
+static FLAGS: [u8; 256] = {
+    let mut table = [FORBIDDEN; 256];
+    let allowed = b"-._~!$&'()*+,;=:@/";
     let mut i = 0;
-    while i < plain.len() {
-        table[plain[i] as usize] = Class::Plain;
+    while i < allowed.len() {
+        table[allowed[i] as usize] = 0;
         i += 1;
     }
-    table[b'.' as usize] = Class::Dot;
-    table[b';' as usize] = Class::Semicolon;
-    table[b'/' as usize] = Class::Slash;
-    table[b'%' as usize] = Class::Percent;
+    let mut c = 0;
+    while c < 26 {
+        table[b'a' as usize + c] = 0;
+        table[b'A' as usize + c] = 0;
+        if c < 10 {
+            table[b'0' as usize + c] = 0;
+        }
+        c += 1;
+    }
+    table[b'.' as usize] = DOT;
+    table[b';' as usize] = SEMICOLON;
+    table[b'%' as usize] = PERCENT;
     table
 };
 
@@ -178,49 +181,47 @@ pub fn parse(raw: &str) -> Result<ImdsPath<'_>, PathError> {
     if raw.len() > MAX_PATH_LEN {
         return Err(PathError::TooLong);
     }
-    let bytes = raw.as_bytes();
-    if bytes.first() != Some(&b'/') {
+    let Some(rest) = raw.strip_prefix('/') else {
         return Err(PathError::NotAbsolute);
+    };
+    let seen = raw.bytes().fold(0, |seen, b| seen | FLAGS[usize::from(b)]);
+    if seen & (PERCENT | FORBIDDEN) != 0 {
+        return Err(first_bad_byte(raw));
     }
-    // A segment error is remembered, not returned at once: any bad byte takes precedence.
-    let mut segment_error = None;
-    let mut first_slash = None;
-    // The segment being read: where it starts, where its `;…` starts, whether it is dots so far.
-    let mut start = 1;
-    let mut params: Option<usize> = None;
-    let mut dots_only = true;
-    for (i, &b) in bytes.iter().enumerate().skip(1) {
-        match CLASSES[usize::from(b)] {
-            Class::Plain => dots_only &= params.is_some(),
-            Class::Dot => {}
-            Class::Semicolon => {
-                params.get_or_insert(i);
+    let plain = seen & (DOT | SEMICOLON) == 0;
+    if rest.is_empty() {
+        return Ok(ImdsPath {
+            raw,
+            body: "",
+            rest: "",
+            version: None,
+            trailing_slash: false,
+            plain,
+        });
+    }
+    let (body, trailing_slash) = match rest.strip_suffix('/') {
+        Some(body) => (body, true),
+        None => (rest, false),
+    };
+    if body.is_empty() {
+        return Err(PathError::EmptySegment);
+    }
+    for seg in Segments::of(body) {
+        if seg.is_empty() {
+            return Err(PathError::EmptySegment);
+        }
+        if !plain {
+            // Judge the segment as an upstream that drops `;…` path parameters would see it.
+            let stem = seg.split(';').next().unwrap_or(seg);
+            if stem.is_empty() {
+                return Err(PathError::EmptySegment);
             }
-            Class::Slash => {
-                if segment_error.is_none() {
-                    segment_error = check_segment(params.unwrap_or(i) - start, dots_only);
-                }
-                first_slash.get_or_insert(i);
-                (start, params, dots_only) = (i + 1, None, true);
+            if stem.bytes().all(|b| b == b'.') {
+                return Err(PathError::DotSegment);
             }
-            Class::Percent => return Err(PathError::PercentEncoded),
-            Class::Forbidden => return Err(PathError::ForbiddenByte(b)),
         }
     }
-    let trailing_slash = bytes.len() > 1 && bytes[bytes.len() - 1] == b'/';
-    if bytes.len() > 1 && !trailing_slash && segment_error.is_none() {
-        segment_error = check_segment(params.unwrap_or(bytes.len()) - start, dots_only);
-    }
-    if let Some(e) = segment_error {
-        return Err(e);
-    }
-    let body = &raw[1..raw.len() - usize::from(trailing_slash)];
-    // `first_slash` indexes `raw`; a slash that is not the trailing one splits `body`.
-    let (first, after) = match first_slash {
-        Some(i) if i <= body.len() => body.split_at(i - 1),
-        _ => (body, "/"),
-    };
-    let after = &after[1..];
+    let (first, after) = body.split_once('/').unwrap_or((body, ""));
     let (version, rest) = if is_version(first) {
         (Some(first), after)
     } else {
@@ -232,19 +233,19 @@ pub fn parse(raw: &str) -> Result<ImdsPath<'_>, PathError> {
         rest,
         version,
         trailing_slash,
+        plain,
     })
 }
 
-/// A segment's error, from the length of its stem (the part before any `;`) and whether the
-/// stem is only dots.
-fn check_segment(stem_len: usize, dots_only: bool) -> Option<PathError> {
-    if stem_len == 0 {
-        Some(PathError::EmptySegment)
-    } else if dots_only {
-        Some(PathError::DotSegment)
-    } else {
-        None
-    }
+/// The error for the first percent sign or forbidden byte of `raw`.
+fn first_bad_byte(raw: &str) -> PathError {
+    raw.bytes()
+        .find_map(|b| match FLAGS[usize::from(b)] {
+            PERCENT => Some(PathError::PercentEncoded),
+            FORBIDDEN => Some(PathError::ForbiddenByte(b)),
+            _ => None,
+        })
+        .unwrap_or(PathError::ForbiddenByte(0))
 }
 
 /// `latest` or a date shaped `YYYY-MM-DD`.
@@ -287,16 +288,23 @@ fn seg_is(seg: &str, keyword: &str) -> bool {
 pub fn classify<'a>(p: &ImdsPath<'a>) -> Category<'a> {
     // Whether `meta-data` is immediately followed by `iam` (or `identity-credentials`) anywhere
     // in the segments, version included, since an unrecognised first segment is kept there.
+    // The IAM routes' own spelling first: it is such a pair.
+    if p.rest
+        .strip_prefix("meta-data/iam")
+        .is_some_and(|tail| tail.is_empty() || tail.starts_with('/'))
+    {
+        return classify_iam(p);
+    }
     let mut host_identity = false;
     let mut after_meta_data = false;
     for seg in p.all_segments() {
         if after_meta_data {
-            if seg_is(seg, "iam") {
+            if p.seg_is(seg, "iam") {
                 return classify_iam(p);
             }
-            host_identity |= seg_is(seg, "identity-credentials");
+            host_identity |= p.seg_is(seg, "identity-credentials");
         }
-        after_meta_data = seg_is(seg, "meta-data");
+        after_meta_data = p.seg_is(seg, "meta-data");
     }
     if host_identity {
         return Category::HostIdentityCredentials;
@@ -305,7 +313,9 @@ pub fn classify<'a>(p: &ImdsPath<'a>) -> Category<'a> {
     match (p.version, segs.next(), segs.next(), segs.next()) {
         (None, None, ..) => Category::Root,
         (Some(_), None, ..) => Category::VersionRoot,
-        (Some(_), Some(api), Some(token), None) if seg_is(api, "api") && seg_is(token, "token") => {
+        (Some(_), Some(api), Some(token), None)
+            if p.seg_is(api, "api") && p.seg_is(token, "token") =>
+        {
             Category::Token
         }
         _ => Category::Other,
@@ -319,32 +329,19 @@ fn classify_iam<'a>(p: &ImdsPath<'a>) -> Category<'a> {
     if version != "latest" && version < FIRST_IAM_VERSION {
         return Category::IamOther;
     }
-    let mut segs = p.segments();
-    let found = [
-        segs.next(),
-        segs.next(),
-        segs.next(),
-        segs.next(),
-        segs.next(),
-    ];
-    match found {
-        [Some("meta-data"), Some("iam"), None, ..] => Category::IamListing,
-        [Some("meta-data"), Some("iam"), Some("info"), None, _] => Category::IamInfo,
-        [
-            Some("meta-data"),
-            Some("iam"),
-            Some("security-credentials"),
-            None,
-            _,
-        ] => Category::IamCredentialsList,
-        [
-            Some("meta-data"),
-            Some("iam"),
-            Some("security-credentials"),
-            Some(role),
-            None,
-        ] => Category::IamCredentials(role),
-        _ => Category::IamOther,
+    // Only the exact lower-case spelling is served; segments are never empty, so a role name
+    // after `security-credentials/` is one non-empty segment when it holds no `/`.
+    let Some(tail) = p.rest.strip_prefix("meta-data/iam") else {
+        return Category::IamOther;
+    };
+    match tail {
+        "" => Category::IamListing,
+        "/info" => Category::IamInfo,
+        "/security-credentials" => Category::IamCredentialsList,
+        _ => match tail.strip_prefix("/security-credentials/") {
+            Some(role) if !role.contains('/') => Category::IamCredentials(role),
+            _ => Category::IamOther,
+        },
     }
 }
 
