@@ -580,8 +580,8 @@ pub async fn serve(listener: TcpListener, serving: Serving, shutdown: impl Futur
             let imds = Arc::clone(&imds);
             async move {
                 let started = std::time::Instant::now();
-                let resp = imds.handle(&req, &conn_info).await;
-                crate::metrics::request(req.uri().path(), resp.status(), started.elapsed());
+                let (resp, route) = imds.handle_routed(&req, &conn_info).await;
+                crate::metrics::request(route, resp.status(), started.elapsed());
                 Ok::<_, Infallible>(resp)
             }
         });

@@ -40,12 +40,12 @@ pub fn imds_path(data: &[u8]) {
         return;
     };
     assert_eq!(
-        path::parse(&parsed.as_path()).as_ref(),
+        path::parse(parsed.as_path()).as_ref(),
         Ok(&parsed),
         "not canonical: {raw:?}"
     );
     if forwarded(&path::classify(&parsed)) {
-        for view in upstream_views(&parsed.as_path()) {
+        for view in upstream_views(parsed.as_path()) {
             assert!(
                 !reaches_iam(&view),
                 "{raw:?} is forwarded and an upstream could read it as {view:?}"

@@ -56,7 +56,7 @@ impl Iam {
     /// Answers one IAM route for the caller on `conn`.
     pub async fn handle(
         &self,
-        route: &Category,
+        route: &Category<'_>,
         conn: &ConnInfo,
         version: ImdsVersion,
     ) -> Response<Body> {
@@ -70,7 +70,7 @@ impl Iam {
         match route {
             Category::IamListing => response::text(StatusCode::OK, "info\nsecurity-credentials/"),
             Category::IamCredentialsList => response::text(StatusCode::OK, role_name.to_owned()),
-            Category::IamCredentials(asked) if asked != role_name => {
+            Category::IamCredentials(asked) if *asked != role_name => {
                 tracing::info!(caller = %caller.identity, asked = %asked, role = %role_name, "caller asked for a role that is not its own");
                 not_found()
             }

@@ -3,6 +3,7 @@
 //! Values follow Lyft metadataproxy 2.2.0's mock where it had one; the shape follows the real IMDS
 //! and amazon-ec2-metadata-mock, so every entry a listing names resolves.
 
+use bytes::Bytes;
 use serde_json::json;
 
 use super::path::ImdsPath;
@@ -27,16 +28,17 @@ const VERSIONS: &str = "2007-01-19\n2009-04-04\n2012-01-12\n2016-09-02\n2021-03-
 /// One mocked response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MockAnswer {
-    /// The response body.
-    pub body: String,
+    /// The response body (shared with the tree: serving it copies nothing).
+    pub body: Bytes,
     /// The `Content-Type` to send with it.
     pub content_type: &'static str,
 }
 
 #[derive(Debug)]
 enum Node {
-    Dir(Vec<Child>),
-    Leaf(String, &'static str),
+    /// The children, and their listing (rendered once).
+    Dir(Vec<Child>, Bytes),
+    Leaf(Bytes, &'static str),
     /// Listed here but answered by another handler (the IAM routes): the mock never serves it.
     Elsewhere,
 }
@@ -53,7 +55,7 @@ fn leaf(name: &'static str, body: &str) -> Child {
     Child {
         name,
         listed_as: None,
-        node: Node::Leaf(body.to_owned(), TEXT),
+        node: Node::Leaf(Bytes::from(body.to_owned()), TEXT),
     }
 }
 
@@ -61,8 +63,14 @@ fn dir(name: &'static str, children: Vec<Child>) -> Child {
     Child {
         name,
         listed_as: None,
-        node: Node::Dir(children),
+        node: dir_node(children),
     }
+}
+
+/// A directory node: its children and their listing.
+fn dir_node(children: Vec<Child>) -> Node {
+    let listing = Bytes::from(listing(&children));
+    Node::Dir(children, listing)
 }
 
 /// The mocked tree below `/<version>/`.
@@ -81,29 +89,29 @@ impl MockTree {
         let mut dynamic = dir("dynamic", dynamic(&instance_id));
         dynamic.listed_as = Some("dynamic");
         Self {
-            version_root: Node::Dir(vec![dynamic, meta]),
+            version_root: dir_node(vec![dynamic, meta]),
         }
     }
 
     /// The mocked answer for `p`, or `None` when the mock has nothing there (the caller sends 404).
     /// Directories answer with or without a trailing slash; so do leaves.
-    pub fn get(&self, p: &ImdsPath) -> Option<MockAnswer> {
+    pub fn get(&self, p: &ImdsPath<'_>) -> Option<MockAnswer> {
         if p.version.is_none() {
-            return p.segments.is_empty().then(|| MockAnswer {
-                body: VERSIONS.to_owned(),
+            return p.segments().next().is_none().then(|| MockAnswer {
+                body: Bytes::from_static(VERSIONS.as_bytes()),
                 content_type: TEXT,
             });
         }
         let mut node = &self.version_root;
-        for seg in &p.segments {
-            let Node::Dir(children) = node else {
+        for seg in p.segments() {
+            let Node::Dir(children, _) = node else {
                 return None;
             };
             node = &children.iter().find(|c| c.name == seg)?.node;
         }
         match node {
-            Node::Dir(children) => Some(MockAnswer {
-                body: listing(children),
+            Node::Dir(_, listing) => Some(MockAnswer {
+                body: listing.clone(),
                 content_type: TEXT,
             }),
             Node::Leaf(body, content_type) => Some(MockAnswer {
@@ -121,7 +129,7 @@ fn listing(children: &[Child]) -> String {
         .iter()
         .map(|c| match (c.listed_as, &c.node) {
             (Some(shown), _) => shown.to_owned(),
-            (None, Node::Dir(_) | Node::Elsewhere) => format!("{}/", c.name),
+            (None, Node::Dir(..) | Node::Elsewhere) => format!("{}/", c.name),
             (None, Node::Leaf(..)) => c.name.to_owned(),
         })
         .collect();
@@ -233,7 +241,7 @@ fn dynamic(instance_id: &str) -> Vec<Child> {
                 Child {
                     name: "document",
                     listed_as: None,
-                    node: Node::Leaf(pretty, JSON),
+                    node: Node::Leaf(Bytes::from(pretty), JSON),
                 },
                 leaf(
                     "pkcs7",

@@ -9,9 +9,8 @@ fn get(tree: &MockTree, raw: &str) -> Option<MockAnswer> {
 }
 
 fn body(tree: &MockTree, raw: &str) -> String {
-    get(tree, raw)
-        .unwrap_or_else(|| panic!("{raw} did not resolve"))
-        .body
+    let answer = get(tree, raw).unwrap_or_else(|| panic!("{raw} did not resolve"));
+    String::from_utf8(answer.body.to_vec()).unwrap_or_else(|e| panic!("{raw}: not UTF-8: {e}"))
 }
 
 /// Follows every entry of every listing below `start`; returns how many paths it resolved.
@@ -116,7 +115,7 @@ fn identity_document_is_json_matching_the_tree() {
         .unwrap_or_else(|| panic!("document missing"));
     assert_eq!(answer.content_type, "application/json");
     let doc: serde_json::Value =
-        serde_json::from_str(&answer.body).unwrap_or_else(|e| panic!("invalid JSON: {e}"));
+        serde_json::from_slice(&answer.body).unwrap_or_else(|e| panic!("invalid JSON: {e}"));
     assert_eq!(doc["instanceId"], "i-0123abcd");
     assert_eq!(
         doc["region"],

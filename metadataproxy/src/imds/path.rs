@@ -38,43 +38,84 @@ pub enum PathError {
     DotSegment,
 }
 
-/// A validated, canonical IMDS request path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImdsPath {
+/// A validated, canonical IMDS request path, borrowed from the request (routing allocates
+/// nothing). Canonical means it is exactly the path received: [`ImdsPath::as_path`] is the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImdsPath<'a> {
+    /// The whole path, as received.
+    raw: &'a str,
+    /// Every segment (version included) joined with `/`: no leading or trailing slash.
+    body: &'a str,
+    /// The segments after the version (all of `body` when `version` is `None`).
+    rest: &'a str,
     /// The API version (`latest` or `YYYY-MM-DD`) when the first segment is one; else `None`.
-    pub version: Option<String>,
-    /// The segments after the version (all segments when `version` is `None`).
-    pub segments: Vec<String>,
+    pub version: Option<&'a str>,
     /// Whether the path ended with a single `/`.
     pub trailing_slash: bool,
+    /// No `.` and no `;` anywhere: a segment is then its own stem, without trailing dots.
+    plain: bool,
 }
 
-impl ImdsPath {
-    /// Rebuilds the canonical path string, e.g. `/latest/meta-data/placement/`.
-    pub fn as_path(&self) -> String {
-        let mut out = String::from("/");
-        out.push_str(&self.join());
-        // The root is `/` whatever the flag says: there is no segment to put a slash after.
-        if self.trailing_slash && out.len() > 1 {
-            out.push('/');
-        }
-        out
+impl<'a> ImdsPath<'a> {
+    /// The canonical path string, e.g. `/latest/meta-data/placement/`: the path as received,
+    /// since a path that is not canonical is refused.
+    pub fn as_path(&self) -> &'a str {
+        self.raw
     }
 
-    /// Version (when known) and segments joined with `/`, without leading or trailing slash.
-    fn join(&self) -> String {
-        let mut parts: Vec<&str> = Vec::with_capacity(self.segments.len() + 1);
-        if let Some(v) = &self.version {
-            parts.push(v);
+    /// The segments after the version (all segments when `version` is `None`).
+    pub fn segments(&self) -> Segments<'a> {
+        Segments::of(self.rest)
+    }
+
+    /// Every segment, version included.
+    fn all_segments(&self) -> Segments<'a> {
+        Segments::of(self.body)
+    }
+
+    /// [`seg_is`] for one of this path's segments.
+    fn seg_is(&self, seg: &str, keyword: &str) -> bool {
+        if self.plain {
+            seg.eq_ignore_ascii_case(keyword)
+        } else {
+            seg_is(seg, keyword)
         }
-        parts.extend(self.segments.iter().map(String::as_str));
-        parts.join("/")
     }
 }
+
+/// The segments of a path, in order (see [`ImdsPath::segments`]).
+#[derive(Debug, Clone)]
+pub struct Segments<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Segments<'a> {
+    fn of(joined: &'a str) -> Self {
+        Self {
+            rest: (!joined.is_empty()).then_some(joined),
+        }
+    }
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.rest?;
+        let Some(i) = rest.bytes().position(|b| b == b'/') else {
+            self.rest = None;
+            return Some(rest);
+        };
+        self.rest = Some(&rest[i + 1..]);
+        Some(&rest[..i])
+    }
+}
+
+impl std::iter::FusedIterator for Segments<'_> {}
 
 /// What a path is, for routing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Category {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category<'a> {
     /// `/`: the version listing.
     Root,
     /// `/<version>/`.
@@ -88,7 +129,7 @@ pub enum Category {
     /// `/<version>/meta-data/iam/security-credentials/`.
     IamCredentialsList,
     /// `/<version>/meta-data/iam/security-credentials/<role>`: the role name asked for.
-    IamCredentials(String),
+    IamCredentials(&'a str),
     /// Anything else that touches `meta-data/iam` in any letter case: answered 404 locally.
     IamOther,
     /// `meta-data/identity-credentials/…`: the host's own credentials, always refused.
@@ -97,59 +138,114 @@ pub enum Category {
     Other,
 }
 
+/// [`FLAGS`] of a `.`: a segment made only of these is a dot segment.
+const DOT: u8 = 1;
+/// [`FLAGS`] of a `;`: it starts a segment's path parameters.
+const SEMICOLON: u8 = 2;
+/// [`FLAGS`] of a `%`: percent-encoding, refused.
+const PERCENT: u8 = 4;
+/// [`FLAGS`] of a byte outside RFC 3986 unreserved, sub-delims, `:`, `@` and `/` (backslash,
+/// space, controls, `?`, `#`, non-ASCII…), refused.
+const FORBIDDEN: u8 = 8;
+
+/// What each byte is, so validating a path is one table load per byte.
+static FLAGS: [u8; 256] = {
+    let mut table = [FORBIDDEN; 256];
+    let allowed = b"-._~!$&'()*+,;=:@/";
+    let mut i = 0;
+    while i < allowed.len() {
+        table[allowed[i] as usize] = 0;
+        i += 1;
+    }
+    let mut c = 0;
+    while c < 26 {
+        table[b'a' as usize + c] = 0;
+        table[b'A' as usize + c] = 0;
+        if c < 10 {
+            table[b'0' as usize + c] = 0;
+        }
+        c += 1;
+    }
+    table[b'.' as usize] = DOT;
+    table[b';' as usize] = SEMICOLON;
+    table[b'%' as usize] = PERCENT;
+    table
+};
+
 /// Validates a request path (query already split off) and splits it into version and segments.
-pub fn parse(raw: &str) -> Result<ImdsPath, PathError> {
+///
+/// Refused, in this order: longer than [`MAX_PATH_LEN`]; not starting with `/`; the first
+/// percent sign or forbidden byte; the first empty or dot segment (judged without its `;…`
+/// parameters, as an upstream that drops them would see it).
+pub fn parse(raw: &str) -> Result<ImdsPath<'_>, PathError> {
     if raw.len() > MAX_PATH_LEN {
         return Err(PathError::TooLong);
     }
     let Some(rest) = raw.strip_prefix('/') else {
         return Err(PathError::NotAbsolute);
     };
-    for &b in raw.as_bytes() {
-        match b {
-            b'%' => return Err(PathError::PercentEncoded),
-            b if is_allowed(b) => {}
-            b => return Err(PathError::ForbiddenByte(b)),
-        }
+    let seen = raw.bytes().fold(0, |seen, b| seen | FLAGS[usize::from(b)]);
+    if seen & (PERCENT | FORBIDDEN) != 0 {
+        return Err(first_bad_byte(raw));
     }
+    let plain = seen & (DOT | SEMICOLON) == 0;
     if rest.is_empty() {
         return Ok(ImdsPath {
+            raw,
+            body: "",
+            rest: "",
             version: None,
-            segments: Vec::new(),
             trailing_slash: false,
+            plain,
         });
     }
     let (body, trailing_slash) = match rest.strip_suffix('/') {
         Some(body) => (body, true),
         None => (rest, false),
     };
-    let mut segments = Vec::new();
-    for seg in body.split('/') {
-        // Judge the segment as an upstream that drops `;…` path parameters would see it.
-        let stem = stem(seg);
-        if stem.is_empty() {
+    if body.is_empty() {
+        return Err(PathError::EmptySegment);
+    }
+    for seg in Segments::of(body) {
+        if seg.is_empty() {
             return Err(PathError::EmptySegment);
         }
-        if stem.bytes().all(|b| b == b'.') {
-            return Err(PathError::DotSegment);
+        if !plain {
+            // Judge the segment as an upstream that drops `;…` path parameters would see it.
+            let stem = seg.split(';').next().unwrap_or(seg);
+            if stem.is_empty() {
+                return Err(PathError::EmptySegment);
+            }
+            if stem.bytes().all(|b| b == b'.') {
+                return Err(PathError::DotSegment);
+            }
         }
-        segments.push(seg.to_owned());
     }
-    let version = if is_version(&segments[0]) {
-        Some(segments.remove(0))
+    let (first, after) = body.split_once('/').unwrap_or((body, ""));
+    let (version, rest) = if is_version(first) {
+        (Some(first), after)
     } else {
-        None
+        (None, body)
     };
     Ok(ImdsPath {
+        raw,
+        body,
+        rest,
         version,
-        segments,
         trailing_slash,
+        plain,
     })
 }
 
-/// Bytes allowed in a path: RFC 3986 unreserved, sub-delims, `:`, `@` and `/`; never `%`.
-fn is_allowed(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b)
+/// The error for the first percent sign or forbidden byte of `raw`.
+fn first_bad_byte(raw: &str) -> PathError {
+    raw.bytes()
+        .find_map(|b| match FLAGS[usize::from(b)] {
+            PERCENT => Some(PathError::PercentEncoded),
+            FORBIDDEN => Some(PathError::ForbiddenByte(b)),
+            _ => None,
+        })
+        .unwrap_or(PathError::ForbiddenByte(0))
 }
 
 /// `latest` or a date shaped `YYYY-MM-DD`.
@@ -168,67 +264,84 @@ fn is_version(s: &str) -> bool {
         })
 }
 
-/// A segment without its `;…` path parameters.
-fn stem(seg: &str) -> &str {
-    seg.split(';').next().unwrap_or(seg)
-}
-
 /// Compares a segment to a lower-case keyword ignoring ASCII case, any `;…` suffix and trailing
 /// dots, so an upstream that strips path parameters (`iam;x`) or trailing dots (`iam.`, as IIS
 /// does) could not reach a route we did not recognise.
 fn seg_is(seg: &str, keyword: &str) -> bool {
-    stem(seg)
-        .trim_end_matches('.')
-        .eq_ignore_ascii_case(keyword)
-}
-
-/// Whether `meta-data` is immediately followed by `next` anywhere in the segments (version
-/// included, since an unrecognised first segment is kept in `segments`).
-fn has_pair(p: &ImdsPath, next: &str) -> bool {
-    let all: Vec<&str> = p
-        .version
-        .iter()
-        .chain(p.segments.iter())
-        .map(String::as_str)
-        .collect();
-    all.windows(2)
-        .any(|w| seg_is(w[0], "meta-data") && seg_is(w[1], next))
+    let seg = seg.as_bytes();
+    // The stem is never longer than the segment.
+    if seg.len() < keyword.len() {
+        return false;
+    }
+    let mut stem = match seg.iter().position(|&b| b == b';') {
+        Some(i) => &seg[..i],
+        None => seg,
+    };
+    while let [rest @ .., b'.'] = stem {
+        stem = rest;
+    }
+    stem.eq_ignore_ascii_case(keyword.as_bytes())
 }
 
 /// Decides what a parsed path is. IAM detection ignores case; local IAM handlers only serve the
 /// exact lower-case spelling under a known version, everything else IAM-like is `IamOther`.
-pub fn classify(p: &ImdsPath) -> Category {
-    if has_pair(p, "iam") {
+pub fn classify<'a>(p: &ImdsPath<'a>) -> Category<'a> {
+    // Whether `meta-data` is immediately followed by `iam` (or `identity-credentials`) anywhere
+    // in the segments, version included, since an unrecognised first segment is kept there.
+    // The IAM routes' own spelling first: it is such a pair.
+    if p.rest
+        .strip_prefix("meta-data/iam")
+        .is_some_and(|tail| tail.is_empty() || tail.starts_with('/'))
+    {
         return classify_iam(p);
     }
-    if has_pair(p, "identity-credentials") {
+    let mut host_identity = false;
+    let mut after_meta_data = false;
+    for seg in p.all_segments() {
+        if after_meta_data {
+            if p.seg_is(seg, "iam") {
+                return classify_iam(p);
+            }
+            host_identity |= p.seg_is(seg, "identity-credentials");
+        }
+        after_meta_data = p.seg_is(seg, "meta-data");
+    }
+    if host_identity {
         return Category::HostIdentityCredentials;
     }
-    let segs: Vec<&str> = p.segments.iter().map(String::as_str).collect();
-    match (&p.version, segs.as_slice()) {
-        (None, []) => Category::Root,
-        (Some(_), []) => Category::VersionRoot,
-        (Some(_), [api, token]) if seg_is(api, "api") && seg_is(token, "token") => Category::Token,
+    let mut segs = p.segments();
+    match (p.version, segs.next(), segs.next(), segs.next()) {
+        (None, None, ..) => Category::Root,
+        (Some(_), None, ..) => Category::VersionRoot,
+        (Some(_), Some(api), Some(token), None)
+            if p.seg_is(api, "api") && p.seg_is(token, "token") =>
+        {
+            Category::Token
+        }
         _ => Category::Other,
     }
 }
 
-fn classify_iam(p: &ImdsPath) -> Category {
-    let Some(version) = &p.version else {
+fn classify_iam<'a>(p: &ImdsPath<'a>) -> Category<'a> {
+    let Some(version) = p.version else {
         return Category::IamOther;
     };
-    if version != "latest" && version.as_str() < FIRST_IAM_VERSION {
+    if version != "latest" && version < FIRST_IAM_VERSION {
         return Category::IamOther;
     }
-    let segs: Vec<&str> = p.segments.iter().map(String::as_str).collect();
-    match segs.as_slice() {
-        ["meta-data", "iam"] => Category::IamListing,
-        ["meta-data", "iam", "info"] => Category::IamInfo,
-        ["meta-data", "iam", "security-credentials"] => Category::IamCredentialsList,
-        ["meta-data", "iam", "security-credentials", role] => {
-            Category::IamCredentials((*role).to_owned())
-        }
-        _ => Category::IamOther,
+    // Only the exact lower-case spelling is served; segments are never empty, so a role name
+    // after `security-credentials/` is one non-empty segment when it holds no `/`.
+    let Some(tail) = p.rest.strip_prefix("meta-data/iam") else {
+        return Category::IamOther;
+    };
+    match tail {
+        "" => Category::IamListing,
+        "/info" => Category::IamInfo,
+        "/security-credentials" => Category::IamCredentialsList,
+        _ => match tail.strip_prefix("/security-credentials/") {
+            Some(role) if !role.contains('/') => Category::IamCredentials(role),
+            _ => Category::IamOther,
+        },
     }
 }
 

@@ -87,7 +87,7 @@ proptest! {
         {
             let sent = p.as_path();
             prop_assert_eq!(&sent, &raw, "the path is forwarded as received");
-            for view in upstream_views(&sent) {
+            for view in upstream_views(sent) {
                 prop_assert!(!reaches_iam(&view), "{:?} forwarded; upstream may read {:?}", raw, view);
             }
         }

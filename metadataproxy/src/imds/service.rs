@@ -13,6 +13,7 @@ use super::response::{self, Body};
 use super::token::{self, TokenStore};
 use crate::clock::Clock;
 use crate::identity::{Chain, ConnInfo, Identity};
+use crate::metrics::Route;
 
 /// Where non-IAM routes go.
 #[derive(Debug)]
@@ -62,6 +63,28 @@ pub struct Imds {
 impl Imds {
     /// Handles one request from the connection `conn`.
     pub async fn handle<B>(&self, req: &Request<B>, conn: &ConnInfo) -> Response<Body> {
+        self.handle_routed(req, conn).await.0
+    }
+
+    /// [`Self::handle`], also naming the request's route for the metrics (the path is parsed
+    /// and classified once, for both).
+    pub async fn handle_routed<B>(
+        &self,
+        req: &Request<B>,
+        conn: &ConnInfo,
+    ) -> (Response<Body>, Route) {
+        let raw_path = req.uri().path();
+        let routed = path::parse(raw_path).map(|p| (p, path::classify(&p)));
+        let route = Route::of(routed.as_ref().ok().map(|(_, category)| category));
+        (self.respond(req, conn, routed).await, route)
+    }
+
+    async fn respond<B>(
+        &self,
+        req: &Request<B>,
+        conn: &ConnInfo,
+        routed: Result<(ImdsPath<'_>, Category<'_>), path::PathError>,
+    ) -> Response<Body> {
         if has_body(req.headers()) {
             // No IMDS request has a body; never read one (and close, so it is not parsed either).
             tracing::info!(peer = %conn.peer, "refused a request with a body");
@@ -80,8 +103,8 @@ impl Imds {
                 None => not_found(),
             };
         }
-        let parsed = match path::parse(raw_path) {
-            Ok(p) => p,
+        let (parsed, category) = match routed {
+            Ok(routed) => routed,
             Err(e) => {
                 tracing::info!(peer = %conn.peer, path = %raw_path.escape_debug(), error = %e, "refused path");
                 let status = if matches!(e, path::PathError::TooLong) {
@@ -92,7 +115,6 @@ impl Imds {
                 return response::text(status, format!("Bad Request: {e}\n"));
             }
         };
-        let category = path::classify(&parsed);
         let identity = Chain::identity(conn);
         if category == Category::Token {
             return self.token(req, &identity);
@@ -193,12 +215,12 @@ impl Imds {
     async fn passthrough(
         &self,
         method: &Method,
-        p: &ImdsPath,
+        p: &ImdsPath<'_>,
         query: Option<&str>,
     ) -> Response<Body> {
         match &self.passthrough {
             Passthrough::Mock(tree) => match tree.get(p) {
-                Some(a) => response::with_type(StatusCode::OK, a.body.into(), a.content_type),
+                Some(a) => response::with_type(StatusCode::OK, a.body, a.content_type),
                 None => not_found(),
             },
             Passthrough::Proxy(upstream) => {

@@ -6,7 +6,7 @@
 
 mod sts;
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -59,6 +59,68 @@ struct MapLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// The route category of a request, the `route` label of the request metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `token`: the `IMDSv2` token route.
+    Token,
+    /// `iam_credentials`: a role's credentials.
+    IamCredentials,
+    /// `iam_info`.
+    IamInfo,
+    /// `iam_listing`: `iam/` and `iam/security-credentials/`.
+    IamListing,
+    /// `iam_refused`: other IAM paths, the host's identity credentials.
+    IamRefused,
+    /// `metadata`: everything mocked or proxied.
+    Metadata,
+    /// `bad_path`: refused before routing.
+    BadPath,
+}
+
+impl Route {
+    /// The label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::IamCredentials => "iam_credentials",
+            Self::IamInfo => "iam_info",
+            Self::IamListing => "iam_listing",
+            Self::IamRefused => "iam_refused",
+            Self::Metadata => "metadata",
+            Self::BadPath => "bad_path",
+        }
+    }
+
+    /// The route of a parsed request; `None`: the path was refused before routing.
+    pub fn of(category: Option<&Category<'_>>) -> Self {
+        match category {
+            None => Self::BadPath,
+            Some(Category::Token) => Self::Token,
+            Some(Category::IamCredentials(_)) => Self::IamCredentials,
+            Some(Category::IamInfo) => Self::IamInfo,
+            Some(Category::IamListing | Category::IamCredentialsList) => Self::IamListing,
+            Some(Category::IamOther | Category::HostIdentityCredentials) => Self::IamRefused,
+            Some(Category::Root | Category::VersionRoot | Category::Other) => Self::Metadata,
+        }
+    }
+}
+
+/// Number of [`Route`]s.
+const ROUTES: usize = 7;
+const _: () = assert!(Route::BadPath as usize + 1 == ROUTES);
+/// Number of identification outcomes: each [`Source`], and none.
+const SOURCES: usize = 8;
+
+/// A route's series for status 200, taken from the families on first use: the request path
+/// then neither hashes labels nor takes the families' locks (the series are the same objects,
+/// so the exposition does not change).
+#[derive(Debug)]
+struct RouteOk {
+    requests: Counter,
+    seconds: Histogram,
+}
+
 /// Request latencies: 100 µs to about 6.5 s (cached answers are well under a millisecond; an
 /// STS call takes tens to hundreds of milliseconds; timeouts take seconds).
 fn latency_histogram() -> Histogram {
@@ -83,6 +145,8 @@ pub struct Metrics {
     docker_synchronised: Gauge,
     ebpf_entries: Family<MapLabels, Gauge>,
     ebpf_capacity: Gauge,
+    route_ok: [OnceLock<RouteOk>; ROUTES],
+    identified_by: [OnceLock<Counter>; SOURCES],
 }
 
 impl Default for Metrics {
@@ -200,6 +264,8 @@ impl Metrics {
             docker_synchronised,
             ebpf_entries,
             ebpf_capacity,
+            route_ok: Default::default(),
+            identified_by: Default::default(),
         }
     }
 
@@ -212,13 +278,50 @@ impl Metrics {
     }
 
     /// One IMDS request answered.
-    pub fn request(&self, route: &'static str, status: u16, took: Duration) {
+    pub fn request(&self, route: Route, status: u16, took: Duration) {
+        let label = route.label();
+        if status == 200 {
+            let ok = self.route_ok[route as usize].get_or_init(|| RouteOk {
+                requests: self
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        route: label,
+                        status,
+                    })
+                    .clone(),
+                seconds: self
+                    .request_seconds
+                    .get_or_create(&RouteLabels { route: label })
+                    .clone(),
+            });
+            ok.requests.inc();
+            ok.seconds.observe(took.as_secs_f64());
+            return;
+        }
         self.requests
-            .get_or_create(&RequestLabels { route, status })
+            .get_or_create(&RequestLabels {
+                route: label,
+                status,
+            })
             .inc();
         self.request_seconds
-            .get_or_create(&RouteLabels { route })
+            .get_or_create(&RouteLabels { route: label })
             .observe(took.as_secs_f64());
+    }
+
+    /// One caller of the IAM routes identified, by `source` (`None`: no role).
+    pub fn identified(&self, source: Option<Source>) {
+        let label = source.map_or("none", Source::as_str);
+        let series = || {
+            self.identifications
+                .get_or_create(&SourceLabels { source: label })
+                .clone()
+        };
+        match self.identified_by.get(source.map_or(0, |s| s as usize + 1)) {
+            Some(slot) => slot.get_or_init(series).inc(),
+            // A source added without growing `SOURCES`: counted all the same, a little slower.
+            None => series().inc(),
+        };
     }
 
     /// One call to AWS finished.
@@ -297,17 +400,8 @@ pub fn kind_name(kind: StsErrorKind) -> &'static str {
 /// `iam_refused` (other IAM paths, the host's identity credentials), `metadata` (everything
 /// mocked or proxied), `bad_path` (refused before routing).
 pub fn route(raw_path: &str) -> &'static str {
-    let Ok(parsed) = path::parse(raw_path) else {
-        return "bad_path";
-    };
-    match path::classify(&parsed) {
-        Category::Token => "token",
-        Category::IamCredentials(_) => "iam_credentials",
-        Category::IamInfo => "iam_info",
-        Category::IamListing | Category::IamCredentialsList => "iam_listing",
-        Category::IamOther | Category::HostIdentityCredentials => "iam_refused",
-        Category::Root | Category::VersionRoot | Category::Other => "metadata",
-    }
+    let category = path::parse(raw_path).ok().map(|p| path::classify(&p));
+    Route::of(category.as_ref()).label()
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -318,8 +412,8 @@ pub fn global() -> &'static Metrics {
 }
 
 /// Records one IMDS request (see [`route`] for the categories).
-pub fn request(raw_path: &str, status: http::StatusCode, took: Duration) {
-    global().request(route(raw_path), status.as_u16(), took);
+pub fn request(route: Route, status: http::StatusCode, took: Duration) {
+    global().request(route, status.as_u16(), took);
 }
 
 /// A credential request was answered from the cache (`hit`) or had to wait for STS.
@@ -341,11 +435,7 @@ pub fn cache_refreshes(n: usize) {
 
 /// A caller of an IAM route was identified by `source` (`None`: no role for it).
 pub fn identified(source: Option<Source>) {
-    let source = source.map_or("none", Source::as_str);
-    global()
-        .identifications
-        .get_or_create(&SourceLabels { source })
-        .inc();
+    global().identified(source);
 }
 
 #[cfg(test)]

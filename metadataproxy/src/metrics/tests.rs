@@ -14,9 +14,9 @@ fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
 #[test]
 fn known_events_give_exact_samples() {
     let m = Metrics::new();
-    m.request("iam_credentials", 200, Duration::from_millis(2));
-    m.request("iam_credentials", 200, Duration::from_micros(50));
-    m.request("token", 405, Duration::from_micros(50));
+    m.request(Route::IamCredentials, 200, Duration::from_millis(2));
+    m.request(Route::IamCredentials, 200, Duration::from_micros(50));
+    m.request(Route::Token, 405, Duration::from_micros(50));
     m.sts_call("sts:AssumeRole", None, Duration::from_millis(30));
     m.sts_call(
         "sts:AssumeRole",
@@ -86,11 +86,7 @@ fn routes_by_category() {
 #[test]
 fn global_request_records_status_and_route() {
     let before = global().encode();
-    request(
-        "/latest/meta-data/placement/zone",
-        StatusCode::IM_A_TEAPOT,
-        Duration::ZERO,
-    );
+    request(Route::Metadata, StatusCode::IM_A_TEAPOT, Duration::ZERO);
     let after = global().encode();
     let want = r#"metadataproxy_requests_total{route="metadata",status="418"} 1"#;
     assert!(!before.contains(want) && after.contains(want), "{after}");

@@ -1,7 +1,7 @@
 //! Many callers: one daemon tracking N source IPs → N roles; its memory, its STS calls, and the
 //! first request of a caller added while it runs (prefetch means no STS on that request).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +10,8 @@ use anyhow::{Context, Result, ensure};
 
 use super::client;
 use super::moto::Moto;
-use super::servers::{Kind, Programs, Server};
+use super::servers::{Kind, Programs, Server, loopback};
+use crate::process::free_port;
 
 /// Parallel callers when fetching every role once.
 const FETCHERS: usize = 16;
@@ -33,6 +34,9 @@ pub struct ManyCallers {
     pub new_caller_first_us: Vec<u32>,
     /// AssumeRole calls per added caller (expected: exactly 1 each).
     pub sts_per_new_caller: Vec<usize>,
+    /// First requests of added callers that waited for STS (the daemon's cache-miss counter
+    /// moved during the request; expected: 0, i.e. the prefetch had finished).
+    pub new_caller_sts_waits: usize,
     /// Failed STS calls the daemon logged (each is retried, so moto counts it twice).
     pub sts_failures_logged: usize,
 }
@@ -69,7 +73,15 @@ pub async fn run(
 
     let before = moto.assume_role_count().await?;
     let t0 = Instant::now();
-    let mut server = programs.start(Kind::Ours, "ours-many-callers", &mapping, body)?;
+    // Its admin listener tells whether a first request waited for STS (a cache miss).
+    let admin = loopback(free_port()?);
+    let mut server = programs.start_with(
+        Kind::Ours,
+        "ours-many-callers",
+        &mapping,
+        body,
+        &[("ADMIN_LISTEN", admin.to_string())],
+    )?;
     moto.wait_assume_roles(before + callers, Duration::from_secs(300))
         .await
         .context("waiting for the daemon to prefetch every role")?;
@@ -96,6 +108,7 @@ pub async fn run(
             .context("waiting for the prefetch of an added caller")?;
         tokio::time::sleep(SETTLE).await;
         let i = callers + j;
+        let misses = cache_misses(admin).await?;
         let start = Instant::now();
         let resp = client::once(
             Some(caller_ip(i)),
@@ -114,12 +127,31 @@ pub async fn run(
             resp.text()
         );
         out.new_caller_first_us.push(micros);
+        if cache_misses(admin).await? > misses {
+            out.new_caller_sts_waits += 1;
+        }
         out.sts_per_new_caller
             .push(moto.assume_role_count().await? - before);
     }
     server.proc.check_running()?;
     out.sts_failures_logged = server.proc.log_lines_containing("sts:AssumeRole failed");
     Ok(out)
+}
+
+/// The daemon's count of credential requests that waited for STS, from its `/metrics`.
+async fn cache_misses(admin: SocketAddr) -> Result<u64> {
+    const NAME: &str = "metadataproxy_credential_cache_misses_total ";
+    let resp = client::once(None, admin, "GET", "/metrics", &[], b"").await?;
+    ensure!(resp.status == 200, "GET /metrics: {}", resp.status);
+    let text = resp.text();
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix(NAME))
+        .with_context(|| format!("no {NAME}in /metrics"))?;
+    value
+        .trim()
+        .parse()
+        .with_context(|| format!("{NAME}{value}"))
 }
 
 /// Maps the first `n` caller IPs to their roles; written to a temporary file then renamed, so the

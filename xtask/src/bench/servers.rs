@@ -82,9 +82,23 @@ impl Programs {
 
     /// Starts `kind` on a free port and waits until it listens.
     pub fn start(&self, kind: Kind, tag: &str, mapping: &Path, body: &Path) -> Result<Server> {
+        self.start_with(kind, tag, mapping, body, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables.
+    pub fn start_with(
+        &self,
+        kind: Kind,
+        tag: &str,
+        mapping: &Path,
+        body: &Path,
+        env: &[(&str, String)],
+    ) -> Result<Server> {
         let addr = loopback(free_port()?);
         let log = self.dir.join(format!("{tag}.log"));
-        let mut proc = Proc::spawn(tag, &mut self.command(kind, addr, mapping, body), &log)?;
+        let mut cmd = self.command(kind, addr, mapping, body);
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        let mut proc = Proc::spawn(tag, &mut cmd, &log)?;
         proc.wait_listening(addr, Duration::from_secs(60))?;
         Ok(Server { kind, addr, proc })
     }

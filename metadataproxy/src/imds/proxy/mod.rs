@@ -127,14 +127,14 @@ impl Upstream {
 
     /// Whether the allow-list lets `p` through: its segments after the version must start with
     /// one prefix's segments. Version-less paths pass only an empty list.
-    pub fn allows(&self, p: &ImdsPath) -> bool {
+    pub fn allows(&self, p: &ImdsPath<'_>) -> bool {
         if self.allowed.is_empty() {
             return true;
         }
         p.version.is_some()
             && self.allowed.iter().any(|prefix| {
-                prefix.len() <= p.segments.len()
-                    && prefix.iter().zip(&p.segments).all(|(a, b)| a == b)
+                prefix.len() <= p.segments().count()
+                    && prefix.iter().zip(p.segments()).all(|(a, b)| a == b)
             })
     }
 
@@ -142,7 +142,7 @@ impl Upstream {
     pub async fn forward(
         &self,
         method: &Method,
-        p: &ImdsPath,
+        p: &ImdsPath<'_>,
         query: Option<&str>,
     ) -> Result<Response<Full<Bytes>>, UpstreamError> {
         if method != Method::GET && method != Method::HEAD {
@@ -155,7 +155,7 @@ impl Upstream {
         if !forwardable || !self.allows(p) {
             return Err(UpstreamError::Forbidden);
         }
-        let uri = self.uri(&p.as_path(), query)?;
+        let uri = self.uri(p.as_path(), query)?;
         tokio::time::timeout(self.timeout, self.exchange(method, &uri))
             .await
             .map_err(|_| UpstreamError::Timeout)?

@@ -13,7 +13,7 @@ use crate::imds::path::parse;
 
 const TOKEN_PATH: &str = "/latest/api/token";
 
-fn path(raw: &str) -> ImdsPath {
+fn path(raw: &str) -> ImdsPath<'_> {
     parse(raw).unwrap_or_else(|e| panic!("{raw:?}: {e}"))
 }
 

@@ -175,6 +175,12 @@ impl Results {
         );
         let _ = writeln!(
             t,
+            "| first requests of added callers that waited for STS (cache misses; 0 expected) | {ours} | {} of {} |",
+            m.new_caller_sts_waits,
+            m.new_caller_first_us.len()
+        );
+        let _ = writeln!(
+            t,
             "| failed STS calls the daemon logged during the many-callers run (each retried) | {ours} | {} |",
             m.sts_failures_logged
         );
@@ -291,8 +297,12 @@ impl Results {
         out.push(Target {
             what: "first request of a newly added caller, p99 (mapping file; prefetch)".into(),
             goal: "≤ 5 ms".into(),
-            measured: format!("{p:.2} ms"),
-            met: Some(!m.new_caller_first_us.is_empty() && p <= 5.0),
+            measured: format!(
+                "{p:.2} ms ({} of {} waited for STS)",
+                m.new_caller_sts_waits,
+                m.new_caller_first_us.len()
+            ),
+            met: Some(!m.new_caller_first_us.is_empty() && p <= 5.0 && m.new_caller_sts_waits == 0),
         });
         let sts_ok = m.sts_at_start == m.callers
             && m.sts_during_fetch == 0
