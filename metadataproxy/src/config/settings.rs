@@ -68,6 +68,7 @@ pub const HOST: &str = "HOST";
 pub const PORT: &str = "PORT";
 pub const DEBUG: &str = "DEBUG";
 pub const DOCKER_URL: &str = "DOCKER_URL";
+pub const DOCKER_PING_INTERVAL: &str = "DOCKER_PING_INTERVAL";
 pub const METADATA_URL: &str = "METADATA_URL";
 pub const MOCK_API: &str = "MOCK_API";
 pub const MOCKED_INSTANCE_ID: &str = "MOCKED_INSTANCE_ID";
@@ -160,6 +161,13 @@ pub const SETTINGS: &[Setting] = &[
         Some("unix://var/run/docker.sock"),
         Kind::Value,
         "Docker daemon URL: unix:///path (Lyft's unix://var/run/docker.sock is /var/run/docker.sock) or tcp://host:port; `off` on a node without Docker",
+    ),
+    ours(
+        DOCKER_PING_INTERVAL,
+        "docker-ping-interval",
+        Some("10"),
+        Kind::Value,
+        "seconds between liveness pings (`/_ping`) of Docker while following its events; no answer within that time (a silently dead connection, a hung dockerd) means not ready, reconnect and full resynchronisation",
     ),
     lyft(
         METADATA_URL,

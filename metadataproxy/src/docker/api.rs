@@ -184,6 +184,19 @@ impl Connection for BollardConnection {
             }
         })
     }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), DockerError>> {
+        Box::pin(async move {
+            self.docker
+                .ping()
+                .await
+                .map(drop)
+                .map_err(|source| DockerError::Api {
+                    call: "GET /_ping",
+                    source,
+                })
+        })
+    }
 }
 
 /// The index's view of a Docker event; `None` for events it does not act on.

@@ -20,6 +20,7 @@ struct Inner {
     containers: HashMap<String, ContainerInfo>,
     streams: Vec<Sender>,
     connects: usize,
+    hung: bool,
 }
 
 /// The fake daemon. Cloning shares it.
@@ -99,6 +100,12 @@ impl FakeDocker {
         }
     }
 
+    /// Makes dockerd hang (pings and new connections never answer; open streams stay silent but
+    /// open) or answer again.
+    pub fn set_hung(&self, hung: bool) {
+        self.lock().hung = hung;
+    }
+
     /// How many connections were attempted.
     pub fn connects(&self) -> usize {
         self.lock().connects
@@ -112,6 +119,10 @@ impl ContainerSource for FakeDocker {
 
     fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, DockerError>> {
         let mut inner = self.lock();
+        if inner.hung {
+            inner.connects += 1;
+            return Box::pin(std::future::pending());
+        }
         inner.connects += 1;
         let result = if inner.down {
             Err(DockerError::Connect(
@@ -168,5 +179,13 @@ impl Connection for FakeConnection {
     ) -> BoxFuture<'a, Result<Option<ContainerInfo>, DockerError>> {
         let found = self.docker.lock().containers.get(id).cloned();
         Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), DockerError>> {
+        if self.docker.lock().hung {
+            Box::pin(std::future::pending())
+        } else {
+            Box::pin(std::future::ready(Ok(())))
+        }
     }
 }

@@ -46,6 +46,10 @@ pub enum DockerError {
         /// What Docker or the connection said.
         source: bollard::errors::Error,
     },
+    /// No answer to a liveness ping in time: the connection (and so the event stream) may be
+    /// dead without having been closed, or the daemon hangs.
+    #[error("no answer to a liveness ping within {0:?} (a dead connection or a hung daemon)")]
+    Unresponsive(std::time::Duration),
     /// The event stream ended: dockerd stopped or the connection dropped.
     #[error("the event stream ended (dockerd stopped or the connection dropped)")]
     StreamEnded,
@@ -68,6 +72,10 @@ pub trait Connection: Send + Sync + fmt::Debug {
         &'a self,
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<ContainerInfo>, DockerError>>;
+
+    /// A cheap call proving the daemon still answers (Docker: `GET /_ping`), asked periodically
+    /// while the event stream is open, since an idle stream cannot tell "no events" from "dead".
+    fn ping(&self) -> BoxFuture<'_, Result<(), DockerError>>;
 }
 
 /// A way to (re)connect to dockerd.

@@ -41,6 +41,10 @@ pub struct SyncConfig {
     pub min_backoff: Duration,
     /// Longest delay between reconnection attempts.
     pub max_backoff: Duration,
+    /// `DOCKER_PING_INTERVAL`: how often the daemon must prove it still answers while the event
+    /// stream is open, and how long it (or a new connection) may take; otherwise the connection is
+    /// dropped, and the index resynchronised on the next one.
+    pub ping_interval: Duration,
 }
 
 impl Default for SyncConfig {
@@ -49,6 +53,7 @@ impl Default for SyncConfig {
             session_key: None,
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(10),
         }
     }
 }
@@ -115,9 +120,12 @@ impl Syncer {
 
     /// One connection: returns why it ended; sets `synced` once the index is synchronised.
     async fn session(&self, synced: &mut bool, after_failures: bool) -> DockerError {
-        let conn = match self.source.connect().await {
-            Ok(conn) => conn,
-            Err(e) => return e,
+        // A hung daemon may accept a connection and never answer on it.
+        let every = self.config.ping_interval;
+        let conn = match tokio::time::timeout(every, self.source.connect()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return e,
+            Err(_) => return DockerError::Unresponsive(every),
         };
         let since = SystemTime::now()
             .checked_sub(REPLAY)
@@ -131,15 +139,26 @@ impl Syncer {
         let again = if after_failures { " again" } else { "" };
         let runtime = self.source.runtime();
         tracing::info!(runtime, url = %self.source.describe(), containers = self.index.len(), "{runtime} reachable{again}; container index synchronised");
+        // An idle stream looks the same whether the connection is alive or silently dead (a
+        // half-open TCP connection, a hung dockerd): ask for a ping now and then.
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            match events.next().await {
-                None => return DockerError::StreamEnded,
-                Some(Err(e)) => return e,
-                Some(Ok(event)) => {
-                    if let Err(e) = self.apply(conn.as_ref(), event).await {
-                        return e;
+            tokio::select! {
+                item = events.next() => match item {
+                    None => return DockerError::StreamEnded,
+                    Some(Err(e)) => return e,
+                    Some(Ok(event)) => {
+                        if let Err(e) = self.apply(conn.as_ref(), event).await {
+                            return e;
+                        }
                     }
-                }
+                },
+                _ = ping.tick() => match tokio::time::timeout(every, conn.ping()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return e,
+                    Err(_) => return DockerError::Unresponsive(every),
+                },
             }
         }
     }
