@@ -370,7 +370,7 @@ pub const SETTINGS: &[Setting] = &[
         "ebpf-redirect-host",
         Some("false"),
         Kind::Bool,
-        "`false`: only containers (docker, containerd, kubepods, podman cgroups) and cgroups named by `cgroup:` keys of ROLE_MAPPING_FILE are redirected; other host processes keep their destination (on EC2, the real IMDS; a new host cgroup is redirected until the next scan, ≤ 1 s); `true`: every process in EBPF_CGROUPS but the daemon",
+        "`false`: only containers (docker, containerd, kubepods, podman cgroups) and cgroups named by `cgroup:` keys of ROLE_MAPPING_FILE are redirected; other host processes keep their destination (on EC2, the real IMDS; a new host cgroup is redirected until inotify reports it and it is scanned, milliseconds); `true`: every process in EBPF_CGROUPS but the daemon",
     ),
     ours(
         EBPF_TARGET,
