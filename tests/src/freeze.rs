@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
@@ -13,7 +15,8 @@ use tokio::sync::{oneshot, watch};
 #[derive(Debug)]
 pub struct FreezableRelay {
     addr: SocketAddr,
-    frozen: watch::Sender<bool>,
+    frozen: watch::Sender<Frozen>,
+    accepted: Arc<AtomicU64>,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
@@ -24,7 +27,9 @@ impl FreezableRelay {
         listener.set_nonblocking(true).expect("non-blocking relay");
         let addr = listener.local_addr().expect("relay address");
         let (shutdown, mut stop) = oneshot::channel::<()>();
-        let (frozen, watching) = watch::channel(false);
+        let (frozen, watching) = watch::channel(Frozen::default());
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&accepted);
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -37,7 +42,8 @@ impl FreezableRelay {
                         _ = &mut stop => return,
                         accepted = listener.accept() => {
                             if let Ok((inbound, _)) = accepted {
-                                tokio::spawn(relay(inbound, target.clone(), watching.clone()));
+                                let n = counter.fetch_add(1, Ordering::SeqCst);
+                                tokio::spawn(relay(inbound, target.clone(), watching.clone(), n));
                             }
                         }
                     }
@@ -47,6 +53,7 @@ impl FreezableRelay {
         Self {
             addr,
             frozen,
+            accepted,
             shutdown: Some(shutdown),
         }
     }
@@ -57,8 +64,14 @@ impl FreezableRelay {
     }
 
     /// Stops (`true`) or resumes (`false`) forwarding, in both directions, on every connection.
-    pub fn freeze(&self, frozen: bool) {
-        self.frozen.send_replace(frozen);
+    pub fn freeze(&self, all: bool) {
+        self.frozen.send_replace(Frozen { all, before: 0 });
+    }
+
+    /// Stops forwarding on the connections open now only; later ones are relayed.
+    pub fn freeze_open(&self) {
+        let before = self.accepted.load(Ordering::SeqCst);
+        self.frozen.send_replace(Frozen { all: false, before });
     }
 }
 
@@ -70,8 +83,21 @@ impl Drop for FreezableRelay {
     }
 }
 
-async fn relay(inbound: TcpStream, target: PathBuf, mut frozen: watch::Receiver<bool>) {
-    if frozen.wait_for(|f| !*f).await.is_err() {
+/// Which connections are held: all, or those accepted before number `before`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Frozen {
+    all: bool,
+    before: u64,
+}
+
+impl Frozen {
+    fn holds(self, n: u64) -> bool {
+        self.all || n < self.before
+    }
+}
+
+async fn relay(inbound: TcpStream, target: PathBuf, mut frozen: watch::Receiver<Frozen>, n: u64) {
+    if frozen.wait_for(|f| !f.holds(n)).await.is_err() {
         return;
     }
     let Ok(outbound) = UnixStream::connect(&target).await else {
@@ -80,8 +106,8 @@ async fn relay(inbound: TcpStream, target: PathBuf, mut frozen: watch::Receiver<
     let (in_read, in_write) = inbound.into_split();
     let (out_read, out_write) = outbound.into_split();
     tokio::select! {
-        () = pipe(in_read, out_write, frozen.clone()) => {}
-        () = pipe(out_read, in_write, frozen) => {}
+        () = pipe(in_read, out_write, frozen.clone(), n) => {}
+        () = pipe(out_read, in_write, frozen, n) => {}
     }
 }
 
@@ -89,15 +115,18 @@ async fn relay(inbound: TcpStream, target: PathBuf, mut frozen: watch::Receiver<
 async fn pipe(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
-    mut frozen: watch::Receiver<bool>,
+    mut frozen: watch::Receiver<Frozen>,
+    conn: u64,
 ) {
     let mut buf = vec![0_u8; 16 * 1024];
     loop {
-        let n = match from.read(&mut buf).await {
+        let len = match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => n,
+            Ok(len) => len,
         };
-        if frozen.wait_for(|f| !*f).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+        if frozen.wait_for(|f| !f.holds(conn)).await.is_err()
+            || to.write_all(&buf[..len]).await.is_err()
+        {
             return;
         }
     }

@@ -5,7 +5,9 @@
 //!
 //! A dockerd that stops answering without closing anything (a relay in front of it freezes) is
 //! noticed by the liveness ping: not ready meanwhile, and afterwards a container started while the
-//! stream was dead gets its role and one that stopped is forgotten.
+//! stream was dead gets its role and one that stopped is forgotten. An event stream whose own
+//! connection went silent while dockerd answers new ones is caught by comparing its listing with
+//! the index.
 //!
 //! Needs root and a real dockerd (IP mode: containers call the daemon at their gateway).
 
@@ -328,4 +330,63 @@ async fn a_silently_dead_event_stream_is_noticed_and_what_happened_meanwhile_is_
         "a role-less container at the stopped one's address",
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_whose_connection_died_alone_is_caught_by_the_listing_check() {
+    let Some(mut docker) = DockerD::start() else {
+        return;
+    };
+    let moto = Moto::start().await;
+    for role in ["stops", "new"] {
+        moto.create_role(role, "/").await;
+    }
+    let relay = FreezableRelay::start(PathBuf::from(docker.url().trim_start_matches("unix://")));
+    let daemon = Daemon::builder()
+        .moto(&moto)
+        .default_account()
+        .env("HOST", "0.0.0.0")
+        .env("DOCKER_URL", relay.url())
+        .env("DOCKER_PING_INTERVAL", "1")
+        .start()
+        .await;
+    let (net, gw) = docker.create_network();
+    let ip = |n: u8| Ipv4Addr::new(gw.octets()[0], gw.octets()[1], gw.octets()[2], n).to_string();
+    let stops = docker.run_detached(&[
+        "--name",
+        "mpd-stops-alone",
+        "--network",
+        &net,
+        "--ip",
+        &ip(13),
+        "-e",
+        "IAM_ROLE=stops",
+    ]);
+    until_listing(&docker, &daemon, &stops, gw, Some("stops"), "before").await;
+
+    // The event stream's connection goes silent; every new connection (the pings) still works.
+    relay.freeze_open();
+    docker.must(&["stop", "-t", "0", &stops]);
+    let fresh = docker.run_detached(&["--network", &net, "-e", "IAM_ROLE=new"]);
+    until_listing(
+        &docker,
+        &daemon,
+        &fresh,
+        gw,
+        Some("new"),
+        "started after the stream died",
+    )
+    .await;
+    assert_logged(
+        &daemon,
+        &["lost Docker", "the event stream missed events"],
+        "why the connection was dropped",
+    );
+    assert_logged(
+        &daemon,
+        &["container left the index", "mpd-stops-alone"],
+        "the container stopped meanwhile dropped",
+    );
+    let successor = docker.run_detached(&["--network", &net, "--ip", &ip(13)]);
+    until_listing(&docker, &daemon, &successor, gw, None, "its address reused").await;
 }

@@ -167,7 +167,7 @@ pub const SETTINGS: &[Setting] = &[
         "docker-ping-interval",
         Some("10"),
         Kind::Value,
-        "seconds between liveness pings (`/_ping`) of Docker while following its events; no answer within that time (a silently dead connection, a hung dockerd) means not ready, reconnect and full resynchronisation",
+        "seconds between liveness checks of Docker while following its events (it lists the running containers); no answer within that time (a hung dockerd, a dead link), or the index differing from the listing at two checks in a row (the event stream's connection died alone), means not ready, reconnect and full resynchronisation",
     ),
     lyft(
         METADATA_URL,

@@ -21,6 +21,8 @@ struct Inner {
     streams: Vec<Sender>,
     connects: usize,
     hung: bool,
+    /// Streams that get nothing any more but stay open.
+    silenced: Vec<Sender>,
 }
 
 /// The fake daemon. Cloning shares it.
@@ -106,6 +108,14 @@ impl FakeDocker {
         self.lock().hung = hung;
     }
 
+    /// The open streams stop delivering events without ending (their connection died alone);
+    /// the daemon itself keeps answering, and new connections work.
+    pub fn silence_streams(&self) {
+        let mut inner = self.lock();
+        let streams = std::mem::take(&mut inner.streams);
+        inner.silenced.extend(streams);
+    }
+
     /// How many connections were attempted.
     pub fn connects(&self) -> usize {
         self.lock().connects
@@ -181,11 +191,11 @@ impl Connection for FakeConnection {
         Box::pin(std::future::ready(Ok(found)))
     }
 
-    fn ping(&self) -> BoxFuture<'_, Result<(), DockerError>> {
+    fn ping(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, DockerError>> {
         if self.docker.lock().hung {
             Box::pin(std::future::pending())
         } else {
-            Box::pin(std::future::ready(Ok(())))
+            Box::pin(async move { self.running().await.map(Some) })
         }
     }
 }

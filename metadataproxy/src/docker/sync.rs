@@ -2,6 +2,7 @@
 //! (re)connection, then the event stream; reconnects with backoff when dockerd goes away, serving
 //! what it knows meanwhile.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -143,6 +144,7 @@ impl Syncer {
         // half-open TCP connection, a hung dockerd): ask for a ping now and then.
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut suspects = HashSet::new();
         loop {
             tokio::select! {
                 item = events.next() => match item {
@@ -155,12 +157,28 @@ impl Syncer {
                     }
                 },
                 _ = ping.tick() => match tokio::time::timeout(every, conn.ping()).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(None)) => {}
+                    Ok(Ok(Some(running))) => {
+                        // An event on its way makes a difference once; a missed one, every time.
+                        let now = self.differences(running);
+                        let kept = now.intersection(&suspects).count();
+                        if kept > 0 {
+                            return DockerError::Drifted(kept);
+                        }
+                        suspects = now;
+                    }
                     Ok(Err(e)) => return e,
                     Err(_) => return DockerError::Unresponsive(every),
                 },
             }
         }
+    }
+
+    /// The ids running but not indexed, or indexed but not running.
+    fn differences(&self, running: Vec<String>) -> HashSet<String> {
+        let running: HashSet<String> = running.into_iter().collect();
+        let indexed: HashSet<String> = self.index.all().iter().map(|c| c.id.clone()).collect();
+        running.symmetric_difference(&indexed).cloned().collect()
     }
 
     /// Lists and inspects every running container and makes the index exactly that.
