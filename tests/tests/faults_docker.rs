@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use metadataproxy_tests::{
-    CREDS_PATH, Daemon, DockerD, FreezableRelay, Moto, SRC_1, free_port, get, loopback,
+    CREDS_PATH, Daemon, DockerD, FreezableRelay, IMAGE, Moto, SRC_1, free_port, get, loopback,
 };
 
 /// The pids of dockerd and of the containerd it started, from their pid files.
@@ -389,4 +389,36 @@ async fn an_event_stream_whose_connection_died_alone_is_caught_by_the_listing_ch
     );
     let successor = docker.run_detached(&["--network", &net, "--ip", &ip(13)]);
     until_listing(&docker, &daemon, &successor, gw, None, "its address reused").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_container_is_not_taken_for_missed_events() {
+    let Some(docker) = DockerD::start() else {
+        return;
+    };
+    let daemon = Daemon::builder()
+        .env("DOCKER_URL", docker.url())
+        .env("DOCKER_PING_INTERVAL", "1")
+        .start()
+        .await;
+    daemon.wait_for_log("Docker reachable").await;
+    // Docker lists it as running while it waits (longer each time) to be restarted.
+    docker.must(&[
+        "run",
+        "-d",
+        "--restart",
+        "always",
+        IMAGE,
+        "sh",
+        "-c",
+        "sleep 0.3; exit 1",
+    ]);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let logs = daemon.logs();
+    let restarts = logs.matches("container left the index").count();
+    assert!(restarts >= 3, "the container did not crash-loop:\n{logs}");
+    assert!(
+        !logs.contains("lost Docker"),
+        "the liveness check reconnected although no event was missed:\n{logs}"
+    );
 }
