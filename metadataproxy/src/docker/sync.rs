@@ -167,7 +167,13 @@ impl Syncer {
                         }
                         suspects = now;
                     }
-                    Ok(Err(e)) => return e,
+                    // Refused or failed at once: dockerd is shutting down or restarting, and the
+                    // stream may still bring the last events (a graceful stop's `die`s) before it
+                    // ends; dropping it now would lose them. Only silence (a timeout) is death.
+                    Ok(Err(e)) => {
+                        tracing::debug!(runtime = self.source.runtime(), error = %e, "liveness check failed; following the event stream until it ends");
+                        suspects.clear();
+                    }
                     Err(_) => return DockerError::Unresponsive(every),
                 },
             }
