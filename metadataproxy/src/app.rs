@@ -273,6 +273,7 @@ fn docker_sources(
     };
     let sync = SyncConfig {
         session_key: config.role_session_key.clone(),
+        ping_interval: config.docker_ping_interval,
         ..SyncConfig::default()
     };
     let (index, _task) = docker::spawn(source, listener, sync);

@@ -10,6 +10,7 @@ mod daemon;
 mod delay;
 mod docker;
 mod faulty_sts;
+mod freeze;
 mod http;
 mod kernel;
 mod mapping;
@@ -26,6 +27,7 @@ pub use daemon::{Daemon, DaemonBuilder, Exited};
 pub use delay::SlowRelay;
 pub use docker::{DockerD, IMAGE};
 pub use faulty_sts::{Fault, FaultySts, Outcome, StsAttempt};
+pub use freeze::FreezableRelay;
 pub use http::{Response, get, put_token, raw_http, request, token};
 pub use kernel::{
     BpfFs, ECS_IP, ECS_IP6, METADATA_ADDRESS_LOCK, METADATA_IP, MetadataAddress,

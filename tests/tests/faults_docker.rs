@@ -3,6 +3,12 @@
 //! that died while Docker was down is forgotten (its address then serves only its successor), a
 //! restarted container and new ones get their roles.
 //!
+//! A dockerd that stops answering without closing anything (a relay in front of it freezes) is
+//! noticed by the liveness ping: not ready meanwhile, and afterwards a container started while the
+//! stream was dead gets its role and one that stopped is forgotten. An event stream whose own
+//! connection went silent while dockerd answers new ones is caught by comparing its listing with
+//! the index.
+//!
 //! Needs root and a real dockerd (IP mode: containers call the daemon at their gateway).
 
 use std::net::Ipv4Addr;
@@ -10,7 +16,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use metadataproxy_tests::{CREDS_PATH, Daemon, DockerD, Moto};
+use metadataproxy_tests::{
+    CREDS_PATH, Daemon, DockerD, FreezableRelay, IMAGE, Moto, SRC_1, free_port, get, loopback,
+};
 
 /// The pids of dockerd and of the containerd it started, from their pid files.
 fn docker_pids(docker: &DockerD) -> [String; 2] {
@@ -191,4 +199,226 @@ async fn dockerd_killed_and_restarted_is_resynchronised_and_the_dead_are_forgott
         .lines()
         .any(|l| l.contains("container left the index") && l.contains("mpd-gone"));
     assert!(left, "the dead container was never dropped:\n{logs}");
+}
+
+/// Asserts that one log line holds every one of `parts`.
+fn assert_logged(daemon: &Daemon, parts: &[&str], what: &str) {
+    let logs = daemon.logs();
+    let found = logs.lines().any(|l| parts.iter().all(|p| l.contains(p)));
+    assert!(found, "no log line: {what}:\n{logs}");
+}
+
+/// Polls `/readyz` until its `docker:` line starts with `want`; returns that line.
+async fn docker_readiness(admin: std::net::SocketAddr, want: &str, daemon: &Daemon) -> String {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let resp = get(SRC_1, admin, "/readyz", &[]).await;
+        if let Some(line) = resp.body.lines().find(|l| l.starts_with(want)) {
+            return line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never said {want:?}; last: {} {}\n{}",
+            resp.status,
+            resp.body,
+            daemon.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_event_stream_is_noticed_and_what_happened_meanwhile_is_resynchronised() {
+    let Some(mut docker) = DockerD::start() else {
+        return;
+    };
+    let moto = Moto::start().await;
+    for role in ["stay", "stops", "new"] {
+        moto.create_role(role, "/").await;
+    }
+    // The daemon reaches dockerd over tcp:// through the relay; the test's own docker CLI does not.
+    let relay = FreezableRelay::start(PathBuf::from(docker.url().trim_start_matches("unix://")));
+    let admin = loopback(free_port());
+    let daemon = Daemon::builder()
+        .moto(&moto)
+        .default_account()
+        .env("HOST", "0.0.0.0")
+        .env("DOCKER_URL", relay.url())
+        .env("DOCKER_PING_INTERVAL", "1")
+        .env("ADMIN_LISTEN", admin.to_string())
+        .start()
+        .await;
+    let (net, gw) = docker.create_network();
+    let ip = |n: u8| Ipv4Addr::new(gw.octets()[0], gw.octets()[1], gw.octets()[2], n).to_string();
+    let stay = docker.run_detached(&[
+        "--name",
+        "mpd-stay",
+        "--network",
+        &net,
+        "-e",
+        "IAM_ROLE=stay",
+    ]);
+    let stops = docker.run_detached(&[
+        "--name",
+        "mpd-stops",
+        "--network",
+        &net,
+        "--ip",
+        &ip(12),
+        "-e",
+        "IAM_ROLE=stops",
+    ]);
+    until_listing(&docker, &daemon, &stay, gw, Some("stay"), "stay before").await;
+    until_listing(&docker, &daemon, &stops, gw, Some("stops"), "stops before").await;
+    docker_readiness(admin, "docker: ok", &daemon).await;
+
+    // Silence without a close: the event stream stays open and idle, so only the ping can tell.
+    relay.freeze(true);
+    let frozen_at = Instant::now();
+    let line = docker_readiness(admin, "docker: FAIL", &daemon).await;
+    let noticed = frozen_at.elapsed();
+    assert!(line.contains("unreachable"), "{line}");
+    assert!(
+        noticed < Duration::from_secs(5),
+        "a 1 s ping interval took {noticed:?} to notice"
+    );
+    assert_logged(
+        &daemon,
+        &["lost Docker", "no answer to a liveness ping within 1s"],
+        "why the connection was dropped",
+    );
+    // The container it knows is still served meanwhile.
+    until_listing(&docker, &daemon, &stay, gw, Some("stay"), "while frozen").await;
+
+    // While the daemon hears nothing: one container stops, another starts.
+    docker.must(&["stop", "-t", "0", &stops]);
+    let fresh = docker.run_detached(&["--network", &net, "-e", "IAM_ROLE=new"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        docker_readiness(admin, "docker: FAIL", &daemon)
+            .await
+            .contains("unreachable"),
+        "still frozen"
+    );
+
+    relay.freeze(false);
+    docker_readiness(admin, "docker: ok", &daemon).await;
+    assert!(daemon.logs().contains("Docker reachable again"));
+    until_listing(
+        &docker,
+        &daemon,
+        &fresh,
+        gw,
+        Some("new"),
+        "started while frozen",
+    )
+    .await;
+    until_listing(&docker, &daemon, &stay, gw, Some("stay"), "stay after").await;
+    assert_logged(
+        &daemon,
+        &["container left the index", "mpd-stops"],
+        "the container stopped while frozen dropped",
+    );
+    // Its address now belongs to a role-less container: nothing for it, never `stops`.
+    let successor = docker.run_detached(&["--network", &net, "--ip", &ip(12)]);
+    until_listing(
+        &docker,
+        &daemon,
+        &successor,
+        gw,
+        None,
+        "a role-less container at the stopped one's address",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_whose_connection_died_alone_is_caught_by_the_listing_check() {
+    let Some(mut docker) = DockerD::start() else {
+        return;
+    };
+    let moto = Moto::start().await;
+    for role in ["stops", "new"] {
+        moto.create_role(role, "/").await;
+    }
+    let relay = FreezableRelay::start(PathBuf::from(docker.url().trim_start_matches("unix://")));
+    let daemon = Daemon::builder()
+        .moto(&moto)
+        .default_account()
+        .env("HOST", "0.0.0.0")
+        .env("DOCKER_URL", relay.url())
+        .env("DOCKER_PING_INTERVAL", "1")
+        .start()
+        .await;
+    let (net, gw) = docker.create_network();
+    let ip = |n: u8| Ipv4Addr::new(gw.octets()[0], gw.octets()[1], gw.octets()[2], n).to_string();
+    let stops = docker.run_detached(&[
+        "--name",
+        "mpd-stops-alone",
+        "--network",
+        &net,
+        "--ip",
+        &ip(13),
+        "-e",
+        "IAM_ROLE=stops",
+    ]);
+    until_listing(&docker, &daemon, &stops, gw, Some("stops"), "before").await;
+
+    // The event stream's connection goes silent; every new connection (the pings) still works.
+    relay.freeze_open();
+    docker.must(&["stop", "-t", "0", &stops]);
+    let fresh = docker.run_detached(&["--network", &net, "-e", "IAM_ROLE=new"]);
+    until_listing(
+        &docker,
+        &daemon,
+        &fresh,
+        gw,
+        Some("new"),
+        "started after the stream died",
+    )
+    .await;
+    assert_logged(
+        &daemon,
+        &["lost Docker", "the event stream missed events"],
+        "why the connection was dropped",
+    );
+    assert_logged(
+        &daemon,
+        &["container left the index", "mpd-stops-alone"],
+        "the container stopped meanwhile dropped",
+    );
+    let successor = docker.run_detached(&["--network", &net, "--ip", &ip(13)]);
+    until_listing(&docker, &daemon, &successor, gw, None, "its address reused").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_container_is_not_taken_for_missed_events() {
+    let Some(docker) = DockerD::start() else {
+        return;
+    };
+    let daemon = Daemon::builder()
+        .env("DOCKER_URL", docker.url())
+        .env("DOCKER_PING_INTERVAL", "1")
+        .start()
+        .await;
+    daemon.wait_for_log("Docker reachable").await;
+    // Docker lists it as running while it waits (longer each time) to be restarted.
+    docker.must(&[
+        "run",
+        "-d",
+        "--restart",
+        "always",
+        IMAGE,
+        "sh",
+        "-c",
+        "sleep 0.3; exit 1",
+    ]);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let logs = daemon.logs();
+    let restarts = logs.matches("container left the index").count();
+    assert!(restarts >= 3, "the container did not crash-loop:\n{logs}");
+    assert!(
+        !logs.contains("lost Docker"),
+        "the liveness check reconnected although no event was missed:\n{logs}"
+    );
 }

@@ -71,14 +71,9 @@ pub fn run() -> Result<()> {
         bail!("the build succeeded but {} is missing", object.display());
     }
     println!("eBPF object: {}", object.display());
-    // The daemon's build script embeds the object when it exists; make its next build look again.
-    let build_rs = repo::root().join("metadataproxy").join("build.rs");
-    std::fs::File::options()
-        .append(true)
-        .open(&build_rs)
-        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
-        .with_context(|| format!("touching {}", build_rs.display()))?;
-    println!("the next `cargo build -p metadataproxy` embeds it");
+    // The daemon's build script watches this object: the next daemon build embeds it if (and only
+    // if) this build changed it.
+    println!("the next `cargo build -p metadataproxy` embeds it (and rebuilds only if it changed)");
     Ok(())
 }
 

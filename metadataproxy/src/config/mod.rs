@@ -128,6 +128,8 @@ pub struct Config {
     pub token_max_per_caller: usize,
     /// `ROLE_MAPPING_RELOAD_INTERVAL`.
     pub mapping_reload_interval: Duration,
+    /// `DOCKER_PING_INTERVAL`.
+    pub docker_ping_interval: Duration,
     /// `ADMIN_LISTEN`: where `/healthz`, `/readyz` and `/metrics` are served; `None`: off.
     pub admin_listen: Option<SocketAddr>,
     /// `HTTP_*`: limits on callers' connections and requests.

@@ -337,6 +337,7 @@ where
     let token_max_total = r.parse(s::TOKEN_MAX_TOTAL, usize_in(1, 10_000_000));
     let token_max_per_caller = r.parse(s::TOKEN_MAX_PER_CALLER, usize_in(1, 100_000));
     let reload = r.parse(s::ROLE_MAPPING_RELOAD_INTERVAL, integer(1, 3600));
+    let docker_ping = r.parse(s::DOCKER_PING_INTERVAL, integer(1, 3600));
     let admin_listen = r.parse(s::ADMIN_LISTEN, admin_listen);
     let http = (
         r.parse(s::HTTP_HEADER_TIMEOUT, integer(1, 3600)),
@@ -398,6 +399,7 @@ where
         Some(token_max_total),
         Some(token_max_per_caller),
         Some(reload),
+        Some(docker_ping),
         Some(admin_listen),
         Some(http),
         Some(ebpf),
@@ -417,6 +419,7 @@ where
         token_max_total,
         token_max_per_caller,
         reload,
+        docker_ping,
         admin_listen,
         http,
         ebpf,
@@ -458,6 +461,7 @@ where
         token_max_total,
         token_max_per_caller,
         mapping_reload_interval: Duration::from_secs(reload),
+        docker_ping_interval: Duration::from_secs(docker_ping),
         admin_listen,
         http,
         ebpf,

@@ -68,6 +68,7 @@ pub const HOST: &str = "HOST";
 pub const PORT: &str = "PORT";
 pub const DEBUG: &str = "DEBUG";
 pub const DOCKER_URL: &str = "DOCKER_URL";
+pub const DOCKER_PING_INTERVAL: &str = "DOCKER_PING_INTERVAL";
 pub const METADATA_URL: &str = "METADATA_URL";
 pub const MOCK_API: &str = "MOCK_API";
 pub const MOCKED_INSTANCE_ID: &str = "MOCKED_INSTANCE_ID";
@@ -160,6 +161,13 @@ pub const SETTINGS: &[Setting] = &[
         Some("unix://var/run/docker.sock"),
         Kind::Value,
         "Docker daemon URL: unix:///path (Lyft's unix://var/run/docker.sock is /var/run/docker.sock) or tcp://host:port; `off` on a node without Docker",
+    ),
+    ours(
+        DOCKER_PING_INTERVAL,
+        "docker-ping-interval",
+        Some("10"),
+        Kind::Value,
+        "seconds between liveness checks of Docker while following its events (it lists the running containers); no answer within that time (a hung dockerd, a dead link), or the index differing from the listing at two checks in a row (the event stream's connection died alone), means not ready, reconnect and full resynchronisation",
     ),
     lyft(
         METADATA_URL,
@@ -362,7 +370,7 @@ pub const SETTINGS: &[Setting] = &[
         "ebpf-redirect-host",
         Some("false"),
         Kind::Bool,
-        "`false`: only containers (docker, containerd, kubepods, podman cgroups) and cgroups named by `cgroup:` keys of ROLE_MAPPING_FILE are redirected; other host processes keep their destination (on EC2, the real IMDS; a new host cgroup is redirected until the next scan, ≤ 1 s); `true`: every process in EBPF_CGROUPS but the daemon",
+        "`false`: only containers (docker, containerd, kubepods, podman cgroups) and cgroups named by `cgroup:` keys of ROLE_MAPPING_FILE are redirected; other host processes keep their destination (on EC2, the real IMDS; a new host cgroup is redirected until inotify reports it and it is scanned, milliseconds); `true`: every process in EBPF_CGROUPS but the daemon",
     ),
     ours(
         EBPF_TARGET,

@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use std::time::SystemTime;
 
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerInspectResponse, EventMessage, EventMessageTypeEnum};
+use bollard::models::{
+    ContainerInspectResponse, ContainerSummaryStateEnum, EventMessage, EventMessageTypeEnum,
+};
 use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use bollard::{ClientVersion, Docker};
 use futures_util::StreamExt;
@@ -163,7 +165,13 @@ impl Connection for BollardConnection {
                     call: "GET /containers/json",
                     source,
                 })?;
-            Ok(list.into_iter().filter_map(|c| c.id).collect())
+            // Docker counts a container waiting to be restarted as running; it has no process
+            // (and its `die` took it out of the index), so it is not listed here either.
+            Ok(list
+                .into_iter()
+                .filter(|c| c.state != Some(ContainerSummaryStateEnum::RESTARTING))
+                .filter_map(|c| c.id)
+                .collect())
         })
     }
 
@@ -183,6 +191,10 @@ impl Connection for BollardConnection {
                 }),
             }
         })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, DockerError>> {
+        Box::pin(async move { self.running().await.map(Some) })
     }
 }
 
@@ -235,7 +247,8 @@ fn info(response: ContainerInspectResponse) -> ContainerInfo {
             .unwrap_or_default()
             .trim_start_matches('/')
             .to_owned(),
-        running: state.running.unwrap_or_default(),
+        // Restarting counts as running for Docker, but there is no process until the next start.
+        running: state.running.unwrap_or_default() && !state.restarting.unwrap_or_default(),
         hostname: config.hostname.unwrap_or_default(),
         domainname: config.domainname.unwrap_or_default(),
         env: config.env.unwrap_or_default(),
@@ -305,5 +318,14 @@ mod tests {
         assert_eq!(ips, ["172.17.0.2", "172.20.0.3", "fd00::3"]);
         assert_eq!(i.env, ["IAM_ROLE=r"]);
         assert_eq!(i.pid, Some(4242));
+    }
+
+    #[test]
+    fn a_container_waiting_to_restart_is_not_running() {
+        let json = |restarting: bool| {
+            format!(r#"{{"Id": "abc", "State": {{"Running": true, "Restarting": {restarting}}}}}"#)
+        };
+        assert!(info(serde_json::from_str(&json(false)).unwrap()).running);
+        assert!(!info(serde_json::from_str(&json(true)).unwrap()).running);
     }
 }

@@ -20,6 +20,9 @@ struct Inner {
     containers: HashMap<String, ContainerInfo>,
     streams: Vec<Sender>,
     connects: usize,
+    hung: bool,
+    /// Streams that get nothing any more but stay open.
+    silenced: Vec<Sender>,
 }
 
 /// The fake daemon. Cloning shares it.
@@ -99,6 +102,20 @@ impl FakeDocker {
         }
     }
 
+    /// Makes dockerd hang (pings and new connections never answer; open streams stay silent but
+    /// open) or answer again.
+    pub fn set_hung(&self, hung: bool) {
+        self.lock().hung = hung;
+    }
+
+    /// The open streams stop delivering events without ending (their connection died alone);
+    /// the daemon itself keeps answering, and new connections work.
+    pub fn silence_streams(&self) {
+        let mut inner = self.lock();
+        let streams = std::mem::take(&mut inner.streams);
+        inner.silenced.extend(streams);
+    }
+
     /// How many connections were attempted.
     pub fn connects(&self) -> usize {
         self.lock().connects
@@ -112,6 +129,10 @@ impl ContainerSource for FakeDocker {
 
     fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, DockerError>> {
         let mut inner = self.lock();
+        if inner.hung {
+            inner.connects += 1;
+            return Box::pin(std::future::pending());
+        }
         inner.connects += 1;
         let result = if inner.down {
             Err(DockerError::Connect(
@@ -168,5 +189,13 @@ impl Connection for FakeConnection {
     ) -> BoxFuture<'a, Result<Option<ContainerInfo>, DockerError>> {
         let found = self.docker.lock().containers.get(id).cloned();
         Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, DockerError>> {
+        if self.docker.lock().hung {
+            Box::pin(std::future::pending())
+        } else {
+            Box::pin(async move { self.running().await.map(Some) })
+        }
     }
 }

@@ -46,6 +46,15 @@ pub enum DockerError {
         /// What Docker or the connection said.
         source: bollard::errors::Error,
     },
+    /// No answer to a liveness ping in time: the connection (and so the event stream) may be
+    /// dead without having been closed, or the daemon hangs.
+    #[error("no answer to a liveness ping within {0:?} (a dead connection or a hung daemon)")]
+    Unresponsive(std::time::Duration),
+    /// The index kept differing from the daemon's listing: the event stream missed events.
+    #[error(
+        "{0} container(s) differ between the index and the daemon's listing at two checks in a row (the event stream missed events)"
+    )]
+    Drifted(usize),
     /// The event stream ended: dockerd stopped or the connection dropped.
     #[error("the event stream ended (dockerd stopped or the connection dropped)")]
     StreamEnded,
@@ -68,6 +77,12 @@ pub trait Connection: Send + Sync + fmt::Debug {
         &'a self,
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<ContainerInfo>, DockerError>>;
+
+    /// A call proving the daemon still answers, asked periodically while the event stream is open,
+    /// since an idle stream cannot tell "no events" from "dead". Docker answers with the ids of the
+    /// running containers, so the index can be checked against them: a difference that persists
+    /// means events were missed (the stream's own connection died alone). `None`: no such check.
+    fn ping(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, DockerError>>;
 }
 
 /// A way to (re)connect to dockerd.

@@ -2,6 +2,7 @@
 //! (re)connection, then the event stream; reconnects with backoff when dockerd goes away, serving
 //! what it knows meanwhile.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -41,6 +42,10 @@ pub struct SyncConfig {
     pub min_backoff: Duration,
     /// Longest delay between reconnection attempts.
     pub max_backoff: Duration,
+    /// `DOCKER_PING_INTERVAL`: how often the daemon must prove it still answers while the event
+    /// stream is open, and how long it (or a new connection) may take; otherwise the connection is
+    /// dropped, and the index resynchronised on the next one.
+    pub ping_interval: Duration,
 }
 
 impl Default for SyncConfig {
@@ -49,6 +54,7 @@ impl Default for SyncConfig {
             session_key: None,
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(10),
         }
     }
 }
@@ -115,9 +121,12 @@ impl Syncer {
 
     /// One connection: returns why it ended; sets `synced` once the index is synchronised.
     async fn session(&self, synced: &mut bool, after_failures: bool) -> DockerError {
-        let conn = match self.source.connect().await {
-            Ok(conn) => conn,
-            Err(e) => return e,
+        // A hung daemon may accept a connection and never answer on it.
+        let every = self.config.ping_interval;
+        let conn = match tokio::time::timeout(every, self.source.connect()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return e,
+            Err(_) => return DockerError::Unresponsive(every),
         };
         let since = SystemTime::now()
             .checked_sub(REPLAY)
@@ -131,17 +140,51 @@ impl Syncer {
         let again = if after_failures { " again" } else { "" };
         let runtime = self.source.runtime();
         tracing::info!(runtime, url = %self.source.describe(), containers = self.index.len(), "{runtime} reachable{again}; container index synchronised");
+        // An idle stream looks the same whether the connection is alive or silently dead (a
+        // half-open TCP connection, a hung dockerd): ask for a ping now and then.
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut suspects = HashSet::new();
         loop {
-            match events.next().await {
-                None => return DockerError::StreamEnded,
-                Some(Err(e)) => return e,
-                Some(Ok(event)) => {
-                    if let Err(e) = self.apply(conn.as_ref(), event).await {
-                        return e;
+            tokio::select! {
+                item = events.next() => match item {
+                    None => return DockerError::StreamEnded,
+                    Some(Err(e)) => return e,
+                    Some(Ok(event)) => {
+                        if let Err(e) = self.apply(conn.as_ref(), event).await {
+                            return e;
+                        }
                     }
-                }
+                },
+                _ = ping.tick() => match tokio::time::timeout(every, conn.ping()).await {
+                    Ok(Ok(None)) => {}
+                    Ok(Ok(Some(running))) => {
+                        // An event on its way makes a difference once; a missed one, every time.
+                        let now = self.differences(running);
+                        let kept = now.intersection(&suspects).count();
+                        if kept > 0 {
+                            return DockerError::Drifted(kept);
+                        }
+                        suspects = now;
+                    }
+                    // Refused or failed at once: dockerd is shutting down or restarting, and the
+                    // stream may still bring the last events (a graceful stop's `die`s) before it
+                    // ends; dropping it now would lose them. Only silence (a timeout) is death.
+                    Ok(Err(e)) => {
+                        tracing::debug!(runtime = self.source.runtime(), error = %e, "liveness check failed; following the event stream until it ends");
+                        suspects.clear();
+                    }
+                    Err(_) => return DockerError::Unresponsive(every),
+                },
             }
         }
+    }
+
+    /// The ids running but not indexed, or indexed but not running.
+    fn differences(&self, running: Vec<String>) -> HashSet<String> {
+        let running: HashSet<String> = running.into_iter().collect();
+        let indexed: HashSet<String> = self.index.all().iter().map(|c| c.id.clone()).collect();
+        running.symmetric_difference(&indexed).cloned().collect()
     }
 
     /// Lists and inspects every running container and makes the index exactly that.

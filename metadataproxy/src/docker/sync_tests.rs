@@ -37,6 +37,7 @@ fn start(
         session_key: None,
         min_backoff: Duration::from_millis(5),
         max_backoff: Duration::from_millis(20),
+        ping_interval: Duration::from_millis(50),
     };
     let (index, task) = crate::docker::spawn(
         Arc::new(docker.clone()),
@@ -171,5 +172,84 @@ async fn unreachable_at_start_keeps_retrying() {
     assert!(index.is_empty());
     docker.set_down(false);
     eventually("synchronised once up", || index.len() == 1).await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_hung_daemon_is_noticed_by_its_ping_and_resynchronised_afterwards() {
+    let docker = FakeDocker::default();
+    docker.put(info("a", "172.17.0.2", &["IAM_ROLE=ra"]));
+    docker.put(info("b", "172.17.0.3", &["IAM_ROLE=rb"]));
+    let (index, recorder, task) = start(&docker);
+    eventually("initial listing", || index.len() == 2 && index.is_live()).await;
+    recorder.take();
+
+    // The stream stays open but silent, and nothing answers: only the ping can tell.
+    docker.set_hung(true);
+    eventually("not live once a ping goes unanswered", || !index.is_live()).await;
+    let connects = docker.connects();
+    eventually("reconnection attempts give up in time too", || {
+        docker.connects() >= connects + 2
+    })
+    .await;
+    assert_eq!(role_at(&index, "172.17.0.2").as_deref(), Some("ra"));
+
+    // Meanwhile b stopped and c started; no event ever reached us.
+    docker.forget(&full_id("b"));
+    docker.put(info("c", "172.17.0.4", &["IAM_ROLE=rc"]));
+    docker.set_hung(false);
+    eventually("live and resynchronised", || {
+        index.is_live() && index.by_id(&full_id("c")).is_some()
+    })
+    .await;
+    assert_eq!(role_at(&index, "172.17.0.3"), None);
+    assert_eq!(recorder.take(), ["-c-b", "+c-c"]);
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_stream_silenced_alone_is_caught_by_comparing_the_listing() {
+    let docker = FakeDocker::default();
+    docker.put(info("a", "172.17.0.2", &["IAM_ROLE=ra"]));
+    docker.put(info("b", "172.17.0.3", &["IAM_ROLE=rb"]));
+    let (index, recorder, task) = start(&docker);
+    eventually("initial listing", || index.len() == 2 && index.is_live()).await;
+    recorder.take();
+    let connects = docker.connects();
+
+    // Pings still answer; only the events are lost.
+    docker.silence_streams();
+    docker.stop(&full_id("b"));
+    docker.start(info("c", "172.17.0.4", &["IAM_ROLE=rc"]));
+    eventually("the missed events made up for", || {
+        index.by_id(&full_id("c")).is_some() && index.by_id(&full_id("b")).is_none()
+    })
+    .await;
+    assert!(docker.connects() > connects, "by reconnecting");
+    assert_eq!(recorder.take(), ["-c-b", "+c-c"]);
+    task.abort();
+}
+
+#[tokio::test]
+async fn no_reconnection_while_every_event_arrives() {
+    let docker = FakeDocker::default();
+    let (index, _, task) = start(&docker);
+    eventually("live", || index.is_live()).await;
+    let connects = docker.connects();
+    // Containers start and stop all the time; every event arrives, so no reconnection.
+    for n in 0..20 {
+        let id = format!("{:x}", n % 16);
+        docker.start(info(&id, "172.17.0.2", &["IAM_ROLE=r"]));
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        docker.stop(&full_id(&id));
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    eventually("all applied", || index.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        docker.connects(),
+        connects,
+        "reconnected although no event was missed"
+    );
     task.abort();
 }

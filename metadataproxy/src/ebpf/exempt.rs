@@ -5,13 +5,15 @@
 //! subtrees of `EBPF_CGROUPS` and exempts every cgroup whose path is neither a container's
 //! ([`is_container_path`]: docker, containerd, kubepods, CRI-O, podman, … layouts) nor named (itself
 //! or an ancestor) by a `cgroup:` key of `ROLE_MAPPING_FILE`. It runs once before the programs are
-//! attached and then every [`RESCAN`].
+//! attached, then whenever inotify reports a cgroup directory made or removed below the roots, or
+//! a change in the mapping file's folder ([`super::cgroup_watch`]), and every [`SAFETY_RESCAN`]
+//! in any case. Where inotify is unavailable (watch limit reached) it scans every [`RESCAN`].
 //!
 //! Why a deny-list of host cgroups rather than an allow-list of containers: a cgroup the scan has
 //! not seen yet (a container that started a moment ago) is not in the map, so it is redirected. A
 //! new container can never reach the real IMDS; the only cost of the delay is the opposite, safe
-//! mistake: a brand-new host cgroup (a service just started) is redirected to the daemon for up to
-//! one [`RESCAN`]. A netns check alone would not do (host-network containers share the host's
+//! mistake: a brand-new host cgroup (a service just started) is redirected to the daemon until the
+//! scan its inotify event triggers (milliseconds). A netns check alone would not do (host-network containers share the host's
 //! netns), nor would an ancestor-id check in the kernel (container cgroups sit below host ones).
 //!
 //! cgroup v2 ids are never reused while the kernel runs, cgroup v2 directories cannot be renamed,
@@ -28,11 +30,14 @@ use std::time::Duration;
 
 use aya::maps::{HashMap, MapData};
 
+use super::cgroup_watch::CgroupWatch;
 use crate::identity::cgroup::{redirected_without_host, tree};
 use crate::identity::mapping_file::{self, Mapping};
 
-/// How often the cgroup tree is scanned again.
+/// How often the cgroup tree is scanned when it cannot be watched with inotify.
 pub const RESCAN: Duration = Duration::from_secs(1);
+/// How often it is scanned anyway while watched (a safety net; events trigger scans at once).
+pub const SAFETY_RESCAN: Duration = Duration::from_secs(30);
 
 /// The value stored for an exempt cgroup (the programs test presence only).
 const HOST: u32 = 1;
@@ -160,16 +165,45 @@ impl Exempt {
         scan
     }
 
-    /// Scans every [`RESCAN`] on a thread of its own, for the life of the process.
+    /// Scans on every change inotify reports (and every [`SAFETY_RESCAN`]; every [`RESCAN`] without
+    /// inotify) on a thread of its own, for the life of the process.
     pub fn spawn(mut self) {
         let spawned = std::thread::Builder::new()
             .name("mp-exempt".to_owned())
             .spawn(move || {
+                let roots = self
+                    .roots
+                    .iter()
+                    .map(|r| self.cgroup2.join(r.trim_start_matches('/')))
+                    .collect();
+                let mapping_dir = self
+                    .mapping_path
+                    .as_ref()
+                    .and_then(|p| p.parent())
+                    .map(|d| if d.as_os_str().is_empty() { ".".as_ref() } else { d }.to_owned());
+                let mut watch = CgroupWatch::new(roots, mapping_dir).map_err(|e| {
+                    tracing::warn!(error = %e, rescan = ?RESCAN, "cannot watch the cgroup tree with inotify: scanning it periodically instead");
+                }).ok();
                 loop {
-                    std::thread::sleep(RESCAN);
+                    // Watch before scanning: a cgroup made after its parent is watched is reported.
+                    if let Some(w) = &watch
+                        && let Err(e) = w.watch_all()
+                    {
+                        tracing::warn!(error = %e, rescan = ?RESCAN, "cannot watch the cgroup tree with inotify: scanning it periodically instead");
+                        watch = None;
+                    }
                     let scan = self.scan();
                     if scan.added + scan.removed > 0 {
                         tracing::debug!(?scan, "host cgroups exempt from the redirect updated");
+                    }
+                    match &watch {
+                        Some(w) => {
+                            if let Err(e) = w.wait(SAFETY_RESCAN) {
+                                tracing::warn!(error = %e, rescan = ?RESCAN, "inotify on the cgroup tree failed: scanning it periodically instead");
+                                watch = None;
+                            }
+                        }
+                        None => std::thread::sleep(RESCAN),
                     }
                 }
             });

@@ -11,6 +11,7 @@
 //! mapping names are redirected; other host processes keep their original destination (on EC2, the
 //! real IMDS). How, and why it fails closed for new containers: see [`exempt`].
 
+mod cgroup_watch;
 pub mod exempt;
 mod load;
 mod pins;
