@@ -307,7 +307,7 @@ pub const SETTINGS: &[Setting] = &[
         "token-max-per-caller",
         Some("128"),
         Kind::Value,
-        "most live IMDSv2 tokens per caller; a caller's oldest is dropped first",
+        "most live IMDSv2 tokens per caller; at the limit its oldest already-used token is dropped first, else its oldest",
     ),
     ours(
         HTTP_HEADER_TIMEOUT,

@@ -84,6 +84,9 @@ pub fn parse_ttl(value: Option<&http::HeaderValue>) -> Result<u32, TtlError> {
 struct Entry {
     caller: Identity,
     expires: Instant,
+    /// Presented at least once. A caller at its cap loses a used token before an unused one: an
+    /// unused token is most likely in flight between its `PUT` and first use.
+    used: bool,
 }
 
 struct Inner {
@@ -104,7 +107,8 @@ impl Inner {
     }
 }
 
-/// Issued `IMDSv2` tokens: at most `max_total` overall and `max_per_caller` per identity.
+/// Issued `IMDSv2` tokens: at most `max_total` overall (least recently used goes first) and
+/// `max_per_caller` per identity (its oldest used token goes first, else its oldest).
 pub struct TokenStore {
     inner: Mutex<Inner>,
     max_per_caller: usize,
@@ -151,19 +155,25 @@ impl TokenStore {
             self.clock.monotonic() + Duration::from_secs(u64::from(ttl_secs.min(MAX_TTL_SECS)));
 
         let mut inner = self.lock();
-        let queue = inner.by_caller.entry(caller.clone()).or_default();
-        let own_oldest = if queue.len() >= self.max_per_caller {
-            queue.pop_front()
-        } else {
-            None
-        };
-        queue.push_back(token.clone());
-        if let Some(old) = own_oldest {
-            inner.tokens.pop(&old);
+        let Inner { tokens, by_caller } = &mut *inner;
+        let queue = by_caller.entry(caller.clone()).or_default();
+        if queue.len() >= self.max_per_caller {
+            // The caller's oldest used token, else its oldest: a caller issuing tokens in parallel
+            // (16 workers each `PUT` then `GET`) must not lose one between its `PUT` and `GET`,
+            // and a caller that only issues still evicts nobody's tokens but its own.
+            let victim = queue
+                .iter()
+                .position(|t| tokens.peek(t).is_some_and(|e| e.used))
+                .unwrap_or(0);
+            if let Some(old) = queue.remove(victim) {
+                tokens.pop(&old);
+            }
         }
+        queue.push_back(token.clone());
         let entry = Entry {
             caller: caller.clone(),
             expires,
+            used: false,
         };
         if let Some((evicted, e)) = inner.tokens.push(token.clone(), entry)
             && evicted != token
@@ -198,7 +208,9 @@ impl TokenStore {
             inner.forget(caller, token);
             return Err(TokenError::Expired);
         }
-        inner.tokens.promote(token);
+        if let Some(entry) = inner.tokens.get_mut(token) {
+            entry.used = true;
+        }
         Ok(())
     }
 

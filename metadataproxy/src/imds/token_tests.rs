@@ -247,3 +247,41 @@ fn a_caller_at_its_limit_leaves_the_total_to_others() {
         assert_eq!(s.validate(t, who), Ok(()), "{who}");
     }
 }
+
+#[test]
+fn at_its_limit_a_caller_loses_a_used_token_before_one_still_in_flight() {
+    // Workers of one caller each PUT then GET; tokens issued meanwhile by the others must not
+    // evict a token between its PUT and its first use while used ones can go instead.
+    let cap = 4;
+    let (s, _) = store(100, cap);
+    let in_flight = issue(&s, &ip(1), 60);
+    let used: Vec<String> = (0..cap - 1).map(|_| issue(&s, &ip(1), 60)).collect();
+    for t in &used {
+        assert_eq!(s.validate(t, &ip(1)), Ok(()));
+    }
+    let newer: Vec<String> = (0..cap - 1).map(|_| issue(&s, &ip(1), 60)).collect();
+    assert_eq!(
+        s.validate(&in_flight, &ip(1)),
+        Ok(()),
+        "the unused token survived"
+    );
+    for t in &used {
+        assert_eq!(
+            s.validate(t, &ip(1)),
+            Err(TokenError::Unknown),
+            "used ones went first"
+        );
+    }
+    for t in &newer {
+        assert_eq!(s.validate(t, &ip(1)), Ok(()));
+    }
+    // With nothing used left, the oldest goes: the bound holds for a caller that only issues.
+    let (s, _) = store(100, cap);
+    let first = issue(&s, &ip(1), 60);
+    let rest: Vec<String> = (0..cap).map(|_| issue(&s, &ip(1), 60)).collect();
+    assert_eq!(s.validate(&first, &ip(1)), Err(TokenError::Unknown));
+    for t in &rest {
+        assert_eq!(s.validate(t, &ip(1)), Ok(()));
+    }
+    assert_eq!(s.len(), cap);
+}
