@@ -148,6 +148,28 @@ async fn botocore_in_container(
     (out.status.success(), text)
 }
 
+/// botocore in container `id`'s cgroup at `uri`: with `own` token it gets `role`'s credentials
+/// from the container provider; with `other` (another container's token) it gets none.
+async fn botocore_gets_only_its_own(
+    (docker, moto, daemon): (&DockerD, &Moto, &Daemon),
+    id: &str,
+    uri: &str,
+    (own, other): (&str, &str),
+    role: &str,
+) {
+    let (ok, out) = botocore_in_container(docker, id, uri, (TOKEN_VAR, own), moto).await;
+    assert!(ok, "botocore at {uri}: {out}\n{}", daemon.logs());
+    let got: serde_json::Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("botocore printed {out:?}: {e}"));
+    assert_eq!(got["method"], "container-role", "{got}");
+    assert_eq!(got["arn"], assumed(role), "{got}");
+    let (ok, out) = botocore_in_container(docker, id, uri, (TOKEN_VAR, other), moto).await;
+    assert!(
+        !ok,
+        "botocore at {uri} got credentials with another container's token: {out}"
+    );
+}
+
 fn assumed(role: &str) -> String {
     format!("arn:aws:sts::{ACCOUNT}:assumed-role/{role}/devproxyauth")
 }
@@ -224,19 +246,14 @@ async fn containers_get_their_own_role_for_their_own_token_only() {
 
     // A real SDK: botocore's container provider, in container a's cgroup, with a's token and
     // then with b's.
-    let (ok, out) =
-        botocore_in_container(&docker, &a, &ecs_uri(), (TOKEN_VAR, &token_a), &moto).await;
-    assert!(ok, "botocore: {out}\n{}", daemon.logs());
-    let got: serde_json::Value = serde_json::from_str(out.trim())
-        .unwrap_or_else(|e| panic!("botocore printed {out:?}: {e}"));
-    assert_eq!(got["method"], "container-role", "{got}");
-    assert_eq!(got["arn"], assumed("role-a"), "{got}");
-    let (ok, out) =
-        botocore_in_container(&docker, &a, &ecs_uri(), (TOKEN_VAR, &token_b), &moto).await;
-    assert!(
-        !ok,
-        "botocore got credentials with another container's token: {out}"
-    );
+    botocore_gets_only_its_own(
+        (&docker, &moto, &daemon),
+        &a,
+        &ecs_uri(),
+        (&token_a, &token_b),
+        "role-a",
+    )
+    .await;
 
     // Every caller was known by its cgroup; the tokens never reached the log.
     let logs = daemon
@@ -369,19 +386,14 @@ async fn ipv6_callers_at_fd00_ec2_23_get_their_own_role_for_their_own_token_only
         assert!(!ok && err.contains(status), "{what} over IPv6: {err}");
     }
 
-    let (ok, out) =
-        botocore_in_container(&docker, &bridged, &ecs6_uri(), (TOKEN_VAR, &token_b), &moto).await;
-    assert!(ok, "botocore over IPv6: {out}\n{}", daemon.logs());
-    let got: serde_json::Value = serde_json::from_str(out.trim())
-        .unwrap_or_else(|e| panic!("botocore printed {out:?}: {e}"));
-    assert_eq!(got["method"], "container-role", "{got}");
-    assert_eq!(got["arn"], assumed("role-b"), "{got}");
-    let (ok, out) =
-        botocore_in_container(&docker, &bridged, &ecs6_uri(), (TOKEN_VAR, &token_a), &moto).await;
-    assert!(
-        !ok,
-        "botocore got credentials over IPv6 with another container's token: {out}"
-    );
+    botocore_gets_only_its_own(
+        (&docker, &moto, &daemon),
+        &bridged,
+        &ecs6_uri(),
+        (&token_b, &token_a),
+        "role-b",
+    )
+    .await;
 
     let logs = daemon
         .wait_for_logs(&["refused container-credentials request", "imds=\"ecs\""])
