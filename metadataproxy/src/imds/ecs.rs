@@ -158,9 +158,14 @@ impl Ecs {
             return resp;
         }
         let identity = Chain::identity(conn);
-        let found = self.tokens.token(conn).await;
+        let header = req.headers().get(AUTHORIZATION);
+        // Without a header the answer is 401 whoever asks: no container lookup, no token file read.
+        let found = match header {
+            Some(_) => self.tokens.token(conn).await,
+            None => None,
+        };
         let container = found.as_ref().map(|f| f.container.as_str());
-        if let Err(refusal) = check(req.headers().get(AUTHORIZATION), found.as_ref()) {
+        if let Err(refusal) = check(header, found.as_ref()) {
             if let Some(Expected::Unreadable { path, reason }) = found.as_ref().map(|f| &f.token) {
                 tracing::warn!(caller = %identity, peer = %conn.peer, container, token_file = %path, error = %reason, "cannot read the caller's AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: refused");
             }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::{Method, StatusCode};
 
@@ -12,12 +13,13 @@ use crate::creds::Secret;
 use crate::creds::sts::BoxFuture;
 use crate::identity::{ConnInfo, canonical_ip};
 
-/// Containers by caller address.
+/// Containers by caller address, and how many times one was looked up.
 #[derive(Debug, Default)]
-struct FakeTokens(HashMap<String, CallerToken>);
+struct FakeTokens(HashMap<String, CallerToken>, Arc<AtomicUsize>);
 
 impl CallerTokens for FakeTokens {
     fn token<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<CallerToken>> {
+        self.1.fetch_add(1, Ordering::SeqCst);
         let found = self
             .0
             .get(&canonical_ip(conn.peer.ip()).to_string())
@@ -33,6 +35,12 @@ const TOKEN_A: &str = "token-of-a-0123456789";
 /// token and no role; 10.0.0.6: no container, role-a by the mapping file; 10.0.0.7: container `e`
 /// with role-a and a token file that cannot be read.
 fn ecs_fixture() -> Fixture {
+    ecs_fixture_counting().0
+}
+
+/// [`ecs_fixture`], and the number of token lookups it makes.
+fn ecs_fixture_counting() -> (Fixture, Arc<AtomicUsize>) {
+    let lookups = Arc::new(AtomicUsize::new(0));
     let mut f = fixture(
         &[("ECS_ENDPOINT", "true")],
         Some(
@@ -43,26 +51,29 @@ fn ecs_fixture() -> Fixture {
         container: name.into(),
         token: token.map_or(Expected::Unset, |t| Expected::Token(Secret::new(t.into()))),
     };
-    let tokens = FakeTokens(HashMap::from([
-        ("10.0.0.2".into(), container("a", Some(TOKEN_A))),
-        ("10.0.0.3".into(), container("b", Some("token-of-b"))),
-        ("10.0.0.4".into(), container("c", None)),
-        ("10.0.0.5".into(), container("d", Some("token-of-d"))),
-        (
-            "10.0.0.7".into(),
-            CallerToken {
-                container: "e".into(),
-                token: Expected::Unreadable {
-                    path: "/var/run/token".into(),
-                    reason: "it is empty".into(),
+    let tokens = FakeTokens(
+        HashMap::from([
+            ("10.0.0.2".into(), container("a", Some(TOKEN_A))),
+            ("10.0.0.3".into(), container("b", Some("token-of-b"))),
+            ("10.0.0.4".into(), container("c", None)),
+            ("10.0.0.5".into(), container("d", Some("token-of-d"))),
+            (
+                "10.0.0.7".into(),
+                CallerToken {
+                    container: "e".into(),
+                    token: Expected::Unreadable {
+                        path: "/var/run/token".into(),
+                        reason: "it is empty".into(),
+                    },
                 },
-            },
-        ),
-    ]));
+            ),
+        ]),
+        Arc::clone(&lookups),
+    );
     Arc::get_mut(&mut f.imds)
         .expect("the service is not shared yet")
         .ecs = Some(Ecs::new(Arc::new(tokens)));
-    f
+    (f, lookups)
 }
 
 async fn get(f: &Fixture, ip: &str, auth: Option<&str>) -> (StatusCode, serde_json::Value) {
@@ -209,4 +220,18 @@ fn ecs_endpoint_setting_defaults_to_off() {
         &HashMap::from([("ECS_ENDPOINT".to_owned(), "true".to_owned())]),
     );
     assert!(on.unwrap().ecs_endpoint);
+}
+
+#[tokio::test]
+async fn without_a_header_no_container_token_is_looked_up() {
+    // A token file is read per lookup: a caller sending no header must not cause that work.
+    let (f, lookups) = ecs_fixture_counting();
+    for ip in ["10.0.0.2", "10.0.0.7", "10.0.0.9"] {
+        let (status, body) = get(&f, ip, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{ip}: {body}");
+    }
+    assert_eq!(lookups.load(Ordering::SeqCst), 0);
+    let (status, _) = get(&f, "10.0.0.2", Some(TOKEN_A)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(lookups.load(Ordering::SeqCst), 1);
 }
