@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::TcpStream;
+
+use crate::accept::AcceptLoop;
 
 /// What the proxy does to a request chosen for a fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,9 +58,8 @@ struct State {
 /// The proxy; runs on its own thread and runtime, stops when dropped.
 #[derive(Debug)]
 pub struct FaultySts {
-    addr: SocketAddr,
+    server: AcceptLoop,
     state: Arc<Mutex<State>>,
-    shutdown: Option<oneshot::Sender<()>>,
 }
 
 /// Largest request accepted (STS query requests are a few hundred bytes).
@@ -68,46 +68,22 @@ const MAX_REQUEST: usize = 64 * 1024;
 impl FaultySts {
     /// Proxies 127.0.0.1:<new port> to `target` (moto), passing every request until told otherwise.
     pub fn start(target: SocketAddr) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the STS proxy");
-        listener.set_nonblocking(true).expect("non-blocking proxy");
-        let addr = listener.local_addr().expect("proxy address");
         let state = Arc::new(Mutex::new(State {
             fault: Fault::Throttle,
             share: 0.0,
             credit: 0.0,
             attempts: Vec::new(),
         }));
-        let (shutdown, mut stop) = oneshot::channel::<()>();
         let shared = Arc::clone(&state);
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("proxy runtime");
-            runtime.block_on(async move {
-                let listener = TcpListener::from_std(listener).expect("tokio proxy listener");
-                loop {
-                    tokio::select! {
-                        _ = &mut stop => return,
-                        accepted = listener.accept() => {
-                            if let Ok((inbound, _)) = accepted {
-                                tokio::spawn(handle(inbound, target, Arc::clone(&shared)));
-                            }
-                        }
-                    }
-                }
-            });
+        let server = AcceptLoop::start("STS proxy", move |inbound| {
+            handle(inbound, target, Arc::clone(&shared))
         });
-        Self {
-            addr,
-            state,
-            shutdown: Some(shutdown),
-        }
+        Self { server, state }
     }
 
     /// `http://127.0.0.1:<port>`, for `AWS_ENDPOINT_URL_STS`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
     }
 
     /// From now on, `share` (0.0 to 1.0) of the requests get `fault`; 0.0 passes everything.
@@ -139,14 +115,6 @@ impl FaultySts {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl Drop for FaultySts {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }
 

@@ -2,65 +2,44 @@
 //! anything: to its clients every connection, old and new, goes silent but stays open — what a
 //! half-open `tcp://` connection or a hung daemon looks like.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixStream};
-use tokio::sync::{oneshot, watch};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::watch;
+
+use crate::accept::AcceptLoop;
 
 /// The relay; runs on its own thread and runtime, stops when dropped.
 #[derive(Debug)]
 pub struct FreezableRelay {
-    addr: SocketAddr,
+    server: AcceptLoop,
     frozen: watch::Sender<Frozen>,
     accepted: Arc<AtomicU64>,
-    shutdown: Option<oneshot::Sender<()>>,
 }
 
 impl FreezableRelay {
     /// Relays 127.0.0.1:<new port> to the unix socket at `target`.
     pub fn start(target: PathBuf) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the relay");
-        listener.set_nonblocking(true).expect("non-blocking relay");
-        let addr = listener.local_addr().expect("relay address");
-        let (shutdown, mut stop) = oneshot::channel::<()>();
         let (frozen, watching) = watch::channel(Frozen::default());
         let accepted = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&accepted);
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("relay runtime");
-            runtime.block_on(async move {
-                let listener = TcpListener::from_std(listener).expect("tokio relay listener");
-                loop {
-                    tokio::select! {
-                        _ = &mut stop => return,
-                        accepted = listener.accept() => {
-                            if let Ok((inbound, _)) = accepted {
-                                let n = counter.fetch_add(1, Ordering::SeqCst);
-                                tokio::spawn(relay(inbound, target.clone(), watching.clone(), n));
-                            }
-                        }
-                    }
-                }
-            });
+        let server = AcceptLoop::start("freezable relay", move |inbound| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            relay(inbound, target.clone(), watching.clone(), n)
         });
         Self {
-            addr,
+            server,
             frozen,
             accepted,
-            shutdown: Some(shutdown),
         }
     }
 
     /// `tcp://127.0.0.1:<port>`, for `DOCKER_URL`.
     pub fn url(&self) -> String {
-        format!("tcp://{}", self.addr)
+        format!("tcp://{}", self.server.addr())
     }
 
     /// Stops (`true`) or resumes (`false`) forwarding, in both directions, on every connection.
@@ -72,14 +51,6 @@ impl FreezableRelay {
     pub fn freeze_open(&self) {
         let before = self.accepted.load(Ordering::SeqCst);
         self.frozen.send_replace(Frozen { all: false, before });
-    }
-}
-
-impl Drop for FreezableRelay {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! Run the suite with `cargo xtask test`: it provides `MOTO_SERVER`, `METADATAPROXY_BIN` and
 //! `METADATAPROXY_VENV`. Without them every test panics (never skips) and says so.
 
+mod accept;
 mod containerd;
 mod creds;
 mod daemon;
