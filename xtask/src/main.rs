@@ -1,4 +1,4 @@
-//! `cargo xtask`: the developer commands (setup, test, demo, build-ebpf, bench, fuzz).
+//! `cargo xtask`: the developer commands (setup, test, demo, build-ebpf, bench, fuzz, mutants).
 #![expect(
     clippy::print_stdout,
     reason = "xtask is a command-line tool; stdout is its interface"
@@ -8,6 +8,7 @@ mod bench;
 mod demo;
 mod ebpf;
 mod fuzz;
+mod mutants;
 mod privileged;
 mod process;
 mod repo;
@@ -81,6 +82,16 @@ enum Command {
         /// Targets to run (default: all in `fuzz/fuzz_targets`).
         targets: Vec<String>,
     },
+    /// Mutation testing (cargo-mutants) of the security-critical files, or of the files named,
+    /// with the daemon's unit tests; prints caught and missed mutants per file. Not for CI.
+    Mutants {
+        /// Files or globs to mutate, relative to the repository (default: identity, the kernel
+        /// record table, the exemption policy, the router, the token store, caller limits).
+        files: Vec<String>,
+        /// Arguments for `cargo test` instead of `--lib` (e.g. `--lib --test NAME`).
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
     /// The bench's bare hyper server (internal: `cargo xtask bench` starts it).
     #[command(hide = true)]
     BenchBareServer {
@@ -114,6 +125,7 @@ fn main() -> ExitCode {
             cmin,
             targets,
         } => fuzz::run(seconds, cmin, &targets),
+        Command::Mutants { files, test_args } => mutants::run(&files, &test_args),
         Command::BenchBareServer { addr, body } => bench::bare::serve(addr, &body),
     };
     match result {
