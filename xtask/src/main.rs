@@ -1,4 +1,4 @@
-//! `cargo xtask`: the developer commands (setup, test, demo, build-ebpf, bench, fuzz, mutants).
+//! `cargo xtask`: the developer commands (setup, test, demo, build-ebpf, bench, fuzz, mutants, modules).
 #![expect(
     clippy::print_stdout,
     reason = "xtask is a command-line tool; stdout is its interface"
@@ -8,6 +8,7 @@ mod bench;
 mod demo;
 mod ebpf;
 mod fuzz;
+mod modules;
 mod mutants;
 mod privileged;
 mod process;
@@ -82,6 +83,13 @@ enum Command {
         /// Targets to run (default: all in `fuzz/fuzz_targets`).
         targets: Vec<String>,
     },
+    /// The daemon's module graph (from its `crate::` paths, tests left out) and its cycles, for
+    /// the crate and every folder; `--check` fails when there is a cycle.
+    Modules {
+        /// Exit non-zero when a module cycle exists.
+        #[arg(long)]
+        check: bool,
+    },
     /// Mutation testing (cargo-mutants) of the security-critical files, or of the files named,
     /// with the daemon's unit tests; prints caught and missed mutants per file. Not for CI.
     Mutants {
@@ -125,6 +133,7 @@ fn main() -> ExitCode {
             cmin,
             targets,
         } => fuzz::run(seconds, cmin, &targets),
+        Command::Modules { check } => modules::run(check),
         Command::Mutants { files, test_args } => mutants::run(&files, &test_args),
         Command::BenchBareServer { addr, body } => bench::bare::serve(addr, &body),
     };
