@@ -16,10 +16,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use containerd_client::services::v1::container::Runtime;
-use containerd_client::services::v1::containers_client::ContainersClient;
-use containerd_client::services::v1::{Container, CreateContainerRequest};
-use containerd_client::tonic::Request;
+use metadataproxy_grpc::containerd::services::containers::v1::container::Runtime;
+use metadataproxy_grpc::containerd::services::containers::v1::containers_client::ContainersClient;
+use metadataproxy_grpc::containerd::services::containers::v1::{Container, CreateContainerRequest};
+use metadataproxy_grpc::tonic::Request;
 use tempfile::TempDir;
 
 use crate::docker::{busybox_rootfs, cgroup2_mount, terminate};
@@ -357,7 +357,7 @@ impl ContainerdD {
             .collect(),
             ..Container::default()
         };
-        let channel = containerd_client::connect(self.address())
+        let channel = metadataproxy_grpc::connect(self.address())
             .await
             .unwrap_or_else(|e| panic!("cannot connect to containerd: {e}"));
         let mut request = Request::new(CreateContainerRequest {

@@ -1,4 +1,4 @@
-//! The real containerd source: containerd's gRPC API (`containerd-client`, tonic) over its unix
+//! The real containerd source: containerd's gRPC API (`metadataproxy-grpc`, tonic) over its unix
 //! socket. Containers are listed and read through the tasks and containers services of each
 //! configured namespace; followed through the events service ([`super::events`]).
 
@@ -8,13 +8,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use containerd_client::services::v1::containers_client::ContainersClient;
-use containerd_client::services::v1::tasks_client::TasksClient;
-use containerd_client::services::v1::{GetContainerRequest, GetRequest, ListTasksRequest};
-use containerd_client::tonic;
-use containerd_client::tonic::transport::Channel;
-use containerd_client::types::v1::Status;
 use futures_util::stream::BoxStream;
+use metadataproxy_grpc::containerd::services::containers::v1::GetContainerRequest;
+use metadataproxy_grpc::containerd::services::containers::v1::containers_client::ContainersClient;
+use metadataproxy_grpc::containerd::services::tasks::v1::tasks_client::TasksClient;
+use metadataproxy_grpc::containerd::services::tasks::v1::{GetRequest, ListTasksRequest};
+use metadataproxy_grpc::containerd::v1::types::Status;
+use metadataproxy_grpc::tonic;
+use metadataproxy_grpc::tonic::transport::Channel;
 
 use super::error::{ContainerdError, chain};
 use super::{events, spec};
@@ -58,7 +59,7 @@ impl ContainerSource for ContainerdApi {
         Box::pin(async move {
             let address = self.address.display().to_string();
             let channel =
-                tokio::time::timeout(CALL_TIMEOUT, containerd_client::connect(&self.address))
+                tokio::time::timeout(CALL_TIMEOUT, metadataproxy_grpc::connect(&self.address))
                     .await
                     .map_err(|_| ContainerdError::Timeout {
                         call: "connect",

@@ -1,6 +1,6 @@
 //! Why talking to containerd failed.
 
-use containerd_client::tonic;
+use metadataproxy_grpc::tonic;
 use thiserror::Error;
 
 /// Why talking to containerd failed.

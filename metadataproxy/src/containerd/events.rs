@@ -6,13 +6,13 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use containerd_client::events::{ContainerDelete, TaskExit, TaskStart};
-use containerd_client::services::v1::SubscribeRequest;
-use containerd_client::services::v1::events_client::EventsClient;
-use containerd_client::tonic::transport::Channel;
-use containerd_client::types::Envelope;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use metadataproxy_grpc::containerd::events::{ContainerDelete, TaskExit, TaskStart};
+use metadataproxy_grpc::containerd::services::events::v1::SubscribeRequest;
+use metadataproxy_grpc::containerd::services::events::v1::events_client::EventsClient;
+use metadataproxy_grpc::containerd::types::Envelope;
+use metadataproxy_grpc::tonic::transport::Channel;
 use prost::Message as _;
 use tokio::sync::mpsc;
 
