@@ -31,7 +31,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create `.venv` with moto, boto3, botocore and awscli from `tests/requirements.txt`.
+    /// Install the missing Debian packages the tests and the demo use (as root; each is named with
+    /// what needs it), then create `.venv` with moto, boto3, botocore and awscli.
     Setup,
     /// The whole suite: `cargo test --workspace` against real peers, then (as root) the privileged
     /// eBPF tests.

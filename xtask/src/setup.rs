@@ -1,5 +1,6 @@
-//! `cargo xtask setup`: the Python virtualenv holding the test peers (moto, botocore, the aws CLI),
-//! and the Debian packages of the real-Docker tests (dockerd, a static busybox for the image).
+//! `cargo xtask setup`: the Debian packages the tests and the demo use (dockerd, containerd, a
+//! static busybox for the images, …) and the Python virtualenv holding the test peers (moto,
+//! botocore, the aws CLI).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,53 +58,117 @@ fn requirements_hash(path: &Path) -> Result<String> {
     Ok(format!("{hash:016x}"))
 }
 
-/// Debian packages the integration tests need (Docker and containerd tests, deploy-file checks;
-/// and the build: protoc for containerd's gRPC bindings), and how to tell each is installed.
-const PACKAGES: &[(&str, &str)] = &[
-    ("protobuf-compiler", "/usr/bin/protoc"),
-    ("docker.io", "/usr/sbin/dockerd"),
-    ("containerd", "/usr/bin/containerd"),
-    ("runc", "/usr/sbin/runc"),
-    ("busybox-static", "/bin/busybox"),
-    ("iproute2", "/sbin/ip"),
-    // `systemd-analyze verify` checks deploy/systemd/metadataproxy.service.
-    ("systemd", "/usr/bin/systemd-analyze"),
+/// A Debian package that `setup` installs when it is missing.
+#[derive(Debug)]
+struct Package {
+    /// Debian's name for it.
+    name: &'static str,
+    /// What needs it (printed when it is installed).
+    needed_by: &'static str,
+    /// How to tell it is there.
+    present: Present,
+}
+
+/// How to tell that a [`Package`] is there.
+#[derive(Debug)]
+enum Present {
+    /// dpkg has it installed and this file exists.
+    File(&'static str),
+    /// This Python code runs under `python3`, however that Python was installed (pyenv's has
+    /// `venv` and `ensurepip` built in; Debian's `python3` needs `python3-venv` for them).
+    Python(&'static str),
+}
+
+/// The Debian packages the tests and the demo need, and nothing for the build: the daemon builds
+/// with cargo alone (its gRPC bindings are generated without `protoc`). README's "Development"
+/// lists the same names (checked by a test).
+const PACKAGES: &[Package] = &[
+    Package {
+        name: "python3-venv",
+        needed_by: "python3 -m venv, for .venv",
+        present: Present::Python("import venv, ensurepip"),
+    },
+    Package {
+        name: "docker.io",
+        needed_by: "the Docker tests and the demo: a private dockerd",
+        present: Present::File("/usr/sbin/dockerd"),
+    },
+    Package {
+        name: "containerd",
+        needed_by: "the containerd tests: a private containerd",
+        present: Present::File("/usr/bin/containerd"),
+    },
+    Package {
+        name: "runc",
+        needed_by: "running containerd's containers",
+        present: Present::File("/usr/sbin/runc"),
+    },
+    Package {
+        name: "busybox-static",
+        needed_by: "the test containers' root filesystem",
+        present: Present::File("/bin/busybox"),
+    },
+    Package {
+        name: "iproute2",
+        needed_by: "test network namespaces and 169.254.169.254 on lo",
+        present: Present::File("/sbin/ip"),
+    },
+    Package {
+        name: "systemd",
+        needed_by: "systemd-analyze verify of deploy/systemd/metadataproxy.service",
+        present: Present::File("/usr/bin/systemd-analyze"),
+    },
 ];
 
-/// Installs the missing [`PACKAGES`] with apt (as root); elsewhere says what is missing.
+impl Package {
+    /// Whether it is there (installed, or not needed as with `python3-venv` beside pyenv).
+    fn is_present(&self) -> bool {
+        match self.present {
+            Present::File(file) => installed(self.name) && Path::new(file).exists(),
+            Present::Python(code) => Command::new("python3")
+                .args(["-c", code])
+                .output()
+                .is_ok_and(|o| o.status.success()),
+        }
+    }
+}
+
+/// Installs the missing [`PACKAGES`] with apt (as root), saying which and what for; elsewhere
+/// says what is missing.
 fn system_packages() -> Result<()> {
-    step("setup: system packages for the Docker tests");
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .filter(|(name, file)| !installed(name) || !Path::new(file).exists())
-        .map(|(name, _)| *name)
-        .collect();
+    step("setup: system packages for the tests and the demo");
+    let missing: Vec<&Package> = PACKAGES.iter().filter(|p| !p.is_present()).collect();
     if missing.is_empty() {
         println!(
-            "installed: {}",
+            "nothing to install, all there: {}",
             PACKAGES
                 .iter()
-                .map(|(n, _)| *n)
+                .map(|p| p.name)
                 .collect::<Vec<_>>()
                 .join(" ")
         );
         return Ok(());
     }
+    for package in &missing {
+        println!("missing: {} (for {})", package.name, package.needed_by);
+    }
+    let names: Vec<&str> = missing.iter().map(|p| p.name).collect();
     if !is_root() || !Path::new("/usr/bin/apt-get").exists() {
         println!(
-            "missing: {} (not root or no apt-get: install them by hand; the Docker tests fail without them)",
-            missing.join(" ")
+            "not root or no apt-get: install {} by hand; the tests that need them fail without them",
+            names.join(" ")
         );
         return Ok(());
     }
+    println!("installing with apt-get: {}", names.join(" "));
     process::run(Command::new("apt-get").args(["update", "-q"]))?;
     process::run(
         Command::new("apt-get")
             .args(["install", "-y", "-q"])
-            .args(&missing)
+            .args(&names)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
-    .context("installing the Docker test packages")
+    .with_context(|| format!("installing {}", names.join(" ")))
 }
 
 /// Whether dpkg has `package` installed (busybox-static and busybox share `/bin/busybox`).
@@ -116,4 +181,27 @@ fn installed(package: &str) -> bool {
 
 fn is_root() -> bool {
     metadataproxy_tests::effective_uid() == "0"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// README's "Development" names exactly the packages `setup` installs, in the same order.
+    #[test]
+    fn readme_lists_the_packages_setup_installs() {
+        let readme = std::fs::read_to_string(repo::root().join("README.md")).expect("README.md");
+        let (_, rest) = readme
+            .split_once("<!-- packages:begin -->")
+            .expect("README.md has no <!-- packages:begin --> marker");
+        let (listed, _) = rest
+            .split_once("<!-- packages:end -->")
+            .expect("README.md has no <!-- packages:end --> marker");
+        let listed: Vec<&str> = listed.split('`').skip(1).step_by(2).collect();
+        let names: Vec<&str> = PACKAGES.iter().map(|p| p.name).collect();
+        assert_eq!(
+            listed, names,
+            "README.md's package list and setup.rs differ"
+        );
+    }
 }
