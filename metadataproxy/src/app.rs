@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use crate::admin::ready::{EbpfState, StsCheck};
 use crate::admin::{Admin, Readiness};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ContainerdConfig, ContainerdMode, EbpfMode, HttpLimits};
+use crate::config::{Config, ContainerdConfig, ContainerdMode, EbpfMode, HttpLimits, ProxyPaths};
 use crate::containerd::{ContainerdApi, ContainerdCgroup};
 use crate::creds::aws::AwsSts;
 use crate::creds::{CredentialCache, CredentialCacheConfig, Sts};
@@ -30,7 +30,7 @@ use crate::imds::conn::{ConnLimits, Tracked};
 use crate::imds::ecs::Ecs;
 use crate::imds::iam::Iam;
 use crate::imds::mock::MockTree;
-use crate::imds::proxy::Upstream;
+use crate::imds::proxy::{AllowList, Upstream};
 use crate::imds::service::{Imds, Passthrough};
 use crate::imds::token::TokenStore;
 use crate::metrics::{MeteredSts, StsHealth};
@@ -215,7 +215,7 @@ fn imds(
         Passthrough::Proxy(Box::new(Upstream::new(
             config.metadata_url.clone(),
             config.upstream_timeout,
-            config.proxy_allowed_paths.clone(),
+            allow_list(&config.proxy_allowed_paths),
         )))
     };
     Arc::new(Imds {
@@ -237,6 +237,21 @@ fn imds(
             .then(|| Ecs::new(Arc::new(caller_container))),
         clock,
     })
+}
+
+/// What proxy mode forwards, from `PROXY_ALLOWED_PATHS`.
+fn allow_list(paths: &ProxyPaths) -> AllowList {
+    match paths {
+        ProxyPaths::Everything => AllowList::everything(),
+        ProxyPaths::List {
+            builtin: true,
+            prefixes,
+        } => AllowList::builtin_and(prefixes),
+        ProxyPaths::List {
+            builtin: false,
+            prefixes,
+        } => AllowList::only(prefixes),
+    }
 }
 
 /// How containers are identified.

@@ -80,6 +80,92 @@ async fn iam_paths_in_any_spelling_never_reach_the_upstream() {
     );
 }
 
+/// The host's secrets behind IMDS: bootstrap `user-data`, the signed identity documents (which
+/// Vault's EC2 auth accepts as proof of being this host), instance tags.
+const HOST_SECRETS: &[&str] = &[
+    "/latest/user-data",
+    "/latest/user-data/",
+    "/2021-07-15/user-data",
+    "/latest/dynamic/instance-identity/pkcs7",
+    "/latest/dynamic/instance-identity/signature",
+    "/latest/dynamic/instance-identity/rsa2048",
+    "/latest/meta-data/tags/instance/Name",
+];
+
+#[tokio::test]
+async fn by_default_host_secrets_are_refused_and_never_reach_the_upstream() {
+    let upstream = Upstream::start();
+    // Proxy mode as the README runs it: PROXY_ALLOWED_PATHS unset.
+    let daemon = Daemon::builder().upstream(&upstream).start().await;
+    for path in HOST_SECRETS {
+        let response = get(SRC_4, daemon.addr(), path, &[]).await;
+        assert_eq!(response.status, 403, "GET {path}: {response:?}");
+        assert!(
+            !response.body.contains("HOST-UPSTREAM"),
+            "GET {path} got the host's answer: {response:?}"
+        );
+    }
+    let forwarded: Vec<_> = upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .collect();
+    assert!(
+        forwarded.is_empty(),
+        "these reached the host's IMDS (want none): {forwarded:?}"
+    );
+    // What SDKs and agents read still goes through, as do the listings.
+    for path in [
+        "/latest/meta-data/placement/region",
+        "/latest/meta-data/placement/availability-zone/",
+        "/latest/dynamic/instance-identity/document",
+        "/latest/meta-data/",
+        "/latest/",
+        "/",
+    ] {
+        let response = get(SRC_4, daemon.addr(), path, &[]).await;
+        assert_eq!(
+            (response.status, response.body.as_str()),
+            (200, format!("HOST-UPSTREAM {path}").as_str()),
+            "GET {path}: {response:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn proxy_allowed_paths_star_forwards_user_data_but_never_iam() {
+    let upstream = Upstream::start();
+    let daemon = Daemon::builder()
+        .upstream(&upstream)
+        .env("PROXY_ALLOWED_PATHS", "*")
+        .start()
+        .await;
+    for path in [
+        "/latest/user-data",
+        "/latest/dynamic/instance-identity/pkcs7",
+    ] {
+        let response = get(SRC_4, daemon.addr(), path, &[]).await;
+        assert_eq!(
+            (response.status, response.body.as_str()),
+            (200, format!("HOST-UPSTREAM {path}").as_str()),
+            "GET {path}: {response:?}"
+        );
+    }
+    for path in [
+        "/latest/meta-data/iam/security-credentials/host-role",
+        "/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance",
+    ] {
+        let response = get(SRC_4, daemon.addr(), path, &[]).await;
+        assert_eq!(response.status, 404, "GET {path}: {response:?}");
+    }
+    let iam: Vec<_> = upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.target.contains("iam") || r.target.contains("identity-credentials"))
+        .collect();
+    assert!(iam.is_empty(), "IAM paths reached the host's IMDS: {iam:?}");
+}
+
 #[tokio::test]
 async fn the_callers_token_is_not_forwarded() {
     let upstream = Upstream::start();

@@ -42,6 +42,30 @@ pub enum SessionKey {
     Label(String),
 }
 
+/// What proxy mode forwards (`PROXY_ALLOWED_PATHS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyPaths {
+    /// `*`: every path but the IAM and identity-credentials routes (Lyft's behaviour).
+    Everything,
+    /// The built-in allow-list (unset, or `default` among the entries) and/or these prefixes.
+    List {
+        /// Whether the built-in list is included.
+        builtin: bool,
+        /// Further prefixes, like `meta-data/placement` (no leading or trailing `/`).
+        prefixes: Vec<String>,
+    },
+}
+
+impl Default for ProxyPaths {
+    /// Unset: the built-in list alone.
+    fn default() -> Self {
+        Self::List {
+            builtin: true,
+            prefixes: Vec::new(),
+        }
+    }
+}
+
 /// Limits on callers' connections and requests (`HTTP_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
@@ -114,8 +138,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `LOG_LEVEL`, or the default derived from `DEBUG`.
     pub log_filter: String,
-    /// `PROXY_ALLOWED_PATHS`; empty means every non-IAM path.
-    pub proxy_allowed_paths: Vec<String>,
+    /// `PROXY_ALLOWED_PATHS`.
+    pub proxy_allowed_paths: ProxyPaths,
     /// `UPSTREAM_TIMEOUT`.
     pub upstream_timeout: Duration,
     /// `ROLE_SESSION_DURATION`.

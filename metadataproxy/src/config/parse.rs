@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
 use super::settings::{self as s, Kind, SETTINGS, Setting};
-use super::{Config, Env, HttpLimits, LogFormat, SessionKey};
+use super::{Config, Env, HttpLimits, LogFormat, ProxyPaths, SessionKey};
 use crate::role::{AccountMap, RoleSpec};
 
 /// One invalid setting.
@@ -231,27 +231,47 @@ fn log_format(v: &str) -> Result<LogFormat, String> {
     }
 }
 
-fn path_prefixes(v: &str) -> Result<Vec<String>, String> {
-    v.split(',')
+/// The `PROXY_ALLOWED_PATHS` value that forwards everything.
+const EVERYTHING: &str = "*";
+/// The `PROXY_ALLOWED_PATHS` entry that stands for the built-in list.
+const BUILTIN: &str = "default";
+
+/// `*`, or a comma-separated list of path prefixes where `default` stands for the built-in list.
+fn proxy_paths(v: &str) -> Result<ProxyPaths, String> {
+    let entries: Vec<&str> = v
+        .split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
-        .map(|p| {
-            let p = p.trim_matches('/');
-            let bad = p
-                .split('/')
-                .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-                || !p
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b));
-            if bad {
-                Err(format!(
-                    "`{p}` is not a plain path prefix like `meta-data/placement`"
-                ))
-            } else {
-                Ok(p.to_owned())
-            }
-        })
-        .collect()
+        .collect();
+    if entries.contains(&EVERYTHING) {
+        return if entries.len() == 1 {
+            Ok(ProxyPaths::Everything)
+        } else {
+            Err("`*` (forward everything) cannot be combined with other entries".to_owned())
+        };
+    }
+    let mut builtin = entries.is_empty();
+    let mut prefixes = Vec::new();
+    for p in entries {
+        if p == BUILTIN {
+            builtin = true;
+            continue;
+        }
+        let p = p.trim_matches('/');
+        let bad = p
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b));
+        if bad {
+            return Err(format!(
+                "`{p}` is not a plain path prefix like `meta-data/placement` (nor `default` or `*`)"
+            ));
+        }
+        prefixes.push(p.to_owned());
+    }
+    Ok(ProxyPaths::List { builtin, prefixes })
 }
 
 /// `off`, or an `address:port` (IPv6 in brackets).
@@ -329,7 +349,7 @@ where
     let log_format = r.parse(s::LOG_FORMAT, log_format);
     let log_filter = r.parse(s::LOG_LEVEL, log_filter);
     let proxy_allowed_paths = r
-        .parse(s::PROXY_ALLOWED_PATHS, path_prefixes)
+        .parse(s::PROXY_ALLOWED_PATHS, proxy_paths)
         .unwrap_or_default();
     let upstream_timeout = r.parse(s::UPSTREAM_TIMEOUT, integer(1, 300));
     let session_duration = r.parse(s::ROLE_SESSION_DURATION, integer(900, 43_200));

@@ -272,7 +272,7 @@ pub const SETTINGS: &[Setting] = &[
         "proxy-allowed-paths",
         None,
         Kind::Value,
-        "comma-separated path prefixes (after the version, e.g. `meta-data/placement`) that may be proxied; unset: all non-IAM paths",
+        "comma-separated path prefixes (after the version, e.g. `meta-data/placement`) that proxy mode forwards; unset: only what SDKs and agents read (see Proxy allow-list), never `user-data`, the signed identity documents or tags; `default` in the list stands for that list; `*` forwards everything but the IAM and identity-credentials routes (Lyft)",
     ),
     ours(
         UPSTREAM_TIMEOUT,

@@ -103,7 +103,13 @@ fn every_setting_is_read_from_env_and_flag() {
     assert_eq!(c.log_filter, "debug");
     assert_eq!(
         c.proxy_allowed_paths,
-        vec!["meta-data/placement", "dynamic/instance-identity"]
+        ProxyPaths::List {
+            builtin: false,
+            prefixes: vec![
+                "meta-data/placement".into(),
+                "dynamic/instance-identity".into()
+            ]
+        }
     );
 }
 
@@ -234,4 +240,38 @@ fn readme_configuration_reference_matches_the_code() {
         table == expected,
         "README.md's configuration reference is out of date; replace it between the markers with:\n{expected}"
     );
+}
+
+#[test]
+fn proxy_allowed_paths_default_everything_and_lists() {
+    let paths = |v: Option<&str>| {
+        let env: Vec<(&str, &str)> = v.map(|v| ("PROXY_ALLOWED_PATHS", v)).into_iter().collect();
+        load(&env, &[]).unwrap().proxy_allowed_paths
+    };
+    assert_eq!(
+        paths(None),
+        ProxyPaths::default(),
+        "unset: the built-in list"
+    );
+    assert_eq!(paths(Some("")), ProxyPaths::default());
+    assert_eq!(paths(Some(" * ")), ProxyPaths::Everything);
+    assert_eq!(
+        paths(Some("default, meta-data/public-keys/")),
+        ProxyPaths::List {
+            builtin: true,
+            prefixes: vec!["meta-data/public-keys".into()]
+        }
+    );
+    for bad in [
+        "*,meta-data/mac",
+        "meta-data/../user-data",
+        "meta-data//mac",
+        "a b",
+    ] {
+        let errors = invalid(&[("PROXY_ALLOWED_PATHS", bad)]);
+        assert!(
+            errors.iter().any(|e| e.name == "PROXY_ALLOWED_PATHS"),
+            "{bad}: {errors:?}"
+        );
+    }
 }

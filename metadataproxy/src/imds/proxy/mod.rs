@@ -4,6 +4,7 @@
 //! forwarded: the API takes none. IAM, token and identity-credentials paths are refused here too,
 //! as a second line behind the router.
 
+mod allow;
 mod session;
 
 use std::fmt;
@@ -18,6 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use thiserror::Error;
 
+pub use self::allow::{AllowList, DEFAULT_LISTINGS, DEFAULT_SUBTREES};
 use self::session::{Credential, Fetched, Session};
 use super::path::{Category, ImdsPath, classify};
 use super::token::{MAX_TTL_SECS, TOKEN_HEADER, TTL_HEADER, parse_ttl};
@@ -70,8 +72,8 @@ pub enum UpstreamError {
 pub struct Upstream {
     base: Uri,
     timeout: Duration,
-    /// Allowed prefixes, split into segments; empty allows everything.
-    allowed: Vec<Vec<String>>,
+    /// What may be forwarded.
+    allowed: AllowList,
     client: Client<HttpConnector, Full<Bytes>>,
     session: Session,
 }
@@ -90,8 +92,8 @@ impl fmt::Debug for Upstream {
 impl Upstream {
     /// An upstream at `base` (`http://host[:port]`; a base path is kept as a prefix). `timeout`
     /// bounds each forwarded request as a whole, token fetch and retry included.
-    /// `allowed_prefixes` like `meta-data/placement` limit what is forwarded; empty allows all.
-    pub fn new(base: Uri, timeout: Duration, allowed_prefixes: Vec<String>) -> Self {
+    /// `allowed` limits what is forwarded.
+    pub fn new(base: Uri, timeout: Duration, allowed: AllowList) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeout));
         connector.set_nodelay(true);
@@ -100,15 +102,6 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(16)
             .build(connector);
-        let allowed = allowed_prefixes
-            .into_iter()
-            .map(|p| {
-                p.split('/')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .collect();
         Self {
             base,
             timeout,
@@ -125,17 +118,9 @@ impl Upstream {
         self
     }
 
-    /// Whether the allow-list lets `p` through: its segments after the version must start with
-    /// one prefix's segments. Version-less paths pass only an empty list.
+    /// Whether the allow-list lets `p` through (see [`AllowList::allows`]).
     pub fn allows(&self, p: &ImdsPath<'_>) -> bool {
-        if self.allowed.is_empty() {
-            return true;
-        }
-        p.version.is_some()
-            && self.allowed.iter().any(|prefix| {
-                prefix.len() <= p.segments().count()
-                    && prefix.iter().zip(p.segments()).all(|(a, b)| a == b)
-            })
+        self.allowed.allows(p)
     }
 
     /// Forwards `method p?query` upstream; returns status, body and `Content-Type` only.

@@ -18,7 +18,7 @@ fn path(raw: &str) -> ImdsPath<'_> {
 }
 
 fn upstream(stub: &Stub) -> Upstream {
-    Upstream::new(stub.uri(), Duration::from_secs(2), Vec::new())
+    Upstream::new(stub.uri(), Duration::from_secs(2), AllowList::everything())
 }
 
 async fn get(up: &Upstream, raw: &str) -> Result<(StatusCode, String), UpstreamError> {
@@ -250,7 +250,7 @@ async fn closed_port_fails_fast_as_unreachable() {
     let base = format!("http://127.0.0.1:{port}")
         .parse()
         .unwrap_or_else(|e| panic!("{e}"));
-    let up = Upstream::new(base, Duration::from_secs(5), Vec::new());
+    let up = Upstream::new(base, Duration::from_secs(5), AllowList::everything());
     let started = Instant::now();
     let r = get(&up, "/latest/meta-data/mac").await;
     assert!(matches!(r, Err(UpstreamError::Unreachable(_))), "{r:?}");
@@ -264,7 +264,11 @@ async fn slow_upstream_times_out() {
         _ => Reply::new(StatusCode::OK, "late").after(Duration::from_secs(5)),
     })
     .await;
-    let up = Upstream::new(stub.uri(), Duration::from_millis(200), Vec::new());
+    let up = Upstream::new(
+        stub.uri(),
+        Duration::from_millis(200),
+        AllowList::everything(),
+    );
     let started = Instant::now();
     let r = get(&up, "/latest/meta-data/mac").await;
     assert!(matches!(r, Err(UpstreamError::Timeout)), "{r:?}");
@@ -290,10 +294,7 @@ fn allow_list_matches_whole_segments() {
     let up = Upstream::new(
         base.clone(),
         Duration::from_secs(1),
-        vec![
-            "meta-data/placement".into(),
-            "meta-data/instance-id/".into(),
-        ],
+        AllowList::only(&["meta-data/placement", "meta-data/instance-id/"]),
     );
     let table = [
         ("/latest/meta-data/placement/region", true),
@@ -301,6 +302,8 @@ fn allow_list_matches_whole_segments() {
         ("/latest/meta-data/placement", true),
         ("/2021-03-23/meta-data/placement/availability-zone", true),
         ("/latest/meta-data/instance-id", true),
+        ("/latest/", true),
+        ("/", true),
         ("/latest/meta-data/placementx", false),
         ("/latest/meta-data/", false),
         ("/latest/meta-data/mac", false),
@@ -314,11 +317,29 @@ fn allow_list_matches_whole_segments() {
     let partial = Upstream::new(
         base.clone(),
         Duration::from_secs(1),
-        vec!["meta-data/place".into()],
+        AllowList::only(&["meta-data/place"]),
     );
     assert!(!partial.allows(&path("/latest/meta-data/placement/region")));
-    let open = Upstream::new(base, Duration::from_secs(1), Vec::new());
+    let open = Upstream::new(base, Duration::from_secs(1), AllowList::everything());
     assert!(open.allows(&path("/anything/at/all")));
+}
+
+#[tokio::test]
+async fn the_default_list_never_forwards_user_data_or_signatures() {
+    let stub = Stub::start(v2_upstream).await;
+    let up = Upstream::new(stub.uri(), Duration::from_secs(2), AllowList::default());
+    for raw in [
+        "/latest/user-data",
+        "/latest/dynamic/instance-identity/pkcs7",
+        "/latest/dynamic/instance-identity/signature",
+        "/latest/dynamic/instance-identity/rsa2048",
+        "/latest/meta-data/tags/instance/Name",
+    ] {
+        let r = get(&up, raw).await;
+        assert!(matches!(r, Err(UpstreamError::Forbidden)), "{raw}: {r:?}");
+    }
+    assert!(stub.seen().is_empty(), "refused paths reached the upstream");
+    assert!(get(&up, "/latest/meta-data/placement/region").await.is_ok());
 }
 
 #[tokio::test]
