@@ -18,11 +18,23 @@ pub enum Fault {
     Throttle,
     /// `503` with a `ServiceUnavailable` XML error.
     Unavailable,
+    /// `403` with an `AccessDenied` XML error whose message names the caller's own identity,
+    /// as AWS writes it: [`DENIED_CALLER_ARN`] (its account [`DENIED_CALLER_ACCOUNT`], its
+    /// instance [`DENIED_CALLER_INSTANCE`]) is not authorized to assume the requested role.
+    Deny,
     /// The connection is reset (RST) without an answer.
     Reset,
     /// The request is held this long, then passed on.
     Delay(Duration),
 }
+
+/// The account of the identity [`Fault::Deny`] names: the daemon's own, not the roles'.
+pub const DENIED_CALLER_ACCOUNT: &str = "210987654321";
+/// The instance id in the identity [`Fault::Deny`] names (an instance profile's session name).
+pub const DENIED_CALLER_INSTANCE: &str = "i-0a1b2c3d4e5f60718";
+/// The identity [`Fault::Deny`] names: the daemon's own instance-profile session.
+pub const DENIED_CALLER_ARN: &str =
+    "arn:aws:sts::210987654321:assumed-role/metadataproxy-node/i-0a1b2c3d4e5f60718";
 
 /// What happened to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +281,20 @@ async fn handle(mut inbound: TcpStream, target: SocketAddr, state: Arc<Mutex<Sta
             )
             .into_bytes(),
         ),
+        Outcome::Faulted(Fault::Deny) => {
+            let resource = form_param(&form, "RoleArn").unwrap_or_default();
+            Some(
+                xml_error(
+                    "403 Forbidden",
+                    "Sender",
+                    "AccessDenied",
+                    &format!(
+                        "User: {DENIED_CALLER_ARN} is not authorized to perform: sts:AssumeRole on resource: {resource}"
+                    ),
+                )
+                .into_bytes(),
+            )
+        }
         Outcome::Faulted(Fault::Reset) => {
             // SO_LINGER 0: closing sends RST instead of FIN.
             let _ = inbound.set_zero_linger();

@@ -27,7 +27,10 @@ pub use creds::{ImdsCredentials, fetch_credentials, parse_time};
 pub use daemon::{Daemon, DaemonBuilder, Exited};
 pub use delay::SlowRelay;
 pub use docker::{DockerD, IMAGE};
-pub use faulty_sts::{Fault, FaultySts, Outcome, StsAttempt};
+pub use faulty_sts::{
+    DENIED_CALLER_ACCOUNT, DENIED_CALLER_ARN, DENIED_CALLER_INSTANCE, Fault, FaultySts, Outcome,
+    StsAttempt,
+};
 pub use freeze::FreezableRelay;
 pub use http::{Response, get, put_token, raw_http, request, token};
 pub use kernel::{

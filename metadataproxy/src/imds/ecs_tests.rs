@@ -235,3 +235,17 @@ async fn without_a_header_no_container_token_is_looked_up() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(lookups.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn sts_failures_reach_the_caller_as_a_generic_message_with_a_request_id() {
+    let f = ecs_fixture();
+    f.sts.failing.store(true, Ordering::SeqCst);
+    let (status, doc) = get(&f, "10.0.0.2", Some(TOKEN_A)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{doc}");
+    let message = doc["Message"].as_str().unwrap_or_default();
+    assert!(message.contains("request id "), "{doc}");
+    assert!(
+        !message.contains("sts:AssumeRole") && !message.contains("down"),
+        "AWS's text reached the caller: {doc}"
+    );
+}

@@ -7,7 +7,7 @@ use http::{Response, StatusCode};
 use serde::Serialize;
 
 use super::path::Category;
-use super::response::{self, Body};
+use super::response::{self, Body, RequestId};
 use super::service::{ImdsVersion, not_found};
 use crate::clock::Clock;
 use crate::creds::{CredentialCache, Credentials, StsError, StsErrorKind};
@@ -117,18 +117,25 @@ impl Iam {
             return Err(not_found());
         };
         let resolution = self.resolver.resolve(assignment).await.map_err(|e| {
-            tracing::warn!(caller = %caller.identity, role = %assignment.role, error = %e, "cannot resolve role");
+            let id = RequestId::new();
+            tracing::warn!(request_id = %id, caller = %caller.identity, role = %assignment.role, error = %e, "cannot resolve the caller's role");
             let now = self.clock.now();
             match e {
-                ResolveFailure::Lookup(e) => sts_error(&e, now),
-                other => response::error(StatusCode::INTERNAL_SERVER_ERROR, "InvalidRole", &other.to_string(), now),
+                ResolveFailure::Lookup(e) => sts_error(&e, id, now),
+                _ => response::opaque_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InvalidRole",
+                    "The role of this caller cannot be resolved",
+                    id,
+                    now,
+                ),
             }
         })?;
-        let creds = self
-            .cache
-            .get(&resolution.key)
-            .await
-            .map_err(|e| sts_error(&e, self.clock.now()))?;
+        let creds = self.cache.get(&resolution.key).await.map_err(|e| {
+            let id = RequestId::new();
+            tracing::warn!(request_id = %id, caller = %caller.identity, role_arn = %resolution.arn, error = %e, "cannot obtain the caller's credentials");
+            sts_error(&e, id, self.clock.now())
+        })?;
         Ok((creds, resolution))
     }
 
@@ -173,16 +180,26 @@ fn instance_profile_id(assumed_role_id: &str) -> String {
     format!("AIPA{rest}")
 }
 
-/// The response for a failed STS or IAM call: IMDS-style JSON, status by who is to blame.
-fn sts_error(e: &StsError, now: std::time::SystemTime) -> Response<Body> {
-    let status = match e.kind {
-        StsErrorKind::Denied => StatusCode::BAD_GATEWAY,
-        StsErrorKind::Throttled | StsErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        StsErrorKind::NoCredentials => StatusCode::INTERNAL_SERVER_ERROR,
+/// The response for a failed STS or IAM call: IMDS-style JSON, status and `Code` by who is to
+/// blame, a generic message with the request id `id` of the log line that holds AWS's text.
+fn sts_error(e: &StsError, id: RequestId, now: std::time::SystemTime) -> Response<Body> {
+    let (status, what) = match e.kind {
+        StsErrorKind::Denied => (
+            StatusCode::BAD_GATEWAY,
+            "AWS refused the credentials of this caller's role",
+        ),
+        StsErrorKind::Throttled => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "AWS is throttling credential requests; retry later",
+        ),
+        StsErrorKind::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "AWS STS cannot be reached; retry later",
+        ),
+        StsErrorKind::NoCredentials => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The metadata proxy cannot obtain credentials",
+        ),
     };
-    let message = match &e.code {
-        Some(code) => format!("{} failed: {code}: {}", e.operation, e.message),
-        None => format!("{} failed: {}", e.operation, e.message),
-    };
-    response::error(status, e.imds_code(), &message, now)
+    response::opaque_error(status, e.imds_code(), what, id, now)
 }

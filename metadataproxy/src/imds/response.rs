@@ -45,6 +45,54 @@ pub fn error(
     )
 }
 
+/// Ties the generic error a caller gets to the daemon's log line holding the details: 16 hex
+/// digits, random (unguessable, so a caller cannot point at another caller's log lines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestId(u64);
+
+impl RequestId {
+    /// A new id.
+    pub fn new() -> Self {
+        static FALLBACK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let mut raw = [0_u8; 8];
+        match getrandom::fill(&mut raw) {
+            Ok(()) => Self(u64::from_le_bytes(raw)),
+            // No entropy (it does not happen): still unique within this process.
+            Err(_) => Self(FALLBACK.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+        }
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// An IMDS-style error whose details stay in the log: `what` happened, and the request id that
+/// finds the log line (the caller never sees AWS's text: it can name the daemon's own role,
+/// account and instance).
+pub fn opaque_error(
+    status: StatusCode,
+    code: &str,
+    what: &str,
+    id: RequestId,
+    now: std::time::SystemTime,
+) -> Response<Body> {
+    error(
+        status,
+        code,
+        &format!("{what} (request id {id}; the metadata proxy's log has the details)"),
+        now,
+    )
+}
+
 /// IMDS timestamps: UTC, whole seconds, `Z`.
 pub fn timestamp(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -59,6 +107,14 @@ mod tests {
     fn timestamps_are_whole_seconds_utc() {
         let t = UNIX_EPOCH + Duration::from_millis(1_795_827_723_456);
         assert_eq!(timestamp(t), "2026-11-28T01:02:03Z");
+    }
+
+    #[test]
+    fn request_ids_are_16_hex_digits_and_differ() {
+        let (a, b) = (RequestId::new().to_string(), RequestId::new().to_string());
+        assert_eq!(a.len(), 16);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::identity::ConnInfo;
 
 pub(super) struct Fixture {
     pub(super) imds: Arc<Imds>,
-    sts: Arc<FakeSts>,
+    pub(super) sts: Arc<FakeSts>,
     clock: ManualClock,
     _dir: Option<TempDir>,
 }
@@ -413,10 +413,24 @@ async fn sts_failure_is_imds_style_json() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(doc["Code"], "ServiceUnavailable");
+    let message = doc["Message"].as_str().unwrap();
+    assert!(message.contains("request id "), "{body}");
     assert!(
-        doc["Message"].as_str().unwrap().contains("sts:AssumeRole"),
-        "{body}"
+        !message.contains("sts:AssumeRole") && !message.contains("down"),
+        "AWS's text reached the caller: {body}"
     );
+}
+
+#[tokio::test]
+async fn an_unresolvable_role_is_a_generic_invalid_role() {
+    let f = fixture(&[("DEFAULT_ROLE", "role-a@no-such-alias")], None);
+    let (status, body) = call(&f, "10.0.0.2", Method::GET, &format!("{CREDS}role-a"), &[]).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["Code"], "InvalidRole");
+    let message = doc["Message"].as_str().unwrap();
+    assert!(message.contains("request id "), "{body}");
+    assert!(!message.contains("no-such-alias"), "{body}");
 }
 
 #[tokio::test]
