@@ -8,19 +8,31 @@
 //! Read on every request (a rotated file is seen at once; the file is small and the route is
 //! called about once an hour per SDK). The container controls the path and the file, so: the path
 //! is resolved with `openat2(RESOLVE_IN_ROOT)` (`..` and absolute symlinks stay inside the root,
-//! magic links such as `/proc/self/root` are refused), only a regular file is read, opened
-//! without blocking on a FIFO, and at most [`MAX_BYTES`] of it.
+//! magic links such as `/proc/self/root` are refused) into an `O_PATH` descriptor, which opens
+//! nothing; only if that inode is a regular file is it opened for reading (through
+//! `/proc/self/fd`, so the very same inode), never a device node a container with `CAP_MKNOD`
+//! put there, nor a FIFO; and at most [`MAX_BYTES`] of it is read. Reads are bounded in number
+//! (one at a time per container, [`MAX_CONCURRENT_READS`] in all), so files on a hung FUSE mount
+//! cannot take the blocking thread pool.
 
 use std::io::Read as _;
+use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat, openat2};
-use nix::sys::stat::Mode;
+use nix::sys::stat::{Mode, SFlag, fstat};
 use thiserror::Error;
 
 use crate::creds::Secret;
+
+#[path = "ecs_token_file_limit.rs"]
+mod limit;
+
+pub use limit::{MAX_CONCURRENT_READS, ReadLimits};
 
 /// The largest token file read: EKS Pod Identity's tokens are JWTs of about 1 KiB, and no
 /// HTTP header carrying one could be much larger.
@@ -56,9 +68,18 @@ pub enum TokenFileError {
     /// The file could not be opened inside the root (missing, a magic link, not permitted).
     #[error("cannot open it inside the container: {0}")]
     Open(Errno),
-    /// It is a directory, FIFO, socket or device.
+    /// Its type could not be read.
+    #[error("cannot stat it: {0}")]
+    Stat(Errno),
+    /// It is a directory, FIFO, socket or device (it was not opened).
     #[error("it is not a regular file")]
     NotAFile,
+    /// The regular file found could not be opened for reading.
+    #[error("cannot open it for reading: {0}")]
+    Reopen(Errno),
+    /// What was opened for reading is not the inode that was checked (it cannot happen).
+    #[error("it changed while being opened")]
+    Changed,
     /// It is larger than [`MAX_BYTES`].
     #[error("it is larger than {MAX_BYTES} bytes")]
     TooLarge,
@@ -75,10 +96,22 @@ pub enum TokenFileError {
     /// Reading it took longer than [`TIMEOUT`].
     #[error("reading it took longer than {TIMEOUT:?}")]
     Timeout,
+    /// An earlier read of this container's token file has not finished within [`TIMEOUT`] (a
+    /// hung file system?): this one was not started.
+    #[error("an earlier read of this container's token file is still in progress")]
+    ContainerBusy,
+    /// [`MAX_CONCURRENT_READS`] reads of token files were in progress for [`TIMEOUT`]: this one
+    /// was not started.
+    #[error("{MAX_CONCURRENT_READS} token file reads are already in progress")]
+    TooManyReads,
 }
 
+/// The daemon's bounds on token-file reads.
+static LIMITS: LazyLock<Arc<ReadLimits>> = LazyLock::new(|| ReadLimits::new(MAX_CONCURRENT_READS));
+
 /// Reads the token file `path` (inside the container) of the container `container_id` whose main
-/// process is `pid`, on a blocking thread, within [`TIMEOUT`].
+/// process is `pid`, on a blocking thread, within [`TIMEOUT`]; refused without starting when the
+/// container's previous read or [`MAX_CONCURRENT_READS`] reads are still in progress by then.
 pub async fn read(
     pid: Option<u32>,
     container_id: &str,
@@ -86,12 +119,9 @@ pub async fn read(
 ) -> Result<Secret, TokenFileError> {
     let pid = pid.ok_or(TokenFileError::NoProcess)?;
     let (id, path) = (container_id.to_owned(), path.to_owned());
-    let task = tokio::task::spawn_blocking(move || read_as(pid, &id, &path));
-    match tokio::time::timeout(TIMEOUT, task).await {
-        Ok(Ok(read)) => read,
-        // The blocking task panicked (it does not) or the runtime is shutting down.
-        Ok(Err(_)) | Err(_) => Err(TokenFileError::Timeout),
-    }
+    LIMITS
+        .run(container_id, TIMEOUT, move || read_as(pid, &id, &path))
+        .await
 }
 
 /// Reads `path` inside the root of process `pid`, once that process is found to be in a cgroup
@@ -164,15 +194,29 @@ pub fn read_in(root: &Path, path: &str) -> Result<Secret, TokenFileError> {
 }
 
 /// Reads `path` as if the directory `root` were `/`.
-fn read_at(root: &std::os::fd::OwnedFd, path: &str) -> Result<Secret, TokenFileError> {
+fn read_at(root: &OwnedFd, path: &str) -> Result<Secret, TokenFileError> {
+    // O_PATH resolves the path and pins its inode without opening the file: no device driver's
+    // open, no FIFO's, happens before the type is known.
     let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd = openat2(root, path, how).map_err(TokenFileError::Open)?;
+    let pinned = openat2(root, path, how).map_err(TokenFileError::Open)?;
+    let stat = fstat(&pinned).map_err(TokenFileError::Stat)?;
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err(TokenFileError::NotAFile);
+    }
+    // Reopened through the descriptor, not the path: the same inode, whatever the container
+    // renamed meanwhile (and an inode's type never changes).
+    let fd = open(
+        format!("/proc/self/fd/{}", pinned.as_raw_fd()).as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(TokenFileError::Reopen)?;
     let file = std::fs::File::from(fd);
     let meta = file.metadata().map_err(TokenFileError::Read)?;
-    if !meta.is_file() {
-        return Err(TokenFileError::NotAFile);
+    if meta.dev() != stat.st_dev || meta.ino() != stat.st_ino || !meta.is_file() {
+        return Err(TokenFileError::Changed);
     }
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0).min(MAX_BYTES));
     file.take(MAX_BYTES as u64 + 1)

@@ -233,3 +233,84 @@ fn cgroup_paths_of_docker_containers() {
         assert_eq!(super::in_container(&cgroups, id), want, "{cgroups:?}");
     }
 }
+
+/// Watches `path` for opens (`IN_OPEN`): an `O_PATH` descriptor is not an open, reading is.
+fn watch_opens(path: &std::path::Path) -> nix::sys::inotify::Inotify {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).unwrap();
+    inotify.add_watch(path, AddWatchFlags::IN_OPEN).unwrap();
+    inotify
+}
+
+/// How many times the watched file was opened since the last call.
+fn opens(inotify: &nix::sys::inotify::Inotify) -> usize {
+    match inotify.read_events() {
+        Ok(events) => events.len(),
+        Err(nix::errno::Errno::EAGAIN) => 0,
+        Err(e) => panic!("inotify: {e}"),
+    }
+}
+
+#[test]
+fn regression_a_device_node_is_never_opened() {
+    // A container with CAP_MKNOD can replace its token file with a device node; the daemon (host
+    // root) opening it would run the driver's open (a tape rewinds, a watchdog arms). /dev/null's
+    // numbers stand in for any device; the watch shows whether it was opened at all.
+    let r = root();
+    let node = r.root.join("var/run/secrets/token");
+    match nix::sys::stat::mknod(
+        &node,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+        nix::sys::stat::makedev(1, 3),
+    ) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EPERM) => {
+            eprintln!("skipped: making a device node needs CAP_MKNOD (run as root)");
+            return;
+        }
+        Err(e) => panic!("mknod: {e}"),
+    }
+    let inotify = watch_opens(&node);
+    let got = read_in(&r.root, "/var/run/secrets/token");
+    assert!(
+        matches!(got, Err(TokenFileError::NotAFile)),
+        "{:?}",
+        got.map(|s| s.expose().to_owned())
+    );
+    assert_eq!(opens(&inotify), 0, "the device node was opened");
+    // The same through a symlink the container made.
+    symlink("/var/run/secrets/token", r.root.join("link")).unwrap();
+    assert!(matches!(
+        read_in(&r.root, "/link"),
+        Err(TokenFileError::NotAFile)
+    ));
+    assert_eq!(
+        opens(&inotify),
+        0,
+        "the device node was opened through a link"
+    );
+}
+
+#[test]
+fn regression_a_fifo_is_never_opened() {
+    let r = root();
+    let fifo = r.root.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let inotify = watch_opens(&fifo);
+    assert!(matches!(
+        read_in(&r.root, "/fifo"),
+        Err(TokenFileError::NotAFile)
+    ));
+    assert_eq!(opens(&inotify), 0, "the FIFO was opened");
+}
+
+#[test]
+fn a_regular_file_is_opened_once_to_be_read() {
+    let r = root();
+    let file = r.root.join("token");
+    std::fs::write(&file, "tok").unwrap();
+    let inotify = watch_opens(&file);
+    assert_eq!(read_ok(&r, "/token"), "tok");
+    assert_eq!(opens(&inotify), 1);
+}
