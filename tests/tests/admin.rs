@@ -316,3 +316,89 @@ async fn with_ebpf_the_redirect_and_its_maps_are_reported() {
         );
     }
 }
+
+/// Open file descriptors of process `pid`.
+fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read the daemon's /proc/<pid>/fd")
+        .count()
+}
+
+/// What a connection to the admin listener gets for `GET /healthz`: its status line, or the
+/// error that ended it (a refused connection may be reset before its request is read).
+async fn healthz_outcome(admin: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(admin).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await?;
+        Ok::<_, std::io::Error>(
+            String::from_utf8_lossy(&got)
+                .lines()
+                .next()
+                .unwrap_or("closed without an answer")
+                .to_owned(),
+        )
+    };
+    match tokio::time::timeout(Duration::from_secs(5), exchange).await {
+        Ok(Ok(line)) => line,
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => "no answer within 5 s".to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_admin_connections_holds_few_descriptors_and_spares_the_imds_listener() {
+    let admin = loopback(free_port());
+    let daemon = Daemon::builder()
+        .env("ADMIN_LISTEN", admin.to_string())
+        .start()
+        .await;
+    assert_eq!(healthz_outcome(admin).await, "HTTP/1.1 200 OK");
+    let before = descriptors(daemon.pid());
+    // 300 connections that never send a byte: each would be kept until the 5 s header timeout.
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        flood.push(
+            tokio::net::TcpStream::connect(admin)
+                .await
+                .expect("connect to the admin listener"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = descriptors(daemon.pid());
+    // The limit (32) plus slack for the runtime's own descriptors.
+    assert!(
+        during <= before + 32 + 8,
+        "the daemon holds {during} descriptors during the flood (before: {before})"
+    );
+    let refused = healthz_outcome(admin).await;
+    assert!(
+        !refused.contains("200"),
+        "admin connection beyond the limit was served: {refused}"
+    );
+    // The IMDS listener serves meanwhile.
+    let started = Instant::now();
+    let id = get(SRC_2, daemon.addr(), "/latest/meta-data/instance-id", &[]).await;
+    assert_eq!((id.status, id.body.as_str()), (200, "i-mockedid"), "{id:?}");
+    println!(
+        "descriptors before {before}, during a 300-connection flood {during}; IMDS answered in {:?} meanwhile; a 33rd admin connection got: {refused}",
+        started.elapsed()
+    );
+    drop(flood);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let outcome = healthz_outcome(admin).await;
+        if outcome == "HTTP/1.1 200 OK" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the admin listener never recovered after the flood: {outcome}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

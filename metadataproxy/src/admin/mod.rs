@@ -1,6 +1,6 @@
 //! The admin listener (`ADMIN_LISTEN`): `/healthz` (the process serves), `/readyz` (see
 //! [`ready`]) and `/metrics` (Prometheus). Every other path is 404: it never serves credentials
-//! nor anything of the IMDS API.
+//! nor anything of the IMDS API. At most [`MAX_CONNECTIONS`] connections are open at once.
 
 pub mod ready;
 
@@ -15,6 +15,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::creds::CredentialCache;
 use crate::docker::ContainerIndex;
@@ -25,6 +26,17 @@ pub use ready::Readiness;
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most admin connections open at once. Its clients are a Prometheus scraper, a health probe or
+/// two and an operator's `curl`, a handful at a time; anyone on the host can connect to it, and
+/// each connection is a file descriptor and a task of the process that serves IMDS. So a flood
+/// costs at most this many descriptors: beyond it a connection gets 503 at once and is closed.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Sent to a connection beyond [`MAX_CONNECTIONS`] (best effort, never waited for).
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+retry-after: 1\r\nconnection: close\r\ncontent-length: 47\r\n\r\n\
+Service Unavailable: too many admin connections";
 
 /// What the admin endpoints read.
 #[derive(Debug)]
@@ -128,9 +140,10 @@ pub fn spawn(listener: TcpListener, admin: Admin) -> Running {
     Running { stop, task }
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown`.
+/// Serves the admin endpoints on `listener` until `shutdown`, [`MAX_CONNECTIONS`] at a time.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -143,6 +156,12 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Futu
             },
             () = &mut shutdown => break,
         };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            // Accepted only to be answered and closed at once: the descriptor is not kept.
+            let _ = stream.try_write(BUSY);
+            tracing::debug!(peer = %peer, limit = MAX_CONNECTIONS, "admin connection refused with 503");
+            continue;
+        };
         let admin = Arc::clone(&admin);
         let service = service_fn(move |req| {
             let admin = Arc::clone(&admin);
@@ -153,6 +172,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Futu
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .serve_connection(TokioIo::new(stream), service);
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.await {
                 tracing::debug!(peer = %peer, error = %e, "admin connection ended with an error");
             }
