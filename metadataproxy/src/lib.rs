@@ -13,6 +13,7 @@ pub mod ebpf;
 pub mod fuzzing;
 pub mod identity;
 pub mod imds;
+pub mod logging;
 pub mod metrics;
 pub mod resolver;
 pub mod role;

@@ -4,7 +4,7 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use metadataproxy::config::{Config, ConfigErrors, LogFormat, Mode, ProcessEnv};
+use metadataproxy::config::{Config, ConfigErrors, Mode, ProcessEnv};
 
 fn main() -> ExitCode {
     match Config::mode(std::env::args_os()) {
@@ -54,7 +54,13 @@ fn serve() -> ExitCode {
         }
     };
     // Declared before the runtime, so it is dropped after it: every log line is flushed.
-    let _log_writer = init_tracing(&config);
+    let _log_writer = match metadataproxy::logging::init(&config) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("metadataproxy: cannot start the log writer thread: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -72,31 +78,6 @@ fn serve() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Lines the log writer thread may have queued. The queue is allocated and touched in full up
-/// front (tracing-appender's default of 128,000 lines is 4 MiB of resident memory, idle or not);
-/// a burst beyond this makes the logging thread wait, it never loses a line.
-const LOG_QUEUE_LINES: usize = 4096;
-
-/// Logs go to stderr through a writer thread, so a request never waits on a `write(2)`; the
-/// writer blocks rather than drops when its buffer is full (audit lines are never lost).
-fn init_tracing(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::new(&config.log_filter);
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .finish(std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_ansi(ansi)
-        .with_env_filter(filter)
-        .with_writer(writer);
-    match config.log_format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-    guard
 }
 
 /// Completes on SIGINT or SIGTERM.

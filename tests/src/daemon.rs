@@ -20,6 +20,8 @@ pub struct DaemonBuilder {
     vars: BTreeMap<String, String>,
     /// The binary to run; `$METADATAPROXY_BIN` when not given.
     bin: Option<PathBuf>,
+    /// Where its stderr goes instead of its log file (see [`DaemonBuilder::stderr_to`]).
+    stderr: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// A running daemon, killed when dropped (its log is printed if the test is failing).
@@ -64,6 +66,7 @@ impl Default for DaemonBuilder {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
             bin: None,
+            stderr: None,
         }
     }
 }
@@ -80,6 +83,14 @@ impl DaemonBuilder {
     #[must_use]
     pub fn bin(mut self, path: impl Into<PathBuf>) -> Self {
         self.bin = Some(path.into());
+        self
+    }
+
+    /// Sends its stderr (its log) to `sink`, e.g. the write end of a pipe, instead of the file
+    /// that [`Daemon::logs`] reads (which then stays empty).
+    #[must_use]
+    pub fn stderr_to(mut self, sink: impl Into<std::os::fd::OwnedFd>) -> Self {
+        self.stderr = Some(std::sync::Arc::new(sink.into()));
         self
     }
 
@@ -151,7 +162,10 @@ impl DaemonBuilder {
             .envs(&self.vars)
             .stdin(Stdio::null())
             .stdout(file("stdout.log"))
-            .stderr(file("stderr.log"))
+            .stderr(match &self.stderr {
+                Some(sink) => Stdio::from(sink.try_clone().expect("duplicate the stderr sink")),
+                None => Stdio::from(file("stderr.log")),
+            })
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         (child, dir)
@@ -223,7 +237,7 @@ impl Daemon {
     }
 
     /// Its log once it contains every one of `needles`. The audit lines and the other lines reach
-    /// the log through different writers, so one appearing says nothing of the other; panics
+    /// the log through different queues, so one appearing says nothing of the other; panics
     /// with the log after 5 s.
     pub async fn wait_for_logs(&self, needles: &[&str]) -> String {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);

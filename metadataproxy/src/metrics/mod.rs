@@ -57,6 +57,11 @@ struct MapLabels {
     map: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StreamLabels {
+    stream: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The route category of a request, the `route` label of the request metrics.
@@ -145,6 +150,7 @@ pub struct Metrics {
     docker_synchronised: Gauge,
     ebpf_entries: Family<MapLabels, Gauge>,
     ebpf_capacity: Gauge,
+    log_dropped: Family<StreamLabels, Counter>,
     route_ok: [OnceLock<RouteOk>; ROUTES],
     identified_by: [OnceLock<Counter>; SOURCES],
 }
@@ -248,6 +254,16 @@ impl Metrics {
             "Entries each eBPF connection map holds at most (EBPF_MAP_SIZE)",
             ebpf_capacity.clone(),
         );
+        let log_dropped = Family::<StreamLabels, Counter>::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log sink was too slow and their queue was full, by stream (audit, other)",
+            log_dropped.clone(),
+        );
+        for stream in ["audit", "other"] {
+            // Both series exist from the start, at 0, so an alert on them needs no special case.
+            let _ = log_dropped.get_or_create(&StreamLabels { stream });
+        }
         Self {
             registry,
             requests,
@@ -264,6 +280,7 @@ impl Metrics {
             docker_synchronised,
             ebpf_entries,
             ebpf_capacity,
+            log_dropped,
             route_ok: Default::default(),
             identified_by: Default::default(),
         }
@@ -431,6 +448,14 @@ pub fn cache_refreshes(n: usize) {
     global()
         .cache_refreshes
         .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+}
+
+/// A log line of `stream` (`audit`, `other`) was dropped: its queue was full.
+pub fn log_line_dropped(stream: &'static str) {
+    global()
+        .log_dropped
+        .get_or_create(&StreamLabels { stream })
+        .inc();
 }
 
 /// A caller of an IAM route was identified by `source` (`None`: no role for it).
