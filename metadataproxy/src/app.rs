@@ -583,10 +583,11 @@ pub async fn serve(listener: TcpListener, serving: Serving, shutdown: impl Futur
             local,
             kernel,
         };
-        let permit = match limits.try_acquire(Chain::identity(&conn_info)) {
+        let caller = Chain::identity(&conn_info);
+        let permit = match limits.try_acquire(caller.clone()) {
             Ok(permit) => permit,
             Err(hit) => {
-                tracing::warn!(peer = %peer, limit = %hit, "connection refused with 503");
+                crate::refused!(WARN, &caller, peer = %peer, limit = %hit, "connection refused with 503");
                 tokio::spawn(crate::imds::conn::refuse_busy(stream));
                 continue;
             }

@@ -1,6 +1,8 @@
-//! The daemon's log cannot stall it: with its stderr going into a pipe nobody reads it still
-//! answers every request promptly, counts the lines it dropped in `/metrics` and says so once the
-//! pipe is read, and keeps room for audit lines.
+//! The daemon's log cannot stall it nor be flooded by a caller: with its stderr going into a pipe
+//! nobody reads it still answers every request promptly, counts the lines it dropped in
+//! `/metrics` and says so once the pipe is read; a caller provoking refusals by the thousand gets
+//! a bounded number of lines, with a count of what was suppressed, while another caller's audit
+//! line is written.
 
 use std::io::Read as _;
 use std::net::SocketAddr;
@@ -136,4 +138,92 @@ async fn a_log_sink_nobody_reads_neither_stalls_requests_nor_loses_audit_lines()
     println!(
         "6,000 requests with the log stalled: {took:?}; {dropped} lines dropped and counted; the audit line of the next caller kept"
     );
+}
+
+#[tokio::test]
+async fn a_caller_flooding_refusals_gets_few_lines_and_a_count_while_audit_lines_go_on() {
+    let moto = Moto::start().await;
+    moto.create_role("role-b", "/").await;
+    let mapping = MappingFile::new(&json!({"127.0.0.3": "role-b"}));
+    let daemon = Daemon::builder()
+        .moto(&moto)
+        .mapping(&mapping)
+        .default_account()
+        .start()
+        .await;
+    let addr = daemon.addr();
+    let flood = "/latest/meta-data/a/../b";
+    let started = Instant::now();
+    let mut sent = 0;
+    for i in 0..2000 {
+        assert_eq!(prompt_get(SRC_2, addr, flood).await, 400);
+        sent += 1;
+        if i == 1000 {
+            // Meanwhile another caller gets its credentials, and is refused once itself.
+            assert_eq!(
+                prompt_get(SRC_3, addr, &format!("{CREDS_PATH}role-b")).await,
+                200
+            );
+            assert_eq!(prompt_get(SRC_3, addr, flood).await, 400);
+        }
+    }
+    let flood_took = started.elapsed();
+    let flood_end = Instant::now();
+    let logs = daemon
+        .wait_for_logs(&["credentials served", "refused path caller=ip:127.0.0.3"])
+        .await;
+    let refused = |logs: &str, caller: &str| -> Vec<String> {
+        logs.lines()
+            .filter(|l| l.contains("refused path") && l.contains(&format!("caller=ip:{caller} ")))
+            .map(str::to_owned)
+            .collect()
+    };
+    let lines = refused(&logs, "127.0.0.2");
+    // 10 per caller per 10 s window; the flood may straddle one window boundary.
+    let windows = 1 + usize::try_from(flood_took.as_secs() / 10).unwrap_or(usize::MAX);
+    assert!(
+        !lines.is_empty() && lines.len() <= 10 * (windows + 1),
+        "{} refusal lines for 2000 refusals in {flood_took:?}",
+        lines.len()
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("audit") && l.contains("role/role-b")),
+        "the other caller's audit line is missing:\n{logs}"
+    );
+    assert_eq!(
+        refused(&logs, "127.0.0.3").len(),
+        1,
+        "the other caller's own refusal line"
+    );
+    // Once its window is over (windows last 10 s), the flooder's next line says how many were
+    // suppressed: every refusal is either a line or in a count.
+    tokio::time::sleep_until((flood_end + Duration::from_millis(10_200)).into()).await;
+    assert_eq!(prompt_get(SRC_2, addr, flood).await, 400);
+    sent += 1;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let logs = daemon.logs();
+        let lines = refused(&logs, "127.0.0.2");
+        let suppressed: u64 = lines
+            .iter()
+            .filter_map(|l| l.split("suppressed=").nth(1))
+            .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        let accounted = lines.len() as u64 + suppressed;
+        if accounted == sent {
+            println!(
+                "{sent} refusals of one caller in {flood_took:?}: {} lines, {suppressed} suppressed and counted",
+                lines.len()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sent} refusals, {} lines and {suppressed} counted as suppressed:\n{}",
+            lines.len(),
+            lines.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

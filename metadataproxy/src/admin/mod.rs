@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use crate::creds::CredentialCache;
 use crate::docker::ContainerIndex;
 use crate::ebpf::ConnTable;
+use crate::identity::Identity;
 use crate::imds::response::{self, Body};
 use crate::metrics::{self, MapOccupancy, State};
 pub use ready::Readiness;
@@ -159,7 +160,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Futu
         let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
             // Accepted only to be answered and closed at once: the descriptor is not kept.
             let _ = stream.try_write(BUSY);
-            tracing::debug!(peer = %peer, limit = MAX_CONNECTIONS, "admin connection refused with 503");
+            crate::refused!(WARN, &Identity::from_peer(peer), peer = %peer, limit = MAX_CONNECTIONS, "admin connection refused with 503");
             continue;
         };
         let admin = Arc::clone(&admin);

@@ -167,9 +167,10 @@ impl Ecs {
         let container = found.as_ref().map(|f| f.container.as_str());
         if let Err(refusal) = check(header, found.as_ref()) {
             if let Some(Expected::Unreadable { path, reason }) = found.as_ref().map(|f| &f.token) {
-                tracing::warn!(caller = %identity, peer = %conn.peer, container, token_file = %path, error = %reason, "cannot read the caller's AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: refused");
+                crate::refused!(WARN, &identity, peer = %conn.peer, container, token_file = %path, error = %reason, "cannot read the caller's AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: refused");
+            } else {
+                crate::refused!(INFO, &identity, peer = %conn.peer, container, reason = refusal.message(), "refused container-credentials request");
             }
-            tracing::info!(caller = %identity, peer = %conn.peer, container, reason = refusal.message(), "refused container-credentials request");
             let code = if refusal == Refusal::NoHeader {
                 "Unauthorized"
             } else {
@@ -179,7 +180,7 @@ impl Ecs {
         }
         let caller = iam.chain.identify(conn).await;
         let Some((_, source)) = &caller.assignment else {
-            tracing::info!(caller = %identity, peer = %conn.peer, container, "no role for caller");
+            crate::refused!(INFO, &identity, peer = %conn.peer, container, "no role for caller");
             return error(StatusCode::NOT_FOUND, "NotFound", "no role for this caller");
         };
         let (creds, resolution) = match iam.credentials(&caller).await {

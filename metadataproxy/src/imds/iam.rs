@@ -63,7 +63,7 @@ impl Iam {
         let caller = self.chain.identify(conn).await;
         crate::metrics::identified(caller.assignment.as_ref().map(|(_, source)| *source));
         let Some((assignment, source)) = &caller.assignment else {
-            tracing::info!(caller = %caller.identity, peer = %conn.peer, "no role for caller");
+            crate::refused!(INFO, &caller.identity, peer = %conn.peer, "no role for caller");
             return not_found();
         };
         let role_name = assignment.role.name();
@@ -71,7 +71,7 @@ impl Iam {
             Category::IamListing => response::text(StatusCode::OK, "info\nsecurity-credentials/"),
             Category::IamCredentialsList => response::text(StatusCode::OK, role_name.to_owned()),
             Category::IamCredentials(asked) if *asked != role_name => {
-                tracing::info!(caller = %caller.identity, asked = %asked, role = %role_name, "caller asked for a role that is not its own");
+                crate::refused!(INFO, &caller.identity, asked = %asked, role = %role_name, "caller asked for a role that is not its own");
                 not_found()
             }
             Category::IamCredentials(_) | Category::IamInfo => {
@@ -118,7 +118,7 @@ impl Iam {
         };
         let resolution = self.resolver.resolve(assignment).await.map_err(|e| {
             let id = RequestId::new();
-            tracing::warn!(request_id = %id, caller = %caller.identity, role = %assignment.role, error = %e, "cannot resolve the caller's role");
+            crate::refused!(WARN, &caller.identity, request_id = %id, role = %assignment.role, error = %e, "cannot resolve the caller's role");
             let now = self.clock.now();
             match e {
                 ResolveFailure::Lookup(e) => sts_error(&e, id, now),
@@ -133,7 +133,7 @@ impl Iam {
         })?;
         let creds = self.cache.get(&resolution.key).await.map_err(|e| {
             let id = RequestId::new();
-            tracing::warn!(request_id = %id, caller = %caller.identity, role_arn = %resolution.arn, error = %e, "cannot obtain the caller's credentials");
+            crate::refused!(WARN, &caller.identity, request_id = %id, role_arn = %resolution.arn, error = %e, "cannot obtain the caller's credentials");
             sts_error(&e, id, self.clock.now())
         })?;
         Ok((creds, resolution))

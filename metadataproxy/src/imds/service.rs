@@ -87,7 +87,7 @@ impl Imds {
     ) -> Response<Body> {
         if has_body(req.headers()) {
             // No IMDS request has a body; never read one (and close, so it is not parsed either).
-            tracing::info!(peer = %conn.peer, "refused a request with a body");
+            crate::refused!(INFO, &Chain::identity(conn), peer = %conn.peer, "refused a request with a body");
             let mut resp = response::text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Content Too Large: metadata requests have no body\n",
@@ -106,7 +106,7 @@ impl Imds {
         let (parsed, category) = match routed {
             Ok(routed) => routed,
             Err(e) => {
-                tracing::info!(peer = %conn.peer, path = %raw_path.escape_debug(), error = %e, "refused path");
+                crate::refused!(INFO, &Chain::identity(conn), peer = %conn.peer, path = %raw_path.escape_debug(), error = %e, "refused path");
                 let status = if matches!(e, path::PathError::TooLong) {
                     StatusCode::URI_TOO_LONG
                 } else {
@@ -135,12 +135,12 @@ impl Imds {
             | Category::IamCredentialsList
             | Category::IamCredentials(_) => self.iam.handle(&category, conn, version).await,
             Category::IamOther | Category::HostIdentityCredentials => {
-                tracing::info!(peer = %conn.peer, path = %parsed.as_path(), "refused IAM path");
+                crate::refused!(INFO, &identity, peer = %conn.peer, path = %parsed.as_path(), "refused IAM path");
                 not_found()
             }
             // Token paths were answered above; listed here so the match stays exhaustive.
             Category::Token | Category::Root | Category::VersionRoot | Category::Other => {
-                self.passthrough(req.method(), &parsed, req.uri().query())
+                self.passthrough(req.method(), &parsed, req.uri().query(), &identity)
                     .await
             }
         }
@@ -206,7 +206,7 @@ impl Imds {
         match valid {
             Ok(()) => Ok(ImdsVersion::V2),
             Err(e) => {
-                tracing::info!(caller = %identity, error = %e, "refused session token");
+                crate::refused!(INFO, identity, error = %e, "refused session token");
                 Err(response::text(StatusCode::UNAUTHORIZED, "Unauthorized\n"))
             }
         }
@@ -217,6 +217,7 @@ impl Imds {
         method: &Method,
         p: &ImdsPath<'_>,
         query: Option<&str>,
+        caller: &Identity,
     ) -> Response<Body> {
         match &self.passthrough {
             Passthrough::Mock(tree) => match tree.get(p) {
@@ -225,7 +226,7 @@ impl Imds {
             },
             Passthrough::Proxy(upstream) => {
                 if !upstream.allows(p) {
-                    tracing::info!(path = %p.as_path(), "path not in PROXY_ALLOWED_PATHS");
+                    crate::refused!(INFO, caller, path = %p.as_path(), "refused path: not in PROXY_ALLOWED_PATHS");
                     return response::text(
                         StatusCode::FORBIDDEN,
                         "Forbidden: path not allowed by PROXY_ALLOWED_PATHS\n",
@@ -234,7 +235,7 @@ impl Imds {
                 match upstream.forward(method, p, query).await {
                     Ok(resp) => resp,
                     Err(e) => {
-                        tracing::warn!(path = %p.as_path(), error = %e, "upstream metadata service failed");
+                        crate::refused!(WARN, caller, path = %p.as_path(), error = %e, "upstream metadata service failed");
                         let status = super::proxy_status(&e);
                         response::text(
                             status,

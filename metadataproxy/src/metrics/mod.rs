@@ -151,6 +151,7 @@ pub struct Metrics {
     ebpf_entries: Family<MapLabels, Gauge>,
     ebpf_capacity: Gauge,
     log_dropped: Family<StreamLabels, Counter>,
+    log_suppressed: Counter,
     route_ok: [OnceLock<RouteOk>; ROUTES],
     identified_by: [OnceLock<Counter>; SOURCES],
 }
@@ -264,6 +265,12 @@ impl Metrics {
             // Both series exist from the start, at 0, so an alert on them needs no special case.
             let _ = log_dropped.get_or_create(&StreamLabels { stream });
         }
+        let log_suppressed = Counter::default();
+        registry.register(
+            "log_lines_suppressed",
+            "Refusal lines not logged because their caller, or all callers together, exceeded the rate limit",
+            log_suppressed.clone(),
+        );
         Self {
             registry,
             requests,
@@ -281,6 +288,7 @@ impl Metrics {
             ebpf_entries,
             ebpf_capacity,
             log_dropped,
+            log_suppressed,
             route_ok: Default::default(),
             identified_by: Default::default(),
         }
@@ -456,6 +464,11 @@ pub fn log_line_dropped(stream: &'static str) {
         .log_dropped
         .get_or_create(&StreamLabels { stream })
         .inc();
+}
+
+/// A refusal line was suppressed by the rate limit.
+pub fn log_line_suppressed() {
+    global().log_suppressed.inc();
 }
 
 /// A caller of an IAM route was identified by `source` (`None`: no role for it).
