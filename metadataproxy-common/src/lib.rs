@@ -14,19 +14,30 @@ pub const IMDS_PORT: u16 = 80;
 pub const ECS_IPV4: u32 = 0xA9FE_AA17;
 /// The container-credentials endpoint's IPv6 address, `fd00:ec2::23`, as host-order words.
 pub const ECS_IPV6: [u32; 4] = [0xfd00_0ec2, 0, 0, 0x0000_0023];
+/// Third word (host order) of an IPv4-mapped IPv6 address, `::ffff:a.b.c.d`.
+pub const V4_MAPPED_WORD: u32 = 0x0000_ffff;
+/// First word (host order) of the NAT64 well-known prefix, `64:ff9b::/96`.
+pub const NAT64_WORD: u32 = 0x0064_ff9b;
 
 /// Map names (also the file names of their pins in bpffs).
 pub mod maps {
     /// `Array<Settings>` with one entry: the redirect target and the exemptions.
     pub const SETTINGS: &str = "MP_SETTINGS";
-    /// `LruHashMap<u64 socket cookie, Record>`: written by connect4/6, read by `sock_ops`.
-    pub const BY_COOKIE: &str = "MP_BY_COOKIE";
-    /// `LruHashMap<Conn4, Record>`: written by `sock_ops`, read and removed by the daemon.
+    /// Socket storage (`BPF_MAP_TYPE_SK_STORAGE`) of [`crate::SockMark`]: written by connect4/6,
+    /// read by `sock_ops` (a caller's record) and by the egress guard (the daemon's own sockets);
+    /// freed with its socket.
+    pub const SOCKS: &str = "MP_SOCKS";
+    /// `LruHashMap<Conn4, Record>`: written by `sock_ops`, read and removed by the daemon, removed
+    /// by `sock_ops` when the connection closes.
     pub const CONN4: &str = "MP_CONN4";
     /// `LruHashMap<Conn6, Record>`: the IPv6 twin of [`CONN4`].
     pub const CONN6: &str = "MP_CONN6";
     /// `HashMap<u64 cgroup id, u32>`: cgroups whose connections are never redirected.
     pub const EXEMPT: &str = "MP_EXEMPT";
+    /// `PerCpuArray<u64>` of [`crate::counters::COUNT`] counters (see [`crate::counters`]).
+    pub const COUNTERS: &str = "MP_COUNTERS";
+    /// `Array<DropSample>` with one entry: the last packet dropped or connect refused.
+    pub const LAST_DROP: &str = "MP_LAST_DROP";
 }
 
 /// Program names (the Rust function names in the eBPF crate; also the pin names of their links).
@@ -37,23 +48,45 @@ pub mod programs {
     pub const CONNECT6: &str = "mp_connect6";
     /// `sock_ops`.
     pub const SOCK_OPS: &str = "mp_sock_ops";
+    /// `cgroup_skb/egress`: the guard dropping packets to the metadata addresses.
+    pub const EGRESS: &str = "mp_egress";
+}
+
+/// Indexes of the [`maps::COUNTERS`] array.
+pub mod counters {
+    /// IPv4 packets to a guarded address dropped by the egress guard.
+    pub const DROPPED4: u32 = 0;
+    /// IPv6 packets to a guarded address dropped by the egress guard.
+    pub const DROPPED6: u32 = 1;
+    /// `connect()` calls (IPv4 sockets) to a guarded address refused (`EPERM`).
+    pub const REFUSED4: u32 = 2;
+    /// `connect()` calls (IPv6 sockets) to a guarded address refused (`EPERM`).
+    pub const REFUSED6: u32 = 3;
+    /// Entries of the array.
+    pub const COUNT: u32 = 4;
 }
 
 /// [`Settings::flags`]: redirect IPv4 connections to 169.254.169.254:80.
 pub const FLAG_IPV4: u32 = 1;
-/// [`Settings::flags`]: redirect IPv6 connections to `[fd00:ec2::254]:80`.
+/// [`Settings::flags`]: redirect IPv6 connections to `[fd00:ec2::254]:80` (without it they are
+/// refused; IPv4-mapped destinations follow [`FLAG_IPV4`]).
 pub const FLAG_IPV6: u32 = 2;
 /// [`Settings::flags`]: also redirect the container-credentials endpoint (`ECS_ENDPOINT`):
 /// 169.254.170.23:80 with [`FLAG_IPV4`], `[fd00:ec2::23]:80` with [`FLAG_IPV6`].
 pub const FLAG_ECS: u32 = 4;
 
-/// The one entry of [`maps::SETTINGS`]; all zero means "redirect nothing".
+/// The one entry of [`maps::SETTINGS`]; all zero means "redirect nothing, guard nothing".
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
-    /// cgroup id of the daemon (its connections are never redirected); 0: none.
-    pub daemon_cgroup: u64,
-    /// IPv6 redirect target address, network byte order (as in `bpf_sock_addr.user_ip6`).
+    /// Device of the daemon's pid namespace (`stat /proc/self/ns/pid`, `st_dev`); with
+    /// [`Settings::pidns_ino`] it lets the programs recognise the daemon's process even when it
+    /// runs in a pid namespace of its own. 0 with `pidns_ino` 0: `daemon_tgid` is a host pid.
+    pub pidns_dev: u64,
+    /// Inode of the daemon's pid namespace.
+    pub pidns_ino: u64,
+    /// IPv6 redirect target address, network byte order (as in `bpf_sock_addr.user_ip6`); may be
+    /// an IPv4-mapped address (`::ffff:a.b.c.d`): the connection is then made over IPv4.
     pub target6: [u32; 4],
     /// IPv4 redirect target address, network byte order (as in `bpf_sock_addr.user_ip4`).
     pub target4: u32,
@@ -61,12 +94,13 @@ pub struct Settings {
     pub port4: u16,
     /// IPv6 redirect target port, network byte order.
     pub port6: u16,
-    /// Process id (tgid) of the daemon; its connections are never redirected.
+    /// Process id (tgid) of the daemon, as seen in its own pid namespace; its connections are
+    /// never redirected and its sockets' packets never dropped.
     pub daemon_tgid: u32,
     /// [`FLAG_IPV4`] | [`FLAG_IPV6`] | [`FLAG_ECS`].
     pub flags: u32,
 }
-const _: () = assert!(size_of::<Settings>() == 40);
+const _: () = assert!(size_of::<Settings>() == 48);
 
 /// What the kernel knew about a redirected connection when it was made.
 #[repr(C)]
@@ -87,6 +121,41 @@ pub struct Record {
     pub pad: [u8; 6],
 }
 const _: () = assert!(size_of::<Record>() == 40);
+
+/// [`SockMark::owner`]: a caller's socket redirected to the daemon; its record moves to the
+/// connection maps when the connection is sent on its way.
+pub const OWNER_CALLER: u32 = 1;
+/// [`SockMark::owner`]: one of the daemon's own sockets to a guarded address (its upstream calls
+/// to the real metadata service): never redirected, its packets never dropped.
+pub const OWNER_DAEMON: u32 = 2;
+
+/// What connect4/6 leave on a socket (in [`maps::SOCKS`], freed with the socket).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockMark {
+    /// Who made the connection (meaningful for [`OWNER_CALLER`]).
+    pub record: Record,
+    /// [`OWNER_CALLER`] or [`OWNER_DAEMON`].
+    pub owner: u32,
+    /// Explicit padding; always zero.
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<SockMark>() == 48);
+
+/// The last packet the egress guard dropped, or the last connect refused ([`maps::LAST_DROP`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropSample {
+    /// cgroup v2 id of the sender (the socket's cgroup).
+    pub cgroup_id: u64,
+    /// `bpf_ktime_get_ns()` when it happened.
+    pub at_ns: u64,
+    /// Which counter it was added to (a [`counters`] index).
+    pub counter: u32,
+    /// Explicit padding; always zero.
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<DropSample>() == 24);
 
 /// An IPv4 connection as the daemon sees it at `accept()`: (peer, local).
 #[repr(C)]
@@ -132,4 +201,8 @@ mod pod {
     unsafe impl aya::Pod for super::Conn4 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Conn6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockMark {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DropSample {}
 }

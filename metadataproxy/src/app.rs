@@ -430,11 +430,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
-    let kernel = crate::ebpf::start(&config, listening_since)?;
-    let extra = match (&kernel, config.ebpf.target6) {
-        (Some(_), Some(t6)) if !covers(config.listen, t6.into()) => Some(bind(t6.into()).await?),
-        _ => None,
-    };
+    let kernel = crate::ebpf::start(&config, listening_since).await?;
+    let mut extra = Vec::new();
+    if kernel.is_some() {
+        for target in targets_to_bind(config.listen, &config.ebpf, dual_stack()) {
+            extra.push(bind(target).await?);
+        }
+    }
     let table = kernel.as_ref().map(|k| Arc::clone(&k.table));
     let docker = docker_source(&config.docker_url);
     let containerd = containerd_source(&config.containerd, kernel.is_some());
@@ -469,16 +471,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             config.http.max_connections_per_caller,
         ),
     };
-    if let Some(extra) = extra {
-        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        let second = tokio::spawn(serve(extra, serving.clone(), async move {
-            let _ = stop_rx.changed().await;
-        }));
-        serve(listener, serving, shutdown).await;
-        let _ = stop_tx.send(true);
-        let _ = second.await;
-    } else {
-        serve(listener, serving, shutdown).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let others: Vec<_> = extra
+        .into_iter()
+        .map(|listener| {
+            let mut stop_rx = stop_rx.clone();
+            tokio::spawn(serve(listener, serving.clone(), async move {
+                let _ = stop_rx.changed().await;
+            }))
+        })
+        .collect();
+    serve(listener, serving, shutdown).await;
+    let _ = stop_tx.send(true);
+    for other in others {
+        let _ = other.await;
     }
     if let Some(admin) = admin {
         admin.stop().await;
@@ -526,11 +532,50 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, AppError> {
         .map_err(|source| AppError::Bind { addr, source })
 }
 
-/// Whether a listener on `listen` also accepts connections to `addr`.
-fn covers(listen: std::net::SocketAddr, addr: std::net::SocketAddr) -> bool {
+/// The address a connection to `addr` arrives at: an IPv4-mapped IPv6 target is reached over
+/// IPv4 (the socket that connects there talks IPv4).
+fn arrives_at(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    match addr {
+        std::net::SocketAddr::V6(v6) => v6
+            .ip()
+            .to_ipv4_mapped()
+            .map_or(addr, |ip| std::net::SocketAddr::from((ip, v6.port()))),
+        std::net::SocketAddr::V4(_) => addr,
+    }
+}
+
+/// Whether a listener on `listen` also accepts connections to `addr`; `dual_stack`: a listener
+/// on `[::]` accepts IPv4 too (`net.ipv6.bindv6only` = 0, Linux's default).
+fn covers(listen: std::net::SocketAddr, addr: std::net::SocketAddr, dual_stack: bool) -> bool {
+    let addr = arrives_at(addr);
     listen.port() == addr.port()
         && (listen.ip() == addr.ip()
-            || listen.ip().is_unspecified() && listen.is_ipv6() == addr.is_ipv6())
+            || listen.ip().is_unspecified()
+                && (listen.is_ipv6() == addr.is_ipv6() || listen.is_ipv6() && dual_stack))
+}
+
+/// Whether a listener on `[::]` also accepts IPv4 here (`net.ipv6.bindv6only` is 0).
+fn dual_stack() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").is_ok_and(|v| v.trim() == "0")
+}
+
+/// The redirect targets a listener on `listen` does not cover: the daemon listens there too.
+fn targets_to_bind(
+    listen: std::net::SocketAddr,
+    ebpf: &crate::config::EbpfConfig,
+    dual_stack: bool,
+) -> Vec<std::net::SocketAddr> {
+    let mut extra: Vec<std::net::SocketAddr> = Vec::new();
+    let targets = std::iter::once(std::net::SocketAddr::V4(ebpf.target4))
+        .chain(ebpf.target6.map(std::net::SocketAddr::V6));
+    for target in targets.map(arrives_at) {
+        let covered = covers(listen, target, dual_stack)
+            || extra.iter().any(|e| covers(*e, target, dual_stack));
+        if !covered {
+            extra.push(target);
+        }
+    }
+    extra
 }
 
 /// What [`serve`] serves, and within which limits.
@@ -625,5 +670,53 @@ pub async fn serve(listener: TcpListener, serving: Serving, shutdown: impl Futur
         .is_err()
     {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests did not finish in time");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ebpf(env: &[(&str, &str)]) -> crate::config::EbpfConfig {
+        let env: std::collections::HashMap<&str, &str> = env.iter().copied().collect();
+        Config::load(["metadataproxy"], &env).expect("valid").ebpf
+    }
+
+    fn addrs(list: &[&str]) -> Vec<std::net::SocketAddr> {
+        list.iter().map(|a| a.parse().expect("addr")).collect()
+    }
+
+    #[test]
+    fn the_daemon_listens_on_every_target_its_listener_does_not_cover() {
+        let default = ebpf(&[("PORT", "45001")]);
+        let any4: std::net::SocketAddr = "0.0.0.0:45001".parse().unwrap();
+        assert!(
+            targets_to_bind(any4, &default, true).is_empty(),
+            "0.0.0.0 covers the link address, and the mapped IPv6 target arrives over IPv4"
+        );
+        let lo: std::net::SocketAddr = "127.0.0.1:45001".parse().unwrap();
+        assert_eq!(
+            targets_to_bind(lo, &default, true),
+            addrs(&["169.254.170.45:45001"]),
+            "one extra listener serves both targets"
+        );
+        let any6: std::net::SocketAddr = "[::]:45001".parse().unwrap();
+        assert!(targets_to_bind(any6, &default, true).is_empty());
+        assert_eq!(
+            targets_to_bind(any6, &default, false),
+            addrs(&["169.254.170.45:45001"]),
+            "an IPv6-only [::] listener does not take IPv4"
+        );
+        let own6 = ebpf(&[("PORT", "45001"), ("EBPF_TARGET6", "[::1]:45001")]);
+        assert_eq!(targets_to_bind(any4, &own6, true), addrs(&["[::1]:45001"]));
+        let other_port = ebpf(&[
+            ("PORT", "45001"),
+            ("EBPF_TARGET", "169.254.170.45:45009"),
+            ("EBPF_TARGET6", "off"),
+        ]);
+        assert_eq!(
+            targets_to_bind(any4, &other_port, true),
+            addrs(&["169.254.170.45:45009"])
+        );
     }
 }

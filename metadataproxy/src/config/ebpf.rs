@@ -1,6 +1,6 @@
 //! The eBPF settings: whether the redirect is required, where it points, what it covers, its pins.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
 
 use super::parse::Reader;
@@ -36,10 +36,15 @@ pub struct EbpfConfig {
     pub cgroups: Vec<String>,
     /// `EBPF_REDIRECT_HOST`: also redirect host processes that are not in a container cgroup.
     pub redirect_host: bool,
-    /// `EBPF_TARGET`: where IPv4 connections to 169.254.169.254:80 are sent.
+    /// `EBPF_TARGET`: where IPv4 connections to 169.254.169.254:80 (and IPv6 ones to its
+    /// IPv4-mapped form) are sent.
     pub target4: SocketAddrV4,
-    /// `EBPF_TARGET6`: where IPv6 connections to `[fd00:ec2::254]:80` are sent; `None`: not redirected.
+    /// `EBPF_TARGET6`: where IPv6 connections to `[fd00:ec2::254]:80` are sent (by default the
+    /// IPv4-mapped form of `target4`); `None`: they are refused.
     pub target6: Option<SocketAddrV6>,
+    /// The address the daemon makes local on `lo` at start when it is missing: the default
+    /// target's ([`s::DEFAULT_EBPF_TARGET_IP`]), `None` when `EBPF_TARGET` is set.
+    pub link_address: Option<Ipv4Addr>,
     /// `EBPF_MAP_SIZE`: entries of each connection map.
     pub map_size: u32,
     /// `EBPF_PIN_DIR`: where links and maps are pinned (on a bpffs).
@@ -104,37 +109,45 @@ fn target6(v: &str) -> Result<Option<SocketAddrV6>, String> {
         return Ok(None);
     }
     match v.parse::<SocketAddr>() {
-        Ok(SocketAddr::V6(a)) if !a.ip().is_unspecified() && a.port() != 0 => Ok(Some(a)),
-        _ => Err("must be `off` or an IPv6 address and port, like `[::1]:45001`".to_owned()),
+        Ok(SocketAddr::V6(a))
+            if !a.ip().is_unspecified()
+                && a.port() != 0
+                && a.ip().to_ipv4_mapped().is_none_or(|ip| !ip.is_unspecified()) =>
+        {
+            Ok(Some(a))
+        }
+        _ => Err(
+            "must be `off` or an IPv6 address and port, like `[::ffff:169.254.170.45]:45001` or `[fd00::1]:45001`"
+                .to_owned(),
+        ),
     }
 }
 
-/// Reads the eBPF settings; `host` and `port` (when valid) give the default targets.
-pub(super) fn read(
-    r: &mut Reader<'_>,
-    host: Option<IpAddr>,
-    port: Option<u16>,
-) -> Option<EbpfConfig> {
+/// The IPv4-mapped IPv6 form of `target` (`[::ffff:a.b.c.d]:port`).
+pub fn mapped(target: SocketAddrV4) -> SocketAddrV6 {
+    SocketAddrV6::new(target.ip().to_ipv6_mapped(), target.port(), 0, 0)
+}
+
+/// Reads the eBPF settings; `port` (when valid) gives the default targets' port.
+pub(super) fn read(r: &mut Reader<'_>, port: Option<u16>) -> Option<EbpfConfig> {
     let mode = r.parse(s::EBPF, mode);
     let cgroups = r.parse(s::EBPF_CGROUPS, cgroup_paths);
     let redirect_host = r.boolean(s::EBPF_REDIRECT_HOST);
     let port = port.unwrap_or(0);
-    let target4 = match r.parse(s::EBPF_TARGET, target4) {
-        Some(t) => Some(t),
-        None if r.has_errors_for(s::EBPF_TARGET) => None,
-        // Unset: the listen address when it is one IPv4 address, else loopback.
-        None => Some(match host {
-            Some(IpAddr::V4(ip)) if !ip.is_unspecified() => SocketAddrV4::new(ip, port),
-            _ => SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
-        }),
+    // Unset: the link-local address every caller reaches (made local on `lo` by the daemon).
+    let (target4, link_address) = match r.parse(s::EBPF_TARGET, target4) {
+        Some(t) => (Some(t), None),
+        None if r.has_errors_for(s::EBPF_TARGET) => (None, None),
+        None => (
+            Some(SocketAddrV4::new(s::DEFAULT_EBPF_TARGET_IP, port)),
+            Some(s::DEFAULT_EBPF_TARGET_IP),
+        ),
     };
+    // Unset: the IPv4 target, IPv4-mapped (reached over IPv4 from every network namespace).
     let target6 = match r.parse(s::EBPF_TARGET6, target6) {
         Some(t) => Some(t),
         None if r.has_errors_for(s::EBPF_TARGET6) => None,
-        None => Some(Some(match host {
-            Some(IpAddr::V6(ip)) if !ip.is_unspecified() => SocketAddrV6::new(ip, port, 0, 0),
-            _ => SocketAddrV6::new(Ipv6Addr::LOCALHOST, port, 0, 0),
-        })),
+        None => target4.map(|t| Some(mapped(t))),
     };
     let map_size = r.parse(s::EBPF_MAP_SIZE, |v| match v.parse::<u32>() {
         Ok(n) if (64..=16_777_216).contains(&n) => Ok(n),
@@ -159,6 +172,7 @@ pub(super) fn read(
         redirect_host,
         target4: target4?,
         target6: target6?,
+        link_address,
         map_size: map_size?,
         pin_dir: pin_dir?,
         on_exit: on_exit?,

@@ -374,7 +374,7 @@ where
         }),
         _ => None,
     };
-    let ebpf = super::ebpf::read(&mut r, host, port);
+    let ebpf = super::ebpf::read(&mut r, port);
     let containerd = super::containerd::read(&mut r);
     if let (Some(Some(admin)), Some(host), Some(port)) = (admin_listen, host, port)
         && admin.port() == port

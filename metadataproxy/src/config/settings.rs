@@ -3,6 +3,14 @@
 //! One table drives the command line, the environment lookup and the configuration reference,
 //! so the three cannot drift apart.
 
+use std::net::Ipv4Addr;
+
+/// The default redirect target's address (`EBPF_TARGET` unset): link-local, outside the addresses
+/// AWS uses (169.254.169.254 IMDS, .169.253 DNS, .169.123 NTP, .169.250/.251, .170.2 ECS, .170.23
+/// EKS Pod Identity). The daemon adds it to `lo` as a /32, so every caller reaches it: host
+/// processes and host-network containers locally, bridge containers through their default route.
+pub const DEFAULT_EBPF_TARGET_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 170, 45);
+
 /// How a setting's value is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -377,14 +385,14 @@ pub const SETTINGS: &[Setting] = &[
         "ebpf-target",
         None,
         Kind::Value,
-        "IPv4 address:port the redirect sends callers to (must reach this daemon from their network, e.g. the bridge gateway); default HOST:PORT, or 127.0.0.1:PORT when HOST is 0.0.0.0",
+        "IPv4 address:port the redirect sends callers to (every caller must reach it from its network namespace; the daemon also listens there). Default 169.254.170.45:PORT, which the daemon adds to `lo` when it is missing and leaves there",
     ),
     ours(
         EBPF_TARGET6,
         "ebpf-target6",
         None,
         Kind::Value,
-        "[IPv6]:port for connections to [fd00:ec2::254]:80 (the daemon also listens there), or `off`; default [::1]:PORT",
+        "[IPv6]:port for connections to [fd00:ec2::254]:80 (the daemon also listens there), or `off` (they are then refused); default the IPv4-mapped EBPF_TARGET, [::ffff:169.254.170.45]:PORT, reached over IPv4 from every network namespace",
     ),
     ours(
         EBPF_MAP_SIZE,

@@ -275,3 +275,44 @@ fn proxy_allowed_paths_default_everything_and_lists() {
         );
     }
 }
+
+fn the_default_redirect_target_is_the_link_address_every_caller_reaches() {
+    // Regression (issue 11, item 4): the default was 127.0.0.1:PORT, which inside a bridge
+    // container is the container's own loopback.
+    let config = load(&[("PORT", "45009")], &[]).expect("valid");
+    assert_eq!(config.ebpf.target4.to_string(), "169.254.170.45:45009");
+    assert_eq!(
+        config.ebpf.target6.map(|t| t.to_string()).as_deref(),
+        Some("[::ffff:169.254.170.45]:45009"),
+        "IPv6 callers are sent to the same address, IPv4-mapped"
+    );
+    assert_eq!(
+        config.ebpf.link_address,
+        Some(settings::DEFAULT_EBPF_TARGET_IP)
+    );
+    for host in ["127.0.0.1", "172.17.0.1", "::1", "0.0.0.0"] {
+        let config = load(&[("HOST", host)], &[]).expect("valid");
+        assert!(!config.ebpf.target4.ip().is_loopback(), "HOST={host}");
+        assert_eq!(config.ebpf.target4.ip(), &settings::DEFAULT_EBPF_TARGET_IP);
+    }
+}
+
+#[test]
+fn an_overridden_target_is_not_added_to_lo_and_target6_follows_it() {
+    let config = load(&[("EBPF_TARGET", "172.17.0.1:45001")], &[]).expect("valid");
+    assert_eq!(config.ebpf.link_address, None);
+    assert_eq!(
+        config.ebpf.target6.map(|t| t.to_string()).as_deref(),
+        Some("[::ffff:172.17.0.1]:45001")
+    );
+    let config = load(&[("EBPF_TARGET6", "off")], &[]).expect("valid");
+    assert_eq!(config.ebpf.target6, None);
+    assert!(config.ebpf.link_address.is_some());
+    let config = load(&[("EBPF_TARGET6", "[::1]:45003")], &[]).expect("valid");
+    assert_eq!(
+        config.ebpf.target6.map(|t| t.to_string()).as_deref(),
+        Some("[::1]:45003")
+    );
+    let errors = invalid(&[("EBPF_TARGET6", "[::ffff:0.0.0.0]:45001")]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+}

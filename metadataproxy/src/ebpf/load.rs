@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use metadataproxy_common::{FLAG_ECS, FLAG_IPV4, FLAG_IPV6, Settings, maps, programs};
 
@@ -23,6 +23,19 @@ static OBJECT: &[u8] = &[];
 /// Prefix of link pin names: `link-<program>-<cgroup id>`.
 const LINK_PREFIX: &str = "link-";
 
+/// What [`Redirect::start`] sets up.
+#[derive(Debug)]
+pub struct Started {
+    /// The attached programs.
+    pub redirect: Redirect,
+    /// The connection records, for `accept()`.
+    pub table: ConnTable,
+    /// The host exemptions (`EBPF_REDIRECT_HOST=false`), to keep up to date.
+    pub exempt: Exempt,
+    /// The guard's counters.
+    pub guard: super::guard::GuardStats,
+}
+
 /// The attached redirect. Dropping it leaves the pins (and so the redirect) in place; call
 /// [`Redirect::shutdown`] on a clean exit to apply `EBPF_ON_EXIT`.
 #[derive(Debug)]
@@ -35,20 +48,45 @@ pub struct Redirect {
     on_exit: OnExit,
 }
 
-fn settings(target: &Target, host: &Host) -> Settings {
+/// What the programs need to know about the daemon's own process.
+#[derive(Debug, Clone, Copy)]
+pub struct Daemon {
+    /// Its pid (tgid) in its own pid namespace.
+    pub tgid: u32,
+    /// `(device, inode)` of that pid namespace; `None`: its pid is a host pid.
+    pub pidns: Option<(u64, u64)>,
+}
+
+impl Daemon {
+    /// This process.
+    pub fn this() -> Self {
+        Self {
+            tgid: std::process::id(),
+            pidns: super::netns::own_pidns().ok(),
+        }
+    }
+}
+
+fn words(ip: std::net::Ipv6Addr) -> [u32; 4] {
+    let o = ip.octets();
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
+}
+
+fn settings(target: &Target, daemon: Daemon) -> Settings {
+    let (pidns_dev, pidns_ino) = daemon.pidns.unwrap_or((0, 0));
     let mut s = Settings {
-        daemon_cgroup: host.own_cgroup.1,
+        pidns_dev,
+        pidns_ino,
         target4: u32::from_ne_bytes(target.v4.ip().octets()),
         port4: target.v4.port().to_be(),
-        daemon_tgid: std::process::id(),
+        daemon_tgid: daemon.tgid,
         flags: FLAG_IPV4,
         ..Settings::default()
     };
     if let Some(v6) = target.v6 {
-        let o = v6.ip().octets();
-        s.target6 = std::array::from_fn(|i| {
-            u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
-        });
+        s.target6 = words(*v6.ip());
         s.port6 = v6.port().to_be();
         s.flags |= FLAG_IPV6;
     }
@@ -85,7 +123,7 @@ impl Redirect {
         mapping: Option<PathBuf>,
         container_roots: Vec<String>,
         listening_since: Duration,
-    ) -> Result<(Self, ConnTable, Exempt), EbpfError> {
+    ) -> Result<Started, EbpfError> {
         let object = match &config.object {
             Some(path) => std::fs::read(path).map_err(|source| EbpfError::Io {
                 path: path.clone(),
@@ -94,10 +132,7 @@ impl Redirect {
             None if OBJECT.is_empty() => return Err(EbpfError::NoObject),
             None => OBJECT.to_vec(),
         };
-        std::fs::create_dir_all(&config.pin_dir).map_err(|source| EbpfError::Io {
-            path: config.pin_dir.clone(),
-            source,
-        })?;
+        super::pins::prepare_dir(&config.pin_dir)?;
         // A predecessor's maps are reused only if they have the shape our programs expect.
         let shapes = super::pins::expected(&object, config.map_size)?;
         for (map, reason) in super::pins::retire_mismatched(&config.pin_dir, &shapes)? {
@@ -105,7 +140,6 @@ impl Redirect {
         }
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&config.pin_dir)
-            .map_max_entries(maps::BY_COOKIE, config.map_size)
             .map_max_entries(maps::CONN4, config.map_size)
             .map_max_entries(maps::CONN6, config.map_size)
             .map_max_entries(maps::EXEMPT, config.map_size)
@@ -121,13 +155,20 @@ impl Redirect {
         let mut settings_map: Array<&mut MapData, Settings> =
             Array::try_from(map).map_err(map_err(maps::SETTINGS))?;
         settings_map
-            .set(0, settings(target, host), 0)
+            .set(0, settings(target, Daemon::this()), 0)
             .map_err(map_err(maps::SETTINGS))?;
 
+        let own_netns = super::netns::own_netns_cookie()
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot learn this daemon's network namespace cookie (SO_NETNS_COOKIE): redirected connections to a loopback target will be refused");
+            })
+            .ok();
         let table = ConnTable::new(
             take_hash(&mut ebpf, maps::CONN4)?,
             take_hash(&mut ebpf, maps::CONN6)?,
+            own_netns,
         );
+        let guard = super::guard::GuardStats::take(&mut ebpf)?;
         let stale = table.clear_before(listening_since);
         if stale > 0 {
             tracing::info!(
@@ -149,42 +190,19 @@ impl Redirect {
         program::<SockOps>(&mut ebpf, programs::SOCK_OPS)?
             .load()
             .map_err(prog_err(programs::SOCK_OPS))?;
+        program::<CgroupSkb>(&mut ebpf, programs::EGRESS)?
+            .load()
+            .map_err(prog_err(programs::EGRESS))?;
 
-        let mut links = Vec::new();
         let mut names = Vec::new();
-        let cgroups = open_cgroups(&host.cgroup2, &config.cgroups)?;
-        for (id, dir) in &cgroups {
-            for name in [programs::CONNECT4, programs::CONNECT6] {
-                let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-                let link_id = prog
-                    .attach(dir, CgroupAttachMode::Single)
-                    .map_err(prog_err(name))?;
-                let link = prog.take_link(link_id).map_err(prog_err(name))?;
-                links.push(pin_over(
-                    link.try_into(),
-                    &config.pin_dir,
-                    name,
-                    *id,
-                    &mut names,
-                )?);
-            }
-            let name = programs::SOCK_OPS;
-            let prog: &mut SockOps = program(&mut ebpf, name)?;
-            let link_id = prog
-                .attach(dir, CgroupAttachMode::Single)
-                .map_err(prog_err(name))?;
-            let link = prog.take_link(link_id).map_err(prog_err(name))?;
-            links.push(pin_over(
-                link.try_into(),
-                &config.pin_dir,
-                name,
-                *id,
-                &mut names,
-            )?);
-        }
+        let links = attach_all(&mut ebpf, config, host, &mut names)?;
         remove_stale_links(&config.pin_dir, &names);
-        Ok((
-            Self {
+        // Maps an older version pinned and ours no longer use (its programs are detached now).
+        for map in super::pins::remove_unknown_maps(&config.pin_dir, &shapes) {
+            tracing::info!(map = %map, "removed the pin of a map this version no longer uses");
+        }
+        Ok(Started {
+            redirect: Self {
                 _ebpf: ebpf,
                 links,
                 pin_dir: config.pin_dir.clone(),
@@ -192,7 +210,8 @@ impl Redirect {
             },
             table,
             exempt,
-        ))
+            guard,
+        })
     }
 
     /// Applies `EBPF_ON_EXIT`: keep the pins (callers fail until a daemon is back) or remove them.
@@ -215,6 +234,62 @@ impl Redirect {
             }
         }
     }
+}
+
+/// Attaches the programs to every configured cgroup and pins their links over any older ones;
+/// `names` gets the pins' names.
+fn attach_all(
+    ebpf: &mut Ebpf,
+    config: &EbpfConfig,
+    host: &Host,
+    names: &mut Vec<String>,
+) -> Result<Vec<PinnedLink>, EbpfError> {
+    let mut links = Vec::new();
+    let cgroups = open_cgroups(&host.cgroup2, &config.cgroups)?;
+    for (id, dir) in &cgroups {
+        // The guard first: from the moment a cgroup is redirected, nothing else gets out.
+        let name = programs::EGRESS;
+        let prog: &mut CgroupSkb = program(ebpf, name)?;
+        let link_id = prog
+            .attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+            .map_err(prog_err(name))?;
+        let link = prog.take_link(link_id).map_err(prog_err(name))?;
+        links.push(pin_over(
+            link.try_into(),
+            &config.pin_dir,
+            name,
+            *id,
+            names,
+        )?);
+        let name = programs::SOCK_OPS;
+        let prog: &mut SockOps = program(ebpf, name)?;
+        let link_id = prog
+            .attach(dir, CgroupAttachMode::Single)
+            .map_err(prog_err(name))?;
+        let link = prog.take_link(link_id).map_err(prog_err(name))?;
+        links.push(pin_over(
+            link.try_into(),
+            &config.pin_dir,
+            name,
+            *id,
+            names,
+        )?);
+        for name in [programs::CONNECT4, programs::CONNECT6] {
+            let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+            let link_id = prog
+                .attach(dir, CgroupAttachMode::Single)
+                .map_err(prog_err(name))?;
+            let link = prog.take_link(link_id).map_err(prog_err(name))?;
+            links.push(pin_over(
+                link.try_into(),
+                &config.pin_dir,
+                name,
+                *id,
+                names,
+            )?);
+        }
+    }
+    Ok(links)
 }
 
 /// Takes `MP_EXEMPT` and brings it in line with `EBPF_REDIRECT_HOST`: emptied when `true`, the
@@ -343,22 +418,46 @@ mod tests {
 
     #[test]
     fn the_container_credentials_endpoint_is_redirected_only_with_ecs_endpoint() {
-        let host = Host {
-            cgroup2: PathBuf::from("/sys/fs/cgroup"),
-            own_cgroup: ("/daemon".into(), 7),
+        let daemon = Daemon {
+            tgid: 7,
+            pidns: None,
         };
         let mut target = Target {
             v4: "172.17.0.1:45001".parse().unwrap(),
             v6: None,
             ecs: false,
         };
-        assert_eq!(settings(&target, &host).flags, FLAG_IPV4);
+        assert_eq!(settings(&target, daemon).flags, FLAG_IPV4);
         target.ecs = true;
-        assert_eq!(settings(&target, &host).flags, FLAG_IPV4 | FLAG_ECS);
+        assert_eq!(settings(&target, daemon).flags, FLAG_IPV4 | FLAG_ECS);
         target.v6 = Some("[::1]:45001".parse().unwrap());
         assert_eq!(
-            settings(&target, &host).flags,
+            settings(&target, daemon).flags,
             FLAG_IPV4 | FLAG_IPV6 | FLAG_ECS
+        );
+    }
+
+    #[test]
+    fn targets_and_the_daemons_pid_are_in_the_kernels_byte_order() {
+        let daemon = Daemon {
+            tgid: 4242,
+            pidns: Some((4, 4_026_531_836)),
+        };
+        let target = Target {
+            v4: "169.254.170.45:45001".parse().unwrap(),
+            v6: Some("[::ffff:169.254.170.45]:45001".parse().unwrap()),
+            ecs: false,
+        };
+        let s = settings(&target, daemon);
+        assert_eq!(s.target4.to_ne_bytes(), [169, 254, 170, 45]);
+        assert_eq!(s.port4.to_ne_bytes(), 45001u16.to_be_bytes());
+        assert_eq!(s.target6[2].to_ne_bytes(), [0, 0, 0xff, 0xff]);
+        assert_eq!(s.target6[3].to_ne_bytes(), [169, 254, 170, 45]);
+        assert_eq!((s.target6[0], s.target6[1]), (0, 0));
+        assert_eq!(s.port6, s.port4);
+        assert_eq!(
+            (s.daemon_tgid, s.pidns_dev, s.pidns_ino),
+            (4242, 4, 4_026_531_836)
         );
     }
 }

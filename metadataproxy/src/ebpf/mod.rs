@@ -10,10 +10,18 @@
 //! Scope (`EBPF_REDIRECT_HOST`, default `false`): only containers' cgroups and cgroups the role
 //! mapping names are redirected; other host processes keep their original destination (on EC2, the
 //! real IMDS). How, and why it fails closed for new containers: see [`exempt`].
+//!
+//! Nothing else gets through either: connects to a metadata address that cannot be redirected
+//! are refused, and an egress guard on the same cgroups drops every other packet addressed to one
+//! ([`guard`] reports them). The default target is a link-local address on `lo` every caller
+//! reaches ([`link_addr`]).
 
 mod cgroup_watch;
 pub mod exempt;
+mod guard;
+pub mod link_addr;
 mod load;
+mod netns;
 mod pins;
 mod preflight;
 mod table;
@@ -22,7 +30,8 @@ use std::net::{SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
 
 pub use exempt::Exempt;
-pub use load::Redirect;
+pub use guard::{Counts as GuardCounts, GuardStats};
+pub use load::{Redirect, Started};
 pub use preflight::{BTF, Host, cap_eff, cgroup2_mount, current_cgroup, fs_type, missing_caps};
 pub use table::{Caller, ConnTable, monotonic_now};
 
@@ -97,6 +106,9 @@ pub enum EbpfError {
         /// What went wrong.
         source: aya::maps::MapError,
     },
+    /// The default target's address cannot be made local on `lo`.
+    #[error("the redirect target: {0}")]
+    LinkAddr(#[from] link_addr::LinkAddrError),
     /// Pinning a link, or replacing an older pin, failed.
     #[error("pinning {path}: {reason}")]
     Pin {
@@ -110,9 +122,9 @@ pub enum EbpfError {
 /// What the redirect needs to know about the daemon.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// Where IPv4 callers are sent.
+    /// Where IPv4 callers (and IPv6 callers of the IPv4-mapped address) are sent.
     pub v4: SocketAddrV4,
-    /// Where IPv6 callers are sent (`None`: IPv6 is not redirected).
+    /// Where IPv6 callers are sent (`None`: their connects are refused).
     pub v6: Option<SocketAddrV6>,
     /// `ECS_ENDPOINT`: also redirect the container-credentials endpoint's addresses.
     pub ecs: bool,
@@ -137,7 +149,7 @@ impl Kernel {
 }
 
 /// Sets up the redirect as `EBPF` says: `None` in IP-only mode (configured, or `auto` and unusable).
-pub fn start(
+pub async fn start(
     config: &crate::config::Config,
     listening_since: std::time::Duration,
 ) -> Result<Option<Kernel>, EbpfError> {
@@ -147,44 +159,10 @@ pub fn start(
         tracing::info!("EBPF=off: IP-only mode, callers are identified by their address alone");
         return Ok(None);
     }
-    let attempt = Host::check(&ebpf.pin_dir).and_then(|host| {
-        let target = Target {
-            v4: ebpf.target4,
-            v6: ebpf.target6,
-            ecs: config.ecs_endpoint,
-        };
-        // containerd puts containers at /<namespace>/<id> whatever their names.
-        let container_roots = if config.containerd.mode == crate::config::ContainerdMode::Off {
-            Vec::new()
-        } else {
-            config.containerd.namespaces.clone()
-        };
-        let (redirect, table, exempt) = Redirect::start(
-            ebpf,
-            &host,
-            &target,
-            config.role_mapping_file.clone(),
-            container_roots,
-            listening_since,
-        )?;
-        if !ebpf.redirect_host {
-            exempt.spawn();
-        }
-        tracing::info!(
-            target = %target.v4,
-            target6 = ?target.v6,
-            ecs_endpoint = target.ecs,
-            cgroups = ?ebpf.cgroups,
-            daemon_cgroup = %host.own_cgroup.0,
-            pins = %ebpf.pin_dir.display(),
-            "eBPF redirect of 169.254.169.254:80 attached"
-        );
-        Ok(Kernel {
-            redirect,
-            table: std::sync::Arc::new(table),
-            paths: std::sync::Arc::new(crate::identity::cgroup::CgroupPaths::new(host.cgroup2)),
-        })
-    });
+    let attempt = match Host::check(&ebpf.pin_dir) {
+        Ok(host) => attach(config, &host, listening_since).await,
+        Err(e) => Err(e),
+    };
     match attempt {
         Ok(kernel) => Ok(Some(kernel)),
         Err(e) if ebpf.mode == EbpfMode::Auto => {
@@ -193,4 +171,69 @@ pub fn start(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Makes the default target local (when it is the default), loads, attaches and pins.
+async fn attach(
+    config: &crate::config::Config,
+    host: &Host,
+    listening_since: std::time::Duration,
+) -> Result<Kernel, EbpfError> {
+    let ebpf = &config.ebpf;
+    if let Some(addr) = ebpf.link_address {
+        match link_addr::ensure(addr).await? {
+            link_addr::Presence::Added => tracing::info!(
+                address = %addr,
+                "added the redirect target's address to lo (it stays there: while no daemon listens, redirected connections are refused)"
+            ),
+            link_addr::Presence::Present => {
+                tracing::debug!(address = %addr, "the redirect target's address is on lo");
+            }
+        }
+    }
+    let target = Target {
+        v4: ebpf.target4,
+        v6: ebpf.target6,
+        ecs: config.ecs_endpoint,
+    };
+    // containerd puts containers at /<namespace>/<id> whatever their names.
+    let container_roots = if config.containerd.mode == crate::config::ContainerdMode::Off {
+        Vec::new()
+    } else {
+        config.containerd.namespaces.clone()
+    };
+    let Started {
+        redirect,
+        table,
+        exempt,
+        guard,
+    } = Redirect::start(
+        ebpf,
+        host,
+        &target,
+        config.role_mapping_file.clone(),
+        container_roots,
+        listening_since,
+    )?;
+    if !ebpf.redirect_host {
+        exempt.spawn();
+    }
+    let paths = std::sync::Arc::new(crate::identity::cgroup::CgroupPaths::new(
+        host.cgroup2.clone(),
+    ));
+    guard.spawn(std::sync::Arc::clone(&paths));
+    tracing::info!(
+        target = %target.v4,
+        target6 = ?target.v6,
+        ecs_endpoint = target.ecs,
+        cgroups = ?ebpf.cgroups,
+        daemon_cgroup = %host.own_cgroup.0,
+        pins = %ebpf.pin_dir.display(),
+        "eBPF redirect of 169.254.169.254:80 and egress guard attached"
+    );
+    Ok(Kernel {
+        redirect,
+        table: std::sync::Arc::new(table),
+        paths,
+    })
 }

@@ -24,7 +24,49 @@ pub struct Shape {
 }
 
 /// Maps whose size follows `EBPF_MAP_SIZE` (the others keep the size the object declares).
-const SIZED: [&str; 4] = [maps::BY_COOKIE, maps::CONN4, maps::CONN6, maps::EXEMPT];
+const SIZED: [&str; 3] = [maps::CONN4, maps::CONN6, maps::EXEMPT];
+
+/// Mode of the pin directory: only its owner (the daemon's user) may look inside. A pinned map
+/// opened by anyone else could rewrite the redirect target, exempt a cgroup or forge a caller's
+/// record.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Creates the pin directory with [`DIR_MODE`], or narrows an existing one to it (the mode a
+/// predecessor or an administrator left may be wider). Fails when it cannot: fail closed.
+pub fn prepare_dir(dir: &Path) -> Result<(), EbpfError> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let io = |source| EbpfError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)
+            .map_err(io)?;
+    }
+    let mode = std::fs::metadata(dir).map_err(io)?.permissions().mode() & 0o7777;
+    if mode != DIR_MODE {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE)).map_err(io)?;
+        tracing::info!(dir = %dir.display(), was = format!("{mode:o}"), "pin directory narrowed to 0700");
+    }
+    Ok(())
+}
+
+/// Removes the pins of maps named like ours (`MP_*`) that `expected` does not list: an older
+/// version's, whose programs are detached. Returns their names.
+pub fn remove_unknown_maps(dir: &Path, expected: &[(String, Shape)]) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("MP_") && !expected.iter().any(|(n, _)| n == name))
+        .filter(|name| std::fs::remove_file(dir.join(name)).is_ok())
+        .collect()
+}
 
 /// The shape of every map of `object`, with the sized ones at `map_size` entries.
 pub fn expected(object: &[u8], map_size: u32) -> Result<Vec<(String, Shape)>, EbpfError> {
@@ -169,6 +211,32 @@ mod tests {
             ..shape(40, 65_536)
         };
         assert!(mismatch(shape(40, 65_536), other).is_some());
+    }
+
+    #[test]
+    fn the_pin_directory_is_made_or_narrowed_to_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/pins");
+        prepare_dir(&dir).unwrap();
+        let mode = |d: &Path| std::fs::metadata(d).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&dir), DIR_MODE);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), DIR_MODE, "a wider mode is narrowed");
+    }
+
+    #[test]
+    fn pins_of_maps_no_longer_declared_are_removed_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        for name in ["MP_BY_COOKIE", "MP_CONN4", "link-mp_connect4-1", "other"] {
+            std::fs::write(tmp.path().join(name), b"").unwrap();
+        }
+        let expected = vec![("MP_CONN4".to_owned(), shape(40, 64))];
+        assert_eq!(remove_unknown_maps(tmp.path(), &expected), ["MP_BY_COOKIE"]);
+        assert!(tmp.path().join("MP_CONN4").exists());
+        assert!(tmp.path().join("link-mp_connect4-1").exists());
+        assert!(tmp.path().join("other").exists());
     }
 
     #[test]

@@ -44,6 +44,47 @@ impl From<Record> for Caller {
 pub struct ConnTable {
     v4: Mutex<HashMap<MapData, Conn4, Record>>,
     v6: Mutex<HashMap<MapData, Conn6, Record>>,
+    /// The daemon's network namespace cookie (`None`: unknown).
+    own_netns: Option<u64>,
+}
+
+/// Why a record found at `accept()` is not believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Distrust {
+    /// Older than a connection attempt can last: its connection was never accepted, and its
+    /// 4-tuple may since belong to a caller that was not redirected.
+    Stale,
+    /// The connection reached a loopback address of the daemon, but the record was made in
+    /// another network namespace: that caller was sent to its *own* loopback (where the daemon
+    /// does not listen), and this connection, with the same 4-tuple, is someone else's.
+    ForeignNetns {
+        /// The record's network namespace cookie.
+        record: u64,
+        /// The daemon's (`None`: unknown, so no loopback record can be believed).
+        own: Option<u64>,
+    },
+}
+
+/// Whether to believe `record`, found for a connection accepted on `local`, at `now`
+/// (`CLOCK_MONOTONIC`); `own_netns` is the daemon's network namespace cookie.
+pub fn judge(
+    record: Record,
+    local: SocketAddr,
+    own_netns: Option<u64>,
+    now: Option<Duration>,
+) -> Result<Caller, Distrust> {
+    if !now.is_some_and(|now| is_fresh(record.connected_ns, now)) {
+        return Err(Distrust::Stale);
+    }
+    // Loopback addresses exist in every network namespace: only a record made in ours can
+    // describe a connection to ours. Other targets are one host address, reached by routing.
+    if canonical_ip(local.ip()).is_loopback() && own_netns != Some(record.netns_cookie) {
+        return Err(Distrust::ForeignNetns {
+            record: record.netns_cookie,
+            own: own_netns,
+        });
+    }
+    Ok(record.into())
 }
 
 /// The map key of a connection the daemon accepted (`peer` → `local`).
@@ -81,20 +122,47 @@ impl ConnTable {
     pub(super) fn new(
         v4: HashMap<MapData, Conn4, Record>,
         v6: HashMap<MapData, Conn6, Record>,
+        own_netns: Option<u64>,
     ) -> Self {
         Self {
             v4: Mutex::new(v4),
             v6: Mutex::new(v6),
+            own_netns,
         }
     }
 
     /// The kernel's record of the connection `peer` → `local`, removed from the table.
     ///
-    /// `None` for connections that were not redirected (callers that reached the daemon directly).
+    /// `None` for connections that were not redirected (callers that reached the daemon
+    /// directly), and for records not to be believed ([`judge`]; logged).
     pub fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<Caller> {
-        match key(peer, local)? {
+        let record = match key(peer, local)? {
             Key::V4(k) => take_one(&self.v4, &k),
             Key::V6(k) => take_one(&self.v6, &k),
+        }?;
+        match judge(record, local, self.own_netns, monotonic_now()) {
+            Ok(caller) => Some(caller),
+            Err(Distrust::Stale) => {
+                tracing::warn!(
+                    cgroup = record.cgroup_id,
+                    "ignoring a stale redirect record (its connection was never accepted in time)"
+                );
+                None
+            }
+            Err(Distrust::ForeignNetns {
+                record: theirs,
+                own,
+            }) => {
+                tracing::warn!(
+                    peer = %peer,
+                    local = %local,
+                    cgroup = record.cgroup_id,
+                    record_netns = theirs,
+                    own_netns = ?own,
+                    "refusing a redirect record from another network namespace for a connection to our loopback: it describes another connection with the same addresses"
+                );
+                None
+            }
         }
     }
 
@@ -129,24 +197,14 @@ pub fn is_fresh(connected_ns: u64, now: Duration) -> bool {
         .is_some_and(|age| age <= MAX_RECORD_AGE)
 }
 
-fn take_one<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>, k: &K) -> Option<Caller> {
+fn take_one<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>, k: &K) -> Option<Record> {
     let mut map = map
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let record = map.get(k, 0).ok()?;
     // Removal failing (already evicted) changes nothing for this caller.
     let _ = map.remove(k);
-    drop(map);
-    match monotonic_now() {
-        Some(now) if is_fresh(record.connected_ns, now) => Some(record.into()),
-        _ => {
-            tracing::warn!(
-                cgroup = record.cgroup_id,
-                "ignoring a stale redirect record (its connection was never accepted in time)"
-            );
-            None
-        }
-    }
+    Some(record)
 }
 
 fn count<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>) -> usize {
@@ -211,6 +269,65 @@ mod tests {
         assert!(!predates(100_000_000_000, since), "in the backlog: kept");
         assert!(!predates(101_000_000_000, since));
         assert!(predates(0, since), "a record without a time is never kept");
+    }
+
+    fn record(netns_cookie: u64, connected_ns: u64) -> Record {
+        Record {
+            cgroup_id: 42,
+            pid_tgid: 7 << 32,
+            netns_cookie,
+            connected_ns,
+            orig_port: 80,
+            pad: [0; 6],
+        }
+    }
+
+    #[test]
+    fn a_loopback_connection_is_believed_only_with_a_record_from_our_netns() {
+        // Regression (issue 11, item 5): a caller in its own netns sent to *its* [::1]:PORT left
+        // a record that a host process reusing the same ports then borrowed.
+        let now = Some(Duration::from_secs(1_000));
+        let young = 999_000_000_000;
+        let ours = Some(5);
+        for local in ["[::1]:45001", "127.0.0.1:45001", "[::ffff:127.0.0.1]:45001"] {
+            let local: SocketAddr = local.parse().unwrap();
+            assert_eq!(
+                judge(record(5, young), local, ours, now).map(|c| c.cgroup_id),
+                Ok(42),
+                "{local}"
+            );
+            assert_eq!(
+                judge(record(6, young), local, ours, now),
+                Err(Distrust::ForeignNetns {
+                    record: 6,
+                    own: ours
+                }),
+                "{local}"
+            );
+            assert!(
+                judge(record(5, young), local, None, now).is_err(),
+                "own cookie unknown: {local} fails closed"
+            );
+        }
+        // A host address is one address whatever the caller's namespace.
+        let link: SocketAddr = "169.254.170.45:45001".parse().unwrap();
+        assert!(judge(record(6, young), link, ours, now).is_ok());
+        assert!(judge(record(6, young), link, None, now).is_ok());
+    }
+
+    #[test]
+    fn stale_records_are_not_believed_whatever_their_netns() {
+        let local: SocketAddr = "169.254.170.45:45001".parse().unwrap();
+        let now = Some(Duration::from_secs(1_000));
+        assert_eq!(
+            judge(record(5, 1), local, Some(5), now),
+            Err(Distrust::Stale)
+        );
+        assert_eq!(
+            judge(record(5, 999_000_000_000), local, Some(5), None),
+            Err(Distrust::Stale),
+            "no clock: nothing is believed"
+        );
     }
 
     #[test]

@@ -53,6 +53,11 @@ struct SourceLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FamilyLabels {
+    family: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct MapLabels {
     map: &'static str,
 }
@@ -152,6 +157,8 @@ pub struct Metrics {
     ebpf_capacity: Gauge,
     log_dropped: Family<StreamLabels, Counter>,
     log_suppressed: Counter,
+    ebpf_drops: Family<FamilyLabels, Counter>,
+    ebpf_refused: Family<FamilyLabels, Counter>,
     route_ok: [OnceLock<RouteOk>; ROUTES],
     identified_by: [OnceLock<Counter>; SOURCES],
 }
@@ -271,6 +278,18 @@ impl Metrics {
             "Refusal lines not logged because their caller, or all callers together, exceeded the rate limit",
             log_suppressed.clone(),
         );
+        let ebpf_drops = Family::<FamilyLabels, Counter>::default();
+        registry.register(
+            "ebpf_egress_drops",
+            "Packets to the metadata service's addresses dropped by the eBPF egress guard (they went around the redirect: ping, UDP, raw sockets), by address family",
+            ebpf_drops.clone(),
+        );
+        let ebpf_refused = Family::<FamilyLabels, Counter>::default();
+        registry.register(
+            "ebpf_refused_connects",
+            "connect() calls to the metadata service's addresses the eBPF programs refused (not TCP port 80, another spelling of the address, or EBPF_TARGET6=off), by socket family",
+            ebpf_refused.clone(),
+        );
         Self {
             registry,
             requests,
@@ -289,6 +308,8 @@ impl Metrics {
             ebpf_capacity,
             log_dropped,
             log_suppressed,
+            ebpf_drops,
+            ebpf_refused,
             route_ok: Default::default(),
             identified_by: Default::default(),
         }
@@ -366,6 +387,19 @@ impl Metrics {
         }
     }
 
+    /// New counts of the eBPF guard (see [`crate::ebpf::GuardCounts`]).
+    pub fn ebpf_guard(&self, new: crate::ebpf::GuardCounts) {
+        for (family, dropped, refused) in [
+            ("ipv4", new.dropped4, new.refused4),
+            ("ipv6", new.dropped6, new.refused6),
+        ] {
+            let labels = FamilyLabels { family };
+            // Created at zero on the first call, so the series exist before the first drop.
+            self.ebpf_drops.get_or_create(&labels).inc_by(dropped);
+            self.ebpf_refused.get_or_create(&labels).inc_by(refused);
+        }
+    }
+
     /// The state of things owned elsewhere, set just before a scrape.
     pub fn set_state(&self, state: &State) {
         self.cache_entries.set(gauge(state.cache_entries));
@@ -409,6 +443,11 @@ pub struct MapOccupancy {
 
 fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// New counts of the eBPF guard, on the global registry.
+pub fn ebpf_guard(new: crate::ebpf::GuardCounts) {
+    global().ebpf_guard(new);
 }
 
 /// The label of an STS error kind.
