@@ -122,8 +122,9 @@ impl DaemonBuilder {
     }
 
     /// Follows `docker` with the eBPF redirect attached to its containers' cgroup parent (pins in
-    /// `bpffs`, detached on exit), listening on every address of a free port so containers reach
-    /// it at their gateway; non-IAM paths proxied to the metadata address (the stand-in).
+    /// `bpffs`, detached on exit) and its default target (169.254.170.45:PORT, which every
+    /// container reaches), on a free port; non-IAM paths proxied to the metadata address (the
+    /// stand-in).
     #[must_use]
     pub fn redirecting_docker(self, docker: &crate::DockerD, bpffs: &crate::BpfFs) -> Self {
         let port = free_port();
@@ -134,8 +135,6 @@ impl DaemonBuilder {
             .env("METADATA_URL", format!("http://{}", crate::METADATA_IP))
             .env("EBPF", "required")
             .env("EBPF_CGROUPS", docker.cgroup_parent())
-            .env("EBPF_TARGET", format!("{}:{port}", docker.gateway()))
-            .env("EBPF_TARGET6", "off")
             .env("EBPF_PIN_DIR", bpffs.pin_dir())
             .env("EBPF_ON_EXIT", "detach")
     }

@@ -233,8 +233,6 @@ async fn with_ebpf_the_redirect_and_its_maps_are_reported() {
         .env("LOG_FORMAT", "json")
         .env("EBPF", "required")
         .env("EBPF_CGROUPS", docker.cgroup_parent())
-        .env("EBPF_TARGET", format!("{}:{port}", docker.gateway()))
-        .env("EBPF_TARGET6", "off")
         .env("EBPF_PIN_DIR", bpffs.pin_dir())
         .env("EBPF_MAP_SIZE", "4096")
         .env("EBPF_ON_EXIT", "detach")

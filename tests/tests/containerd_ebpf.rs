@@ -73,8 +73,6 @@ fn daemon(ctd: &ContainerdD, moto: &Moto, bpffs: &BpfFs) -> DaemonBuilder {
         // choose (`/<parent>/web-<pid>`): redirect them all. Which host cgroups the default
         // (`false`) leaves alone is the unit tests' business.
         .env("EBPF_REDIRECT_HOST", "true")
-        .env("EBPF_TARGET", format!("127.0.0.1:{port}"))
-        .env("EBPF_TARGET6", "off")
         .env("EBPF_PIN_DIR", bpffs.pin_dir())
         .env("EBPF_ON_EXIT", "detach")
         .env("CONTAINERD", "on")

@@ -186,8 +186,6 @@ async fn the_image_run_as_documented_serves_containers_their_roles_through_the_r
     let envs = [
         ("HOST", "0.0.0.0".to_owned()),
         ("PORT", port.to_string()),
-        ("EBPF_TARGET", format!("{}:{port}", docker.gateway())),
-        ("EBPF_TARGET6", "off".to_owned()),
         ("EBPF_CGROUPS", docker.cgroup_parent()),
         ("EBPF_ON_EXIT", "detach".to_owned()),
         ("METADATA_URL", format!("http://{METADATA_IP}")),

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use crate::sh;
 
-/// A bridge `<name>` with address `10.213.0.1/24` (the redirect target for namespaces).
+/// A bridge `<name>` with address `10.213.0.1/24`: the namespaces' default gateway, the host.
 #[derive(Debug)]
 pub struct Bridge {
     pub name: String,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use metadataproxy_privileged_tests::{Bpffs, Bridge, Cgroup, Daemon, GATEWAY, Standin};
+use metadataproxy_privileged_tests::{Bpffs, Bridge, Cgroup, Daemon, Standin};
 use metadataproxy_tests::free_port;
 
 pub const IMDS: &str = "http://169.254.169.254";
@@ -16,7 +16,8 @@ pub struct World {
     pub root: Cgroup,
     pub bpffs: Bpffs,
     pub standin: Standin,
-    /// The redirect target (`GATEWAY`) lives on it, for host and namespace callers alike.
+    /// Network namespaces hang off it; their default route leads to the host, where the default
+    /// redirect target (169.254.170.45 on `lo`) is.
     pub bridge: Bridge,
     pub port: u16,
     pub mapping: tempfile::NamedTempFile,
@@ -62,7 +63,6 @@ impl World {
             ),
             ("EBPF", "required".to_owned()),
             ("EBPF_CGROUPS", self.root.rel.clone()),
-            ("EBPF_TARGET", format!("{GATEWAY}:{}", self.port)),
             ("EBPF_PIN_DIR", self.bpffs.pin_dir().display().to_string()),
             ("LOG_LEVEL", "metadataproxy=debug".to_owned()),
             // Not under test here; its fixed default port must not tie tests to one another.
