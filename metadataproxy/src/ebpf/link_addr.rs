@@ -55,15 +55,14 @@ async fn on_lo(handle: &rtnetlink::Handle, addr: Ipv4Addr) -> Result<bool, LinkA
         .get()
         .set_link_index_filter(LO_INDEX)
         .execute();
+    // Read the dump to its end (a response left unread makes the connection complain).
+    let mut found = false;
     while let Some(msg) = addrs.try_next().await.map_err(LinkAddrError::List)? {
-        let local = msg.attributes.iter().any(|a| {
+        found |= msg.attributes.iter().any(|a| {
             matches!(a, AddressAttribute::Local(ip) | AddressAttribute::Address(ip) if *ip == IpAddr::V4(addr))
         });
-        if local {
-            return Ok(true);
-        }
     }
-    Ok(false)
+    Ok(found)
 }
 
 /// Whether `addr` is on `lo` (for `doctor`).
