@@ -32,7 +32,7 @@ fn sample(text: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn metrics(admin: std::net::SocketAddr) -> String {
+fn metrics(admin: std::net::SocketAddr) -> String {
     let url = format!("http://{admin}/metrics");
     let out = std::process::Command::new("curl")
         .args(["-s", "-m", "5", &url])
@@ -125,7 +125,7 @@ async fn from_a_bridge_container_mapped_ipv6_is_served_and_ping_and_udp_get_noth
 
     let mut text = String::new();
     for _ in 0..50 {
-        text = metrics(admin).await;
+        text = metrics(admin);
         if sample(
             &text,
             "metadataproxy_ebpf_egress_drops_total{family=\"ipv4\"}",
