@@ -134,8 +134,6 @@ pub async fn measure(
     let mut cmd = programs.command(Kind::Ours, addr, &mapping, body);
     cmd.env("EBPF", "required")
         .env("EBPF_CGROUPS", &root.rel)
-        .env("EBPF_TARGET", addr.to_string())
-        .env("EBPF_TARGET6", "off")
         .env("EBPF_PIN_DIR", bpffs.pin_dir())
         .env("EBPF_ON_EXIT", "detach");
     let mut daemon = Proc::spawn("ours-ebpf", &mut cmd, &programs.dir.join("ours-ebpf.log"))?;
@@ -160,8 +158,10 @@ pub async fn measure(
         daemon.log_tail()
     );
     println!(
-        "redirect verified: 169.254.169.254:80 from cgroup {} -> {addr}, identified by cgroup path",
-        load_cg.rel
+        "redirect verified: 169.254.169.254:80 from cgroup {} -> 169.254.170.45:{} (the default \
+         target), identified by cgroup path",
+        load_cg.rel,
+        addr.port()
     );
 
     let mut samples = Vec::new();

@@ -16,11 +16,13 @@ use super::container::{self, Findings, URL};
 use super::masked;
 use crate::step;
 
-/// The containers: name, `IAM_ROLE`, whether its process speaks IMDSv2.
-const CONTAINERS: [(&str, Option<&str>, bool); 3] = [
-    ("web", Some("web-role"), false),
-    ("batch", Some("batch-role"), true),
-    ("norole", None, false),
+/// The containers: name, `IAM_ROLE`, whether its process speaks IMDSv2, whether it runs on a
+/// user-defined bridge network (else Docker's default bridge).
+const CONTAINERS: [(&str, Option<&str>, bool, bool); 4] = [
+    ("web", Some("web-role"), false, false),
+    ("batch", Some("batch-role"), true, false),
+    ("reports", Some("batch-role"), false, true),
+    ("norole", None, false, false),
 ];
 
 /// Runs the demo; every guard (containers, dockerd, bridge, lo alias, pins, processes) is dropped
@@ -87,7 +89,7 @@ async fn demo(moto_bin: &Path, bin: &Path) -> Result<String> {
         "3/6 start a private dockerd (own socket, roots, bridge; --iptables=false) + busybox image",
     );
     let bpffs = BpfFs::mount();
-    let docker = DockerD::start().context("dockerd cannot run on this machine")?;
+    let mut docker = DockerD::start().context("dockerd cannot run on this machine")?;
     println!(
         "dockerd at {}, bridge gateway {}, containers under cgroup {}",
         docker.url(),
@@ -97,7 +99,6 @@ async fn demo(moto_bin: &Path, bin: &Path) -> Result<String> {
 
     step("4/6 start metadataproxy with the eBPF redirect (EBPF=required)");
     let port = free_port();
-    let target = format!("{}:{port}", docker.gateway());
     let daemon = Daemon::builder()
         .bin(bin)
         .moto(&moto)
@@ -108,19 +109,19 @@ async fn demo(moto_bin: &Path, bin: &Path) -> Result<String> {
         .env("DOCKER_URL", docker.url())
         .env("EBPF", "required")
         .env("EBPF_CGROUPS", docker.cgroup_parent())
-        .env("EBPF_TARGET", &target)
-        .env("EBPF_TARGET6", "off")
         .env("EBPF_PIN_DIR", bpffs.pin_dir())
         .env("EBPF_ON_EXIT", "detach")
         .start()
         .await;
     println!(
-        "connect({METADATA_IP}:80) from cgroup {} -> {target}; pins in {}",
+        "connect({METADATA_IP}:80) from cgroup {} -> 169.254.170.45:{port} (the default target: \
+         a link-local address the daemon put on lo, which every container network reaches); \
+         pins in {}",
         docker.cgroup_parent(),
         bpffs.pin_dir()
     );
 
-    let mut result = exercise(&docker, &moto, &metadata).await;
+    let mut result = exercise(&mut docker, &moto, &metadata).await;
     if let Ok(summary) = result {
         result = identified_by_cgroup(&daemon, summary).await;
     }
@@ -137,7 +138,7 @@ async fn demo(moto_bin: &Path, bin: &Path) -> Result<String> {
 }
 
 /// Steps 5 and 6: the containers' own requests, a `docker exec`, and every check.
-async fn exercise(docker: &DockerD, moto: &Moto, metadata: &MetadataAddress) -> Result<String> {
+async fn exercise(docker: &mut DockerD, moto: &Moto, metadata: &MetadataAddress) -> Result<String> {
     step(
         "5/6 run containers; each one's own process calls http://169.254.169.254 with busybox wget",
     );
@@ -145,9 +146,14 @@ async fn exercise(docker: &DockerD, moto: &Moto, metadata: &MetadataAddress) -> 
         "container  request                 role served   AccessKeyId            moto GetCallerIdentity\n",
     );
     let mut web = String::new();
-    for (name, role, v2) in CONTAINERS {
+    let (user_net, _) = docker.create_network();
+    println!("$ docker network create {user_net}   # a user-defined bridge network");
+    for (name, role, v2, on_user_net) in CONTAINERS {
         let env = role.map(|r| format!("IAM_ROLE={r}"));
-        let args: Vec<&str> = env.iter().flat_map(|e| ["-e", e.as_str()]).collect();
+        let mut args: Vec<&str> = env.iter().flat_map(|e| ["-e", e.as_str()]).collect();
+        if on_user_net {
+            args.extend(["--network", user_net.as_str()]);
+        }
         println!(
             "$ docker run -d --name {name} {}{IMAGE} sh -c '<wget {URL}…>'",
             args.iter().fold(String::new(), |s, a| s + a + " ")
@@ -157,7 +163,11 @@ async fn exercise(docker: &DockerD, moto: &Moto, metadata: &MetadataAddress) -> 
             web.clone_from(&id);
         }
         let found = container::findings(docker, &id)?;
-        let how = if v2 { "IMDSv2 (token)" } else { "IMDSv1" };
+        let how = match (v2, on_user_net) {
+            (true, _) => "IMDSv2 (token)",
+            (false, true) => "IMDSv1, user network",
+            (false, false) => "IMDSv1",
+        };
         if let Some(len) = found.token_len {
             println!("  [{name}] PUT /latest/api/token -> a {len}-character token");
         }
@@ -183,6 +193,7 @@ async fn exercise(docker: &DockerD, moto: &Moto, metadata: &MetadataAddress) -> 
     }
     let row = check(moto, "web/exec", Some("web-role"), &found).await?;
     let _ = writeln!(summary, "{:<10} {:<23} {row}", "web", "docker exec, IMDSv1");
+    let _ = writeln!(summary, "{}", bypasses(docker, &web)?);
     let seen = metadata.standin.requests();
     println!(
         "stand-in \"real IMDS\" on {METADATA_IP}:80 saw {} request(s)",
@@ -198,6 +209,31 @@ async fn exercise(docker: &DockerD, moto: &Moto, metadata: &MetadataAddress) -> 
         "the stand-in real IMDS was reached: {seen:?}"
     );
     Ok(summary)
+}
+
+/// The ways around `connect(169.254.169.254:80)` from the web container: the IPv4-mapped IPv6
+/// spelling is redirected like the address itself; ping is dropped by the egress guard.
+fn bypasses(docker: &DockerD, web: &str) -> Result<String> {
+    let mapped =
+        format!("http://[::ffff:{METADATA_IP}]/latest/meta-data/iam/security-credentials/");
+    println!("$ docker exec web wget -q -O - {mapped}");
+    let (ok, out, err) = docker.exec(web, &format!("wget -q -O - {mapped}"));
+    println!("  [web] -> {}", if ok { out.trim() } else { err.trim() });
+    ensure!(
+        ok && out.trim() == "web-role",
+        "the IPv4-mapped spelling was not served by the daemon: {out} {err}"
+    );
+    println!("$ docker exec web ping -c1 -W1 {METADATA_IP}");
+    let (ok, out, err) = docker.exec(web, &format!("ping -c1 -W1 {METADATA_IP}"));
+    let said = err
+        .lines()
+        .chain(out.lines())
+        .find(|l| !l.trim().is_empty());
+    println!("  [web] -> {}", said.unwrap_or("(nothing)").trim());
+    ensure!(!ok, "ping from a container reached the metadata address");
+    Ok(format!(
+        "bypass attempts from web: wget http://[::ffff:{METADATA_IP}]/… -> web-role (redirected); ping {METADATA_IP} -> dropped by the egress guard"
+    ))
 }
 
 /// Checks the daemon knew every caller by its cgroup (the redirect), never by its address.
