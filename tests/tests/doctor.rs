@@ -75,6 +75,11 @@ async fn everything_present_passes() {
             &format!("EBPF_PIN_DIR {pins} is on a bpffs (nothing pinned yet)"),
         ),
         ("capabilities", "effective 0x"),
+        // The default target; whether its address is on lo depends on earlier daemons.
+        (
+            "redirect target",
+            "169.254.170.45:45001 (IPv6 callers: [::ffff:169.254.170.45]:45001); 169.254.170.45 is ",
+        ),
         ("docker", "Docker "),
         ("aws credentials", "access key id …9876"),
         (
@@ -171,4 +176,8 @@ async fn ebpf_off_needs_no_kernel_features() {
             format!("ok    {name:<16} not needed (EBPF=off)")
         );
     }
+    assert_eq!(
+        line(&report, "redirect target"),
+        "ok    redirect target  not used (EBPF=off)"
+    );
 }

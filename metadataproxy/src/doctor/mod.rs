@@ -173,6 +173,7 @@ pub async fn check(
     };
     findings.push(host::bpffs(sys, need, &config.ebpf.pin_dir));
     findings.push(host::capabilities(sys, need));
+    findings.push(redirect_target(&config.ebpf, need).await);
     findings.push(docker(&config.docker_url).await);
     let sts = AwsSts::load(
         config.aws_region.clone(),
@@ -183,6 +184,42 @@ pub async fn check(
     findings.push(credentials(&sts).await);
     findings.push(sts_reachable(&sts, env).await);
     Report { findings }
+}
+
+/// Where the redirect sends callers, and whether the default target's address is on `lo`.
+async fn redirect_target(ebpf: &crate::config::EbpfConfig, need: Need) -> Finding {
+    const NAME: &str = "redirect target";
+    if need == Need::NotNeeded {
+        return Finding::ok(NAME, "not used (EBPF=off)");
+    }
+    let targets = format!(
+        "{} (IPv6 callers: {})",
+        ebpf.target4,
+        ebpf.target6
+            .map_or_else(|| "refused, EBPF_TARGET6=off".to_owned(), |t| t.to_string())
+    );
+    let Some(addr) = ebpf.link_address else {
+        return Finding::ok(
+            NAME,
+            format!(
+                "{targets}; EBPF_TARGET is set: every caller must reach it, nothing is added to lo"
+            ),
+        );
+    };
+    match crate::ebpf::link_addr::present(addr).await {
+        Ok(true) => Finding::ok(NAME, format!("{targets}; {addr} is on lo")),
+        Ok(false) => Finding::ok(
+            NAME,
+            format!(
+                "{targets}; {addr} is not on lo yet: the daemon adds it at start (CAP_NET_ADMIN)"
+            ),
+        ),
+        Err(e) => Finding::new(
+            NAME,
+            Verdict::Warn,
+            format!("{targets}; cannot list the addresses of lo: {e}"),
+        ),
+    }
 }
 
 fn mode_name(mode: EbpfMode) -> &'static str {
