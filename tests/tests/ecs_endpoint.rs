@@ -327,10 +327,10 @@ async fn without_the_setting_169_254_170_23_is_left_alone() {
 }
 
 /// IPv6, as SDKs on IPv6-only hosts (EKS Pod Identity) call it: `http://[fd00:ec2::23]/v1/credentials`
-/// is redirected by connect6 to the daemon's `EBPF_TARGET6` (its default, `[::1]:PORT`), which
-/// knows the caller by its cgroup as over IPv4. The callers: busybox `wget` in a host-network
-/// container (whose namespace has the host's `::1`), and botocore's container provider in a
-/// bridge-network container's cgroup. `fd00:ec2::23` is made local with a stand-in that must see
+/// is redirected by connect6 to the daemon's `EBPF_TARGET6` (its default, the IPv4-mapped
+/// `[::ffff:169.254.170.45]:PORT`, reached over IPv4 from any network namespace), which knows the
+/// caller by its cgroup as over IPv4. The callers: busybox `wget` in a host-network container,
+/// and botocore's container provider in a bridge-network container's cgroup. `fd00:ec2::23` is made local with a stand-in that must see
 /// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_callers_at_fd00_ec2_23_get_their_own_role_for_their_own_token_only() {
@@ -345,11 +345,8 @@ async fn ipv6_callers_at_fd00_ec2_23_get_their_own_role_for_their_own_token_only
     for role in ["role-a", "role-b"] {
         moto.create_role(role, "/").await;
     }
-    // Without EBPF_TARGET6 (which the harness turns off), its default: [::1]:PORT.
-    let mut daemon = daemon(&docker, &bpffs, &moto, true)
-        .without("EBPF_TARGET6")
-        .start()
-        .await;
+    // EBPF_TARGET6 at its default.
+    let mut daemon = daemon(&docker, &bpffs, &moto, true).start().await;
     let (token_a, token_b) = (random_token(), random_token());
     let host_net = docker.run_detached(&[
         "--network",
