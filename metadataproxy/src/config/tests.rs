@@ -276,6 +276,7 @@ fn proxy_allowed_paths_default_everything_and_lists() {
     }
 }
 
+#[test]
 fn the_default_redirect_target_is_the_link_address_every_caller_reaches() {
     // Regression (issue 11, item 4): the default was 127.0.0.1:PORT, which inside a bridge
     // container is the container's own loopback.
