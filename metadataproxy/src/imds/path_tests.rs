@@ -61,6 +61,22 @@ fn routes_clients_use() {
 }
 
 #[test]
+fn only_api_then_token_is_the_token_route() {
+    use Category::*;
+    // Each word alone, in the other place or with more after it, is an ordinary path (forwarded
+    // or mocked, never a token PUT): mutation testing found the pair's `&&` untested.
+    check(&[
+        ("/latest/api/token", Ok(Token)),
+        ("/latest/api/tokens", Ok(Other)),
+        ("/latest/api/x", Ok(Other)),
+        ("/latest/x/token", Ok(Other)),
+        ("/latest/token/api", Ok(Other)),
+        ("/latest/api/token/x", Ok(Other)),
+        ("/latest/api", Ok(Other)),
+    ]);
+}
+
+#[test]
 fn iam_spellings_are_never_other() {
     use Category::*;
     check(&[
