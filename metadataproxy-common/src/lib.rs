@@ -41,11 +41,22 @@ pub mod maps {
 }
 
 /// Program names (the Rust function names in the eBPF crate; also the pin names of their links).
+///
+/// The connect programs come in two variants that differ only in how they recognise the daemon's
+/// own process: by its pid in the initial pid namespace (`mp_connect4`/`mp_connect6`, the helper
+/// cgroup programs may call on every supported kernel), or by its pid in its own pid namespace
+/// (the `_pidns` ones: `bpf_get_ns_current_pid_tgid`, which cgroup programs may call only since
+/// Linux 6.10). The loader loads one of them; its links are pinned under the first variant's
+/// name whichever it is, so a restart that changes variant replaces the pins in place.
 pub mod programs {
-    /// `cgroup/connect4`.
+    /// `cgroup/connect4`, recognising the daemon by its host pid.
     pub const CONNECT4: &str = "mp_connect4";
-    /// `cgroup/connect6`.
+    /// `cgroup/connect6`, recognising the daemon by its host pid.
     pub const CONNECT6: &str = "mp_connect6";
+    /// `cgroup/connect4`, recognising the daemon by its pid in its own pid namespace (6.10+).
+    pub const CONNECT4_PIDNS: &str = "mp_connect4_pidns";
+    /// `cgroup/connect6`, recognising the daemon by its pid in its own pid namespace (6.10+).
+    pub const CONNECT6_PIDNS: &str = "mp_connect6_pidns";
     /// `sock_ops`.
     pub const SOCK_OPS: &str = "mp_sock_ops";
     /// `cgroup_skb/egress`: the guard dropping packets to the metadata addresses.
@@ -75,15 +86,21 @@ pub const FLAG_IPV6: u32 = 2;
 /// 169.254.170.23:80 with [`FLAG_IPV4`], `[fd00:ec2::23]:80` with [`FLAG_IPV6`].
 pub const FLAG_ECS: u32 = 4;
 
+/// Inode number of the initial pid namespace (`PROC_PID_INIT_INO`, fixed in every kernel): a
+/// daemon whose `/proc/self/ns/pid` has it runs in the host's pid namespace, where its pid is the
+/// one `bpf_get_current_pid_tgid` reports.
+pub const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
+
 /// The one entry of [`maps::SETTINGS`]; all zero means "redirect nothing, guard nothing".
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
     /// Device of the daemon's pid namespace (`stat /proc/self/ns/pid`, `st_dev`); with
-    /// [`Settings::pidns_ino`] it lets the programs recognise the daemon's process even when it
-    /// runs in a pid namespace of its own. 0 with `pidns_ino` 0: `daemon_tgid` is a host pid.
+    /// [`Settings::pidns_ino`] it lets the `_pidns` connect programs recognise the daemon's
+    /// process when it runs in a pid namespace of its own.
     pub pidns_dev: u64,
-    /// Inode of the daemon's pid namespace.
+    /// Inode of the daemon's pid namespace. The host-pid connect programs trust
+    /// [`Settings::daemon_tgid`] only when it is [`INIT_PID_NS_INO`] (then it is a host pid).
     pub pidns_ino: u64,
     /// IPv6 redirect target address, network byte order (as in `bpf_sock_addr.user_ip6`); may be
     /// an IPv4-mapped address (`::ffff:a.b.c.d`): the connection is then made over IPv4.

@@ -4,6 +4,14 @@
 //! Fail closed: a guarded destination that cannot be redirected (not TCP port 80, IPv6 redirect
 //! `off`, another spelling of the address) is refused at once (`EPERM`); a caller whose record
 //! cannot be stored is still redirected (the daemon then refuses the record-less connection).
+//!
+//! Each program exists twice, differing only in how it recognises the daemon's own process
+//! ([`is_daemon`]): `mp_connect4`/`mp_connect6` by its host pid, which every supported kernel
+//! lets cgroup programs read; `mp_connect4_pidns`/`mp_connect6_pidns` by its pid in its own pid
+//! namespace, with a helper cgroup programs may call only since Linux 6.10. The verifier rejects
+//! a program that names a helper its type may not call even where the call is never reached, so
+//! the host-pid variant must not contain the other's call at all: the choice is a const generic,
+//! resolved at compile time.
 
 use aya_ebpf::bindings::bpf_pidns_info;
 use aya_ebpf::helpers::{
@@ -13,8 +21,8 @@ use aya_ebpf::helpers::{
 use aya_ebpf::macros::cgroup_sock_addr;
 use aya_ebpf::programs::SockAddrContext;
 use metadataproxy_common::{
-    FLAG_IPV4, FLAG_IPV6, IMDS_PORT, OWNER_CALLER, OWNER_DAEMON, Record, Settings, SockMark,
-    V4_MAPPED_WORD, counters,
+    FLAG_IPV4, FLAG_IPV6, IMDS_PORT, INIT_PID_NS_INO, OWNER_CALLER, OWNER_DAEMON, Record, Settings,
+    SockMark, V4_MAPPED_WORD, counters,
 };
 
 use crate::addr::{V6, classify_v6, guarded_v4};
@@ -30,13 +38,19 @@ const _: () = assert!(size_of::<bpf_pidns_info>() == PIDNS_INFO_SIZE as usize);
 /// `IPPROTO_TCP`.
 const TCP: u32 = 6;
 
+/// [`is_daemon`] by the daemon's host pid (`bpf_get_current_pid_tgid`).
+const HOST_PID: bool = false;
+/// [`is_daemon`] by the daemon's pid in its own pid namespace (`bpf_get_ns_current_pid_tgid`,
+/// Linux 6.10+ in cgroup programs).
+const OWN_PIDNS: bool = true;
+
 #[cgroup_sock_addr(connect4)]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "the program macro fixes the signature"
 )]
 pub fn mp_connect4(ctx: SockAddrContext) -> i32 {
-    try_connect4(&ctx)
+    try_connect4::<HOST_PID>(&ctx)
 }
 
 #[cgroup_sock_addr(connect6)]
@@ -45,13 +59,34 @@ pub fn mp_connect4(ctx: SockAddrContext) -> i32 {
     reason = "the program macro fixes the signature"
 )]
 pub fn mp_connect6(ctx: SockAddrContext) -> i32 {
-    try_connect6(&ctx)
+    try_connect6::<HOST_PID>(&ctx)
 }
 
-/// Whether the current task is the daemon (by its tgid in its own pid namespace).
-fn is_daemon(settings: &Settings) -> bool {
-    if settings.pidns_ino == 0 {
-        return (bpf_get_current_pid_tgid() >> 32) as u32 == settings.daemon_tgid;
+#[cgroup_sock_addr(connect4)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
+pub fn mp_connect4_pidns(ctx: SockAddrContext) -> i32 {
+    try_connect4::<OWN_PIDNS>(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro fixes the signature"
+)]
+pub fn mp_connect6_pidns(ctx: SockAddrContext) -> i32 {
+    try_connect6::<OWN_PIDNS>(&ctx)
+}
+
+/// Whether the current task is the daemon: by its tgid in its own pid namespace (`PIDNS`), or by
+/// its host tgid, which [`Settings::daemon_tgid`] is only when the daemon runs in the initial pid
+/// namespace (a settings entry written by a daemon in a pid namespace of its own names nobody).
+fn is_daemon<const PIDNS: bool>(settings: &Settings) -> bool {
+    if !PIDNS {
+        return settings.pidns_ino == INIT_PID_NS_INO
+            && (bpf_get_current_pid_tgid() >> 32) as u32 == settings.daemon_tgid;
     }
     let mut ns = bpf_pidns_info { pid: 0, tgid: 0 };
     // SAFETY: `ns` is a stack buffer of the size passed. The helper fails (non-zero) when the
@@ -79,10 +114,14 @@ enum Decision {
 
 /// Decides for a connect to a guarded destination; `redirectable` says whether this one could be
 /// redirected (TCP, port 80, a target configured).
-fn decide(ctx: &SockAddrContext, settings: &Settings, redirectable: bool) -> Decision {
+fn decide<const PIDNS: bool>(
+    ctx: &SockAddrContext,
+    settings: &Settings,
+    redirectable: bool,
+) -> Decision {
     // SAFETY: `sk` of a `bpf_sock_addr` is a valid socket for the storage helpers.
     let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk }.cast();
-    if is_daemon(settings) {
+    if is_daemon::<PIDNS>(settings) {
         // Remembered on the socket so the egress guard lets its packets out.
         // SAFETY: as above.
         if let Some(mark) = unsafe { MP_SOCKS.get_or_create(sk) } {
@@ -123,7 +162,7 @@ fn decide(ctx: &SockAddrContext, settings: &Settings, redirectable: bool) -> Dec
     Decision::Redirect
 }
 
-fn try_connect4(ctx: &SockAddrContext) -> i32 {
+fn try_connect4<const PIDNS: bool>(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel passes a valid `bpf_sock_addr`; these fields are readable in connect4.
     let (protocol, ip, port) = unsafe {
         let sa = &*ctx.sock_addr;
@@ -137,7 +176,7 @@ fn try_connect4(ctx: &SockAddrContext) -> i32 {
     }
     let redirectable =
         protocol == TCP && port == u32::from(IMDS_PORT.to_be()) && settings.flags & FLAG_IPV4 != 0;
-    match decide(ctx, settings, redirectable) {
+    match decide::<PIDNS>(ctx, settings, redirectable) {
         Decision::Pass => ALLOW,
         Decision::Refuse(cgroup_id) => {
             count(counters::REFUSED4, cgroup_id);
@@ -154,7 +193,7 @@ fn try_connect4(ctx: &SockAddrContext) -> i32 {
     }
 }
 
-fn try_connect6(ctx: &SockAddrContext) -> i32 {
+fn try_connect6<const PIDNS: bool>(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel passes a valid `bpf_sock_addr`; these fields are readable in connect6.
     // One 32-bit load per word: the verifier rejects the pointer arithmetic an array copy
     // compiles to.
@@ -184,7 +223,7 @@ fn try_connect6(ctx: &SockAddrContext) -> i32 {
         V6::Native => tcp80 && settings.flags & FLAG_IPV6 != 0,
         V6::Alias | V6::Other => false,
     };
-    match decide(ctx, settings, redirectable) {
+    match decide::<PIDNS>(ctx, settings, redirectable) {
         Decision::Pass => ALLOW,
         Decision::Refuse(cgroup_id) => {
             count(counters::REFUSED6, cgroup_id);

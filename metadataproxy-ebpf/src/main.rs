@@ -4,7 +4,8 @@
 //! - `cgroup/connect4` and `cgroup/connect6` ([`connect`]): a TCP connect to 169.254.169.254:80
 //!   (or `[fd00:ec2::254]:80`, or `[::ffff:169.254.169.254]:80`) from anyone but the daemon gets
 //!   its destination rewritten to the daemon, and {cgroup id, pid/tgid, netns cookie} is saved in
-//!   the socket's storage; any other connect to a guarded address is refused (`EPERM`);
+//!   the socket's storage; any other connect to a guarded address is refused (`EPERM`); each in
+//!   two variants (`_pidns`), for a daemon in the host's pid namespace or in one of its own;
 //! - `sock_ops` ([`sock_ops`]) on `TCP_CONNECT_CB` (before the SYN, once the source port exists):
 //!   the record moves to a map keyed by the connection's 4-tuple, which the daemon reads at
 //!   `accept()`; on the move to `TCP_CLOSE` it is removed again, so no record outlives its

@@ -69,6 +69,7 @@ async fn everything_present_passes() {
     for (name, start) in [
         ("configuration", "valid (EBPF=required, DOCKER_URL="),
         ("kernel BTF", "/sys/kernel/btf/vmlinux present"),
+        ("kernel version", "Linux "),
         ("cgroup v2", "mounted at /"),
         (
             "bpffs",
@@ -170,7 +171,13 @@ async fn ebpf_off_needs_no_kernel_features() {
         ("AWS_ENDPOINT_URL_STS", NOWHERE),
     ]);
     assert_eq!(code, Some(1), "Docker and STS still fail: {report}");
-    for name in ["kernel BTF", "cgroup v2", "bpffs", "capabilities"] {
+    for name in [
+        "kernel BTF",
+        "kernel version",
+        "cgroup v2",
+        "bpffs",
+        "capabilities",
+    ] {
         assert_eq!(
             line(&report, name),
             format!("ok    {name:<16} not needed (EBPF=off)")

@@ -1,10 +1,14 @@
-//! The host checks of `doctor` (BTF, cgroup v2, bpffs, capabilities): pure functions of what the
-//! host's files say, read through [`System`] so tests can give any host.
+//! The host checks of `doctor` (BTF, kernel version, cgroup v2, bpffs, capabilities): pure
+//! functions of what the host's files say, read through [`System`] so tests can give any host.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{Finding, Verdict};
+use crate::ebpf::compat::{OSRELEASE, PidMode, version};
 use crate::ebpf::{BTF, cap_eff, cgroup2_mount, fs_type, missing_caps};
+
+/// This process's pid namespace, as a link `pid:[<inode>]`.
+const OWN_PIDNS: &str = "/proc/self/ns/pid";
 
 /// The files the host checks read.
 pub trait System {
@@ -12,6 +16,8 @@ pub trait System {
     fn exists(&self, path: &Path) -> bool;
     /// The text of `path`.
     fn read(&self, path: &Path) -> std::io::Result<String>;
+    /// The target of the symbolic link `path`.
+    fn read_link(&self, path: &Path) -> std::io::Result<PathBuf>;
 }
 
 /// This machine.
@@ -25,6 +31,10 @@ impl System for RealSystem {
 
     fn read(&self, path: &Path) -> std::io::Result<String> {
         std::fs::read_to_string(path)
+    }
+
+    fn read_link(&self, path: &Path) -> std::io::Result<PathBuf> {
+        std::fs::read_link(path)
     }
 }
 
@@ -67,6 +77,79 @@ pub fn btf(sys: &dyn System, need: Need) -> Finding {
             format!("{BTF} is missing: the eBPF programs cannot be loaded"),
         )
         .fix("use a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels are), or run with EBPF=off")
+    }
+}
+
+/// The inode of a namespace link's target, `pid:[4026531836]`.
+fn ns_inode(link: &Path) -> Option<u64> {
+    link.to_str()?
+        .split_once(":[")?
+        .1
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The kernel is new enough for the programs the daemon loads where doctor runs: Linux 5.8 in
+/// the host's pid namespace, 6.10 in a pid namespace of its own (see `ebpf::compat`).
+pub fn kernel(sys: &dyn System, need: Need) -> Finding {
+    const NAME: &str = "kernel version";
+    if let Some(f) = need.skipped(NAME) {
+        return f;
+    }
+    let release = match sys.read(Path::new(OSRELEASE)) {
+        Ok(r) => r.trim().to_owned(),
+        Err(e) => {
+            return Finding::new(NAME, Verdict::Warn, format!("cannot read {OSRELEASE}: {e}"));
+        }
+    };
+    let Some(inode) = sys
+        .read_link(Path::new(OWN_PIDNS))
+        .ok()
+        .and_then(|l| ns_inode(&l))
+    else {
+        return Finding::new(
+            NAME,
+            Verdict::Warn,
+            format!("Linux {release}; cannot read {OWN_PIDNS}, so which programs load is unknown"),
+        )
+        .fix("run doctor where /proc is mounted, as the daemon runs");
+    };
+    let mode = PidMode::of(inode);
+    let (major, minor) = mode.min_kernel();
+    let place = match mode {
+        PidMode::Host => "in the host's pid namespace",
+        PidMode::Namespace => "in a pid namespace of its own",
+    };
+    match version(&release) {
+        None => Finding::new(
+            NAME,
+            Verdict::Warn,
+            format!("cannot tell the version of kernel release {release:?}"),
+        ),
+        Some(v) if v >= (major, minor) => Finding::ok(
+            NAME,
+            format!("Linux {release}; run {place}, the daemon needs {major}.{minor} or later"),
+        ),
+        Some(_) => {
+            let fix = match mode {
+                PidMode::Host => {
+                    "use Linux 5.8 or later (a distribution kernel with backports may load the programs anyway: the daemon's start decides, and says why it cannot)"
+                }
+                PidMode::Namespace => {
+                    "run the daemon in the host's pid namespace (systemd, `docker run --pid host`, `hostPID: true`), where Linux 5.8 is enough, or use Linux 6.10 or later"
+                }
+            };
+            Finding::new(
+                NAME,
+                need.problem(),
+                format!(
+                    "Linux {release} is older than {major}.{minor}: {}",
+                    mode.needs()
+                ),
+            )
+            .fix(fix)
+        }
     }
 }
 

@@ -1,6 +1,7 @@
-//! `metadataproxy doctor`: checks the configuration, the host (BTF, cgroup v2, bpffs,
-//! capabilities), Docker, the daemon's own AWS credentials and STS; says what is wrong and how
-//! to fix it. Exits non-zero when a check the configuration requires fails.
+//! `metadataproxy doctor`: checks the configuration, the host (BTF, kernel version, cgroup v2,
+//! bpffs, capabilities, the redirect target, the forwarding rules), Docker, the daemon's own AWS
+//! credentials and STS; says what is wrong and how to fix it. Exits non-zero when a check the
+//! configuration requires fails.
 
 pub mod host;
 
@@ -156,6 +157,7 @@ pub async fn check(
         Some(EbpfMode::Required) | None => Need::Required,
     };
     findings.push(host::btf(sys, need));
+    findings.push(host::kernel(sys, need));
     let cgroups = config
         .as_ref()
         .map_or_else(|| vec!["/".to_owned()], |c| c.ebpf.cgroups.clone());

@@ -12,10 +12,16 @@ const MOUNTINFO: &str = "\
 41 30 0:37 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
 51 24 0:41 / /sys/fs/bpf rw - bpf bpf rw";
 
-/// A host made of a few files.
+/// The host's pid namespace as `/proc/self/ns/pid` shows it.
+const HOST_PIDNS: &str = "pid:[4026531836]";
+/// A container's.
+const OWN_PIDNS: &str = "pid:[4026532571]";
+
+/// A host made of a few files (and links).
 #[derive(Debug, Default)]
 struct FakeHost {
     files: HashMap<PathBuf, String>,
+    links: HashMap<PathBuf, PathBuf>,
 }
 
 impl FakeHost {
@@ -24,9 +30,19 @@ impl FakeHost {
         self
     }
 
+    fn link(mut self, path: &str, target: &str) -> Self {
+        self.links.insert(path.into(), target.into());
+        self
+    }
+
     fn full() -> Self {
         Self::default()
             .with("/sys/kernel/btf/vmlinux", "")
+            .with(
+                "/proc/sys/kernel/osrelease",
+                "6.1.119-129.201.amzn2023.x86_64\n",
+            )
+            .link("/proc/self/ns/pid", HOST_PIDNS)
             .with("/proc/self/mountinfo", MOUNTINFO)
             .with("/proc/self/status", "CapEff:\t000001ffffffffff\n")
             .with("/sys/fs/cgroup/unified", "")
@@ -44,6 +60,13 @@ impl System for FakeHost {
             .cloned()
             .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
     }
+
+    fn read_link(&self, path: &Path) -> std::io::Result<PathBuf> {
+        self.links
+            .get(path)
+            .cloned()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+    }
 }
 
 #[test]
@@ -52,6 +75,7 @@ fn a_complete_host_passes() {
     let pins = Path::new("/sys/fs/bpf/metadataproxy");
     for f in [
         host::btf(&h, Need::Required),
+        host::kernel(&h, Need::Required),
         host::cgroup2(&h, Need::Required, &["/".to_owned()]),
         host::bpffs(&h, Need::Required, pins),
         host::capabilities(&h, Need::Required),
@@ -78,6 +102,60 @@ fn missing_btf_fails_when_required_and_warns_with_auto() {
     assert_eq!(
         host::btf(&h, Need::NotNeeded),
         Finding::ok("kernel BTF", "not needed (EBPF=off)")
+    );
+}
+
+#[test]
+fn the_kernel_must_be_5_8_or_6_10_in_a_pid_namespace_of_its_own() {
+    let kernel = |release: &str, pidns: &str, need| {
+        let h = FakeHost::default()
+            .with("/proc/sys/kernel/osrelease", release)
+            .link("/proc/self/ns/pid", pidns);
+        host::kernel(&h, need)
+    };
+    // Amazon Linux 2023, Ubuntu 24.04 (6.8): fine where the daemon runs with the host's pids.
+    for release in ["6.1.119-129.201.amzn2023.x86_64", "6.8.0-1021-aws", "5.8.0"] {
+        let f = kernel(release, HOST_PIDNS, Need::Required);
+        assert_eq!(f.verdict, Verdict::Ok, "{f:?}");
+    }
+    assert_eq!(
+        kernel("6.8.0-1021-aws", HOST_PIDNS, Need::Required).detail,
+        "Linux 6.8.0-1021-aws; run in the host's pid namespace, the daemon needs 5.8 or later"
+    );
+    // The same kernels fail for a daemon in a pid namespace of its own, and say what to do.
+    let f = kernel("6.8.0-1021-aws", OWN_PIDNS, Need::Required);
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert!(
+        f.detail.starts_with(
+            "Linux 6.8.0-1021-aws is older than 6.10: the daemon runs in a pid namespace of its own"
+        ),
+        "{}",
+        f.detail
+    );
+    assert!(f.fix.as_deref().is_some_and(|x| x.contains("--pid host")));
+    assert_eq!(
+        kernel("6.8.0", OWN_PIDNS, Need::Wanted).verdict,
+        Verdict::Warn
+    );
+    assert_eq!(
+        kernel("6.10.3", OWN_PIDNS, Need::Required).verdict,
+        Verdict::Ok
+    );
+    // Too old for either.
+    let f = kernel("5.4.0-1103-aws", HOST_PIDNS, Need::Required);
+    assert_eq!(
+        (f.verdict, f.detail.as_str()),
+        (
+            Verdict::Fail,
+            "Linux 5.4.0-1103-aws is older than 5.8: the programs need Linux 5.8 or later"
+        )
+    );
+    // What cannot be read is a warning, never a pass.
+    let h = FakeHost::default().with("/proc/sys/kernel/osrelease", "6.1.0");
+    assert_eq!(host::kernel(&h, Need::Required).verdict, Verdict::Warn);
+    assert_eq!(
+        kernel("6.1.0", HOST_PIDNS, Need::NotNeeded),
+        Finding::ok("kernel version", "not needed (EBPF=off)")
     );
 }
 

@@ -10,15 +10,16 @@ use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock
 use aya::{Ebpf, EbpfLoader};
 use metadataproxy_common::{FLAG_ECS, FLAG_IPV4, FLAG_IPV6, Settings, maps, programs};
 
+use super::compat::PidMode;
 use super::{ConnTable, EbpfError, Exempt, Host, Target};
 use crate::config::{EbpfConfig, OnExit};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, when it existed at build time.
 #[cfg(metadataproxy_ebpf_object)]
-static OBJECT: &[u8] =
+pub(super) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/metadataproxy-ebpf.o"));
 #[cfg(not(metadataproxy_ebpf_object))]
-static OBJECT: &[u8] = &[];
+pub(super) static OBJECT: &[u8] = &[];
 
 /// Prefix of link pin names: `link-<program>-<cgroup id>`.
 const LINK_PREFIX: &str = "link-";
@@ -53,17 +54,26 @@ pub struct Redirect {
 pub struct Daemon {
     /// Its pid (tgid) in its own pid namespace.
     pub tgid: u32,
-    /// `(device, inode)` of that pid namespace; `None`: its pid is a host pid.
-    pub pidns: Option<(u64, u64)>,
+    /// `(device, inode)` of that pid namespace.
+    pub pidns: (u64, u64),
 }
 
 impl Daemon {
     /// This process.
-    pub fn this() -> Self {
-        Self {
+    pub fn this() -> Result<Self, EbpfError> {
+        let pidns = super::netns::own_pidns().map_err(|source| EbpfError::Io {
+            path: super::netns::OWN_PIDNS.into(),
+            source,
+        })?;
+        Ok(Self {
             tgid: std::process::id(),
-            pidns: super::netns::own_pidns().ok(),
-        }
+            pidns,
+        })
+    }
+
+    /// How the connect programs recognise it.
+    pub fn pid_mode(self) -> PidMode {
+        PidMode::of(self.pidns.1)
     }
 }
 
@@ -75,7 +85,7 @@ fn words(ip: std::net::Ipv6Addr) -> [u32; 4] {
 }
 
 fn settings(target: &Target, daemon: Daemon) -> Settings {
-    let (pidns_dev, pidns_ino) = daemon.pidns.unwrap_or((0, 0));
+    let (pidns_dev, pidns_ino) = daemon.pidns;
     let mut s = Settings {
         pidns_dev,
         pidns_ino,
@@ -102,6 +112,19 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> EbpfError {
 
 fn prog_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> EbpfError {
     move |source| EbpfError::Program { name, source }
+}
+
+/// The kernel refused to load `name`, a program of (or needed by) `mode`.
+fn refused(
+    name: &'static str,
+    mode: PidMode,
+) -> impl FnOnce(aya::programs::ProgramError) -> EbpfError {
+    move |source| EbpfError::Refused {
+        name,
+        release: super::compat::release(),
+        needs: mode.needs(),
+        source: Box::new(source),
+    }
 }
 
 fn pin_err(path: &Path) -> impl Fn(String) -> EbpfError + '_ {
@@ -146,6 +169,7 @@ impl Redirect {
             .load(&object)?;
 
         // Settings first: a predecessor's programs share this map and follow it at once.
+        let daemon = Daemon::this()?;
         let map = ebpf
             .map_mut(maps::SETTINGS)
             .ok_or(aya::maps::MapError::InvalidName {
@@ -155,7 +179,7 @@ impl Redirect {
         let mut settings_map: Array<&mut MapData, Settings> =
             Array::try_from(map).map_err(map_err(maps::SETTINGS))?;
         settings_map
-            .set(0, settings(target, Daemon::this()), 0)
+            .set(0, settings(target, daemon), 0)
             .map_err(map_err(maps::SETTINGS))?;
 
         let own_netns = super::netns::own_netns_cookie()
@@ -181,21 +205,25 @@ impl Redirect {
         let exempt = exempt(&mut ebpf, config, host, mapping, container_roots)?;
 
         // Load (verify) every program before attaching any, so a refused program leaves no
-        // half-installed redirect behind.
-        for name in [programs::CONNECT4, programs::CONNECT6] {
-            program::<CgroupSockAddr>(&mut ebpf, name)?
-                .load()
-                .map_err(prog_err(name))?;
+        // half-installed redirect behind. The connect programs are the variant that recognises
+        // this daemon where it runs (see `compat`).
+        let mode = daemon.pid_mode();
+        for (_, name) in mode.connect_programs() {
+            let loaded = program::<CgroupSockAddr>(&mut ebpf, name)?.load();
+            loaded.map_err(refused(name, mode))?;
         }
-        program::<SockOps>(&mut ebpf, programs::SOCK_OPS)?
-            .load()
-            .map_err(prog_err(programs::SOCK_OPS))?;
-        program::<CgroupSkb>(&mut ebpf, programs::EGRESS)?
-            .load()
-            .map_err(prog_err(programs::EGRESS))?;
+        let loaded = program::<SockOps>(&mut ebpf, programs::SOCK_OPS)?.load();
+        loaded.map_err(refused(programs::SOCK_OPS, PidMode::Host))?;
+        let loaded = program::<CgroupSkb>(&mut ebpf, programs::EGRESS)?.load();
+        loaded.map_err(refused(programs::EGRESS, PidMode::Host))?;
+        tracing::info!(
+            kernel = %super::compat::release(),
+            "the connect programs recognise this daemon's own connections {}",
+            mode.describe()
+        );
 
         let mut names = Vec::new();
-        let links = attach_all(&mut ebpf, config, host, &mut names)?;
+        let links = attach_all(&mut ebpf, config, host, mode, &mut names)?;
         remove_stale_links(&config.pin_dir, &names);
         // Maps an older version pinned and ours no longer use (its programs are detached now).
         for map in super::pins::remove_unknown_maps(&config.pin_dir, &shapes) {
@@ -242,6 +270,7 @@ fn attach_all(
     ebpf: &mut Ebpf,
     config: &EbpfConfig,
     host: &Host,
+    mode: PidMode,
     names: &mut Vec<String>,
 ) -> Result<Vec<PinnedLink>, EbpfError> {
     let mut links = Vec::new();
@@ -274,19 +303,15 @@ fn attach_all(
             *id,
             names,
         )?);
-        for name in [programs::CONNECT4, programs::CONNECT6] {
+        // Pinned under the same name whatever the variant: a restart that changes variant
+        // replaces the predecessor's link atomically.
+        for (pin, name) in mode.connect_programs() {
             let prog: &mut CgroupSockAddr = program(ebpf, name)?;
             let link_id = prog
                 .attach(dir, CgroupAttachMode::Single)
                 .map_err(prog_err(name))?;
             let link = prog.take_link(link_id).map_err(prog_err(name))?;
-            links.push(pin_over(
-                link.try_into(),
-                &config.pin_dir,
-                name,
-                *id,
-                names,
-            )?);
+            links.push(pin_over(link.try_into(), &config.pin_dir, pin, *id, names)?);
         }
     }
     Ok(links)
@@ -420,7 +445,7 @@ mod tests {
     fn the_container_credentials_endpoint_is_redirected_only_with_ecs_endpoint() {
         let daemon = Daemon {
             tgid: 7,
-            pidns: None,
+            pidns: (4, metadataproxy_common::INIT_PID_NS_INO),
         };
         let mut target = Target {
             v4: "172.17.0.1:45001".parse().unwrap(),
@@ -441,7 +466,7 @@ mod tests {
     fn targets_and_the_daemons_pid_are_in_the_kernels_byte_order() {
         let daemon = Daemon {
             tgid: 4242,
-            pidns: Some((4, 4_026_531_836)),
+            pidns: (4, 4_026_531_836),
         };
         let target = Target {
             v4: "169.254.170.45:45001".parse().unwrap(),

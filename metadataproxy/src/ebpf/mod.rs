@@ -17,6 +17,7 @@
 //! reaches ([`link_addr`]).
 
 mod cgroup_watch;
+pub mod compat;
 pub mod exempt;
 mod guard;
 pub mod link_addr;
@@ -90,7 +91,19 @@ pub enum EbpfError {
     /// The kernel refused the object (the loader's and verifier's text is in the source).
     #[error("loading the eBPF object failed: {0}")]
     Load(#[from] aya::EbpfError),
-    /// A program is missing from the object, or the kernel refused to load or attach it.
+    /// The kernel refused to load a program: too old for it, or the verifier disagrees.
+    #[error("this kernel (Linux {release}) refused eBPF program {name}; {needs}: {source}")]
+    Refused {
+        /// The program.
+        name: &'static str,
+        /// The kernel's release.
+        release: String,
+        /// What the program needs from the kernel.
+        needs: &'static str,
+        /// The loader's and verifier's answer (boxed: it holds the verifier's log).
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// A program is missing from the object, or the kernel refused to attach it.
     #[error("eBPF program {name}: {source}")]
     Program {
         /// The program.

@@ -31,8 +31,11 @@ pub fn own_netns_cookie() -> std::io::Result<u64> {
     }
 }
 
-/// `(device, inode)` of the calling process's pid namespace (`/proc/self/ns/pid`).
+/// The calling process's pid namespace.
+pub const OWN_PIDNS: &str = "/proc/self/ns/pid";
+
+/// `(device, inode)` of the calling process's pid namespace ([`OWN_PIDNS`]).
 pub fn own_pidns() -> std::io::Result<(u64, u64)> {
-    let meta = std::fs::metadata("/proc/self/ns/pid")?;
+    let meta = std::fs::metadata(OWN_PIDNS)?;
     Ok((meta.dev(), meta.ino()))
 }

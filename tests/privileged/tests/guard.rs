@@ -1,9 +1,10 @@
 //! Issue 11, kernel side, end to end as root: the IPv4-mapped spelling is redirected like the IPv4
 //! address (item 1); ping, UDP and raw TCP to the metadata address get nothing while redirected
 //! TCP works, exempt host cgroups still pass and `/metrics` counts the drops (item 3); the
-//! daemon's cgroup mates are redirected while its own upstream calls are not; records never
-//! outlive their connection nor serve a connection of another network namespace (item 5); the
-//! pins are closed to other users.
+//! daemon's cgroup mates are redirected while its own upstream calls are not, whether it runs in
+//! the host's pid namespace or in one of its own (each loads its variant of the connect
+//! programs); records never outlive their connection nor serve a connection of another network
+//! namespace (item 5); the pins are closed to other users.
 //!
 //! Run with `cargo xtask test-privileged` (root, one test thread, `--ignored`).
 
@@ -206,16 +207,50 @@ fn ping_udp_and_raw_tcp_get_nothing_while_redirected_tcp_works_and_host_cgroups_
     );
 }
 
+/// Proxy mode against the stand-in, as the defaults have it (the harness mocks otherwise).
+const PROXY_MODE: [(&str, &str); 2] = [
+    ("MOCK_API", "false"),
+    ("METADATA_URL", "http://169.254.169.254"),
+];
+
+/// The log line that says how the connect programs recognise the daemon.
+const RECOGNISED: &str = "the connect programs recognise this daemon's own connections";
+
 #[test]
 #[ignore = "privileged: run by `cargo xtask test-privileged`"]
 fn the_daemons_cgroup_mates_are_redirected_but_its_own_upstream_calls_are_not() {
-    // The daemon's cgroup is mapped, so it is redirected (not a host cgroup left alone): only the
-    // daemon's own process may pass, not whoever shares its cgroup.
     let world = World::new(&mapping_by_rel(&[("daemon", "role-mate")]));
-    let _daemon = world.daemon(&[
-        ("MOCK_API", "false"),
-        ("METADATA_URL", "http://169.254.169.254"),
-    ]);
+    let daemon = world.daemon(&PROXY_MODE);
+    cgroup_mates_are_redirected_but_not_the_daemon(&world);
+    let logs = daemon.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains(RECOGNISED) && l.contains("by its host pid")),
+        "{logs}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test-privileged`"]
+fn in_a_pid_namespace_of_its_own_the_daemon_is_still_recognised() {
+    // A container without `--pid host`: the daemon is pid 1 of its own pid namespace, and a host
+    // pid 1 (init) exists too. The pid-namespace variant of the connect programs (Linux 6.10+)
+    // must be the one loaded, or the daemon's upstream calls are redirected to itself.
+    let world = World::new(&mapping_by_rel(&[("daemon", "role-mate")]));
+    let daemon = world.daemon_via("unshare --pid --fork --kill-child", &PROXY_MODE);
+    cgroup_mates_are_redirected_but_not_the_daemon(&world);
+    let logs = daemon.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains(RECOGNISED) && l.contains("by its pid in its own pid namespace")),
+        "{logs}"
+    );
+}
+
+/// The daemon's cgroup is mapped, so it is redirected (not a host cgroup left alone): only the
+/// daemon's own process may pass, not whoever shares its cgroup. The daemon runs in
+/// [`PROXY_MODE`].
+fn cgroup_mates_are_redirected_but_not_the_daemon(world: &World) {
     let got = fetch(&world.daemon_cg, None, &format!("{IMDS}{CREDS}"));
     assert_eq!(
         got.body, "role-mate",

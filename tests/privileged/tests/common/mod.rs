@@ -74,11 +74,16 @@ impl World {
     }
 
     pub fn daemon(&self, extra: &[(&str, &str)]) -> Daemon {
+        self.daemon_via("", extra)
+    }
+
+    /// [`World::daemon`], run through `wrapper` (e.g. `unshare --pid --fork`).
+    pub fn daemon_via(&self, wrapper: &str, extra: &[(&str, &str)]) -> Daemon {
         let mut vars = self.vars();
         for (k, v) in extra {
             vars.insert((*k).to_owned(), (*v).to_owned());
         }
-        Daemon::start(&self.daemon_cg, &vars, self.port)
+        Daemon::start_via(&self.daemon_cg, &vars, self.port, wrapper)
     }
 }
 
