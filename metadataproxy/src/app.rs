@@ -490,7 +490,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         admin.stop().await;
     }
     if let Some(kernel) = kernel {
-        kernel.shutdown();
+        kernel.shutdown().await;
     }
     Ok(())
 }

@@ -81,6 +81,8 @@ async fn everything_present_passes() {
             "redirect target",
             "169.254.170.45:45001 (IPv6 callers: [::ffff:169.254.170.45]:45001); 169.254.170.45 is ",
         ),
+        // In place when an earlier daemon ran on this machine, else to be added at start.
+        ("forwarding rules", ""),
         ("docker", "Docker "),
         ("aws credentials", "access key id …9876"),
         (
@@ -186,5 +188,9 @@ async fn ebpf_off_needs_no_kernel_features() {
     assert_eq!(
         line(&report, "redirect target"),
         "ok    redirect target  not used (EBPF=off)"
+    );
+    assert_eq!(
+        line(&report, "forwarding rules"),
+        "ok    forwarding rules not used (EBPF=off)"
     );
 }

@@ -11,7 +11,13 @@ const PACKAGE: &str = "metadataproxy-privileged-tests";
 
 /// The privileged test files (`tests/privileged/tests/*.rs`, but the benchmark), each passed as
 /// `--test NAME`: a name without its flag would silently become a filter that matches nothing.
-const TESTS: [&str; 4] = ["redirect", "guard", "least_privilege", "faults_restart"];
+const TESTS: [&str; 5] = [
+    "redirect",
+    "guard",
+    "forwarding",
+    "least_privilege",
+    "faults_restart",
+];
 
 fn require_root() -> Result<()> {
     if metadataproxy_tests::effective_uid() != "0" {

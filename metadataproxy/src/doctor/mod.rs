@@ -176,6 +176,7 @@ pub async fn check(
     findings.push(host::bpffs(sys, need, &config.ebpf.pin_dir));
     findings.push(host::capabilities(sys, need));
     findings.push(redirect_target(&config.ebpf, need).await);
+    findings.push(forwarding_rules(config.ecs_endpoint, need).await);
     findings.push(docker(&config.docker_url).await);
     let sts = AwsSts::load(
         config.aws_region.clone(),
@@ -221,6 +222,43 @@ async fn redirect_target(ebpf: &crate::config::EbpfConfig, need: Need) -> Findin
             Verdict::Warn,
             format!("{targets}; cannot list the addresses of lo: {e}"),
         ),
+    }
+}
+
+/// The policy-routing rules refusing to forward packets to the metadata addresses.
+async fn forwarding_rules(ecs: bool, need: Need) -> Finding {
+    use crate::ebpf::forward_rules::{self, PREF_CONTINUE, PREF_LOCAL};
+    const NAME: &str = "forwarding rules";
+    if need == Need::NotNeeded {
+        return Finding::ok(NAME, "not used (EBPF=off)");
+    }
+    let rules = forward_rules::wanted(ecs);
+    match forward_rules::missing(&rules).await {
+        Ok(missing) if missing.is_empty() => Finding::ok(
+            NAME,
+            format!(
+                "in place (priorities {PREF_LOCAL}-{PREF_CONTINUE}): packets to the metadata addresses this host would forward are refused"
+            ),
+        ),
+        Ok(missing) => {
+            let mut addresses: Vec<String> = Vec::new();
+            for rule in &missing {
+                let addr = rule.to.to_string();
+                if !addresses.contains(&addr) {
+                    addresses.push(addr);
+                }
+            }
+            Finding::ok(
+                NAME,
+                format!(
+                    "{} of {} not in place yet (for {}; priorities {PREF_LOCAL}-{PREF_CONTINUE}): the daemon adds them at start (CAP_NET_ADMIN)",
+                    missing.len(),
+                    rules.len(),
+                    addresses.join(", ")
+                ),
+            )
+        }
+        Err(e) => Finding::new(NAME, Verdict::Warn, e.to_string()),
     }
 }
 

@@ -242,6 +242,11 @@ impl Redirect {
         })
     }
 
+    /// `EBPF_ON_EXIT`.
+    pub fn on_exit(&self) -> OnExit {
+        self.on_exit
+    }
+
     /// Applies `EBPF_ON_EXIT`: keep the pins (callers fail until a daemon is back) or remove them.
     pub fn shutdown(self) {
         match self.on_exit {

@@ -13,12 +13,14 @@
 //!
 //! Nothing else gets through either: connects to a metadata address that cannot be redirected
 //! are refused, and an egress guard on the same cgroups drops every other packet addressed to one
-//! ([`guard`] reports them). The default target is a link-local address on `lo` every caller
-//! reaches ([`link_addr`]).
+//! ([`guard`] reports them); what never passes a cgroup hook (link-layer frames a container
+//! writes) is refused when the host would forward it ([`forward_rules`]). The default target is
+//! a link-local address on `lo` every caller reaches ([`link_addr`]).
 
 mod cgroup_watch;
 pub mod compat;
 pub mod exempt;
+pub mod forward_rules;
 mod guard;
 pub mod link_addr;
 mod load;
@@ -122,6 +124,9 @@ pub enum EbpfError {
     /// The default target's address cannot be made local on `lo`.
     #[error("the redirect target: {0}")]
     LinkAddr(#[from] link_addr::LinkAddrError),
+    /// The rules refusing to forward packets to the metadata addresses cannot be installed.
+    #[error("refusing to forward to the metadata addresses: {0}")]
+    ForwardRules(#[from] forward_rules::RulesError),
     /// Pinning a link, or replacing an older pin, failed.
     #[error("pinning {path}: {reason}")]
     Pin {
@@ -148,6 +153,8 @@ pub struct Target {
 pub struct Kernel {
     /// The attached programs (apply `EBPF_ON_EXIT` with [`Kernel::shutdown`]).
     pub redirect: Redirect,
+    /// The policy-routing rules installed (removed by [`Kernel::shutdown`] with `detach`).
+    pub forward_rules: Vec<forward_rules::Rule>,
     /// Records of redirected connections, looked up at `accept()`.
     pub table: std::sync::Arc<ConnTable>,
     /// cgroup id → path.
@@ -155,9 +162,20 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// Clean shutdown: keeps or removes the redirect as `EBPF_ON_EXIT` says.
-    pub fn shutdown(self) {
+    /// Clean shutdown: keeps or removes the redirect and the forwarding rules as `EBPF_ON_EXIT`
+    /// says.
+    pub async fn shutdown(self) {
+        let detach = self.redirect.on_exit() == crate::config::OnExit::Detach;
         self.redirect.shutdown();
+        if detach {
+            match forward_rules::remove(&self.forward_rules).await {
+                Ok(removed) => tracing::info!(
+                    removed,
+                    "policy-routing rules refusing to forward to the metadata addresses removed"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot remove the policy-routing rules"),
+            }
+        }
     }
 }
 
@@ -209,6 +227,23 @@ async fn attach(
         v6: ebpf.target6,
         ecs: config.ecs_endpoint,
     };
+    let rules = forward_rules::wanted(target.ecs);
+    let installed = forward_rules::install(&rules).await?;
+    if installed.added.is_empty() {
+        tracing::debug!(
+            rules = installed.present,
+            "the policy-routing rules refusing to forward to the metadata addresses are in place"
+        );
+    } else {
+        let added: Vec<String> = installed.added.iter().map(ToString::to_string).collect();
+        tracing::info!(
+            added = ?added,
+            "added policy-routing rules: packets to the metadata addresses that this host would forward (link-layer frames from containers, namespaces not redirected) are refused, its own pass; they stay after exit"
+        );
+    }
+    if installed.no_ipv6 {
+        tracing::info!("the kernel has no IPv6: no IPv6 policy-routing rules needed");
+    }
     // containerd puts containers at /<namespace>/<id> whatever their names.
     let container_roots = if config.containerd.mode == crate::config::ContainerdMode::Off {
         Vec::new()
@@ -246,6 +281,7 @@ async fn attach(
     );
     Ok(Kernel {
         redirect,
+        forward_rules: rules,
         table: std::sync::Arc::new(table),
         paths,
     })

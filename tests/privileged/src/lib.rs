@@ -4,6 +4,7 @@
 //! Every resource is a guard whose `Drop` removes it, so a failing test leaves nothing behind.
 
 mod net;
+mod site;
 mod standin;
 
 use std::collections::BTreeMap;
@@ -13,6 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub use net::{Bridge, GATEWAY, Netns};
+pub use site::{HOST_MAC, Site, UDP_PORT};
 pub use standin::{HOST_MARKER, Standin};
 
 /// Where cgroup v2 is mounted (`/proc/self/mountinfo`), or a panic naming what is missing.
@@ -183,6 +185,26 @@ impl Daemon {
         port: u16,
         wrapper: &str,
     ) -> Self {
+        let mut daemon = Self::spawn(cgroup, vars, wrapper);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // The socket is bound before the redirect is attached; "listening" is logged after.
+        daemon.wait_until(|d| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                && d.logs().contains("listening")
+        });
+        daemon
+    }
+
+    /// Starts `$METADATAPROXY_BIN` in `cgroup` and network namespace `netns` (entered with
+    /// `nsenter --net`, which keeps the machine's `/sys`, cgroup2 and bpffs mounts, unlike
+    /// `ip netns exec`) and waits until it logs that it listens (the redirect is attached then).
+    pub fn start_in_netns(cgroup: &Cgroup, vars: &BTreeMap<String, String>, netns: &str) -> Self {
+        let mut daemon = Self::spawn(cgroup, vars, &format!("nsenter --net=/run/netns/{netns}"));
+        daemon.wait_until(|d| d.logs().contains("listening"));
+        daemon
+    }
+
+    fn spawn(cgroup: &Cgroup, vars: &BTreeMap<String, String>, wrapper: &str) -> Self {
         let bin = metadataproxy_tests::required_path("METADATAPROXY_BIN");
         let dir = tempfile::Builder::new()
             .prefix("mp-daemon-")
@@ -200,27 +222,27 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("starting the daemon");
-        let mut daemon = Self {
+        Self {
             child,
             log,
             _dir: dir,
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        }
+    }
+
+    /// Waits (15 s at most) until `ready`, panicking with the logs if the daemon exits first.
+    fn wait_until(&mut self, ready: impl Fn(&Self) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!("daemon exited ({status}):\n{}", daemon.logs());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("daemon exited ({status}):\n{}", self.logs());
             }
-            // The socket is bound before the redirect is attached; "listening" is logged after.
-            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-                && daemon.logs().contains("listening")
-            {
-                return daemon;
+            if ready(self) {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
                 "daemon not listening:\n{}",
-                daemon.logs()
+                self.logs()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
