@@ -5,11 +5,15 @@
 //! and leaves it on exit: while no daemon runs, nothing listens there and redirected connections
 //! are refused (fail closed). Linux delivers to any local address whatever the interface, so host
 //! processes reach it locally and bridge containers through their default route to the host.
+//! While the daemon runs it watches `lo`'s addresses ([`keep`]) and puts the address back when
+//! someone removes it, with a warn line: without it every redirected caller would be refused.
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures_util::TryStreamExt as _;
-use rtnetlink::packet_route::address::AddressAttribute;
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 
 /// `lo`'s interface index: the loopback device is always index 1 (`LOOPBACK_IFINDEX`).
 const LO_INDEX: u32 = 1;
@@ -88,5 +92,81 @@ pub async fn ensure(addr: Ipv4Addr) -> Result<Presence, LinkAddrError> {
             Ok(Presence::Present)
         }
         Err(source) => Err(LinkAddrError::Add { addr, source }),
+    }
+}
+
+/// Whether `msg` (an address event) says `addr` left `lo`.
+fn removed(msg: &NetlinkMessage<RouteNetlinkMessage>, addr: Ipv4Addr) -> bool {
+    let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(m)) = &msg.payload else {
+        return false;
+    };
+    is_on_lo(m, addr)
+}
+
+fn is_on_lo(m: &AddressMessage, addr: Ipv4Addr) -> bool {
+    m.header.index == LO_INDEX
+        && m.attributes.iter().any(|a| {
+            matches!(a, AddressAttribute::Local(ip) | AddressAttribute::Address(ip) if *ip == IpAddr::V4(addr))
+        })
+}
+
+/// Watches `lo`'s IPv4 addresses for the life of the process and puts `addr` back whenever it is
+/// removed (a warn line says so). Subscribes before it checks once more, so no removal between
+/// [`ensure`] and the subscription goes unseen.
+pub fn keep(addr: Ipv4Addr) -> Result<(), LinkAddrError> {
+    let (connection, _, mut events) =
+        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Ifaddr])
+            .map_err(LinkAddrError::Socket)?;
+    tokio::spawn(connection);
+    tokio::spawn(async move {
+        let put_back = || async {
+            match ensure(addr).await {
+                Ok(Presence::Added) => tracing::warn!(
+                    address = %addr,
+                    "the redirect target's address was removed from lo while the daemon runs (redirected callers were refused meanwhile); added it back"
+                ),
+                Ok(Presence::Present) => {}
+                Err(e) => tracing::error!(
+                    address = %addr,
+                    error = %e,
+                    "the redirect target's address is gone from lo and cannot be added back: redirected callers are refused"
+                ),
+            }
+        };
+        put_back().await;
+        while let Some((msg, _)) = events.next().await {
+            if removed(&msg, addr) {
+                put_back().await;
+            }
+        }
+        tracing::warn!(address = %addr, "stopped watching lo's addresses: {addr} is no longer put back if removed");
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(del: bool, index: u32, ip: &str) -> NetlinkMessage<RouteNetlinkMessage> {
+        let mut m = AddressMessage::default();
+        m.header.index = index;
+        m.attributes
+            .push(AddressAttribute::Local(ip.parse().expect("address")));
+        let inner = if del {
+            RouteNetlinkMessage::DelAddress(m)
+        } else {
+            RouteNetlinkMessage::NewAddress(m)
+        };
+        NetlinkMessage::from(inner)
+    }
+
+    #[test]
+    fn only_the_targets_removal_from_lo_counts() {
+        let target = Ipv4Addr::new(169, 254, 170, 45);
+        assert!(removed(&event(true, LO_INDEX, "169.254.170.45"), target));
+        assert!(!removed(&event(false, LO_INDEX, "169.254.170.45"), target));
+        assert!(!removed(&event(true, 2, "169.254.170.45"), target));
+        assert!(!removed(&event(true, LO_INDEX, "127.0.0.1"), target));
     }
 }

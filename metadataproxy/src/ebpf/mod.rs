@@ -221,6 +221,7 @@ async fn attach(
                 tracing::debug!(address = %addr, "the redirect target's address is on lo");
             }
         }
+        link_addr::keep(addr)?;
     }
     let target = Target {
         v4: ebpf.target4,

@@ -2,7 +2,8 @@
 //! (Docker grants `CAP_NET_RAW`), and packets from namespaces whose cgroup is not redirected, are
 //! forwarded by the host to the real IMDS unless the daemon's policy-routing rules refuse them,
 //! while the host's own calls (the daemon's proxy mode) still get there. The rules outlive the
-//! daemon, restarts do not duplicate them, and the README's commands remove them.
+//! daemon, restarts do not duplicate them, and the README's commands remove them. The default
+//! redirect target's address is put back on `lo` when it is removed while the daemon runs.
 //!
 //! Everything happens in a [`Site`]: the daemon in a "host" network namespace, the stand-in
 //! "real IMDS" behind a route in an "uplink" one (not local to the host, as on EC2), the
@@ -268,5 +269,40 @@ fn the_rules_outlive_the_daemon_are_never_duplicated_and_go_as_the_readme_says()
         (count(&v4, "169.254.169.254"), count(&v6, "fd00:ec2::254")),
         (0, 0),
         "{v4}{v6}{logs}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test-privileged`"]
+fn the_default_targets_address_is_put_back_when_removed_while_the_daemon_runs() {
+    let world = World::new();
+    let site = &world.site;
+    let daemon = world.daemon(&[]);
+    assert_eq!(world.fetch(CREDS).1, "role-c");
+    sh(&format!(
+        "ip -n {} addr del 169.254.170.45/32 dev lo",
+        site.host
+    ));
+    let back = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        sh(&format!("ip -n {} -4 addr show dev lo", site.host)).contains("169.254.170.45/32")
+    });
+    assert!(
+        back,
+        "169.254.170.45 was not put back on lo:\n{}",
+        daemon.logs()
+    );
+    let (ok, body) = world.fetch(CREDS);
+    assert!(
+        ok && body == "role-c",
+        "redirected caller after the re-add: {body}"
+    );
+    assert!(
+        daemon
+            .logs()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("169.254.170.45")),
+        "no warn line about the address:\n{}",
+        daemon.logs()
     );
 }
