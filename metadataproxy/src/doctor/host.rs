@@ -271,6 +271,6 @@ pub fn capabilities(sys: &dyn System, need: Need) -> Finding {
             need.problem(),
             format!("effective {caps:#x} lacks {}", missing.join(", ")),
         )
-        .fix("run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or CAP_SYS_ADMIN), e.g. systemd AmbientCapabilities=")
+        .fix("run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or CAP_SYS_ADMIN and CAP_NET_ADMIN), e.g. systemd AmbientCapabilities=")
     }
 }

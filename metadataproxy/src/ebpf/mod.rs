@@ -48,7 +48,7 @@ pub enum EbpfError {
     NoBtf,
     /// The process lacks the privileges to load and attach programs.
     #[error(
-        "not privileged enough to load eBPF programs: missing {missing} (run as root, or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or CAP_SYS_ADMIN); effective capabilities {caps:#x}"
+        "not privileged enough to load eBPF programs: missing {missing} (run as root, or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or CAP_SYS_ADMIN and CAP_NET_ADMIN); effective capabilities {caps:#x}"
     )]
     NotPrivileged {
         /// The effective capability set.
