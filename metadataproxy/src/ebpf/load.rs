@@ -468,6 +468,30 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_connect_program_names_the_kernel_it_needs_and_the_way_out() {
+        let err = refused(programs::CONNECT4_PIDNS, PidMode::Namespace)(
+            aya::programs::ProgramError::NotLoaded,
+        );
+        let text = err.to_string();
+        assert!(text.starts_with("this kernel (Linux "), "{text}");
+        for part in [
+            "refused eBPF program mp_connect4_pidns",
+            "needs Linux 6.10 or later",
+            "--pid host",
+            "hostPID: true",
+            "the program is not loaded",
+        ] {
+            assert!(text.contains(part), "{part:?} missing: {text}");
+        }
+        let host = refused(programs::EGRESS, PidMode::Host)(aya::programs::ProgramError::NotLoaded);
+        assert!(
+            host.to_string()
+                .contains("the programs need Linux 5.8 or later"),
+            "{host}"
+        );
+    }
+
+    #[test]
     fn targets_and_the_daemons_pid_are_in_the_kernels_byte_order() {
         let daemon = Daemon {
             tgid: 4242,
