@@ -180,6 +180,16 @@ pub fn wanted(ecs: bool) -> Vec<Rule> {
         .collect()
 }
 
+/// The rules a predecessor may have left that these settings do not want: the container-credentials
+/// endpoint's when `ECS_ENDPOINT` is off.
+pub fn unwanted(ecs: bool) -> Vec<Rule> {
+    let keep = wanted(ecs);
+    wanted(true)
+        .into_iter()
+        .filter(|r| !keep.contains(r))
+        .collect()
+}
+
 /// Why the rules could not be listed, added or removed.
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
@@ -339,6 +349,15 @@ mod tests {
             ]
         );
         let ecs: Vec<IpAddr> = wanted(true).iter().map(|r| r.to).collect();
+        assert!(unwanted(true).is_empty());
+        let stale: Vec<IpAddr> = unwanted(false).iter().map(|r| r.to).collect();
+        assert_eq!(stale.len(), 6);
+        assert!(
+            stale
+                .iter()
+                .all(|a| ["169.254.170.23", "fd00:ec2::23"].contains(&a.to_string().as_str())),
+            "{stale:?}"
+        );
         assert_eq!(ecs.len(), 12);
         for addr in ["169.254.170.23", "fd00:ec2::23"] {
             let addr: IpAddr = addr.parse().unwrap();

@@ -245,6 +245,13 @@ async fn attach(
     if installed.no_ipv6 {
         tracing::info!("the kernel has no IPv6: no IPv6 policy-routing rules needed");
     }
+    let stale = forward_rules::remove(&forward_rules::unwanted(target.ecs)).await?;
+    if stale > 0 {
+        tracing::info!(
+            removed = stale,
+            "removed the policy-routing rules of the container-credentials endpoint (ECS_ENDPOINT is off)"
+        );
+    }
     // containerd puts containers at /<namespace>/<id> whatever their names.
     let container_roots = if config.containerd.mode == crate::config::ContainerdMode::Off {
         Vec::new()

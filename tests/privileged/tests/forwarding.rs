@@ -2,8 +2,9 @@
 //! (Docker grants `CAP_NET_RAW`), and packets from namespaces whose cgroup is not redirected, are
 //! forwarded by the host to the real IMDS unless the daemon's policy-routing rules refuse them,
 //! while the host's own calls (the daemon's proxy mode) still get there. The rules outlive the
-//! daemon, restarts do not duplicate them, and the README's commands remove them. The default
-//! redirect target's address is put back on `lo` when it is removed while the daemon runs.
+//! daemon, restarts do not duplicate them (nor keep those of a dropped `ECS_ENDPOINT`), and the
+//! README's commands remove them. The default redirect target's address is put back on `lo` when
+//! it is removed while the daemon runs.
 //!
 //! Everything happens in a [`Site`]: the daemon in a "host" network namespace, the stand-in
 //! "real IMDS" behind a route in an "uplink" one (not local to the host, as on EC2), the
@@ -305,4 +306,29 @@ fn the_default_targets_address_is_put_back_when_removed_while_the_daemon_runs() 
         "no warn line about the address:\n{}",
         daemon.logs()
     );
+}
+
+#[test]
+#[ignore = "privileged: run by `cargo xtask test-privileged`"]
+fn the_container_credentials_endpoints_rules_follow_ecs_endpoint() {
+    let world = World::new();
+    let site = &world.site;
+    let with = world.daemon(&[("ECS_ENDPOINT", "true")]);
+    let (v4, v6) = (site.rules(false), site.rules(true));
+    assert_eq!(
+        (count(&v4, "169.254.170.23"), count(&v6, "fd00:ec2::23")),
+        (3, 3),
+        "{v4}{v6}"
+    );
+    let _ = with.terminate();
+    // A restart without the setting leaves no rule for an address it no longer guards.
+    let without = world.daemon(&[]);
+    let (v4, v6) = (site.rules(false), site.rules(true));
+    assert_eq!(
+        (count(&v4, "169.254.170.23"), count(&v6, "fd00:ec2::23")),
+        (0, 0),
+        "{v4}{v6}\n{}",
+        without.logs()
+    );
+    assert_eq!(count(&v4, "169.254.169.254"), 3, "{v4}");
 }
