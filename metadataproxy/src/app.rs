@@ -623,11 +623,7 @@ pub async fn serve(listener: TcpListener, serving: Serving, shutdown: impl Futur
         };
         let _ = stream.set_nodelay(true);
         let kernel = table.as_ref().and_then(|t| t.take(peer, local));
-        let conn_info = ConnInfo {
-            peer,
-            local,
-            kernel,
-        };
+        let conn_info = ConnInfo::new(peer, local, kernel);
         let caller = Chain::identity(&conn_info);
         let permit = match limits.try_acquire(caller.clone()) {
             Ok(permit) => permit,
@@ -640,6 +636,7 @@ pub async fn serve(listener: TcpListener, serving: Serving, shutdown: impl Futur
         let imds = Arc::clone(&imds);
         let service = service_fn(move |req| {
             let imds = Arc::clone(&imds);
+            let conn_info = conn_info.clone();
             async move {
                 let started = std::time::Instant::now();
                 let (resp, route) = imds.handle_routed(&req, &conn_info).await;

@@ -1,10 +1,10 @@
 //! Identification of containerd's containers by the kernel-attested cgroup of the caller: cgroup
-//! id → path → the container whose OCI spec put it in that cgroup (or an ancestor of it).
+//! id → path → the container whose OCI spec put it in that cgroup or an ancestor of it.
 //!
-//! Candidates are looked up by key (`namespace/id`), the id taken from the cgroup path (its last
-//! segment, or the id in `cri-containerd-<id>.scope`), and accepted only when the container's own
-//! cgroup — read from its spec — is exactly that path: a host cgroup that happens to end in a
-//! container's name identifies nothing.
+//! Only the cgroup recorded for a container (its spec's `linux.cgroupsPath`) identifies it: a host
+//! cgroup that happens to end in a container's name identifies nothing, and one that names a
+//! followed container (`cri-containerd-<id>.scope`, `…/<id>`) anywhere else is a look-alike,
+//! refused and logged, with no later source asked.
 
 use futures_util::FutureExt as _;
 use std::sync::Arc;
@@ -12,8 +12,8 @@ use std::sync::Arc;
 use super::key;
 use crate::creds::sts::BoxFuture;
 use crate::docker::{Container, ContainerIndex, ContainerRole, START_GRACE};
-use crate::identity::cgroup::{CgroupPaths, ancestors, container_of};
-use crate::identity::{Answer, ConnInfo, Found, Identify, Source, Workload};
+use crate::identity::cgroup::{CgroupPaths, container_of, named_ids};
+use crate::identity::{Answer, ConnInfo, Found, Identify, Source, Workload, refusal};
 
 /// Finds the caller's containerd container by its cgroup.
 #[derive(Debug, Clone)]
@@ -35,7 +35,16 @@ impl ContainerdCgroup {
 
     /// The indexed container whose cgroup is `path` or its nearest ancestor.
     pub fn find(&self, path: &str) -> Option<Arc<Container>> {
-        find(&self.index, &self.namespaces, path)
+        self.index.in_cgroup(path)
+    }
+
+    /// A followed container that `path` names (deepest segment first) without being in it.
+    fn imitated(&self, path: &str) -> Option<Arc<Container>> {
+        named_ids(path).find_map(|id| {
+            self.namespaces
+                .iter()
+                .find_map(|ns| self.index.by_id(&key(ns, id)))
+        })
     }
 
     /// Whether `path` is laid out the way containerd places containers: a CRI container
@@ -53,24 +62,6 @@ impl ContainerdCgroup {
     }
 }
 
-/// See [`ContainerdCgroup::find`].
-fn find(index: &ContainerIndex, namespaces: &[String], path: &str) -> Option<Arc<Container>> {
-    for dir in ancestors(path).take_while(|p| *p != "/") {
-        let last = dir.rsplit('/').next().unwrap_or(dir);
-        let scoped = container_of(last).map(|c| c.id);
-        for id in std::iter::once(last).chain(scoped.as_deref()) {
-            for ns in namespaces {
-                if let Some(found) = index.by_id(&key(ns, id))
-                    && found.cgroup.as_deref() == Some(dir)
-                {
-                    return Some(found);
-                }
-            }
-        }
-    }
-    None
-}
-
 impl Identify for ContainerdCgroup {
     fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
         Box::pin(
@@ -83,27 +74,32 @@ impl Identify for ContainerdCgroup {
     fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
         Box::pin(async move {
             let kernel = conn.kernel?;
-            let path = self.paths.path(kernel.cgroup_id)?;
-            let found = match self.find(&path) {
-                Some(found) => found,
-                None if !self.is_containerd_path(&path) => return None,
-                None if !self.index.is_live() => {
+            let path = conn.cgroup_path(&self.paths).await?;
+            let found = if let Some(found) = self.find(&path) {
+                found
+            } else {
+                if let Some(c) = self.imitated(&path) {
+                    refusal::look_alike(&path, "containerd", &c.name, &c.id, kernel.pid);
+                    return Some((Answer::Refused, Source::ContainerdCgroup, None));
+                }
+                if !self.is_containerd_path(&path) {
+                    return None;
+                }
+                if !self.index.is_live() {
                     // Fail closed: this caller's role is only known to containerd.
                     tracing::error!(cgroup = %path, pid = kernel.pid, "caller's cgroup is a containerd container's, and containerd is not reachable: no credentials until it is back");
                     return Some((Answer::Refused, Source::ContainerdCgroup, None));
                 }
-                None => {
-                    // The cgroup proves the container exists: give its start event time to arrive.
-                    let soon = self
-                        .index
-                        .wait_for(START_GRACE, |i| find(i, &self.namespaces, &path))
-                        .await;
-                    let Some(found) = soon else {
-                        tracing::info!(cgroup = %path, pid = kernel.pid, "caller's cgroup looks like a containerd container's, but no followed container has it");
-                        return None;
-                    };
-                    found
-                }
+                // The cgroup proves the container exists: give its start event time to arrive.
+                let soon = self
+                    .index
+                    .wait_for(START_GRACE, |i| i.in_cgroup(&path))
+                    .await;
+                let Some(found) = soon else {
+                    tracing::info!(cgroup = %path, pid = kernel.pid, "caller's cgroup looks like a containerd container's, but no followed container has it");
+                    return None;
+                };
+                found
             };
             if let ContainerRole::Invalid(e) = &found.role {
                 tracing::warn!(container = %found.name, id = %found.id, error = %e, "caller's container has malformed role settings: no credentials");

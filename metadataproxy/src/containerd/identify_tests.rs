@@ -64,15 +64,15 @@ fn info(key: &str, cgroup: &str, env: &[&str], pod: &[(&str, &str)]) -> Containe
 }
 
 fn conn(cgroup_id: u64) -> ConnInfo {
-    ConnInfo {
-        peer: "127.0.0.1:40000".parse().unwrap(),
-        local: "127.0.0.1:45001".parse().unwrap(),
-        kernel: Some(crate::ebpf::Caller {
+    ConnInfo::new(
+        "127.0.0.1:40000".parse().unwrap(),
+        "127.0.0.1:45001".parse().unwrap(),
+        Some(crate::ebpf::Caller {
             cgroup_id,
             pid: 4242,
             netns_cookie: 1,
         }),
-    }
+    )
 }
 
 /// `role@source`, `refused@source` (a source that knew the caller gave nothing), or `none`.
@@ -183,6 +183,57 @@ async fn pods_and_plain_containers_get_their_roles_by_cgroup() {
         who(&s.chain, s.tree.ino("/system.slice/web")).await,
         "fallback@default_role",
         "a host cgroup named like a container is not that container"
+    );
+}
+
+#[tokio::test]
+async fn look_alikes_of_a_followed_container_are_refused() {
+    let pod = format!("/kubepods/besteffort/pod01b4/{CRI_ID}");
+    let below = format!("{pod}/sub");
+    let scope = format!("/user.slice/user-1000.slice/x/cri-containerd-{CRI_ID}.scope");
+    let bare = format!("/user.slice/user-1000.slice/kubepods/pod01b4/{CRI_ID}");
+    let s = setup(
+        &[
+            &below,
+            &scope,
+            &bare,
+            "/user.slice/default/web",
+            "/default/web",
+        ],
+        Some("fallback"),
+    )
+    .await;
+    s.fake.start(info(
+        &format!("k8s.io/{CRI_ID}"),
+        &pod,
+        &["IAM_ROLE=pod-role"],
+        &[],
+    ));
+    s.fake
+        .start(info("default/web", "/default/web", &["IAM_ROLE=web"], &[]));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        who(&s.chain, s.tree.ino(&pod)).await,
+        "pod-role@containerd_cgroup"
+    );
+    assert_eq!(
+        who(&s.chain, s.tree.ino(&below)).await,
+        "pod-role@containerd_cgroup",
+        "below the container's cgroup"
+    );
+    for look_alike in [&scope, &bare] {
+        let started = std::time::Instant::now();
+        assert_eq!(
+            who(&s.chain, s.tree.ino(look_alike)).await,
+            "none",
+            "{look_alike}: refused, not DEFAULT_ROLE"
+        );
+        assert!(started.elapsed() < START_GRACE, "refused at once");
+    }
+    // Ids that are not container ids are not claims: the chain goes on, as for any host cgroup.
+    assert_eq!(
+        who(&s.chain, s.tree.ino("/user.slice/default/web")).await,
+        "fallback@default_role"
     );
 }
 

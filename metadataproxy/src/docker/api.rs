@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::Path;
 use std::time::SystemTime;
 
 use bollard::errors::Error as BollardError;
@@ -181,7 +182,13 @@ impl Connection for BollardConnection {
     ) -> BoxFuture<'a, Result<Option<ContainerInfo>, DockerError>> {
         Box::pin(async move {
             match self.docker.inspect_container(id, None).await {
-                Ok(response) => Ok(Some(info(response))),
+                Ok(response) => {
+                    let mut info = info(response);
+                    if info.running {
+                        info.cgroup = verified_cgroup(&info);
+                    }
+                    Ok(Some(info))
+                }
                 Err(BollardError::DockerResponseServerError {
                     status_code: 404, ..
                 }) => Ok(None),
@@ -195,6 +202,18 @@ impl Connection for BollardConnection {
 
     fn ping(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, DockerError>> {
         Box::pin(async move { self.running().await.map(Some) })
+    }
+}
+
+/// The cgroup of a running container, read from its main process; `None` (and a warning: it
+/// gets nothing by cgroup) when it cannot be verified.
+fn verified_cgroup(info: &ContainerInfo) -> Option<String> {
+    match super::cgroup::of_main_process(Path::new("/proc"), info.pid, &info.id) {
+        Ok(cgroup) => Some(cgroup),
+        Err(e) => {
+            tracing::warn!(container = %info.name, id = super::short(&info.id), error = %e, "container cannot be identified by its cgroup: its callers get no credentials through the eBPF redirect");
+            None
+        }
     }
 }
 

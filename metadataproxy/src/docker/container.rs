@@ -30,7 +30,8 @@ pub struct ContainerInfo {
     /// Every address in `NetworkSettings.Networks[*]` (IPv4 and global IPv6).
     pub ips: Vec<IpAddr>,
     /// The cgroup v2 path its processes run in, when the source knows it (containerd: from the
-    /// OCI spec); a cgroup lookup then only accepts a caller in exactly this cgroup or below.
+    /// OCI spec; Docker: read from its main process and verified to name it). Identification by
+    /// cgroup accepts a caller only in this cgroup or below it; without one, none.
     pub cgroup: Option<String>,
     /// The annotations of its Kubernetes pod (containerd's CRI containers; empty otherwise).
     pub pod_annotations: HashMap<String, String>,

@@ -20,8 +20,8 @@ use super::container::{Container, short};
 use super::index::ContainerIndex;
 use super::settings::ContainerRole;
 use crate::creds::sts::BoxFuture;
-use crate::identity::cgroup::{CgroupPaths, container_of};
-use crate::identity::{Answer, ConnInfo, Found, Identify, Source, Workload, canonical_ip};
+use crate::identity::cgroup::{CgroupPaths, container_of, named_ids};
+use crate::identity::{Answer, ConnInfo, Found, Identify, Source, Workload, canonical_ip, refusal};
 
 /// How long a reverse lookup may take (clients give IMDS about a second in all).
 pub const REVERSE_LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
@@ -91,12 +91,37 @@ impl Identify for DockerIp {
 }
 
 /// Finds the caller's container by the cgroup the kernel recorded for its connection (eBPF
-/// redirect): cgroup id → path → Docker container id → index. The only way to tell host-network
-/// containers and `docker exec` processes apart from the host.
+/// redirect): cgroup id → path → the container whose verified cgroup is that path or an ancestor
+/// of it. The only way to tell host-network containers and `docker exec` processes apart from
+/// the host.
+///
+/// A name in the path is no proof: a cgroup that names an indexed container (`docker-<id>.scope`,
+/// `…/<id>`) anywhere but in or below that container's own cgroup is a look-alike, and is refused
+/// (logged; no later source is asked), as is a caller in a container whose cgroup could not be
+/// verified when it was indexed.
 #[derive(Debug, Clone)]
 pub struct DockerCgroup {
     index: Arc<ContainerIndex>,
     paths: Arc<CgroupPaths>,
+}
+
+/// What the caller's cgroup says about its Docker container.
+#[derive(Debug, Clone)]
+pub enum CgroupMatch {
+    /// It runs in this container (in its cgroup, or below it).
+    In(Arc<Container>),
+    /// It names a container it is not in (a look-alike), or one whose cgroup is not verified:
+    /// refused, no later source asked.
+    Refused,
+    /// No record, or not a Docker container's cgroup: ask the next source.
+    Unknown,
+}
+
+/// What the index says about a cgroup path.
+enum Placement {
+    In(Arc<Container>),
+    LookAlike(Arc<Container>),
+    Unverified(Arc<Container>),
 }
 
 impl DockerCgroup {
@@ -105,17 +130,51 @@ impl DockerCgroup {
         Self { index, paths }
     }
 
-    /// The container of the cgroup the kernel recorded for the caller's connection.
-    pub async fn container(&self, conn: &ConnInfo) -> Option<Arc<Container>> {
-        let kernel = conn.kernel?;
-        let path = self.paths.path(kernel.cgroup_id)?;
-        let container = container_of(&path).filter(|c| c.runtime == "docker")?;
-        // The cgroup proves the container exists: give its start event time to arrive.
-        let found = self.index.by_id_soon(&container.id).await;
-        if found.is_none() {
-            tracing::info!(cgroup = %path, id = short(&container.id), pid = kernel.pid, "caller's cgroup names a Docker container the index does not know");
+    /// Where the index places `path`: in a container, or naming one it is not in.
+    fn place(index: &ContainerIndex, path: &str) -> Option<Placement> {
+        if let Some(found) = index.in_cgroup(path) {
+            return Some(Placement::In(found));
         }
-        found
+        let named = named_ids(path).find_map(|id| index.by_id(id))?;
+        Some(match named.cgroup {
+            Some(_) => Placement::LookAlike(named),
+            None => Placement::Unverified(named),
+        })
+    }
+
+    /// The container of the cgroup the kernel recorded for the caller's connection.
+    pub async fn lookup(&self, conn: &ConnInfo) -> CgroupMatch {
+        let (Some(kernel), Some(path)) = (conn.kernel, conn.cgroup_path(&self.paths).await) else {
+            return CgroupMatch::Unknown;
+        };
+        let placed = if let Some(placed) = Self::place(&self.index, &path) {
+            placed
+        } else {
+            let Some(named) = container_of(&path).filter(|c| c.runtime == "docker") else {
+                return CgroupMatch::Unknown;
+            };
+            // A cgroup named like a container may be one whose start event is on its way.
+            let soon = self
+                .index
+                .wait_for(START_GRACE, |i| Self::place(i, &path))
+                .await;
+            let Some(placed) = soon else {
+                tracing::info!(cgroup = %path, id = short(&named.id), pid = kernel.pid, "caller's cgroup names a Docker container the index does not know");
+                return CgroupMatch::Unknown;
+            };
+            placed
+        };
+        match placed {
+            Placement::In(found) => CgroupMatch::In(found),
+            Placement::LookAlike(c) => {
+                refusal::look_alike(&path, "docker", &c.name, &c.id, kernel.pid);
+                CgroupMatch::Refused
+            }
+            Placement::Unverified(c) => {
+                refusal::unverified(&path, "docker", &c.name, &c.id, kernel.pid);
+                CgroupMatch::Refused
+            }
+        }
     }
 }
 
@@ -126,8 +185,13 @@ impl Identify for DockerCgroup {
 
     fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
         Box::pin(async move {
-            let found = self.container(conn).await?;
-            Some(answer(&found, Source::DockerCgroup, conn.peer.ip()))
+            match self.lookup(conn).await {
+                CgroupMatch::In(found) => {
+                    Some(answer(&found, Source::DockerCgroup, conn.peer.ip()))
+                }
+                CgroupMatch::Refused => Some((Answer::Refused, Source::DockerCgroup, None)),
+                CgroupMatch::Unknown => None,
+            }
         })
     }
 }
@@ -143,12 +207,14 @@ pub struct CallerContainer {
 }
 
 impl CallerContainer {
-    /// The caller's container, if it is in one the index knows.
+    /// The caller's container, if it is in one the index knows (a look-alike cgroup is in none).
     pub async fn find(&self, conn: &ConnInfo) -> Option<Arc<Container>> {
-        if let Some(source) = &self.by_cgroup
-            && let Some(found) = source.container(conn).await
-        {
-            return Some(found);
+        if let Some(source) = &self.by_cgroup {
+            match source.lookup(conn).await {
+                CgroupMatch::In(found) => return Some(found),
+                CgroupMatch::Refused => return None,
+                CgroupMatch::Unknown => {}
+            }
         }
         match &self.by_ip {
             Some(source) => source.container(conn).await,

@@ -31,11 +31,11 @@ fn index(containers: &[ContainerInfo]) -> Arc<ContainerIndex> {
 }
 
 fn conn(ip: &str) -> ConnInfo {
-    ConnInfo {
-        peer: SocketAddr::new(ip.parse().unwrap(), 40000),
-        local: "172.17.0.1:45001".parse().unwrap(),
-        kernel: None,
-    }
+    ConnInfo::new(
+        SocketAddr::new(ip.parse().unwrap(), 40000),
+        "172.17.0.1:45001".parse().unwrap(),
+        None,
+    )
 }
 
 fn fallback() -> RoleAssignment {
@@ -243,44 +243,69 @@ async fn loopback_callers_do_not_wait() {
     );
 }
 
-/// A cgroup tree in a temporary folder: `(root, inode of docker/<id>, inode of a service)`.
-fn cgroup_tree(id: &str) -> (std::path::PathBuf, u64, u64) {
-    use std::os::unix::fs::MetadataExt as _;
-    let root = std::env::temp_dir().join(format!("mp-cgroups-{}-{id}", std::process::id()));
-    let container = root.join("docker").join(id);
-    let service = root.join("system.slice").join("cron.service");
-    std::fs::create_dir_all(&container).unwrap();
-    std::fs::create_dir_all(&service).unwrap();
-    let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
-    let (c, s) = (ino(&container), ino(&service));
-    (root, c, s)
+/// A cgroup tree in a temporary folder holding `dirs`; removed on drop.
+struct Tree(tempfile::TempDir);
+
+impl Tree {
+    fn new(dirs: &[&str]) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        for d in dirs {
+            std::fs::create_dir_all(root.path().join(d.trim_start_matches('/'))).unwrap();
+        }
+        Self(root)
+    }
+
+    fn ino(&self, dir: &str) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(self.0.path().join(dir.trim_start_matches('/')))
+            .unwrap()
+            .ino()
+    }
+
+    fn paths(&self) -> Arc<crate::identity::cgroup::CgroupPaths> {
+        Arc::new(crate::identity::cgroup::CgroupPaths::new(
+            self.0.path().to_owned(),
+        ))
+    }
+}
+
+/// A container as Docker reports it, with the cgroup read from its main process.
+fn in_cgroup(id: &str, cgroup: Option<&str>, env: &[&str]) -> ContainerInfo {
+    ContainerInfo {
+        cgroup: cgroup.map(str::to_owned),
+        ..info(id, "", id, "", env)
+    }
 }
 
 fn kernel_conn(cgroup_id: u64) -> ConnInfo {
-    ConnInfo {
-        kernel: Some(crate::ebpf::Caller {
-            cgroup_id,
-            pid: 4242,
-            netns_cookie: 1,
-        }),
-        ..conn("172.17.0.1")
-    }
+    let c = conn("172.17.0.1");
+    let kernel = Some(crate::ebpf::Caller {
+        cgroup_id,
+        pid: 4242,
+        netns_cookie: 1,
+    });
+    ConnInfo::new(c.peer, c.local, kernel)
 }
 
 #[tokio::test]
 async fn the_kernel_cgroup_names_the_container_even_on_the_host_network() {
     let id = "c".repeat(64);
-    let (root, container_ino, service_ino) = cgroup_tree(&id);
-    let index = index(&[info("c", "", "c", "", &["IAM_ROLE=role-host-net"])]);
-    let paths = Arc::new(crate::identity::cgroup::CgroupPaths::new(root.clone()));
+    let tree = Tree::new(&[&format!("docker/{id}"), "system.slice/cron.service"]);
+    let index = index(&[in_cgroup(
+        "c",
+        Some(&format!("/docker/{id}")),
+        &["IAM_ROLE=role-host-net"],
+    )]);
     let chain = Chain::new(
         vec![
-            Box::new(DockerCgroup::new(Arc::clone(&index), paths)),
+            Box::new(DockerCgroup::new(Arc::clone(&index), tree.paths())),
             Box::new(DockerIp::new(index)),
         ],
         Some(fallback()),
     );
-    let caller = chain.identify(&kernel_conn(container_ino)).await;
+    let caller = chain
+        .identify(&kernel_conn(tree.ino(&format!("docker/{id}"))))
+        .await;
     // The audit log names the container the caller was found in.
     assert_eq!(
         caller.workload,
@@ -295,8 +320,131 @@ async fn the_kernel_cgroup_names_the_container_even_on_the_host_network() {
         ("role-host-net", Source::DockerCgroup)
     );
     // A host service: not a container; the chain goes on (here to DEFAULT_ROLE).
-    let caller = chain.identify(&kernel_conn(service_ino)).await;
+    let caller = chain
+        .identify(&kernel_conn(tree.ino("system.slice/cron.service")))
+        .await;
     assert_eq!(caller.workload, None);
     assert_eq!(caller.assignment.unwrap().1, Source::DefaultRole);
-    let _ = std::fs::remove_dir_all(root);
+}
+
+/// `role@source`, `refused@source` (a source knew the caller and gave nothing), or `none`
+/// for a caller in the cgroup at `dir` of `tree`.
+async fn who_in(chain: &Chain, tree: &Tree, dir: &str) -> String {
+    let caller = chain.identify(&kernel_conn(tree.ino(dir))).await;
+    match caller.assignment {
+        Some((a, source)) => format!("{}@{}", a.role.name(), source.as_str()),
+        None => "none".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_cgroup_named_like_a_container_elsewhere_is_refused_not_defaulted() {
+    let (a, b, u) = ("a".repeat(64), "b".repeat(64), "e".repeat(64));
+    let unknown = "f".repeat(64);
+    let tree = Tree::new(&[
+        &format!("/docker/{a}/init.scope"),
+        &format!("/docker/{a}/docker-{b}.scope"),
+        &format!("/docker/{b}"),
+        &format!("/docker/{u}"),
+        &format!("/user.slice/user-1000.slice/x/docker-{a}.scope"),
+        &format!("/user.slice/user-1000.slice/y/{a}"),
+        &format!("/docker/{a}x/{b}"),
+        &format!("/user.slice/user-1000.slice/docker-{u}.scope"),
+        &format!("/user.slice/user-1000.slice/docker-{unknown}.scope"),
+        "/user.slice/user-1000.slice/session-1.scope",
+    ]);
+    let index = index(&[
+        in_cgroup("a", Some(&format!("/docker/{a}")), &["IAM_ROLE=role-a"]),
+        in_cgroup("b", Some(&format!("/docker/{b}")), &["IAM_ROLE=role-b"]),
+        // Its cgroup could not be verified when it was indexed.
+        in_cgroup("e", None, &["IAM_ROLE=role-e"]),
+    ]);
+    let chain = Chain::new(
+        vec![
+            Box::new(DockerCgroup::new(Arc::clone(&index), tree.paths())),
+            Box::new(DockerIp::new(index)),
+        ],
+        Some(fallback()),
+    );
+    let table: &[(String, &str)] = &[
+        // The container's cgroup and below it.
+        (format!("/docker/{a}"), "role-a@docker_cgroup"),
+        (format!("/docker/{a}/init.scope"), "role-a@docker_cgroup"),
+        // Inside a, named like b: still a (never b).
+        (
+            format!("/docker/{a}/docker-{b}.scope"),
+            "role-a@docker_cgroup",
+        ),
+        (format!("/docker/{b}"), "role-b@docker_cgroup"),
+        // Look-alikes: refused, not DEFAULT_ROLE.
+        (
+            format!("/user.slice/user-1000.slice/x/docker-{a}.scope"),
+            "none",
+        ),
+        (format!("/user.slice/user-1000.slice/y/{a}"), "none"),
+        // A string prefix of a's cgroup is not below it; it names b elsewhere.
+        (format!("/docker/{a}x/{b}"), "none"),
+        // A container whose own cgroup is unverified is identified by cgroup by nobody.
+        (format!("/docker/{u}"), "none"),
+        (
+            format!("/user.slice/user-1000.slice/docker-{u}.scope"),
+            "none",
+        ),
+        // Naming no indexed container: the chain goes on.
+        (
+            format!("/user.slice/user-1000.slice/docker-{unknown}.scope"),
+            "fallback@default_role",
+        ),
+        (
+            "/user.slice/user-1000.slice/session-1.scope".to_owned(),
+            "fallback@default_role",
+        ),
+    ];
+    for (dir, want) in table {
+        assert_eq!(who_in(&chain, &tree, dir).await, *want, "{dir}");
+    }
+}
+
+#[tokio::test]
+async fn a_look_alike_gets_no_container_for_the_ecs_token_check() {
+    let a = "a".repeat(64);
+    let tree = Tree::new(&[
+        &format!("/docker/{a}"),
+        &format!("/user.slice/docker-{a}.scope"),
+    ]);
+    let index = index(&[in_cgroup("a", Some(&format!("/docker/{a}")), &[])]);
+    let callers = CallerContainer {
+        by_cgroup: Some(DockerCgroup::new(Arc::clone(&index), tree.paths())),
+        by_ip: Some(DockerIp::new(index)),
+    };
+    let own = kernel_conn(tree.ino(&format!("/docker/{a}")));
+    assert_eq!(
+        callers.find(&own).await.map(|c| c.id.clone()),
+        Some(a.clone())
+    );
+    let look_alike = kernel_conn(tree.ino(&format!("/user.slice/docker-{a}.scope")));
+    assert!(callers.find(&look_alike).await.is_none());
+}
+
+#[tokio::test]
+async fn a_connections_cgroup_is_looked_up_once_for_every_source_and_request() {
+    let tree = Tree::new(&["/system.slice/cron.service"]);
+    let index = index(&[]);
+    // Two sources with resolvers of their own: only the connection's memo can save a walk.
+    let (p1, p2) = (tree.paths(), tree.paths());
+    let chain = Chain::new(
+        vec![
+            Box::new(DockerCgroup::new(Arc::clone(&index), Arc::clone(&p1))),
+            Box::new(DockerCgroup::new(index, Arc::clone(&p2))),
+        ],
+        Some(fallback()),
+    );
+    let conn = kernel_conn(tree.ino("/system.slice/cron.service"));
+    for _ in 0..3 {
+        assert_eq!(
+            chain.identify(&conn).await.assignment.unwrap().1,
+            Source::DefaultRole
+        );
+    }
+    assert_eq!(p1.walks() + p2.walks(), 1);
 }

@@ -2,7 +2,8 @@
 //! asking Docker, written only by the synchroniser.
 //!
 //! An address claimed by two indexed containers identifies neither (Docker reuses addresses, and
-//! a missed `die` must not hand the old container's role to the new one: Lyft issue #19).
+//! a missed `die` must not hand the old container's role to the new one: Lyft issue #19); nor
+//! does a cgroup claimed by two.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 
 use super::container::{Container, short};
 use super::identify::START_GRACE;
+use crate::identity::cgroup::ancestors;
 
 /// How the index changed, for the listeners that act on roles (prefetch, release).
 #[derive(Debug, Default)]
@@ -37,9 +39,15 @@ impl Change {
 }
 
 #[derive(Debug, Default)]
+#[expect(
+    clippy::struct_field_names,
+    reason = "each map is the index by one key"
+)]
 struct State {
     by_id: HashMap<String, Arc<Container>>,
     by_ip: HashMap<IpAddr, Vec<String>>,
+    /// Containers by their recorded cgroup path.
+    by_cgroup: HashMap<String, Vec<String>>,
 }
 
 impl State {
@@ -54,6 +62,18 @@ impl State {
                     container = %container.name,
                     others = ?owners.iter().map(|id| short(id)).collect::<Vec<_>>(),
                     "address claimed by more than one container: it identifies none of them"
+                );
+            }
+            owners.push(container.id.clone());
+        }
+        if let Some(cgroup) = &container.cgroup {
+            let owners = self.by_cgroup.entry(cgroup.clone()).or_default();
+            if !owners.is_empty() {
+                tracing::warn!(
+                    cgroup = %cgroup,
+                    container = %container.name,
+                    others = ?owners.iter().map(|id| short(id)).collect::<Vec<_>>(),
+                    "cgroup claimed by more than one container: it identifies none of them"
                 );
             }
             owners.push(container.id.clone());
@@ -81,6 +101,14 @@ impl State {
                 if owners.is_empty() {
                     self.by_ip.remove(ip);
                 }
+            }
+        }
+        if let Some(cgroup) = &old.cgroup
+            && let Some(owners) = self.by_cgroup.get_mut(cgroup)
+        {
+            owners.retain(|o| o != id);
+            if owners.is_empty() {
+                self.by_cgroup.remove(cgroup);
             }
         }
         Change {
@@ -182,6 +210,20 @@ impl ContainerIndex {
     pub fn by_ip(&self, ip: IpAddr) -> Option<Arc<Container>> {
         let state = self.read();
         match state.by_ip.get(&ip.to_canonical())?.as_slice() {
+            [id] => state.by_id.get(id).cloned(),
+            _ => None,
+        }
+    }
+
+    /// The container a process in the cgroup at `path` runs in: the one whose recorded cgroup is
+    /// `path` or its nearest ancestor (`/` never is). `None` if no recorded cgroup contains
+    /// `path`, or the nearest one is claimed by several containers.
+    pub fn in_cgroup(&self, path: &str) -> Option<Arc<Container>> {
+        let state = self.read();
+        let owners = ancestors(path)
+            .take_while(|p| *p != "/")
+            .find_map(|p| state.by_cgroup.get(p))?;
+        match owners.as_slice() {
             [id] => state.by_id.get(id).cloned(),
             _ => None,
         }

@@ -154,3 +154,52 @@ async fn by_id_soon_waits_for_a_container_being_indexed() {
     index.set_live(false);
     assert!(index.by_id_soon("unknown").await.is_none());
 }
+
+fn with_cgroup(id: &str, cgroup: &str) -> Container {
+    Container {
+        cgroup: Some(cgroup.to_owned()),
+        ..container(id, "", &[])
+    }
+}
+
+#[test]
+fn finds_by_the_nearest_recorded_cgroup_and_forgets_it_on_removal() {
+    let index = ContainerIndex::new();
+    index.upsert(with_cgroup("a", "/docker/a"));
+    index.upsert(with_cgroup("b", "/docker/a/nested"));
+    let name = |p: &str| index.in_cgroup(p).map(|c| c.name.clone());
+    assert_eq!(name("/docker/a").as_deref(), Some("c-a"));
+    assert_eq!(name("/docker/a/init.scope").as_deref(), Some("c-a"));
+    assert_eq!(
+        name("/docker/a/nested/x").as_deref(),
+        Some("c-b"),
+        "nearest"
+    );
+    assert_eq!(name("/docker/ab"), None, "segment by segment");
+    assert_eq!(name("/docker"), None);
+    assert_eq!(name("/"), None);
+    index.remove(&"b".repeat(64));
+    assert_eq!(name("/docker/a/nested/x").as_deref(), Some("c-a"));
+    index.replace_all(Vec::new());
+    assert_eq!(name("/docker/a"), None);
+}
+
+#[test]
+fn a_cgroup_claimed_by_two_containers_identifies_neither() {
+    let index = ContainerIndex::new();
+    index.upsert(with_cgroup("a", "/shared"));
+    index.upsert(with_cgroup("b", "/shared"));
+    assert!(index.in_cgroup("/shared/x").is_none());
+    index.remove(&"a".repeat(64));
+    assert_eq!(
+        index
+            .in_cgroup("/shared/x")
+            .map(|c| c.name.clone())
+            .as_deref(),
+        Some("c-b")
+    );
+    // A replacement with another cgroup moves the entry.
+    index.upsert(with_cgroup("b", "/moved"));
+    assert!(index.in_cgroup("/shared").is_none());
+    assert!(index.in_cgroup("/moved").is_some());
+}

@@ -8,6 +8,7 @@
 //! ([`ContainerIndex::by_id`]).
 
 mod api;
+pub mod cgroup;
 mod container;
 mod endpoint;
 mod identify;

@@ -42,11 +42,11 @@ fn build(env: &[(&str, &str)], docker: &FakeDocker) -> (Arc<Imds>, Arc<FakeSts>)
 }
 
 async fn get(imds: &Imds, ip: &str, path: &str) -> (StatusCode, String) {
-    let conn = ConnInfo {
-        peer: SocketAddr::new(ip.parse().unwrap(), 40000),
-        local: "172.17.0.1:45001".parse().unwrap(),
-        kernel: None,
-    };
+    let conn = ConnInfo::new(
+        SocketAddr::new(ip.parse().unwrap(), 40000),
+        "172.17.0.1:45001".parse().unwrap(),
+        None,
+    );
     let req = Request::builder().uri(path).body(()).unwrap();
     let resp = imds.handle(&req, &conn).await;
     let status = resp.status();

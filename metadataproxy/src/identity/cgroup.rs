@@ -1,64 +1,13 @@
-//! cgroup id → cgroup path (walking the cgroup2 mount, cached) → container id; and the
-//! identification source that gives a role by cgroup path (`cgroup:/…` keys of the mapping file).
+//! cgroup paths: which container a path names, whether a path lies in a cgroup (segment by
+//! segment), which paths are containers'; and the identification source that gives a role by
+//! cgroup path (`cgroup:/…` keys of the mapping file). cgroup id → path: [`CgroupPaths`].
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 
-/// Most cached id → path entries; the cache is emptied when it grows past this.
-const CACHE_MAX: usize = 65_536;
-
-/// Resolves cgroup v2 ids (inode numbers of cgroup directories) to paths like `/docker/<id>`.
-#[derive(Debug)]
-pub struct CgroupPaths {
-    root: PathBuf,
-    cache: Mutex<HashMap<u64, Arc<str>>>,
-}
-
-impl CgroupPaths {
-    /// Paths below the cgroup2 mount `root`.
-    pub fn new(root: PathBuf) -> Self {
-        Self {
-            root,
-            cache: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The path of cgroup `id`, relative to the mount and starting with `/`; `None` if it is gone.
-    ///
-    /// A cached path is re-checked (one `stat`): if the cgroup was removed, or the path now holds a
-    /// different cgroup, the entry is dropped and the tree walked again.
-    pub fn path(&self, id: u64) -> Option<Arc<str>> {
-        let cached = self.lock().get(&id).cloned();
-        if let Some(path) = cached {
-            if self.inode(&path) == Some(id) {
-                return Some(path);
-            }
-            self.lock().remove(&id);
-        }
-        let mut found = HashMap::new();
-        walk(&self.root, "", &mut found);
-        let mut cache = self.lock();
-        if cache.len() + found.len() > CACHE_MAX {
-            cache.clear();
-        }
-        cache.extend(found);
-        cache.get(&id).cloned()
-    }
-
-    fn inode(&self, path: &str) -> Option<u64> {
-        std::fs::metadata(self.root.join(path.trim_start_matches('/')))
-            .ok()
-            .map(|m| m.ino())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<str>>> {
-        self.cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
+pub use super::cgroup_paths::CgroupPaths;
 
 /// `ino → path` of the cgroup at `rel` (below the cgroup2 mount `root`) and every cgroup below it.
 pub fn tree(root: &Path, rel: &str) -> HashMap<u64, Arc<str>> {
@@ -69,7 +18,7 @@ pub fn tree(root: &Path, rel: &str) -> HashMap<u64, Arc<str>> {
 }
 
 /// Records `ino → path` for `dir` (at `rel`) and every cgroup below it.
-fn walk(dir: &Path, rel: &str, out: &mut HashMap<u64, Arc<str>>) {
+pub(super) fn walk(dir: &Path, rel: &str, out: &mut HashMap<u64, Arc<str>>) {
     let Ok(meta) = std::fs::metadata(dir) else {
         return;
     };
@@ -106,47 +55,69 @@ fn is_container_id(s: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
+/// Runtime scopes: `<prefix><id>.scope` (or without `.scope`), and the runtime they belong to.
+const SCOPES: &[(&str, &str)] = &[
+    ("docker-", "docker"),
+    ("cri-containerd-", "containerd"),
+    ("containerd-", "containerd"),
+    ("nerdctl-", "containerd"),
+    ("crio-", "crio"),
+    ("libpod-", "podman"),
+];
+
+/// The container id one path segment names: a bare 64-hex id, or one in a runtime's scope
+/// (`docker-<id>.scope`, …); with the runtime of the scope (`None` for a bare id).
+fn segment_id(seg: &str) -> Option<(&str, Option<&'static str>)> {
+    let bare = seg.strip_suffix(".scope").unwrap_or(seg);
+    for (prefix, runtime) in SCOPES {
+        if let Some(id) = bare.strip_prefix(prefix)
+            && is_container_id(id)
+        {
+            return Some((id, Some(runtime)));
+        }
+    }
+    is_container_id(bare).then_some((bare, None))
+}
+
+/// Every container id named by a segment of `path`, deepest first (whatever the runtime).
+pub fn named_ids(path: &str) -> impl Iterator<Item = &str> {
+    path.rsplit('/').filter_map(segment_id).map(|(id, _)| id)
+}
+
 /// The container of a cgroup path, from its deepest segment naming one:
 /// cgroupfs `docker/<id>`, systemd `docker-<id>.scope`, containerd `cri-containerd-<id>.scope`,
 /// `nerdctl-<id>.scope` or `<pod>/<id>` (kubepods, `k8s.io`), CRI-O `crio-<id>.scope`, podman
-/// `libpod-<id>.scope`.
+/// `libpod-<id>.scope`. A name is only a claim: identification accepts a caller only in the
+/// cgroup recorded for the container ([`is_within`]).
 pub fn container_of(path: &str) -> Option<ContainerRef> {
-    const SCOPES: &[(&str, &str)] = &[
-        ("docker-", "docker"),
-        ("cri-containerd-", "containerd"),
-        ("containerd-", "containerd"),
-        ("nerdctl-", "containerd"),
-        ("crio-", "crio"),
-        ("libpod-", "podman"),
-    ];
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     for (i, seg) in segments.iter().enumerate().rev() {
-        let bare = seg.strip_suffix(".scope").unwrap_or(seg);
-        for (prefix, runtime) in SCOPES {
-            if let Some(id) = bare.strip_prefix(prefix)
-                && is_container_id(id)
-            {
-                return Some(ContainerRef {
-                    runtime,
-                    id: id.to_owned(),
-                });
-            }
-        }
-        if is_container_id(bare) {
-            let parent = i.checked_sub(1).map(|p| segments[p]);
-            let runtime = match parent {
-                Some("docker") => "docker",
-                Some("k8s.io" | "moby") => "containerd",
-                _ if segments.iter().any(|s| s.starts_with("kubepods")) => "containerd",
-                _ => "docker",
-            };
-            return Some(ContainerRef {
-                runtime,
-                id: bare.to_owned(),
-            });
-        }
+        let Some((id, scoped)) = segment_id(seg) else {
+            continue;
+        };
+        let runtime = scoped.unwrap_or_else(|| match i.checked_sub(1).map(|p| segments[p]) {
+            Some("docker") => "docker",
+            Some("k8s.io" | "moby") => "containerd",
+            _ if segments.iter().any(|s| s.starts_with("kubepods")) => "containerd",
+            _ => "docker",
+        });
+        return Some(ContainerRef {
+            runtime,
+            id: id.to_owned(),
+        });
     }
     None
+}
+
+/// Whether the cgroup at `path` is `cgroup` itself or lies below it, compared segment by segment
+/// (`/a/bc` is not below `/a/b`). Paths are relative to the cgroup2 mount and start with `/`.
+pub fn is_within(path: &str, cgroup: &str) -> bool {
+    let cgroup = cgroup.trim_end_matches('/');
+    if cgroup.is_empty() {
+        return path.starts_with('/');
+    }
+    path.strip_prefix(cgroup)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Segments that only container runtimes and container managers create: a cgroup at or below one
@@ -216,8 +187,12 @@ pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
 mod tests;
 
 /// Identification by cgroup path: the `cgroup:/…` entries of the mapping file, matched against the
-/// kernel-attested cgroup of the caller and then its ancestors (so `cgroup:/system.slice/foo.service`
-/// also covers the cgroups below it).
+/// kernel-attested cgroup of the caller and then its ancestors, deepest first: a key covers its
+/// cgroup and every cgroup below it (every descendant directory, at any depth; so
+/// `cgroup:/system.slice/foo.service` also covers `…/foo.service/worker`). Whoever may create
+/// cgroups below a mapped one (a delegated subtree) can only move its own processes there, which
+/// were already entitled; but mapping a subtree delegated to someone (`user@1000.service`, a
+/// `Delegate=yes` unit) gives the role to everything they run.
 #[derive(Debug)]
 pub struct CgroupSource {
     /// cgroup id → path.
@@ -231,13 +206,11 @@ impl super::Identify for CgroupSource {
         &'a self,
         conn: &'a super::ConnInfo,
     ) -> crate::creds::sts::BoxFuture<'a, Option<(super::Answer, super::Source)>> {
-        let found = conn.kernel.and_then(|k| {
-            let path = self.paths.path(k.cgroup_id)?;
+        Box::pin(async move {
+            let path = conn.cgroup_path(&self.paths).await?;
             let mapping = self.mapping.current();
-            ancestors(&path).find_map(|p| mapping.lookup_cgroup(p))
-        });
-        Box::pin(std::future::ready(
-            found.map(|a| (super::Answer::Role(a), super::Source::CgroupPath)),
-        ))
+            let found = ancestors(&path).find_map(|p| mapping.lookup_cgroup(p))?;
+            Some((super::Answer::Role(found), super::Source::CgroupPath))
+        })
     }
 }

@@ -81,23 +81,61 @@ fn ancestors_deepest_first() {
 }
 
 #[test]
-fn resolves_ids_and_forgets_removed_cgroups() {
-    // A directory tree stands in for the cgroup2 mount: ids are inode numbers either way.
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("a/b")).unwrap();
-    let ino = |p: &str| std::fs::metadata(root.path().join(p)).unwrap().ino();
-    let paths = CgroupPaths::new(root.path().to_owned());
-    let b = ino("a/b");
-    assert_eq!(paths.path(b).as_deref(), Some("/a/b"));
-    assert_eq!(paths.path(ino("")).as_deref(), Some("/"));
-    std::fs::remove_dir(root.path().join("a/b")).unwrap();
-    assert_eq!(
-        paths.path(b),
-        None,
-        "a removed cgroup is not served from the cache"
+fn the_runtime_of_a_bare_id_comes_from_its_parent() {
+    let cases: &[(String, &str)] = &[
+        (format!("/docker/{ID}"), "docker"),
+        (format!("/moby/{ID}"), "containerd"),
+        (format!("/k8s.io/{ID}"), "containerd"),
+        (
+            format!("/system.slice/containerd.service/k8s.io/{ID}"),
+            "containerd",
+        ),
+        // Anywhere below a kubepods cgroup, whatever the parent.
+        (format!("/kubepods/burstable/pod1/{ID}"), "containerd"),
+        (format!("/x/kubepods-besteffort.slice/y/{ID}"), "containerd"),
+        // Any other parent (a custom --cgroup-parent), or none: Docker's cgroupfs layout.
+        (format!("/mpd123/{ID}"), "docker"),
+        (format!("/{ID}"), "docker"),
+        // A scope's own prefix wins over the parent.
+        (format!("/k8s.io/docker-{ID}.scope"), "docker"),
+        (format!("/docker/cri-containerd-{ID}.scope"), "containerd"),
+    ];
+    for (path, runtime) in cases {
+        let got = container_of(path).unwrap_or_else(|| panic!("{path}: none"));
+        assert_eq!((got.runtime, got.id.as_str()), (*runtime, ID), "{path}");
+    }
+}
+
+#[test]
+fn named_ids_are_every_segment_naming_a_container_deepest_first() {
+    const OTHER: &str = "7be7ca56452ce0f69575654683e3b8cdc61d8898d06caf92fbf5ffffcd856bd7";
+    let path = format!(
+        "/docker/{ID}/x/crio-{OTHER}.scope/docker-abc.scope/{}",
+        &ID[1..]
     );
-    std::fs::create_dir(root.path().join("a/c")).unwrap();
-    assert_eq!(paths.path(ino("a/c")).as_deref(), Some("/a/c"));
+    assert_eq!(named_ids(&path).collect::<Vec<_>>(), [OTHER, ID]);
+    assert_eq!(named_ids("/system.slice/sshd.service").count(), 0);
+    assert_eq!(named_ids(&format!("libpod-{ID}")).collect::<Vec<_>>(), [ID]);
+}
+
+#[test]
+fn within_is_segment_by_segment() {
+    let table: &[(&str, &str, bool)] = &[
+        ("/a/b", "/a/b", true),
+        ("/a/b/c", "/a/b", true),
+        ("/a/b/c/d", "/a/b", true),
+        ("/a/b", "/a/b/", true),
+        ("/a/bc", "/a/b", false),
+        ("/a/b.scope", "/a/b", false),
+        ("/a", "/a/b", false),
+        ("/x/a/b", "/a/b", false),
+        ("/anything", "/", true),
+        ("/", "/", true),
+        ("relative", "/", false),
+    ];
+    for (path, cgroup, want) in table {
+        assert_eq!(is_within(path, cgroup), *want, "{path} in {cgroup}");
+    }
 }
 
 #[test]

@@ -5,7 +5,9 @@
 //! then falls back to `DEFAULT_ROLE`.
 
 pub mod cgroup;
+mod cgroup_paths;
 pub mod mapping_file;
+pub mod refusal;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -17,7 +19,7 @@ use crate::creds::sts::BoxFuture;
 use crate::role::{RoleAssignment, SessionName};
 
 /// What the socket layer knows about one accepted connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The caller's address as seen by `accept()`.
     pub peer: SocketAddr,
@@ -25,6 +27,31 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// What the kernel recorded when the caller's connection was redirected (eBPF mode).
     pub kernel: Option<crate::ebpf::Caller>,
+    /// The path of the kernel-recorded cgroup, looked up once for the connection when first
+    /// needed (shared by its clones, so by every request and source on the connection).
+    cgroup: Arc<tokio::sync::OnceCell<Option<Arc<str>>>>,
+}
+
+impl ConnInfo {
+    /// A connection from `peer` to `local`, with the kernel's record of it if there is one.
+    pub fn new(peer: SocketAddr, local: SocketAddr, kernel: Option<crate::ebpf::Caller>) -> Self {
+        Self {
+            peer,
+            local,
+            kernel,
+            cgroup: Arc::default(),
+        }
+    }
+
+    /// The path of the cgroup the kernel recorded for this connection (`None`: no record, or the
+    /// cgroup is gone), resolved with `paths` at most once per connection.
+    pub async fn cgroup_path(&self, paths: &cgroup::CgroupPaths) -> Option<Arc<str>> {
+        let kernel = self.kernel?;
+        self.cgroup
+            .get_or_init(|| paths.resolve(kernel.cgroup_id))
+            .await
+            .clone()
+    }
 }
 
 /// The stable identity of a caller: what IMDSv2 tokens are bound to and what logs name.

@@ -67,11 +67,11 @@ pub(super) fn fixture(env: &[(&str, &str)], mapping: Option<&str>) -> Fixture {
 }
 
 fn conn(ip: &str) -> ConnInfo {
-    ConnInfo {
-        peer: SocketAddr::new(ip.parse().unwrap(), 40000),
-        local: "127.0.0.1:45001".parse().unwrap(),
-        kernel: None,
-    }
+    ConnInfo::new(
+        SocketAddr::new(ip.parse().unwrap(), 40000),
+        "127.0.0.1:45001".parse().unwrap(),
+        None,
+    )
 }
 
 pub(super) async fn call(
@@ -189,13 +189,14 @@ async fn tokens_are_bound_to_the_caller() {
 #[tokio::test]
 async fn tokens_are_bound_to_the_cgroup_not_the_shared_address() {
     let f = fixture(&[("DEFAULT_ROLE", "role-a")], None);
-    let in_cgroup = |id: u64| ConnInfo {
-        kernel: Some(crate::ebpf::Caller {
+    let in_cgroup = |id: u64| {
+        let c = conn("127.0.0.1");
+        let kernel = Some(crate::ebpf::Caller {
             cgroup_id: id,
             pid: 1000,
             netns_cookie: 1,
-        }),
-        ..conn("127.0.0.1")
+        });
+        ConnInfo::new(c.peer, c.local, kernel)
     };
     let ttl = http::HeaderValue::from_static("60");
     let mut put = Request::builder()
