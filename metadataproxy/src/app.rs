@@ -25,7 +25,7 @@ use crate::docker::{
 use crate::ebpf::ConnTable;
 use crate::identity::cgroup::{CgroupPaths, CgroupSource};
 use crate::identity::mapping_file::{MappingError, MappingFile};
-use crate::identity::{Chain, ConnInfo, Identify};
+use crate::identity::{AddressIdentity, Chain, ConnInfo, Identify};
 use crate::imds::conn::{ConnLimits, Tracked};
 use crate::imds::ecs::Ecs;
 use crate::imds::iam::Iam;
@@ -133,6 +133,11 @@ pub fn build_parts(
     // fetched now, and again for the roles of each reloaded mapping.
     let default_role = config.default_role.clone().map(RoleAssignment::from_role);
     let mut known: Vec<Arc<RoleAssignment>> = default_role.iter().cloned().map(Arc::new).collect();
+    // With the redirect attached, a connection without a kernel record chose to skip it.
+    let by_address = match &cgroups {
+        Some(_) => AddressIdentity::Only(config.ebpf.direct_callers.clone().into()),
+        None => AddressIdentity::Everyone,
+    };
     let mut sources: Vec<Box<dyn Identify>> = Vec::new();
     let mut index = None;
     if let (Some(file), Some(paths)) = (&mapping_file, &cgroups) {
@@ -183,7 +188,7 @@ pub fn build_parts(
         sources.push(Box::new(file));
     }
     prefetch(&resolver, &cache, known);
-    let chain = Arc::new(Chain::new(sources, default_role));
+    let chain = Arc::new(Chain::new(sources, default_role).with_address_identity(by_address));
     let imds = imds(
         config,
         chain,

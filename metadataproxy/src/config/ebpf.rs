@@ -3,6 +3,8 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
 
+use ipnet::{IpNet, Ipv4Net};
+
 use super::parse::Reader;
 use super::settings as s;
 
@@ -53,6 +55,9 @@ pub struct EbpfConfig {
     pub on_exit: OnExit,
     /// `EBPF_OBJECT`: an eBPF object file to load instead of the one built into the binary.
     pub object: Option<PathBuf>,
+    /// `EBPF_DIRECT_CALLERS`: peers whose connections without a kernel record (straight to the
+    /// daemon) may still be identified by address while the redirect is attached.
+    pub direct_callers: Vec<IpNet>,
 }
 
 fn mode(v: &str) -> Result<EbpfMode, String> {
@@ -92,6 +97,41 @@ pub(super) fn cgroup_paths(v: &str) -> Result<Vec<String>, String> {
         }
     }
     Ok(paths)
+}
+
+/// Comma-separated addresses (a host each) or CIDRs; IPv4-mapped IPv6 forms are taken as IPv4,
+/// as peer addresses are compared in that form.
+pub(super) fn direct_callers(v: &str) -> Result<Vec<IpNet>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let net = match item.parse::<IpNet>() {
+                Ok(net) => net,
+                Err(_) => item
+                    .parse::<IpAddr>()
+                    .map(|ip| IpNet::from(ip.to_canonical()))
+                    .map_err(|_| {
+                        format!(
+                            "`{item}` is not an address or CIDR like `127.0.0.1`, `10.1.0.0/16` or `fd00::/8`"
+                        )
+                    })?,
+            };
+            Ok(canonical_net(net).trunc())
+        })
+        .collect()
+}
+
+/// `::ffff:a.b.c.d/96+n` as `a.b.c.d/n`.
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+            .addr()
+            .to_ipv4_mapped()
+            .and_then(|v4| Ipv4Net::new(v4, v6.prefix_len() - 96).ok())
+            .map_or(net, IpNet::V4),
+        _ => net,
+    }
 }
 
 fn target4(v: &str) -> Result<SocketAddrV4, String> {
@@ -166,6 +206,11 @@ pub(super) fn read(r: &mut Reader<'_>, port: Option<u16>) -> Option<EbpfConfig> 
     });
     let on_exit = r.parse(s::EBPF_ON_EXIT, on_exit);
     let object = r.optional(s::EBPF_OBJECT).map(PathBuf::from);
+    let direct_callers = match r.parse(s::EBPF_DIRECT_CALLERS, direct_callers) {
+        Some(nets) => Some(nets),
+        None if r.has_errors_for(s::EBPF_DIRECT_CALLERS) => None,
+        None => Some(Vec::new()),
+    };
     Some(EbpfConfig {
         mode: mode?,
         cgroups: cgroups?,
@@ -177,5 +222,6 @@ pub(super) fn read(r: &mut Reader<'_>, port: Option<u16>) -> Option<EbpfConfig> 
         pin_dir: pin_dir?,
         on_exit: on_exit?,
         object,
+        direct_callers: direct_callers?,
     })
 }

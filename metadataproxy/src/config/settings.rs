@@ -115,6 +115,7 @@ pub const EBPF_MAP_SIZE: &str = "EBPF_MAP_SIZE";
 pub const EBPF_PIN_DIR: &str = "EBPF_PIN_DIR";
 pub const EBPF_ON_EXIT: &str = "EBPF_ON_EXIT";
 pub const EBPF_OBJECT: &str = "EBPF_OBJECT";
+pub const EBPF_DIRECT_CALLERS: &str = "EBPF_DIRECT_CALLERS";
 pub const CONTAINERD: &str = "CONTAINERD";
 pub const CONTAINERD_ADDRESS: &str = "CONTAINERD_ADDRESS";
 pub const CONTAINERD_NAMESPACES: &str = "CONTAINERD_NAMESPACES";
@@ -421,6 +422,13 @@ pub const SETTINGS: &[Setting] = &[
         None,
         Kind::Value,
         "eBPF object file to load instead of the one built into the binary",
+    ),
+    ours(
+        EBPF_DIRECT_CALLERS,
+        "ebpf-direct-callers",
+        None,
+        Kind::Value,
+        "comma-separated addresses or CIDRs (`127.0.0.1`, `10.1.0.0/16`, `fd00::/8`) whose connections straight to the daemon (not through the eBPF redirect: no kernel record of the caller) may still be identified by address (mapping-file IP keys, Docker IP lookup, reverse DNS, DEFAULT_ROLE); unset: with the redirect attached, such connections get 403 on the credential, `iam/*`, token and ECS routes. Without the redirect (EBPF=off, or an `auto` fallback) every caller is identified by address",
     ),
     ours(
         CONTAINERD,

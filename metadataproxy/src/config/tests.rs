@@ -317,3 +317,35 @@ fn an_overridden_target_is_not_added_to_lo_and_target6_follows_it() {
     let errors = invalid(&[("EBPF_TARGET6", "[::ffff:0.0.0.0]:45001")]);
     assert_eq!(errors.len(), 1, "{errors:?}");
 }
+
+#[test]
+fn ebpf_direct_callers_are_addresses_and_networks() {
+    let nets = |v: &str| -> Vec<String> {
+        load(&[("EBPF_DIRECT_CALLERS", v)], &[])
+            .unwrap()
+            .ebpf
+            .direct_callers
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert!(nets("").is_empty(), "unset: nobody");
+    assert!(load(&[], &[]).unwrap().ebpf.direct_callers.is_empty());
+    assert_eq!(
+        nets(" 127.0.0.1, 10.1.2.3/16 ,fd00::/8,::1,::ffff:192.0.2.7,::ffff:10.0.0.0/104"),
+        [
+            "127.0.0.1/32",
+            "10.1.0.0/16",
+            "fd00::/8",
+            "::1/128",
+            "192.0.2.7/32",
+            "10.0.0.0/8"
+        ]
+    );
+    for bad in ["localhost", "10.0.0.0/33", "127.0.0.1:80", "10.0.0.1/8/2"] {
+        let errors = invalid(&[("EBPF_DIRECT_CALLERS", bad)]);
+        assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+        assert_eq!(errors[0].name, "EBPF_DIRECT_CALLERS");
+        assert!(errors[0].reason.contains("not an address or CIDR"), "{bad}");
+    }
+}

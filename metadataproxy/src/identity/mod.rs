@@ -170,20 +170,63 @@ pub trait Identify: Send + Sync + fmt::Debug {
     }
 }
 
+/// Which connections without a kernel record (callers that reached the daemon straight, not
+/// through the eBPF redirect) may be identified by their address.
+#[derive(Debug, Clone, Default)]
+pub enum AddressIdentity {
+    /// IP-only mode (no redirect attached): every caller is known by its address.
+    #[default]
+    Everyone,
+    /// The redirect is attached: only peers in these networks (`EBPF_DIRECT_CALLERS`); any
+    /// other connection without a record is refused the routes that need an identity.
+    Only(Arc<[ipnet::IpNet]>),
+}
+
+impl AddressIdentity {
+    /// Whether the caller on `conn` may be identified at all: it has a kernel record, or its
+    /// address may identify it.
+    pub fn allows(&self, conn: &ConnInfo) -> bool {
+        conn.kernel.is_some()
+            || match self {
+                Self::Everyone => true,
+                Self::Only(nets) => {
+                    let ip = canonical_ip(conn.peer.ip());
+                    nets.iter().any(|net| net.contains(&ip))
+                }
+            }
+    }
+}
+
 /// The sources in order; the first that knows the caller wins, then `DEFAULT_ROLE`.
 #[derive(Debug, Default)]
 pub struct Chain {
     sources: Vec<Box<dyn Identify>>,
     default_role: Option<Arc<RoleAssignment>>,
+    by_address: AddressIdentity,
 }
 
 impl Chain {
-    /// A chain of `sources`, falling back to `default_role`.
+    /// A chain of `sources`, falling back to `default_role`; every caller may be identified
+    /// (see [`Chain::with_address_identity`]).
     pub fn new(sources: Vec<Box<dyn Identify>>, default_role: Option<RoleAssignment>) -> Self {
         Self {
             sources,
             default_role: default_role.map(Arc::new),
+            by_address: AddressIdentity::Everyone,
         }
+    }
+
+    /// This chain, identifying connections without a kernel record only as `by_address` says.
+    #[must_use]
+    pub fn with_address_identity(mut self, by_address: AddressIdentity) -> Self {
+        self.by_address = by_address;
+        self
+    }
+
+    /// Whether the caller on `conn` may be identified (see [`AddressIdentity::allows`]): the
+    /// routes that need an identity (credentials, `iam/*`, tokens, ECS) refuse it otherwise.
+    pub fn may_identify(&self, conn: &ConnInfo) -> bool {
+        self.by_address.allows(conn)
     }
 
     /// The identity of a connection, without looking up its role (cheap; used for tokens):
@@ -195,9 +238,17 @@ impl Chain {
         }
     }
 
-    /// Identifies the caller and finds its role.
+    /// Identifies the caller and finds its role; one that may not be identified
+    /// ([`Chain::may_identify`]) has none.
     pub async fn identify(&self, conn: &ConnInfo) -> Caller {
         let identity = Self::identity(conn);
+        if !self.may_identify(conn) {
+            return Caller {
+                identity,
+                assignment: None,
+                workload: None,
+            };
+        }
         for source in &self.sources {
             if let Some((answer, by, workload)) = source.identify_workload(conn).await {
                 let assignment = match answer {

@@ -216,6 +216,16 @@ impl Ecs {
     }
 }
 
+/// The answer to a caller that reached the daemon straight (no kernel record) while the eBPF
+/// redirect is attached, and that `EBPF_DIRECT_CALLERS` does not name.
+pub fn record_less() -> Response<Body> {
+    error(
+        StatusCode::FORBIDDEN,
+        "AccessDenied",
+        "this route needs the caller's identity: connect to 169.254.170.23, not to the daemon's own address",
+    )
+}
+
 /// Whether `header` is the token of the caller's container `found`.
 fn check(header: Option<&HeaderValue>, found: Option<&CallerToken>) -> Result<(), Refusal> {
     let header = header.ok_or(Refusal::NoHeader)?;

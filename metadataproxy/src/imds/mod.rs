@@ -23,4 +23,6 @@ pub fn proxy_status(e: &proxy::UpstreamError) -> http::StatusCode {
 }
 
 #[cfg(test)]
+mod record_less_tests;
+#[cfg(test)]
 mod service_tests;

@@ -12,7 +12,7 @@ use super::proxy::Upstream;
 use super::response::{self, Body};
 use super::token::{self, TokenStore};
 use crate::clock::Clock;
-use crate::identity::{Chain, ConnInfo, Identity};
+use crate::identity::{Chain, ConnInfo, Identity, refusal};
 use crate::metrics::Route;
 
 /// Where non-IAM routes go.
@@ -99,6 +99,10 @@ impl Imds {
         let raw_path = req.uri().path();
         if raw_path == super::ecs::PATH {
             return match &self.ecs {
+                Some(_) if !self.iam.chain.may_identify(conn) => {
+                    refusal::record_less(conn.peer, "ecs");
+                    super::ecs::record_less()
+                }
                 Some(ecs) => ecs.handle(&self.iam, req, conn).await,
                 None => not_found(),
             };
@@ -115,6 +119,13 @@ impl Imds {
                 return response::text(status, format!("Bad Request: {e}\n"));
             }
         };
+        if needs_identity(&category) && !self.iam.chain.may_identify(conn) {
+            refusal::record_less(conn.peer, Route::of(Some(&category)).label());
+            return response::text(
+                StatusCode::FORBIDDEN,
+                "Forbidden: this route needs the caller's identity; connect to 169.254.169.254, not to the daemon's own address\n",
+            );
+        }
         let identity = Chain::identity(conn);
         if category == Category::Token {
             return self.token(req, &identity);
@@ -248,6 +259,23 @@ impl Imds {
                 }
             }
         }
+    }
+}
+
+/// Whether answering `category` depends on who the caller is (refused to callers that may not
+/// be identified): tokens and every `iam/` path.
+fn needs_identity(category: &Category<'_>) -> bool {
+    match category {
+        Category::Token
+        | Category::IamListing
+        | Category::IamInfo
+        | Category::IamCredentialsList
+        | Category::IamCredentials(_)
+        | Category::IamOther => true,
+        Category::HostIdentityCredentials
+        | Category::Root
+        | Category::VersionRoot
+        | Category::Other => false,
     }
 }
 

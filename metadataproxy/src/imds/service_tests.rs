@@ -31,6 +31,16 @@ impl Drop for TempDir {
 }
 
 pub(super) fn fixture(env: &[(&str, &str)], mapping: Option<&str>) -> Fixture {
+    fixture_with(env, mapping, false)
+}
+
+/// [`fixture`], as built when the eBPF redirect is attached (cgroup ids resolved below an empty
+/// folder standing in for the cgroup2 mount).
+pub(super) fn redirected_fixture(env: &[(&str, &str)], mapping: Option<&str>) -> Fixture {
+    fixture_with(env, mapping, true)
+}
+
+fn fixture_with(env: &[(&str, &str)], mapping: Option<&str>, redirected: bool) -> Fixture {
     let mut env: HashMap<String, String> = env
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -57,7 +67,20 @@ pub(super) fn fixture(env: &[(&str, &str)], mapping: Option<&str>) -> Fixture {
     let config = Config::load(["metadataproxy"], &env).unwrap();
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
     let sts = FakeSts::new(&clock, Duration::ZERO);
-    let imds = crate::app::build(&config, sts.clone(), Arc::new(clock.clone())).unwrap();
+    let cgroups = redirected.then(|| {
+        Arc::new(crate::identity::cgroup::CgroupPaths::new(
+            std::env::temp_dir().join("mp-no-cgroups"),
+        ))
+    });
+    let imds = crate::app::build_with(
+        &config,
+        sts.clone(),
+        Arc::new(clock.clone()),
+        cgroups,
+        None,
+        None,
+    )
+    .unwrap();
     Fixture {
         imds,
         sts,
@@ -66,7 +89,7 @@ pub(super) fn fixture(env: &[(&str, &str)], mapping: Option<&str>) -> Fixture {
     }
 }
 
-fn conn(ip: &str) -> ConnInfo {
+pub(super) fn conn(ip: &str) -> ConnInfo {
     ConnInfo::new(
         SocketAddr::new(ip.parse().unwrap(), 40000),
         "127.0.0.1:45001".parse().unwrap(),
@@ -81,11 +104,22 @@ pub(super) async fn call(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, String) {
+    call_on(f, &conn(ip), method, path, headers).await
+}
+
+/// [`call`] on the connection `conn`.
+pub(super) async fn call_on(
+    f: &Fixture,
+    conn: &ConnInfo,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String) {
     let mut req = Request::builder().method(method).uri(path);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = f.imds.handle(&req.body(()).unwrap(), &conn(ip)).await;
+    let resp = f.imds.handle(&req.body(()).unwrap(), conn).await;
     let status = resp.status();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
