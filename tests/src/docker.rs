@@ -58,7 +58,7 @@ fn free_subnet(second: bool) -> u8 {
 }
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup/unified` beside v1 controllers).
-pub(crate) fn cgroup2_mount() -> PathBuf {
+pub fn cgroup2_mount() -> PathBuf {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     mounts
         .lines()

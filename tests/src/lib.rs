@@ -26,7 +26,7 @@ pub use containerd::{ContainerdD, ExecResult};
 pub use creds::{ImdsCredentials, fetch_credentials, parse_time};
 pub use daemon::{Daemon, DaemonBuilder, Exited};
 pub use delay::SlowRelay;
-pub use docker::{DockerD, IMAGE};
+pub use docker::{DockerD, IMAGE, cgroup2_mount};
 pub use faulty_sts::{
     DENIED_CALLER_ACCOUNT, DENIED_CALLER_ARN, DENIED_CALLER_INSTANCE, Fault, FaultySts, Outcome,
     StsAttempt,

@@ -160,3 +160,210 @@ async fn containers_calling_169_254_169_254_get_their_own_roles() {
         "the real IMDS stand-in was reached: {seen:?}"
     );
 }
+
+/// A cgroup made by the test below the cgroup2 mount, with its parents; removed (deepest first,
+/// once its processes are gone) when dropped.
+struct LookAlike {
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl LookAlike {
+    /// Makes `<cgroup2><parent>/<rel>` and every folder on the way.
+    fn new(parent: &str, rel: &str) -> Self {
+        let mut dirs = Vec::new();
+        let mut dir = metadataproxy_tests::cgroup2_mount().join(parent.trim_start_matches('/'));
+        for seg in rel.split('/') {
+            dir = dir.join(seg);
+            std::fs::create_dir(&dir)
+                .unwrap_or_else(|e| panic!("cannot create cgroup {}: {e}", dir.display()));
+            dirs.push(dir.clone());
+        }
+        Self { dirs }
+    }
+
+    /// The deepest cgroup's folder.
+    fn dir(&self) -> &std::path::Path {
+        self.dirs.last().expect("at least one folder")
+    }
+
+    /// A host process moved into the deepest cgroup fetches `url` with curl: (HTTP status,
+    /// output).
+    fn fetch(&self, url: &str) -> (u16, String) {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec curl -sS -m 5 -w '\nstatus=%{{http_code}}' {url}",
+                self.dir().display()
+            ))
+            .output()
+            .expect("running curl");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !text.contains(HOST_ACCESS_KEY_ID),
+            "host credentials reached the look-alike: {text}"
+        );
+        let status = text
+            .rsplit_once("status=")
+            .and_then(|(_, s)| s.trim().parse().ok())
+            .unwrap_or(0);
+        (status, text)
+    }
+}
+
+impl Drop for LookAlike {
+    fn drop(&mut self) {
+        for dir in self.dirs.iter().rev() {
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Regression (issue 11, item 2): a process moved into a cgroup named like a running container —
+/// anywhere but in that container's own cgroup — borrowed the container's role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cgroup_named_like_a_container_gets_nothing_and_is_logged() {
+    let Some(docker) = DockerD::start() else {
+        return;
+    };
+    let metadata = MetadataAddress::start();
+    let bpffs = BpfFs::mount();
+    let moto = Moto::start().await;
+    for role in ["role-a", "role-d"] {
+        moto.create_role(role, "/").await;
+    }
+    // DEFAULT_ROLE: a refused look-alike must not fall through to it either.
+    let daemon = Daemon::builder()
+        .moto(&moto)
+        .default_account()
+        .redirecting_docker(&docker, &bpffs)
+        .env("DEFAULT_ROLE", "role-d")
+        .start()
+        .await;
+    let web = docker.run_detached(&["-e", "IAM_ROLE=role-a"]);
+    let (ok, listing) = v1(&docker, &web, CREDS_PATH);
+    assert!(ok && listing == "role-a", "the container itself: {listing}");
+
+    // The redirect's cgroup (the dockerd's cgroup parent) holds both the containers and a
+    // user's subtree: the user makes `docker-<id of web>.scope` in it and moves a process there.
+    let parent = docker.cgroup_parent();
+    for rel in [
+        format!("user.slice/user-1000.slice/session-9.scope/docker-{web}.scope"),
+        format!("user.slice/user-1000.slice/{web}"),
+    ] {
+        let look_alike = LookAlike::new(&parent, &rel);
+        let (status, out) = look_alike.fetch(&format!("http://{METADATA_IP}{CREDS_PATH}"));
+        assert_eq!(
+            status,
+            404,
+            "a look-alike at {rel} was answered: {out}\n{}",
+            daemon.logs()
+        );
+        let (status, out) = look_alike.fetch(&format!("http://{METADATA_IP}{CREDS_PATH}role-a"));
+        assert_eq!(status, 404, "{rel}: {out}");
+        let cgroup = format!("{parent}/{rel}");
+        let needle = format!("cgroup=\"{cgroup}\"");
+        let logs = daemon.wait_for_log(&needle).await;
+        let line = logs
+            .lines()
+            .find(|l| l.contains(&needle))
+            .unwrap_or_default();
+        assert!(
+            line.contains("look-alike")
+                && line.contains(&format!("id=\"{web}\""))
+                && line.contains("pid="),
+            "the refusal names the cgroup, the container it imitates and the pid: {line}"
+        );
+    }
+    // The real container, and a `docker exec` into it, still get their role.
+    let (ok, body) = v2(&docker, &web, &format!("{CREDS_PATH}role-a"));
+    assert!(ok, "{body}");
+    assert_eq!(identity(&moto, &body).await, assumed("role-a"));
+    let (ok, listing) = v1(&docker, &web, CREDS_PATH);
+    assert!(ok && listing == "role-a", "docker exec: {listing}");
+    let seen = metadata.standin.requests();
+    assert!(
+        seen.is_empty(),
+        "the real IMDS stand-in was reached: {seen:?}"
+    );
+}
+
+/// Issue 11, item 6: with the redirect attached, a caller that skips it (connects straight to the
+/// daemon's address) is not identified by address unless `EBPF_DIRECT_CALLERS` names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_network_container_skipping_the_redirect_is_refused_unless_named() {
+    let Some(docker) = DockerD::start() else {
+        return;
+    };
+    let metadata = MetadataAddress::start();
+    let moto = Moto::start().await;
+    for role in ["role-h", "role-d"] {
+        moto.create_role(role, "/").await;
+    }
+    let host_net = docker.run_detached(&["--network", "host", "-e", "IAM_ROLE=role-h"]);
+    let gateway = docker.gateway();
+    for direct_callers in [None, Some(gateway.to_string())] {
+        let bpffs = BpfFs::mount();
+        let mut builder = Daemon::builder()
+            .moto(&moto)
+            .default_account()
+            .redirecting_docker(&docker, &bpffs)
+            .env("DEFAULT_ROLE", "role-d");
+        if let Some(named) = &direct_callers {
+            builder = builder.env("EBPF_DIRECT_CALLERS", named.clone());
+        }
+        let daemon = builder.start().await;
+        // The container runs already: wait for the redirect and the index (the daemon listens
+        // before it attaches the redirect).
+        daemon
+            .wait_for_logs(&["listening", "container index synchronised"])
+            .await;
+        let direct = format!("http://{gateway}:{}", daemon.addr().port());
+        // Redirected: its own role, whatever the setting.
+        let (ok, listing) = v1(&docker, &host_net, CREDS_PATH);
+        assert!(
+            ok && listing == "role-h",
+            "redirected: {listing}\n{}",
+            daemon.logs()
+        );
+        // Straight to the daemon's port, from the host's address.
+        let (ok, out, err) = docker.exec(&host_net, &format!("wget -q -O - {direct}{CREDS_PATH}"));
+        let (_, token, _) = docker.exec(
+            &host_net,
+            &format!(
+                "(printf 'PUT /latest/api/token HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\
+                 X-aws-ec2-metadata-token-ttl-seconds: 60\\r\\n\\r\\n'; sleep 1) | nc {gateway} {} | head -1",
+                daemon.addr().port()
+            ),
+        );
+        if direct_callers.is_none() {
+            assert!(
+                !ok && err.contains("403"),
+                "straight to the daemon: refused, not DEFAULT_ROLE: {out} {err}"
+            );
+            assert!(token.contains(" 403 "), "token: {token:?}");
+            daemon
+                .wait_for_log("did not come through the eBPF redirect")
+                .await;
+        } else {
+            assert!(
+                ok && out == "role-d",
+                "named: identified by address: {out} {err}"
+            );
+            assert!(token.contains(" 200 "), "token: {token:?}");
+        }
+    }
+    let seen = metadata.standin.requests();
+    assert!(
+        seen.is_empty(),
+        "the real IMDS stand-in was reached: {seen:?}"
+    );
+}

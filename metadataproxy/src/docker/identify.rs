@@ -144,13 +144,22 @@ impl DockerCgroup {
 
     /// The container of the cgroup the kernel recorded for the caller's connection.
     pub async fn lookup(&self, conn: &ConnInfo) -> CgroupMatch {
-        let (Some(kernel), Some(path)) = (conn.kernel, conn.cgroup_path(&self.paths).await) else {
+        let Some(kernel) = conn.kernel else {
+            return CgroupMatch::Unknown;
+        };
+        let Some(path) = conn.cgroup_path(&self.paths).await else {
+            tracing::debug!(
+                cgroup_id = kernel.cgroup_id,
+                pid = kernel.pid,
+                "caller's cgroup is gone"
+            );
             return CgroupMatch::Unknown;
         };
         let placed = if let Some(placed) = Self::place(&self.index, &path) {
             placed
         } else {
             let Some(named) = container_of(&path).filter(|c| c.runtime == "docker") else {
+                tracing::debug!(cgroup = %path, pid = kernel.pid, "caller's cgroup is no Docker container's");
                 return CgroupMatch::Unknown;
             };
             // A cgroup named like a container may be one whose start event is on its way.

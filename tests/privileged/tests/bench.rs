@@ -56,6 +56,8 @@ fn bench_redirect_vs_direct() {
     });
     std::fs::write(world.mapping.path(), mapping.to_string()).expect("mapping");
     vars.insert("LOG_LEVEL".into(), "warn,metadataproxy::app=info".into());
+    // Straight to the daemon is not through the redirect: opted in to address identification.
+    vars.insert("EBPF_DIRECT_CALLERS".into(), GATEWAY.to_string());
     let _daemon =
         metadataproxy_privileged_tests::Daemon::start(&world.daemon_cg, &vars, world.port);
     let direct: SocketAddr = format!("{GATEWAY}:{}", world.port).parse().expect("addr");

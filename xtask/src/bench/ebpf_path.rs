@@ -135,7 +135,9 @@ pub async fn measure(
     cmd.env("EBPF", "required")
         .env("EBPF_CGROUPS", &root.rel)
         .env("EBPF_PIN_DIR", bpffs.pin_dir())
-        .env("EBPF_ON_EXIT", "detach");
+        .env("EBPF_ON_EXIT", "detach")
+        // The direct leg connects straight to the daemon: opted in to address identification.
+        .env("EBPF_DIRECT_CALLERS", "127.0.0.1");
     let mut daemon = Proc::spawn("ours-ebpf", &mut cmd, &programs.dir.join("ours-ebpf.log"))?;
     daemon.wait_listening(addr, Duration::from_secs(30))?;
     // The socket is bound before the programs are attached; "listening" is logged after.
