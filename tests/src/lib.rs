@@ -39,7 +39,7 @@ pub use kernel::{
 };
 pub use mapping::MappingFile;
 pub use moto::{AssumedRole, Moto};
-pub use net::{free_port, loopback};
+pub use net::{free_port, loopback, other_local_ipv4};
 pub use upstream::{HOST_ACCESS_KEY_ID, HOST_ROLE, RecordedRequest, Upstream};
 
 /// moto's default account id.

@@ -1,4 +1,4 @@
-//! Loopback ports and waiting for a child process to listen.
+//! Loopback ports, this machine's other addresses, and waiting for a child process to listen.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::Child;
@@ -13,6 +13,30 @@ pub fn free_port() -> u16 {
         Ok(addr) => addr.port(),
         Err(e) => panic!("cannot bind 0.0.0.0:0 to find a free port: {e}"),
     }
+}
+
+/// A non-loopback IPv4 address of this machine (its first of global scope), if it has one.
+///
+/// Every loopback source address is one caller to the daemon (any host process may bind any of
+/// them), so a test that needs a second caller without the eBPF redirect connects from this one
+/// (it reaches a daemon listening on 127.0.0.1 too). `None`, with the reason printed, on a machine
+/// with loopback only.
+pub fn other_local_ipv4() -> Option<Ipv4Addr> {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ip: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let found = text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .and_then(|ip| ip.parse().ok());
+    if found.is_none() {
+        eprintln!("SKIPPED: this machine has no non-loopback IPv4 address for a second caller");
+    }
+    found
 }
 
 /// `127.0.0.1:port`.

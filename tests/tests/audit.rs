@@ -113,7 +113,8 @@ async fn a_mapped_caller_over_imdsv2_in_plain_logs() {
         .unwrap_or_else(|| panic!("no audit line:\n{logs}"));
     let key = &creds.access_key_id;
     for part in [
-        "caller=ip:127.0.0.2 ",
+        // Every loopback address is one caller; the peer says which one it used.
+        "caller=ip:loopback peer=127.0.0.2:",
         &format!("role_arn=arn:aws:iam::{ACCOUNT}:role/role-a "),
         "session=batch-7 ",
         &format!("access_key=…{} ", &key[key.len() - 4..]),

@@ -1,12 +1,14 @@
 //! `IMDSv2` tokens against the real daemon: bound to the caller that obtained them (two callers
-//! told apart by their source address through the mapping file), expiring exactly at their TTL,
-//! and bounded per caller so that one caller cannot exhaust the store for the others.
+//! told apart by their source address through the mapping file: a loopback one and one at this
+//! machine's other address, since every loopback address is one caller), expiring exactly at
+//! their TTL, and bounded per caller so that one caller — from however many loopback addresses —
+//! cannot exhaust the store for the others.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use metadataproxy_tests::{
-    CREDS_PATH, Daemon, SRC_2, SRC_3, SRC_4, get, moto_and_daemon, put_token, token,
+    CREDS_PATH, Daemon, SRC_2, SRC_3, get, moto_and_daemon, other_local_ipv4, put_token, token,
 };
 use serde_json::json;
 
@@ -20,9 +22,12 @@ async fn status_with(src: Ipv4Addr, dst: SocketAddr, path: &str, token: &str) ->
 
 #[tokio::test]
 async fn a_token_is_refused_for_another_caller() {
+    let Some(other) = other_local_ipv4() else {
+        return;
+    };
     let (_moto, _mapping, daemon) = moto_and_daemon(
         &["role-a", "role-b"],
-        &json!({"127.0.0.2": "role-a", "127.0.0.3": "role-b"}),
+        &json!({"127.0.0.2": "role-a", other.to_string(): "role-b"}),
     )
     .await;
     let addr = daemon.addr();
@@ -37,10 +42,10 @@ async fn a_token_is_refused_for_another_caller() {
         "/latest/meta-data/iam/security-credentials/role-b",
         INSTANCE_ID,
     ] {
-        let stolen = get(SRC_3, addr, path, &[(TOKEN_HEADER, &a)]).await;
+        let stolen = get(other, addr, path, &[(TOKEN_HEADER, &a)]).await;
         assert_eq!(stolen.status, 401, "{path} with another caller's token");
         let made_up = get(
-            SRC_3,
+            other,
             addr,
             path,
             &[(TOKEN_HEADER, "A".repeat(43).as_str())],
@@ -54,10 +59,10 @@ async fn a_token_is_refused_for_another_caller() {
     }
     // Trying it did not spoil it for its owner, and the other caller's own token works.
     assert_eq!(status_with(SRC_2, addr, &role_a, &a).await, 200);
-    let b = token(SRC_3, addr).await;
+    let b = token(other, addr).await;
     assert_eq!(
         status_with(
-            SRC_3,
+            other,
             addr,
             "/latest/meta-data/iam/security-credentials/role-b",
             &b
@@ -66,6 +71,21 @@ async fn a_token_is_refused_for_another_caller() {
         200
     );
     assert_eq!(status_with(SRC_2, addr, &role_a, &b).await, 401);
+}
+
+#[tokio::test]
+async fn every_loopback_address_is_one_caller() {
+    // Any host process may bind any 127.x.y.z: the addresses tell no callers apart (tokens,
+    // connection limits). Roles are still given by address, as the mapping file says.
+    let (_moto, _mapping, daemon) = moto_and_daemon(
+        &["role-a", "role-b"],
+        &json!({"127.0.0.2": "role-a", "127.0.0.3": "role-b"}),
+    )
+    .await;
+    let addr = daemon.addr();
+    let t = token(SRC_2, addr).await;
+    let b = get(SRC_3, addr, CREDS_PATH, &[(TOKEN_HEADER, &t)]).await;
+    assert_eq!((b.status, b.body.as_str()), (200, "role-b"));
 }
 
 #[tokio::test]
@@ -95,17 +115,21 @@ async fn a_token_expires_after_its_ttl() {
 
 #[tokio::test]
 async fn one_caller_cannot_exhaust_the_token_store() {
+    let Some(other) = other_local_ipv4() else {
+        return;
+    };
     let daemon = Daemon::builder()
         .env("TOKEN_MAX_PER_CALLER", "3")
         .env("TOKEN_MAX_TOTAL", "6")
         .start()
         .await;
     let addr = daemon.addr();
-    let other = token(SRC_3, addr).await;
-    // One caller asks for 50 tokens: it keeps only its newest 3.
+    let others: Vec<String> = tokens_of(other, addr, 2).await;
+    // One caller asks for 50 tokens, each from another loopback address: it is one caller all the
+    // same, and keeps only its newest 3.
     let mut flood = Vec::new();
-    for _ in 0..50 {
-        flood.push(token(SRC_2, addr).await);
+    for i in 0..50_u8 {
+        flood.push(token(Ipv4Addr::new(127, 0, 2, i + 1), addr).await);
     }
     let (old, newest) = flood.split_at(flood.len() - 3);
     for t in newest {
@@ -118,9 +142,19 @@ async fn one_caller_cannot_exhaust_the_token_store() {
             "dropped"
         );
     }
-    // The other caller's token survived the flood, and a third caller still gets one.
-    assert_eq!(status_with(SRC_3, addr, INSTANCE_ID, &other).await, 200);
-    let third = token(SRC_4, addr).await;
-    assert_eq!(status_with(SRC_4, addr, INSTANCE_ID, &third).await, 200);
-    assert_eq!(status_with(SRC_3, addr, INSTANCE_ID, &other).await, 200);
+    // The other caller's tokens survived the flood, and it still gets new ones.
+    for t in &others {
+        assert_eq!(status_with(other, addr, INSTANCE_ID, t).await, 200);
+    }
+    let again = token(other, addr).await;
+    assert_eq!(status_with(other, addr, INSTANCE_ID, &again).await, 200);
+}
+
+/// `n` tokens of the caller at `src`.
+async fn tokens_of(src: Ipv4Addr, addr: SocketAddr, n: usize) -> Vec<String> {
+    let mut tokens = Vec::with_capacity(n);
+    for _ in 0..n {
+        tokens.push(token(src, addr).await);
+    }
+    tokens
 }

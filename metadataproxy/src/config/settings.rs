@@ -309,7 +309,7 @@ pub const SETTINGS: &[Setting] = &[
         "token-max-total",
         Some("65536"),
         Kind::Value,
-        "most live IMDSv2 tokens",
+        "most live IMDSv2 tokens; when full, the caller holding the most loses one (its oldest already-used token first, else its oldest), so no caller can flush another's",
     ),
     ours(
         TOKEN_MAX_PER_CALLER,
@@ -344,7 +344,7 @@ pub const SETTINGS: &[Setting] = &[
         "http-max-connections-per-caller",
         Some("256"),
         Kind::Value,
-        "most open connections of one caller (its cgroup; its address in IP-only mode); beyond it 503, so one caller cannot starve the others",
+        "most open connections of one caller (the cgroup the kernel recorded for its connection; else its address, every loopback address counting as one caller); beyond it 503, so one caller cannot starve the others",
     ),
     ours(
         ROLE_MAPPING_RELOAD_INTERVAL,

@@ -54,11 +54,15 @@ impl ConnInfo {
     }
 }
 
-/// The stable identity of a caller: what IMDSv2 tokens are bound to and what logs name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// The stable identity of a caller: what IMDSv2 tokens and connection limits are bound to and
+/// what logs name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Identity {
     /// Identified only by source IP address (mapping file, Docker IP lookup).
     Ip(IpAddr),
+    /// Any loopback source address (`127.0.0.0/8`, `::1`, their IPv4-mapped forms) without a
+    /// kernel record: one caller, since any host process may bind any of them.
+    Loopback,
     /// Identified by the kernel: the cgroup v2 id recorded by the eBPF redirect.
     Cgroup(u64),
 }
@@ -67,15 +71,20 @@ impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Ip(ip) => write!(f, "ip:{ip}"),
+            Self::Loopback => f.write_str("ip:loopback"),
             Self::Cgroup(id) => write!(f, "cgroup:{id}"),
         }
     }
 }
 
 impl Identity {
-    /// The identity of a connection known only by its source address.
+    /// The identity of a connection known only by its source address: every loopback address
+    /// is the same caller.
     pub fn from_peer(peer: SocketAddr) -> Self {
-        Self::Ip(canonical_ip(peer.ip()))
+        match canonical_ip(peer.ip()) {
+            ip if ip.is_loopback() => Self::Loopback,
+            ip => Self::Ip(ip),
+        }
     }
 }
 
@@ -229,8 +238,9 @@ impl Chain {
         self.by_address.allows(conn)
     }
 
-    /// The identity of a connection, without looking up its role (cheap; used for tokens):
-    /// the cgroup the kernel recorded when known, else the peer address.
+    /// The identity of a connection, without looking up its role (cheap; used for tokens and
+    /// connection limits): the cgroup the kernel recorded when known, else the peer address
+    /// ([`Identity::from_peer`]).
     pub fn identity(conn: &ConnInfo) -> Identity {
         match conn.kernel {
             Some(k) => Identity::Cgroup(k.cgroup_id),

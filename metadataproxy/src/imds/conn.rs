@@ -240,6 +240,38 @@ mod tests {
     }
 
     #[test]
+    fn every_loopback_source_is_one_caller() {
+        // Regression (issue 11, item 8): a host process sourcing connections from many 127.x.y.z
+        // addresses counted as many callers and could take every connection.
+        let limits = ConnLimits::new(100, 3);
+        let from = |peer: &str| Identity::from_peer(peer.parse().unwrap());
+        let _held: Vec<_> = ["127.0.0.2:1", "127.1.2.3:2", "[::1]:3"]
+            .iter()
+            .map(|p| limits.try_acquire(from(p)).expect("under the limit"))
+            .collect();
+        for peer in [
+            "127.0.0.1:4",
+            "127.255.0.9:5",
+            "[::ffff:127.0.0.7]:6",
+            "[::1]:7",
+        ] {
+            assert_eq!(
+                limits.try_acquire(from(peer)).err(),
+                Some(LimitHit::Caller),
+                "{peer} is the same caller"
+            );
+        }
+        assert_eq!(
+            from("[::ffff:10.0.0.1]:1"),
+            Identity::Ip("10.0.0.1".parse().unwrap())
+        );
+        assert!(
+            limits.try_acquire(from("10.0.0.1:8")).is_ok(),
+            "another caller"
+        );
+    }
+
+    #[test]
     fn the_total_bounds_every_caller_and_frees_on_drop() {
         let limits = ConnLimits::new(3, 10);
         let permits: Vec<_> = (1..=3)

@@ -3,15 +3,13 @@
 //! The HTTP layer answers every [`TokenError`] with the same 401 and the same body, so a caller
 //! cannot tell another caller's valid token from a made-up one.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use lru::LruCache;
 use thiserror::Error;
 
 use crate::clock::Clock;
@@ -84,33 +82,145 @@ pub fn parse_ttl(value: Option<&http::HeaderValue>) -> Result<u32, TtlError> {
 struct Entry {
     caller: Identity,
     expires: Instant,
-    /// Presented at least once. A caller at its cap loses a used token before an unused one: an
-    /// unused token is most likely in flight between its `PUT` and first use.
+    /// Issue order (one counter for the whole store).
+    seq: u64,
+    /// Presented at least once. A caller losing a token loses a used one before an unused one:
+    /// an unused token is most likely in flight between its `PUT` and first use.
     used: bool,
 }
 
+/// One caller's tokens by issue order, the unused apart from the used.
+#[derive(Default)]
+struct Held {
+    unused: BTreeMap<u64, String>,
+    used: BTreeMap<u64, String>,
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        self.unused.len() + self.used.len()
+    }
+
+    /// The token this caller loses first: its oldest used one, else its oldest.
+    fn victim(&self) -> Option<&String> {
+        self.used
+            .values()
+            .next()
+            .or_else(|| self.unused.values().next())
+    }
+}
+
 struct Inner {
-    /// Every live token; least recently used goes first when full.
-    tokens: LruCache<String, Entry>,
-    /// Each caller's tokens in issue order, so its own oldest goes first when it is at its cap.
-    by_caller: HashMap<Identity, VecDeque<String>>,
+    /// Every live token.
+    tokens: HashMap<String, Entry>,
+    /// Each caller's tokens.
+    by_caller: HashMap<Identity, Held>,
+    /// Callers by how many tokens they hold (the last holds the most), for max-min fair eviction.
+    by_count: BTreeSet<(usize, Identity)>,
+    /// The next issue number.
+    next_seq: u64,
 }
 
 impl Inner {
-    fn forget(&mut self, caller: &Identity, token: &str) {
-        if let Some(q) = self.by_caller.get_mut(caller) {
-            q.retain(|t| t != token);
-            if q.is_empty() {
-                self.by_caller.remove(caller);
-            }
+    fn count(&self, caller: &Identity) -> usize {
+        self.by_caller.get(caller).map_or(0, Held::len)
+    }
+
+    /// Moves `caller` from `before` to `after` tokens in `by_count`.
+    fn recount(&mut self, caller: &Identity, before: usize, after: usize) {
+        if before > 0 {
+            self.by_count.remove(&(before, caller.clone()));
+        }
+        if after > 0 {
+            self.by_count.insert((after, caller.clone()));
+        }
+    }
+
+    fn insert(&mut self, caller: Identity, token: String, expires: Instant) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let held = self.by_caller.entry(caller.clone()).or_default();
+        let before = held.len();
+        held.unused.insert(seq, token.clone());
+        self.recount(&caller, before, before + 1);
+        self.tokens.insert(
+            token,
+            Entry {
+                caller,
+                expires,
+                seq,
+                used: false,
+            },
+        );
+    }
+
+    /// Forgets `token` everywhere.
+    fn remove(&mut self, token: &str) {
+        let Some(entry) = self.tokens.remove(token) else {
+            return;
+        };
+        let Some(held) = self.by_caller.get_mut(&entry.caller) else {
+            return;
+        };
+        let before = held.len();
+        let gone = if entry.used {
+            held.used.remove(&entry.seq)
+        } else {
+            held.unused.remove(&entry.seq)
+        };
+        let after = held.len();
+        if after == 0 {
+            self.by_caller.remove(&entry.caller);
+        }
+        if gone.is_some() {
+            self.recount(&entry.caller, before, after);
+        }
+    }
+
+    /// `caller` loses one token (see [`Held::victim`]).
+    fn evict_from(&mut self, caller: &Identity) {
+        let victim = self.by_caller.get(caller).and_then(Held::victim).cloned();
+        if let Some(token) = victim {
+            self.remove(&token);
+        }
+    }
+
+    /// Who loses a token when the store is full and `issuer` asks for one: the caller holding
+    /// the most (the issuer itself when it is among them), so that no caller can flush another's
+    /// tokens by issuing its own: max-min fair.
+    fn fullest(&self, issuer: &Identity) -> Option<Identity> {
+        let (most, caller) = self.by_count.last()?;
+        Some(if self.count(issuer) == *most {
+            issuer.clone()
+        } else {
+            caller.clone()
+        })
+    }
+
+    /// Marks a token used (it moves to its caller's used ones).
+    fn mark_used(&mut self, token: &str) {
+        let Some(entry) = self.tokens.get_mut(token) else {
+            return;
+        };
+        if entry.used {
+            return;
+        }
+        entry.used = true;
+        let (caller, seq) = (entry.caller.clone(), entry.seq);
+        if let Some(held) = self.by_caller.get_mut(&caller)
+            && let Some(t) = held.unused.remove(&seq)
+        {
+            held.used.insert(seq, t);
         }
     }
 }
 
-/// Issued `IMDSv2` tokens: at most `max_total` overall (least recently used goes first) and
-/// `max_per_caller` per identity (its oldest used token goes first, else its oldest).
+/// Issued `IMDSv2` tokens: at most `max_per_caller` per identity (at its limit a caller loses
+/// its oldest used token, else its oldest) and `max_total` overall (when full, the caller
+/// holding the most tokens loses one the same way). Every operation is O(log n).
 pub struct TokenStore {
     inner: Mutex<Inner>,
+    max_total: usize,
     max_per_caller: usize,
     clock: Arc<dyn Clock>,
 }
@@ -120,6 +230,7 @@ impl fmt::Debug for TokenStore {
         // Never print the tokens themselves.
         f.debug_struct("TokenStore")
             .field("len", &self.len())
+            .field("max_total", &self.max_total)
             .field("max_per_caller", &self.max_per_caller)
             .field("tokens", &"** redacted **")
             .finish_non_exhaustive()
@@ -129,20 +240,21 @@ impl fmt::Debug for TokenStore {
 impl TokenStore {
     /// An empty store. Capacities of 0 are treated as 1.
     pub fn new(max_total: usize, max_per_caller: usize, clock: Arc<dyn Clock>) -> Self {
-        let cap = NonZeroUsize::new(max_total).unwrap_or(NonZeroUsize::MIN);
         Self {
             inner: Mutex::new(Inner {
-                tokens: LruCache::new(cap),
+                tokens: HashMap::new(),
                 by_caller: HashMap::new(),
+                by_count: BTreeSet::new(),
+                next_seq: 0,
             }),
+            max_total: max_total.max(1),
             max_per_caller: max_per_caller.max(1),
             clock,
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic elsewhere cannot leave the maps inconsistent in a way that matters for safety:
-        // at worst a token lingers in one map, and lookups go through `tokens` only.
+        // Every change leaves the maps consistent before the next can panic.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -155,31 +267,17 @@ impl TokenStore {
             self.clock.monotonic() + Duration::from_secs(u64::from(ttl_secs.min(MAX_TTL_SECS)));
 
         let mut inner = self.lock();
-        let Inner { tokens, by_caller } = &mut *inner;
-        let queue = by_caller.entry(caller.clone()).or_default();
-        if queue.len() >= self.max_per_caller {
-            // The caller's oldest used token, else its oldest: a caller issuing tokens in parallel
-            // (16 workers each `PUT` then `GET`) must not lose one between its `PUT` and `GET`,
-            // and a caller that only issues still evicts nobody's tokens but its own.
-            let victim = queue
-                .iter()
-                .position(|t| tokens.peek(t).is_some_and(|e| e.used))
-                .unwrap_or(0);
-            if let Some(old) = queue.remove(victim) {
-                tokens.pop(&old);
-            }
+        if inner.count(caller) >= self.max_per_caller {
+            // A caller issuing tokens in parallel (16 workers each `PUT` then `GET`) must not lose
+            // one between its `PUT` and `GET`: its used ones go first.
+            inner.evict_from(caller);
         }
-        queue.push_back(token.clone());
-        let entry = Entry {
-            caller: caller.clone(),
-            expires,
-            used: false,
-        };
-        if let Some((evicted, e)) = inner.tokens.push(token.clone(), entry)
-            && evicted != token
+        if inner.tokens.len() >= self.max_total
+            && let Some(victim) = inner.fullest(caller)
         {
-            inner.forget(&e.caller, &evicted);
+            inner.evict_from(&victim);
         }
+        inner.insert(caller.clone(), token.clone(), expires);
         Ok(token)
     }
 
@@ -196,21 +294,18 @@ impl TokenStore {
         }
         let now = self.clock.monotonic();
         let mut inner = self.lock();
-        let Some(entry) = inner.tokens.peek(token) else {
+        let Some(entry) = inner.tokens.get(token) else {
             return Err(TokenError::Unknown);
         };
         if entry.caller != *caller {
-            // Peek, not get: another caller's guesses must not keep a token alive.
+            // Another caller's guesses change nothing about the token.
             return Err(TokenError::WrongCaller);
         }
         if now >= entry.expires {
-            inner.tokens.pop(token);
-            inner.forget(caller, token);
+            inner.remove(token);
             return Err(TokenError::Expired);
         }
-        if let Some(entry) = inner.tokens.get_mut(token) {
-            entry.used = true;
-        }
+        inner.mark_used(token);
         Ok(())
     }
 

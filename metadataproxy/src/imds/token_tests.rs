@@ -167,26 +167,246 @@ fn one_caller_flooding_cannot_evict_another_callers_tokens() {
 }
 
 #[test]
-fn global_bound_evicts_least_recently_used() {
-    let (s, _) = store(3, 10);
-    let t1 = issue(&s, &ip(1), 60);
-    let t2 = issue(&s, &ip(2), 60);
-    let t3 = issue(&s, &ip(3), 60);
-    assert_eq!(
-        s.validate(&t1, &ip(1)),
-        Ok(()),
-        "touch t1 so t2 is least recently used"
-    );
-    let t4 = issue(&s, &ip(4), 60);
-    assert_eq!(s.len(), 3);
-    assert_eq!(s.validate(&t2, &ip(2)), Err(TokenError::Unknown));
-    for (t, who) in [(&t1, 1), (&t3, 3), (&t4, 4)] {
-        assert_eq!(s.validate(t, &ip(who)), Ok(()));
+fn when_full_the_caller_holding_the_most_loses_a_token() {
+    let (s, _) = store(6, 10);
+    let a: Vec<String> = (0..4).map(|_| issue(&s, &ip(1), 60)).collect();
+    let b: Vec<String> = (0..2).map(|_| issue(&s, &ip(2), 60)).collect();
+    // A is used once: at its turn it loses that one, not its oldest.
+    assert_eq!(s.validate(&a[2], &ip(1)), Ok(()));
+    let c1 = issue(&s, &ip(3), 60);
+    assert_eq!(s.validate(&a[2], &ip(1)), Err(TokenError::Unknown));
+    let c2 = issue(&s, &ip(3), 60);
+    assert_eq!(s.validate(&a[0], &ip(1)), Err(TokenError::Unknown));
+    check(&s);
+    // Now A, B and C hold two each: C, tied for the most, loses its own oldest.
+    let c3 = issue(&s, &ip(3), 60);
+    assert_eq!(s.validate(&c1, &ip(3)), Err(TokenError::Unknown));
+    for (t, who) in [
+        (&a[1], 1),
+        (&a[3], 1),
+        (&b[0], 2),
+        (&b[1], 2),
+        (&c2, 3),
+        (&c3, 3),
+    ] {
+        assert_eq!(s.validate(t, &ip(who)), Ok(()), "{who}");
     }
-    // The evicted token's caller is not charged for it any more: it can hold its full quota.
-    let fresh: Vec<String> = (0..3).map(|_| issue(&s, &ip(2), 60)).collect();
-    for t in &fresh {
+    assert_eq!(s.len(), 6);
+    check(&s);
+}
+
+#[test]
+fn one_caller_filling_the_store_flushes_only_its_own_tokens() {
+    // Regression (issue 11, item 8): the store evicted the least recently used token whoever
+    // held it, so one caller issuing in a loop flushed every other caller's tokens.
+    let (s, _) = store(8, 100);
+    let mine: Vec<String> = (0..3).map(|_| issue(&s, &ip(2), 60)).collect();
+    for t in &mine {
         assert_eq!(s.validate(t, &ip(2)), Ok(()));
+    }
+    for _ in 0..1000 {
+        issue(&s, &Identity::Loopback, 60);
+    }
+    for t in &mine {
+        assert_eq!(
+            s.validate(t, &ip(2)),
+            Ok(()),
+            "another caller's token was evicted"
+        );
+    }
+    assert_eq!(s.len(), 8);
+    check(&s);
+}
+
+#[test]
+fn the_evicted_tokens_caller_is_no_longer_charged_for_it() {
+    let (s, _) = store(3, 2);
+    let a1 = issue(&s, &ip(1), 60);
+    let a2 = issue(&s, &ip(1), 60);
+    issue(&s, &ip(2), 60);
+    // Full: A (two) loses one to B's second.
+    issue(&s, &ip(2), 60);
+    assert_eq!(s.validate(&a1, &ip(1)), Err(TokenError::Unknown));
+    check(&s);
+    // A holds one now: its next token (the store full, B holding the most) costs B one, and
+    // not A its other one, as it would if A were still charged for the evicted token.
+    let a3 = issue(&s, &ip(1), 60);
+    assert_eq!(s.validate(&a2, &ip(1)), Ok(()));
+    assert_eq!(s.validate(&a3, &ip(1)), Ok(()));
+    check(&s);
+}
+
+/// Panics unless the store's maps agree: every token is held by its caller in the right set,
+/// the counts are each caller's number of tokens, and no caller is kept with none.
+fn check(s: &TokenStore) {
+    let inner = s.lock();
+    let mut counted = 0;
+    for (caller, held) in &inner.by_caller {
+        assert!(held.len() > 0, "{caller} kept with no token");
+        assert!(
+            inner.by_count.contains(&(held.len(), caller.clone())),
+            "{caller}"
+        );
+        for (used, set) in [(false, &held.unused), (true, &held.used)] {
+            for (seq, token) in set {
+                let e = &inner.tokens[token];
+                assert_eq!((&e.caller, e.seq, e.used), (caller, *seq, used));
+            }
+        }
+        counted += held.len();
+    }
+    assert_eq!(counted, inner.tokens.len());
+    assert_eq!(inner.by_count.len(), inner.by_caller.len());
+    assert!(inner.tokens.len() <= s.max_total);
+}
+
+mod model {
+    //! The store against an O(n) model of its rules, over random sequences of operations.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A token as the model keeps it.
+    #[derive(Clone)]
+    struct Token {
+        text: String,
+        caller: Identity,
+        seq: u64,
+        used: bool,
+        expires: u64,
+    }
+
+    #[derive(Default)]
+    struct Model {
+        tokens: Vec<Token>,
+        seq: u64,
+    }
+
+    impl Model {
+        fn count(&self, c: &Identity) -> usize {
+            self.tokens.iter().filter(|t| t.caller == *c).count()
+        }
+
+        fn evict_from(&mut self, c: &Identity) {
+            let victim = |used: bool| {
+                self.tokens
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| t.caller == *c && t.used == used)
+                    .min_by_key(|(_, t)| t.seq)
+                    .map(|(i, _)| i)
+            };
+            if let Some(i) = victim(true).or_else(|| victim(false)) {
+                self.tokens.remove(i);
+            }
+        }
+
+        fn issue(&mut self, text: String, c: Identity, per: usize, total: usize, expires: u64) {
+            if self.count(&c) >= per {
+                self.evict_from(&c);
+            }
+            if self.tokens.len() >= total {
+                let most = self.tokens.iter().map(|t| self.count(&t.caller)).max();
+                let victim = if Some(self.count(&c)) == most {
+                    Some(c.clone())
+                } else {
+                    self.tokens
+                        .iter()
+                        .map(|t| t.caller.clone())
+                        .filter(|o| Some(self.count(o)) == most)
+                        .max()
+                };
+                if let Some(v) = victim {
+                    self.evict_from(&v);
+                }
+            }
+            self.tokens.push(Token {
+                text,
+                caller: c,
+                seq: self.seq,
+                used: false,
+                expires,
+            });
+            self.seq += 1;
+        }
+
+        fn validate(&mut self, text: &str, c: &Identity, now: u64) -> Result<(), TokenError> {
+            let Some(i) = self.tokens.iter().position(|t| t.text == text) else {
+                return Err(TokenError::Unknown);
+            };
+            if self.tokens[i].caller != *c {
+                return Err(TokenError::WrongCaller);
+            }
+            if now >= self.tokens[i].expires {
+                self.tokens.remove(i);
+                return Err(TokenError::Expired);
+            }
+            self.tokens[i].used = true;
+            Ok(())
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Issue { caller: u8, ttl: u32 },
+        Validate { nth: usize, caller: u8 },
+        Advance(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..5_u8, 1..40_u32).prop_map(|(caller, ttl)| Op::Issue { caller, ttl }),
+            4 => (0..64_usize, 0..5_u8).prop_map(|(nth, caller)| Op::Validate { nth, caller }),
+            1 => (1..20_u64).prop_map(Op::Advance),
+        ]
+    }
+
+    fn who(n: u8) -> Identity {
+        match n {
+            0 => Identity::Loopback,
+            4 => Identity::Cgroup(4),
+            n => ip(n),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn the_store_follows_its_rules(
+            total in 1..12_usize,
+            per in 1..6_usize,
+            ops in proptest::collection::vec(op(), 1..200),
+        ) {
+            let (s, clock) = store(total, per);
+            let mut model = Model::default();
+            let mut issued: Vec<String> = Vec::new();
+            let mut now = 0_u64;
+            for op in ops {
+                match op {
+                    Op::Issue { caller, ttl } => {
+                        let t = issue(&s, &who(caller), ttl);
+                        model.issue(t.clone(), who(caller), per, total, now + u64::from(ttl));
+                        issued.push(t);
+                    }
+                    Op::Validate { nth, caller } => {
+                        let Some(t) = issued.get(nth % issued.len().max(1)) else { continue };
+                        let got = s.validate(t, &who(caller));
+                        prop_assert_eq!(got, model.validate(t, &who(caller), now));
+                    }
+                    Op::Advance(secs) => {
+                        clock.advance(Duration::from_secs(secs));
+                        now += secs;
+                    }
+                }
+                check(&s);
+                prop_assert_eq!(s.len(), model.tokens.len());
+            }
+            for t in &model.tokens {
+                let inner = s.lock();
+                let e = inner.tokens.get(&t.text);
+                prop_assert!(e.is_some_and(|e| e.caller == t.caller && e.used == t.used));
+            }
+        }
     }
 }
 
