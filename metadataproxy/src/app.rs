@@ -527,7 +527,7 @@ fn admin(
             sts: StsCheck::new(sts_health, probe),
         },
         cache: Arc::clone(&parts.cache),
-        table: table.map(|t| (t, map_size)),
+        occupancy: table.map(|t| crate::admin::Occupancy::new(t, map_size)),
     }
 }
 

@@ -2,6 +2,7 @@
 //! [`ready`]) and `/metrics` (Prometheus). Every other path is 404: it never serves credentials
 //! nor anything of the IMDS API. At most [`MAX_CONNECTIONS`] connections are open at once.
 
+mod occupancy;
 pub mod ready;
 
 use std::convert::Infallible;
@@ -19,15 +20,14 @@ use tokio::sync::Semaphore;
 
 use crate::creds::CredentialCache;
 use crate::docker::ContainerIndex;
-use crate::ebpf::ConnTable;
 use crate::identity::Identity;
 use crate::imds::response::{self, Body};
-use crate::metrics::{self, MapOccupancy, State};
+use crate::metrics::{self, State};
+pub use occupancy::Occupancy;
 pub use ready::Readiness;
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Most admin connections open at once. Its clients are a Prometheus scraper, a health probe or
 /// two and an operator's `curl`, a handful at a time; anyone on the host can connect to it, and
 /// each connection is a file descriptor and a task of the process that serves IMDS. So a flood
@@ -46,8 +46,8 @@ pub struct Admin {
     pub readiness: Readiness,
     /// The credential cache (its size is a metric).
     pub cache: Arc<CredentialCache>,
-    /// The eBPF connection table and the size of its maps, in eBPF mode.
-    pub table: Option<(Arc<ConnTable>, usize)>,
+    /// Counts the eBPF connection maps, in eBPF mode.
+    pub occupancy: Option<Occupancy>,
 }
 
 impl Admin {
@@ -86,19 +86,10 @@ impl Admin {
         }
     }
 
-    /// The scrape-time gauges. Counting eBPF map entries is one system call per entry, so it
-    /// runs on a blocking thread.
+    /// The scrape-time gauges (the eBPF maps counted as [`Occupancy`] says).
     async fn state(&self) -> State {
-        let ebpf = match &self.table {
-            Some((table, capacity)) => {
-                let (table, capacity) = (Arc::clone(table), *capacity);
-                tokio::task::spawn_blocking(move || {
-                    let (v4, v6) = table.occupancy();
-                    MapOccupancy { v4, v6, capacity }
-                })
-                .await
-                .ok()
-            }
+        let ebpf = match &self.occupancy {
+            Some(occupancy) => occupancy.get().await,
             None => None,
         };
         let docker = self

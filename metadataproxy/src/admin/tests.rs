@@ -49,7 +49,7 @@ fn admin(index: &Arc<ContainerIndex>) -> Admin {
             sts: StsCheck::new(health, Arc::new(NeverProbe)),
         },
         cache,
-        table: None,
+        occupancy: None,
     }
 }
 
@@ -124,4 +124,41 @@ async fn readyz_follows_the_container_index() {
          docker: ok (container index synchronised (0 running))\n\
          sts: ok (sts:AssumeRole succeeded 0s ago)\n"
     );
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed_at_once() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let admin = Arc::new(admin(&ContainerIndex::new()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(super::serve(listener, admin, async move {
+        let _ = stopped.await;
+    }));
+    let mut held = Vec::new();
+    for _ in 0..super::MAX_CONNECTIONS {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // Let the accept loop take them all.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0_u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "one too many is closed at once: {read:?}"
+    );
+    held.pop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut again = tokio::net::TcpStream::connect(addr).await.unwrap();
+    again
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    again.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let _ = stop.send(());
+    server.await.unwrap();
 }

@@ -2,10 +2,11 @@
 //! by (peer, local) and removed once read.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, IterableMap as _, MapData};
 use metadataproxy_common::{Conn4, Conn6, Record};
 
 use crate::identity::canonical_ip;
@@ -166,9 +167,14 @@ impl ConnTable {
         }
     }
 
-    /// How many entries the IPv4 and IPv6 maps hold (one system call per entry).
-    pub fn occupancy(&self) -> (usize, usize) {
-        (count(&self.v4), count(&self.v6))
+    /// How many entries the IPv4 and IPv6 maps hold, counting at most `limit` of each.
+    ///
+    /// Counting is one system call per entry (a full map is `EBPF_MAP_SIZE` calls), so it goes
+    /// through handles of its own — a duplicate of each map's descriptor, taken under the lock
+    /// for a moment — and never holds the lock [`ConnTable::take`] (the accept loop) needs.
+    /// Blocking: call it off the async runtime. A map that cannot be read counts as 0.
+    pub fn occupancy(&self, limit: usize) -> (usize, usize) {
+        (count(&self.v4, limit), count(&self.v6, limit))
     }
 
     /// Removes the records of connections made before `since` (`CLOCK_MONOTONIC`, taken before
@@ -207,11 +213,26 @@ fn take_one<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>, k: &K) -> Opt
     Some(record)
 }
 
-fn count<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>) -> usize {
-    let map = map
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    map.keys().flatten().count()
+fn count<K: aya::Pod>(map: &Mutex<HashMap<MapData, K, Record>>, limit: usize) -> usize {
+    let fd = {
+        let map = map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.map().fd().as_fd().try_clone_to_owned()
+    };
+    let own = fd
+        .map_err(|e| e.to_string())
+        .and_then(|fd| MapData::from_fd(fd).map_err(|e| e.to_string()))
+        .and_then(|data| aya::maps::Map::from_map_data(data).map_err(|e| e.to_string()))
+        .and_then(|map| HashMap::<MapData, K, Record>::try_from(map).map_err(|e| e.to_string()));
+    match own {
+        // Keys deleted while they are walked restart the walk: `limit` bounds it either way.
+        Ok(own) => own.keys().take(limit).flatten().count(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open a second handle on a connection map to count it");
+            0
+        }
+    }
 }
 
 /// Whether a record made at `connected_ns` predates `since` (a record without a time does).
