@@ -11,10 +11,11 @@ const PACKAGE: &str = "metadataproxy-privileged-tests";
 
 /// The privileged test files (`tests/privileged/tests/*.rs`, but the benchmark), each passed as
 /// `--test NAME`: a name without its flag would silently become a filter that matches nothing.
-const TESTS: [&str; 5] = [
+const TESTS: [&str; 6] = [
     "redirect",
     "guard",
     "forwarding",
+    "identity",
     "least_privilege",
     "faults_restart",
 ];
