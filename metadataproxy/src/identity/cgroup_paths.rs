@@ -17,7 +17,7 @@ use lru::LruCache;
 
 use super::cgroup::walk;
 
-/// Most cached id → path entries; the cache is emptied when it grows past this.
+/// Most cached id → path entries (see [`remember`]).
 const CACHE_MAX: usize = 65_536;
 /// Most ids remembered as gone (least recently asked forgotten first).
 pub const GONE_MAX: usize = 16_384;
@@ -147,12 +147,7 @@ impl CgroupPaths {
             let found = task.await.unwrap_or_default();
             let mut state = lock(&shared);
             state.walking = None;
-            if state.cache.len() + found.len() > CACHE_MAX {
-                state.cache.clear();
-            }
-            state
-                .cache
-                .extend(found.iter().map(|(id, path)| (*id, Arc::clone(path))));
+            remember(&mut state.cache, &found, CACHE_MAX);
             drop(state);
             Arc::new(Walk { began, found })
         }
@@ -161,6 +156,21 @@ impl CgroupPaths {
         state.walking = Some((began, walk.clone()));
         walk
     }
+}
+
+/// Adds what a walk `found` to `cache`, which never holds more than `max` entries: when they
+/// would not fit, the older entries go first (a walk is the newest truth about the tree).
+fn remember(cache: &mut HashMap<u64, Arc<str>>, found: &HashMap<u64, Arc<str>>, max: usize) {
+    if cache.len() + found.len() > max {
+        cache.clear();
+    }
+    let room = max.saturating_sub(cache.len());
+    cache.extend(
+        found
+            .iter()
+            .take(room)
+            .map(|(id, path)| (*id, Arc::clone(path))),
+    );
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {

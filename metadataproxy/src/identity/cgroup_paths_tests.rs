@@ -181,3 +181,41 @@ async fn a_walk_begun_before_the_question_does_not_prove_an_id_gone() {
     assert_eq!(second.await.unwrap().as_deref(), Some("/a/new"));
     assert_eq!(paths.walks(), 2);
 }
+
+#[test]
+fn the_cache_never_outgrows_its_bound_and_drops_older_entries_first() {
+    let paths = |ids: &[u64]| -> HashMap<u64, Arc<str>> {
+        ids.iter()
+            .map(|id| (*id, Arc::from(format!("/{id}"))))
+            .collect()
+    };
+    // Room for both: the older entry stays (up to exactly full).
+    let mut cache = paths(&[1]);
+    remember(&mut cache, &paths(&[2, 3]), 3);
+    assert_eq!(cache.len(), 3);
+    assert!(cache.contains_key(&1));
+    // No room: the older entries go, the walk's stay.
+    remember(&mut cache, &paths(&[4, 5, 6]), 3);
+    let mut ids: Vec<u64> = cache.keys().copied().collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [4, 5, 6]);
+    let mut small = paths(&[1]);
+    remember(&mut small, &paths(&[2, 3]), 2);
+    let mut ids: Vec<u64> = small.keys().copied().collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [2, 3], "one over: the older entry goes");
+    // A walk larger than the bound: only as much as fits.
+    remember(&mut cache, &paths(&[7, 8, 9, 10, 11]), 3);
+    assert_eq!(cache.len(), 3);
+    assert!(cache.keys().all(|id| (7..=11).contains(id)));
+}
+
+#[test]
+fn debug_names_the_mount_and_the_walks() {
+    let paths = CgroupPaths::new(PathBuf::from("/sys/fs/cgroup/x"));
+    let shown = format!("{paths:?}");
+    assert!(
+        shown.contains("/sys/fs/cgroup/x") && shown.contains("walks: 0"),
+        "{shown}"
+    );
+}

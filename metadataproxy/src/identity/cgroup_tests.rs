@@ -96,6 +96,8 @@ fn the_runtime_of_a_bare_id_comes_from_its_parent() {
         // Any other parent (a custom --cgroup-parent), or none: Docker's cgroupfs layout.
         (format!("/mpd123/{ID}"), "docker"),
         (format!("/{ID}"), "docker"),
+        // A bare id right below a `docker` cgroup is Docker's, even below kubepods.
+        (format!("/kubepods/docker/{ID}"), "docker"),
         // A scope's own prefix wins over the parent.
         (format!("/k8s.io/docker-{ID}.scope"), "docker"),
         (format!("/docker/cri-containerd-{ID}.scope"), "containerd"),

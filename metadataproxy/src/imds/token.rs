@@ -128,9 +128,7 @@ impl Inner {
 
     /// Moves `caller` from `before` to `after` tokens in `by_count`.
     fn recount(&mut self, caller: &Identity, before: usize, after: usize) {
-        if before > 0 {
-            self.by_count.remove(&(before, caller.clone()));
-        }
+        self.by_count.remove(&(before, caller.clone()));
         if after > 0 {
             self.by_count.insert((after, caller.clone()));
         }

@@ -432,6 +432,18 @@ fn concurrent_issue_and_validate_stay_within_bounds() {
 }
 
 #[test]
+fn empty_until_a_token_is_issued_and_again_once_it_expired() {
+    let (s, clock) = store(4, 4);
+    assert!(s.is_empty());
+    let t = issue(&s, &ip(1), 1);
+    assert!(!s.is_empty());
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(s.validate(&t, &ip(1)), Err(TokenError::Expired));
+    assert!(s.is_empty());
+    check(&s);
+}
+
+#[test]
 fn debug_output_is_redacted() {
     let (s, _) = store(10, 10);
     let t = issue(&s, &ip(1), 60);
