@@ -97,8 +97,7 @@ impl CgroupPaths {
     /// The path of cgroup `id`, relative to the mount and starting with `/`; `None` if it is gone.
     ///
     /// A cached path is re-checked (one `stat` of a kernfs directory): if the cgroup was removed,
-    /// renamed, or the path now holds another cgroup, the entry is dropped and the id looked up
-    /// again. An unknown id waits for a walk of the mount on a blocking thread, shared with every
+    /// or the path now holds another cgroup, the entry is dropped and the id looked up again. An unknown id waits for a walk of the mount on a blocking thread, shared with every
     /// other lookup in flight; if a walk that began after this call does not find it, the cgroup
     /// is gone, and the id is answered `None` at once from then on.
     pub async fn resolve(&self, id: u64) -> Option<Arc<str>> {
