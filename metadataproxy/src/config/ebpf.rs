@@ -1,6 +1,6 @@
 //! The eBPF settings: whether the redirect is required, where it points, what it covers, its pins.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
 
 use ipnet::{IpNet, Ipv4Net};

@@ -79,7 +79,14 @@ impl Identify for ContainerdCgroup {
                 found
             } else {
                 if let Some(c) = self.imitated(&path) {
-                    refusal::look_alike(&path, "containerd", &c.name, &c.id, kernel.pid);
+                    refusal::look_alike(
+                        &crate::identity::Identity::Cgroup(kernel.cgroup_id),
+                        &path,
+                        "containerd",
+                        &c.name,
+                        &c.id,
+                        kernel.pid,
+                    );
                     return Some((Answer::Refused, Source::ContainerdCgroup, None));
                 }
                 if !self.is_containerd_path(&path) {
@@ -87,7 +94,7 @@ impl Identify for ContainerdCgroup {
                 }
                 if !self.index.is_live() {
                     // Fail closed: this caller's role is only known to containerd.
-                    tracing::error!(cgroup = %path, pid = kernel.pid, "caller's cgroup is a containerd container's, and containerd is not reachable: no credentials until it is back");
+                    crate::refused!(ERROR, &crate::identity::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, pid = kernel.pid, "caller's cgroup is a containerd container's, and containerd is not reachable: no credentials until it is back");
                     return Some((Answer::Refused, Source::ContainerdCgroup, None));
                 }
                 // The cgroup proves the container exists: give its start event time to arrive.
@@ -96,13 +103,13 @@ impl Identify for ContainerdCgroup {
                     .wait_for(START_GRACE, |i| i.in_cgroup(&path))
                     .await;
                 let Some(found) = soon else {
-                    tracing::info!(cgroup = %path, pid = kernel.pid, "caller's cgroup looks like a containerd container's, but no followed container has it");
+                    crate::refused!(INFO, &crate::identity::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, pid = kernel.pid, "caller's cgroup looks like a containerd container's, but no followed container has it");
                     return None;
                 };
                 found
             };
             if let ContainerRole::Invalid(e) = &found.role {
-                tracing::warn!(container = %found.name, id = %found.id, error = %e, "caller's container has malformed role settings: no credentials");
+                crate::refused!(WARN, &crate::identity::Chain::identity(conn), container = %found.name, id = %found.id, error = %e, "caller's container has malformed role settings: no credentials");
             }
             let workload = Workload {
                 id: found.id.clone(),

@@ -31,9 +31,9 @@ pub const REVERSE_LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
 pub const START_GRACE: Duration = Duration::from_millis(500);
 
 /// What the chain makes of a container found for a caller.
-fn answer(container: &Container, source: Source, ip: IpAddr) -> Found {
+fn answer(container: &Container, source: Source, conn: &ConnInfo) -> Found {
     if let ContainerRole::Invalid(e) = &container.role {
-        tracing::warn!(container = %container.name, id = short(&container.id), %ip, error = %e, "caller's container has malformed role settings: no credentials");
+        crate::refused!(WARN, &crate::identity::Chain::identity(conn), container = %container.name, id = short(&container.id), peer = %conn.peer, error = %e, "caller's container has malformed role settings: no credentials");
     }
     let workload = Workload {
         id: container.id.clone(),
@@ -81,11 +81,7 @@ impl Identify for DockerIp {
     fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
         Box::pin(async move {
             let found = self.container(conn).await?;
-            Some(answer(
-                &found,
-                Source::DockerIp,
-                canonical_ip(conn.peer.ip()),
-            ))
+            Some(answer(&found, Source::DockerIp, conn))
         })
     }
 }
@@ -168,7 +164,7 @@ impl DockerCgroup {
                 .wait_for(START_GRACE, |i| Self::place(i, &path))
                 .await;
             let Some(placed) = soon else {
-                tracing::info!(cgroup = %path, id = short(&named.id), pid = kernel.pid, "caller's cgroup names a Docker container the index does not know");
+                crate::refused!(INFO, &crate::identity::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, id = short(&named.id), pid = kernel.pid, "caller's cgroup names a Docker container the index does not know");
                 return CgroupMatch::Unknown;
             };
             placed
@@ -176,11 +172,25 @@ impl DockerCgroup {
         match placed {
             Placement::In(found) => CgroupMatch::In(found),
             Placement::LookAlike(c) => {
-                refusal::look_alike(&path, "docker", &c.name, &c.id, kernel.pid);
+                refusal::look_alike(
+                    &crate::identity::Identity::Cgroup(kernel.cgroup_id),
+                    &path,
+                    "docker",
+                    &c.name,
+                    &c.id,
+                    kernel.pid,
+                );
                 CgroupMatch::Refused
             }
             Placement::Unverified(c) => {
-                refusal::unverified(&path, "docker", &c.name, &c.id, kernel.pid);
+                refusal::unverified(
+                    &crate::identity::Identity::Cgroup(kernel.cgroup_id),
+                    &path,
+                    "docker",
+                    &c.name,
+                    &c.id,
+                    kernel.pid,
+                );
                 CgroupMatch::Refused
             }
         }
@@ -195,9 +205,7 @@ impl Identify for DockerCgroup {
     fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
         Box::pin(async move {
             match self.lookup(conn).await {
-                CgroupMatch::In(found) => {
-                    Some(answer(&found, Source::DockerCgroup, conn.peer.ip()))
-                }
+                CgroupMatch::In(found) => Some(answer(&found, Source::DockerCgroup, conn)),
                 CgroupMatch::Refused => Some((Answer::Refused, Source::DockerCgroup, None)),
                 CgroupMatch::Unknown => None,
             }
@@ -330,7 +338,7 @@ impl Identify for ReverseDns {
             let ip = canonical_ip(conn.peer.ip());
             let name = self.resolver.lookup(ip).await?;
             let found = self.find(&name)?;
-            Some(answer(&found, Source::ReverseDns, ip))
+            Some(answer(&found, Source::ReverseDns, conn))
         })
     }
 }

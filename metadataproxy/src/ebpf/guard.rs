@@ -126,7 +126,7 @@ impl GuardStats {
                     if news.total() > 0 && last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
                         let cgroup = self.last().map(|s| {
                             paths
-                                .path(s.cgroup_id)
+                                .resolve_blocking(s.cgroup_id)
                                 .map_or_else(|| format!("id {} (gone)", s.cgroup_id), |p| p.to_string())
                         });
                         tracing::warn!(

@@ -130,6 +130,22 @@ impl CgroupPaths {
         None
     }
 
+    /// [`Self::resolve`] for a thread of its own outside the runtime (the egress guard's reporter):
+    /// the cached path if it still holds `id`, else a walk of the mount on the calling thread.
+    pub fn resolve_blocking(&self, id: u64) -> Option<Arc<str>> {
+        let cached = self.lock().cache.get(&id).cloned();
+        if let Some(path) = cached
+            && inode(&self.root, &path) == Some(id)
+        {
+            return Some(path);
+        }
+        self.walks.fetch_add(1, Ordering::Relaxed);
+        let found = (self.walker)(&self.root);
+        let path = found.get(&id).cloned();
+        remember(&mut self.lock().cache, &found, CACHE_MAX);
+        path
+    }
+
     /// The walk in progress, or a new one: a walk on a blocking thread that fills the cache.
     fn walk(&self) -> SharedWalk {
         let mut state = self.lock();

@@ -100,7 +100,7 @@ impl Imds {
         if raw_path == super::ecs::PATH {
             return match &self.ecs {
                 Some(_) if !self.iam.chain.may_identify(conn) => {
-                    refusal::record_less(conn.peer, "ecs");
+                    refusal::record_less(&Chain::identity(conn), conn.peer, "ecs");
                     super::ecs::record_less()
                 }
                 Some(ecs) => ecs.handle(&self.iam, req, conn).await,
@@ -120,7 +120,11 @@ impl Imds {
             }
         };
         if needs_identity(&category) && !self.iam.chain.may_identify(conn) {
-            refusal::record_less(conn.peer, Route::of(Some(&category)).label());
+            refusal::record_less(
+                &Chain::identity(conn),
+                conn.peer,
+                Route::of(Some(&category)).label(),
+            );
             return response::text(
                 StatusCode::FORBIDDEN,
                 "Forbidden: this route needs the caller's identity; connect to 169.254.169.254, not to the daemon's own address\n",
