@@ -139,6 +139,7 @@ mod tests {
     /// (every entry up to 5.8 is in 5.8's), and for `get_ns_current_pid_tgid` the commit that
     /// moved it into `bpf_base_func_proto` (eb166e522c77, 6.10; 6.8's cgroup programs lack it).
     /// `(helper id, name, program type or "*" for all three, kernel)`.
+    #[cfg(metadataproxy_ebpf_object)]
     const HELPERS: &[(i32, &str, &str, (u32, u32))] = &[
         (1, "map_lookup_elem", "*", (5, 8)),
         (2, "map_update_elem", "*", (5, 8)),
@@ -154,8 +155,11 @@ mod tests {
         (79, "skb_cgroup_id", CGROUP_SKB, (5, 8)),
         (95, "sk_fullsock", CGROUP_SKB, (5, 8)),
     ];
+    #[cfg(metadataproxy_ebpf_object)]
     const SOCK_ADDR: &str = "cgroup_sock_addr";
+    #[cfg(metadataproxy_ebpf_object)]
     const SOCK_OPS: &str = "sock_ops";
+    #[cfg(metadataproxy_ebpf_object)]
     const CGROUP_SKB: &str = "cgroup_skb";
 
     /// The program type of a program of the object.
@@ -171,6 +175,7 @@ mod tests {
 
     /// `BPF_JMP | BPF_CALL`, with `src_reg` 0: a helper call (1 is a call to a function of the
     /// object, 2 a kfunc).
+    #[cfg(metadataproxy_ebpf_object)]
     const CALL: u8 = 0x85;
 
     /// The helpers program `name` of `object` (its calls linked) calls.
