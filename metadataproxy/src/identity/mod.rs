@@ -327,3 +327,39 @@ impl mapping_file::MappingFile {
         found.map(|a| (Answer::Role(a), Source::MappingFile))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Logs, audit lines and refusal budgets name a caller by this text; operators grep for it.
+    #[test]
+    fn identities_are_named_by_kind_and_value() {
+        let peer = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(Identity::Cgroup(4242).to_string(), "cgroup:4242");
+        assert_eq!(
+            Identity::from_peer(peer("172.17.0.5:40000")).to_string(),
+            "ip:172.17.0.5"
+        );
+        // A dual-stack socket's IPv4-mapped source is the IPv4 caller.
+        assert_eq!(
+            Identity::from_peer(peer("[::ffff:172.17.0.5]:40000")),
+            Identity::Ip("172.17.0.5".parse().unwrap())
+        );
+        assert_eq!(
+            Identity::from_peer(peer("[fd00::5]:40000")).to_string(),
+            "ip:fd00::5"
+        );
+        // Every loopback source is one caller, whatever address it bound.
+        for loopback in [
+            "127.0.0.1:1",
+            "127.9.8.7:2",
+            "[::1]:3",
+            "[::ffff:127.0.0.2]:4",
+        ] {
+            let id = Identity::from_peer(peer(loopback));
+            assert_eq!(id, Identity::Loopback, "{loopback}");
+            assert_eq!(id.to_string(), "ip:loopback");
+        }
+    }
+}
