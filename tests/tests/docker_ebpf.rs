@@ -367,3 +367,51 @@ async fn a_host_network_container_skipping_the_redirect_is_refused_unless_named(
         "the real IMDS stand-in was reached: {seen:?}"
     );
 }
+
+/// A container's cgroup while Docker is unreachable: the daemon cannot vouch for the container
+/// (nor read its role), so it refuses rather than hand out `DEFAULT_ROLE`, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_is_refused_not_defaulted_while_docker_is_unreachable() {
+    let Some(docker) = DockerD::start() else {
+        return;
+    };
+    let metadata = MetadataAddress::start();
+    let bpffs = BpfFs::mount();
+    let moto = Moto::start().await;
+    for role in ["role-a", "role-d"] {
+        moto.create_role(role, "/").await;
+    }
+    let web = docker.run_detached(&["-e", "IAM_ROLE=role-a"]);
+    let daemon = Daemon::builder()
+        .moto(&moto)
+        .default_account()
+        .redirecting_docker(&docker, &bpffs)
+        .env("DEFAULT_ROLE", "role-d")
+        .env(
+            "DOCKER_URL",
+            "unix:///nonexistent-metadataproxy-test/docker.sock",
+        )
+        .start()
+        .await;
+    daemon
+        .wait_for_logs(&["listening", "Docker is unreachable"])
+        .await;
+    let (ok, listing) = v1(&docker, &web, CREDS_PATH);
+    assert!(
+        !ok && listing.contains("404"),
+        "a container Docker cannot vouch for got a role (DEFAULT_ROLE on main): {listing}\n{}",
+        daemon.logs()
+    );
+    let logs = daemon
+        .wait_for_log("events are not followed: no credentials until they are")
+        .await;
+    assert!(
+        logs.contains(&web[..12]),
+        "the refusal names the container: {logs}"
+    );
+    let seen = metadata.standin.requests();
+    assert!(
+        seen.is_empty(),
+        "the real IMDS stand-in was reached: {seen:?}"
+    );
+}

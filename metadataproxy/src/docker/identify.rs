@@ -94,7 +94,10 @@ impl Identify for DockerIp {
 /// A name in the path is no proof: a cgroup that names an indexed container (`docker-<id>.scope`,
 /// `…/<id>`) anywhere but in or below that container's own cgroup is a look-alike, and is refused
 /// (logged; no later source is asked), as is a caller in a container whose cgroup could not be
-/// verified when it was indexed.
+/// verified when it was indexed, and one whose cgroup names a container while Docker's events are
+/// not followed (Docker unreachable, or not synchronised yet): the index cannot vouch for it then.
+/// While they are followed, a name the index still does not know after [`START_GRACE`] proves
+/// nothing, and the chain goes on.
 #[derive(Debug, Clone)]
 pub struct DockerCgroup {
     index: Arc<ContainerIndex>,
@@ -158,6 +161,12 @@ impl DockerCgroup {
                 tracing::debug!(cgroup = %path, pid = kernel.pid, "caller's cgroup is no Docker container's");
                 return CgroupMatch::Unknown;
             };
+            if !self.index.wait_live(START_GRACE).await {
+                // Fail closed: while Docker is not followed, the index cannot tell this container
+                // (and its role) from a look-alike or a container it has not seen start.
+                crate::refused!(ERROR, &crate::identity::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, id = short(&named.id), pid = kernel.pid, "caller's cgroup names a Docker container, and Docker's events are not followed: no credentials until they are");
+                return CgroupMatch::Refused;
+            }
             // A cgroup named like a container may be one whose start event is on its way.
             let soon = self
                 .index

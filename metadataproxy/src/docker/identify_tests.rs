@@ -359,6 +359,7 @@ async fn a_cgroup_named_like_a_container_elsewhere_is_refused_not_defaulted() {
         // Its cgroup could not be verified when it was indexed.
         in_cgroup("e", None, &["IAM_ROLE=role-e"]),
     ]);
+    index.set_live(true);
     let chain = Chain::new(
         vec![
             Box::new(DockerCgroup::new(Arc::clone(&index), tree.paths())),
@@ -447,4 +448,65 @@ async fn a_connections_cgroup_is_looked_up_once_for_every_source_and_request() {
         );
     }
     assert_eq!(p1.walks() + p2.walks(), 1);
+}
+
+#[tokio::test]
+async fn a_container_cgroup_is_refused_while_docker_is_not_followed() {
+    let (a, unknown) = ("a".repeat(64), "f".repeat(64));
+    let tree = Tree::new(&[
+        &format!("/docker/{a}"),
+        &format!("/system.slice/docker-{unknown}.scope"),
+        "/system.slice/cron.service",
+    ]);
+    let index = index(&[in_cgroup(
+        "a",
+        Some(&format!("/docker/{a}")),
+        &["IAM_ROLE=role-a"],
+    )]);
+    let chain = Chain::new(
+        vec![
+            Box::new(DockerCgroup::new(Arc::clone(&index), tree.paths())),
+            Box::new(DockerIp::new(Arc::clone(&index))),
+        ],
+        Some(fallback()),
+    );
+    let unknown_dir = format!("/system.slice/docker-{unknown}.scope");
+    // Docker unreachable (or not synchronised yet): a container the index has not seen might have
+    // any role; after the grace for a synchronisation under way, it gets none, not DEFAULT_ROLE.
+    let started = std::time::Instant::now();
+    assert_eq!(who_in(&chain, &tree, &unknown_dir).await, "none");
+    assert!(started.elapsed() >= START_GRACE, "{:?}", started.elapsed());
+    // What the index still holds is served, and a host service is no container.
+    assert_eq!(
+        who_in(&chain, &tree, &format!("/docker/{a}")).await,
+        "role-a@docker_cgroup"
+    );
+    assert_eq!(
+        who_in(&chain, &tree, "/system.slice/cron.service").await,
+        "fallback@default_role"
+    );
+    // The first synchronisation completing within the grace: the caller waits for it, and is
+    // then found in its container.
+    let b = "b".repeat(64);
+    std::fs::create_dir_all(tree.0.path().join(format!("docker/{b}"))).unwrap();
+    let later = Arc::clone(&index);
+    let cgroup_b = format!("/docker/{b}");
+    let synced = tokio::spawn(async move {
+        tokio::time::sleep(START_GRACE / 5).await;
+        later.upsert(Container::new(
+            &in_cgroup("b", Some(&cgroup_b), &["IAM_ROLE=role-b"]),
+            None,
+        ));
+        later.set_live(true);
+    });
+    assert_eq!(
+        who_in(&chain, &tree, &format!("/docker/{b}")).await,
+        "role-b@docker_cgroup"
+    );
+    synced.await.unwrap();
+    // Followed: the name alone proves nothing, and the chain goes on after the grace.
+    assert_eq!(
+        who_in(&chain, &tree, &unknown_dir).await,
+        "fallback@default_role"
+    );
 }

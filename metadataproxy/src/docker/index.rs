@@ -184,6 +184,22 @@ impl ContainerIndex {
         }
     }
 
+    /// Whether the index follows Docker's events, waiting up to `grace` for it to (the first
+    /// synchronisation after start or a reconnection may be under way).
+    pub async fn wait_live(&self, grace: Duration) -> bool {
+        let mut changes = self.generation.subscribe();
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            if self.is_live() {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return self.is_live(),
+            }
+        }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
