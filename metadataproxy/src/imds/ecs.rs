@@ -69,7 +69,9 @@ impl CallerTokens for CallerContainer {
                 Authorization::Unset => Expected::Unset,
                 Authorization::Token(token) => Expected::Token(token.clone()),
                 Authorization::File(path) => {
-                    match ecs_token_file::read(found.pid, &found.id, path).await {
+                    match ecs_token_file::read(found.pid, &found.id, found.cgroup.as_deref(), path)
+                        .await
+                    {
                         Ok(token) => Expected::Token(token),
                         Err(e) => Expected::Unreadable {
                             path: path.clone(),

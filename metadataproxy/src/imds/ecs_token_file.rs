@@ -110,23 +110,36 @@ pub enum TokenFileError {
 static LIMITS: LazyLock<Arc<ReadLimits>> = LazyLock::new(|| ReadLimits::new(MAX_CONCURRENT_READS));
 
 /// Reads the token file `path` (inside the container) of the container `container_id` whose main
-/// process is `pid`, on a blocking thread, within [`TIMEOUT`]; refused without starting when the
-/// container's previous read or [`MAX_CONCURRENT_READS`] reads are still in progress by then.
+/// process is `pid` and whose verified cgroup is `cgroup` (when known), on a blocking thread,
+/// within [`TIMEOUT`]; refused without starting when the container's previous read or
+/// [`MAX_CONCURRENT_READS`] reads are still in progress by then.
 pub async fn read(
     pid: Option<u32>,
     container_id: &str,
+    cgroup: Option<&str>,
     path: &str,
 ) -> Result<Secret, TokenFileError> {
     let pid = pid.ok_or(TokenFileError::NoProcess)?;
-    let (id, path) = (container_id.to_owned(), path.to_owned());
+    let (id, cgroup, path) = (
+        container_id.to_owned(),
+        cgroup.map(str::to_owned),
+        path.to_owned(),
+    );
     LIMITS
-        .run(container_id, TIMEOUT, move || read_as(pid, &id, &path))
+        .run(container_id, TIMEOUT, move || {
+            read_as(pid, &id, cgroup.as_deref(), &path)
+        })
         .await
 }
 
-/// Reads `path` inside the root of process `pid`, once that process is found to be in a cgroup
-/// whose path holds `container_id`.
-fn read_as(pid: u32, container_id: &str, path: &str) -> Result<Secret, TokenFileError> {
+/// Reads `path` inside the root of process `pid`, once that process is found to be in the
+/// container (see [`in_container`]).
+fn read_as(
+    pid: u32,
+    container_id: &str,
+    container_cgroup: Option<&str>,
+    path: &str,
+) -> Result<Secret, TokenFileError> {
     if !path.starts_with('/') {
         return Err(TokenFileError::NotAbsolute);
     }
@@ -153,7 +166,7 @@ fn read_as(pid: u32, container_id: &str, path: &str) -> Result<Secret, TokenFile
         .take(64 * 1024)
         .read_to_string(&mut cgroups)
         .map_err(TokenFileError::Read)?;
-    if !in_container(&cgroups, container_id) {
+    if !in_container(&cgroups, container_id, container_cgroup) {
         return Err(TokenFileError::NotTheContainer { pid });
     }
     let root = openat(
@@ -166,14 +179,30 @@ fn read_as(pid: u32, container_id: &str, path: &str) -> Result<Secret, TokenFile
     read_at(&root, path)
 }
 
-/// Whether `/proc/<pid>/cgroup` text `cgroups` puts the process in a cgroup (v2, or v1 on hosts
-/// without v2) whose path names `container_id` (Docker's `…/<id>` and `docker-<id>.scope` alike).
-fn in_container(cgroups: &str, container_id: &str) -> bool {
-    !container_id.is_empty()
-        && cgroups
+/// Whether `/proc/<pid>/cgroup` text `cgroups` puts the process in the container: in its verified
+/// cgroup v2 `cgroup` or below it when the index recorded one (a look-alike cgroup that merely
+/// names the container, as after the pid was reused, is not in it); otherwise (cgroup v1 hosts, a
+/// cgroup not verified) in a cgroup whose path names `container_id` (Docker's `…/<id>` and
+/// `docker-<id>.scope` alike).
+fn in_container(cgroups: &str, container_id: &str, cgroup: Option<&str>) -> bool {
+    if container_id.is_empty() {
+        return false;
+    }
+    match cgroup.map(|c| c.trim_end_matches('/')) {
+        // The root cgroup is no container's.
+        Some("") => false,
+        Some(own) => cgroups
+            .lines()
+            .filter_map(|l| l.strip_prefix("0::"))
+            .any(|p| {
+                p.strip_prefix(own)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }),
+        None => cgroups
             .lines()
             .filter_map(|l| l.splitn(3, ':').nth(2))
-            .any(|p| p.contains(container_id))
+            .any(|p| p.contains(container_id)),
+    }
 }
 
 /// Reads `path` as if `root` were `/`: the token, without one trailing line break.

@@ -198,24 +198,42 @@ async fn through_proc_pid_root_only_in_the_containers_cgroup() {
     std::fs::write(&file, "own-token\n").unwrap();
     let file = file.display().to_string();
     let pid = Some(std::process::id());
-    let got = read(pid, &own_cgroup(), &file).await.unwrap();
+    let got = read(pid, &own_cgroup(), None, &file).await.unwrap();
     assert_eq!(got.expose(), "own-token");
+    // Its verified cgroup: this process's own, or one it is not in.
+    let own = read(pid, &own_cgroup(), Some(&own_cgroup()), &file).await;
+    if own_cgroup() == "/" {
+        // Run in the root cgroup (some CI sandboxes): the root is no container's.
+        assert!(matches!(own, Err(TokenFileError::NotTheContainer { .. })));
+    } else {
+        assert_eq!(own.unwrap().expose(), "own-token");
+    }
+    assert!(matches!(
+        read(
+            pid,
+            &own_cgroup(),
+            Some("/elsewhere.slice/docker-x.scope"),
+            &file
+        )
+        .await,
+        Err(TokenFileError::NotTheContainer { .. })
+    ));
     // Another container's id: this process is not in it (as after a pid was reused).
     assert!(matches!(
-        read(pid, &"f".repeat(64), &file).await,
+        read(pid, &"f".repeat(64), None, &file).await,
         Err(TokenFileError::NotTheContainer { .. })
     ));
     assert!(matches!(
-        read(pid, "", &file).await,
+        read(pid, "", None, &file).await,
         Err(TokenFileError::NotTheContainer { .. })
     ));
     assert!(matches!(
-        read(None, &own_cgroup(), "/token").await,
+        read(None, &own_cgroup(), None, "/token").await,
         Err(TokenFileError::NoProcess)
     ));
     // No such process (pid_max is below 2^22).
     assert!(matches!(
-        read(Some(u32::MAX), &own_cgroup(), "/token").await,
+        read(Some(u32::MAX), &own_cgroup(), None, "/token").await,
         Err(TokenFileError::Root { .. })
     ));
 }
@@ -230,8 +248,32 @@ fn cgroup_paths_of_docker_containers() {
         ("0::/docker/ffff\n".to_owned(), false),
         (format!("0::/\n1:name={id}\n"), false),
     ] {
-        assert_eq!(super::in_container(&cgroups, id), want, "{cgroups:?}");
+        assert_eq!(super::in_container(&cgroups, id, None), want, "{cgroups:?}");
     }
+    // With the container's verified cgroup: that cgroup or below it, never a look-alike that
+    // only names the container (a user's `docker-<id>.scope`, a pid reused outside).
+    let own = format!("/system.slice/docker-{id}.scope");
+    for (cgroups, want) in [
+        (format!("0::{own}\n"), true),
+        (format!("0::{own}/init\n"), true),
+        (
+            format!("0::/user.slice/user-1000.slice/docker-{id}.scope\n"),
+            false,
+        ),
+        (format!("0::{own}x\n"), false),
+        (format!("12:memory:{own}\n"), false),
+        ("0::/\n".to_owned(), false),
+    ] {
+        assert_eq!(
+            super::in_container(&cgroups, id, Some(&own)),
+            want,
+            "{cgroups:?}"
+        );
+    }
+    assert!(
+        !super::in_container("0::/x\n", id, Some("/")),
+        "the root cgroup is no container's"
+    );
 }
 
 /// Watches `path` for opens (`IN_OPEN`): an `O_PATH` descriptor is not an open, reading is.
