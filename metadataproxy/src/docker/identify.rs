@@ -19,9 +19,9 @@ use regex::Regex;
 use super::container::{Container, short};
 use super::index::ContainerIndex;
 use super::settings::ContainerRole;
-use crate::creds::sts::BoxFuture;
 use crate::identity::cgroup::{CgroupPaths, container_of, named_ids};
 use crate::identity::{Answer, ConnInfo, Found, Identify, Source, Workload, canonical_ip, refusal};
+use futures_util::future::BoxFuture;
 
 /// How long a reverse lookup may take (clients give IMDS about a second in all).
 pub const REVERSE_LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);

@@ -205,7 +205,7 @@ impl super::Identify for CgroupSource {
     fn identify<'a>(
         &'a self,
         conn: &'a super::ConnInfo,
-    ) -> crate::creds::sts::BoxFuture<'a, Option<(super::Answer, super::Source)>> {
+    ) -> futures_util::future::BoxFuture<'a, Option<(super::Answer, super::Source)>> {
         Box::pin(async move {
             let path = conn.cgroup_path(&self.paths).await?;
             let mapping = self.mapping.current();

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use futures_util::FutureExt as _;
 
-use crate::creds::sts::BoxFuture;
 use crate::role::{RoleAssignment, SessionName};
+use futures_util::future::BoxFuture;
 
 /// What the socket layer knows about one accepted connection.
 #[derive(Debug, Clone)]

@@ -10,8 +10,8 @@ use http::{Method, StatusCode};
 use super::super::service_tests::{Fixture, call, fixture};
 use super::{CallerToken, CallerTokens, Ecs, Expected, PATH};
 use crate::creds::Secret;
-use crate::creds::sts::BoxFuture;
 use crate::identity::{ConnInfo, canonical_ip};
+use futures_util::future::BoxFuture;
 
 /// Containers by caller address, and how many times one was looked up.
 #[derive(Debug, Default)]

@@ -4,8 +4,8 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::creds::sts::BoxFuture;
 use crate::creds::{CacheKey, Credentials, Sts, StsError, StsErrorKind};
+use futures_util::future::BoxFuture;
 
 /// How one call to AWS ended.
 #[derive(Debug, Clone)]
