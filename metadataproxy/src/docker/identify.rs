@@ -20,7 +20,7 @@ use super::container::{Container, short};
 use super::index::ContainerIndex;
 use super::settings::ContainerRole;
 use crate::identity::cgroup::{CgroupPaths, container_of, named_ids};
-use crate::identity::{Answer, ConnInfo, Found, Identify, Source, Workload, canonical_ip, refusal};
+use crate::identity::{Answer, ConnInfo, Found, Identify, Source, Workload, refusal};
 use futures_util::future::BoxFuture;
 
 /// How long a reverse lookup may take (clients give IMDS about a second in all).
@@ -63,7 +63,7 @@ impl DockerIp {
 
     /// The container with the caller's address.
     pub async fn container(&self, conn: &ConnInfo) -> Option<Arc<Container>> {
-        let ip = canonical_ip(conn.peer.ip());
+        let ip = conn.peer.ip().to_canonical();
         match self.index.by_ip(ip) {
             Some(found) => Some(found),
             // No container has a loopback address of its own: nothing to wait for.
@@ -335,7 +335,7 @@ impl Identify for ReverseDns {
             if self.index.is_empty() {
                 return None;
             }
-            let ip = canonical_ip(conn.peer.ip());
+            let ip = conn.peer.ip().to_canonical();
             let name = self.resolver.lookup(ip).await?;
             let found = self.find(&name)?;
             Some(answer(&found, Source::ReverseDns, conn))

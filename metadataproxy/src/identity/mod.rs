@@ -81,18 +81,10 @@ impl Identity {
     /// The identity of a connection known only by its source address: every loopback address
     /// is the same caller.
     pub fn from_peer(peer: SocketAddr) -> Self {
-        match canonical_ip(peer.ip()) {
+        match peer.ip().to_canonical() {
             ip if ip.is_loopback() => Self::Loopback,
             ip => Self::Ip(ip),
         }
-    }
-}
-
-/// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, seen on dual-stack sockets) as plain IPv4.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
     }
 }
 
@@ -199,7 +191,7 @@ impl AddressIdentity {
             || match self {
                 Self::Everyone => true,
                 Self::Only(nets) => {
-                    let ip = canonical_ip(conn.peer.ip());
+                    let ip = conn.peer.ip().to_canonical();
                     nets.iter().any(|net| net.contains(&ip))
                 }
             }
@@ -323,7 +315,7 @@ impl Identify for mapping_file::MappingFile {
 impl mapping_file::MappingFile {
     /// The entry for the caller's IP address.
     fn by_ip(&self, conn: &ConnInfo) -> Option<(Answer, Source)> {
-        let found = self.current().lookup_ip(canonical_ip(conn.peer.ip()));
+        let found = self.current().lookup_ip(conn.peer.ip().to_canonical());
         found.map(|a| (Answer::Role(a), Source::MappingFile))
     }
 }
