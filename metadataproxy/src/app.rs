@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::admin::ready::{EbpfState, StsCheck};
 use crate::admin::{Admin, Readiness};
+use crate::cgroup::CgroupPaths;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ContainerdConfig, ContainerdMode, EbpfMode, HttpLimits, ProxyPaths};
 use crate::containerd::{ContainerdApi, ContainerdCgroup};
@@ -23,7 +24,7 @@ use crate::docker::{
     Endpoint, IndexListener, NoListener, Prefetcher, ReverseDns, SyncConfig, SystemResolver,
 };
 use crate::ebpf::ConnTable;
-use crate::identity::cgroup::{CgroupPaths, CgroupSource};
+use crate::identity::mapping_file::CgroupSource;
 use crate::identity::mapping_file::{MappingError, MappingFile};
 use crate::identity::{AddressIdentity, Chain, ConnInfo, Identify};
 use crate::imds::conn::{ConnLimits, Tracked};

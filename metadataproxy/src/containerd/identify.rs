@@ -10,8 +10,8 @@ use futures_util::FutureExt as _;
 use std::sync::Arc;
 
 use super::key;
+use crate::cgroup::{CgroupPaths, container_of, named_ids};
 use crate::docker::{Container, ContainerIndex, ContainerRole, START_GRACE};
-use crate::identity::cgroup::{CgroupPaths, container_of, named_ids};
 use crate::identity::{Answer, ConnInfo, Found, Identify, Source, Workload, refusal};
 use futures_util::future::BoxFuture;
 

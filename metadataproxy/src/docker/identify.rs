@@ -19,7 +19,7 @@ use regex::Regex;
 use super::container::{Container, short};
 use super::index::ContainerIndex;
 use super::settings::ContainerRole;
-use crate::identity::cgroup::{CgroupPaths, container_of, named_ids};
+use crate::cgroup::{CgroupPaths, container_of, named_ids};
 use crate::identity::{Answer, ConnInfo, Found, Identify, Source, Workload, refusal};
 use futures_util::future::BoxFuture;
 

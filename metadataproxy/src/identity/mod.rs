@@ -4,10 +4,11 @@
 //! reverse DNS, the mapping file by IP) implements [`Identify`]; a [`Chain`] asks them in order,
 //! then falls back to `DEFAULT_ROLE`.
 
-pub mod cgroup;
-mod cgroup_paths;
 pub mod mapping_file;
 pub mod refusal;
+mod scope;
+
+pub use scope::redirected_without_host;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -45,7 +46,7 @@ impl ConnInfo {
 
     /// The path of the cgroup the kernel recorded for this connection (`None`: no record, or the
     /// cgroup is gone), resolved with `paths` at most once per connection.
-    pub async fn cgroup_path(&self, paths: &cgroup::CgroupPaths) -> Option<Arc<str>> {
+    pub async fn cgroup_path(&self, paths: &crate::cgroup::CgroupPaths) -> Option<Arc<str>> {
         let kernel = self.kernel?;
         self.cgroup
             .get_or_init(|| paths.resolve(kernel.cgroup_id))
@@ -294,28 +295,5 @@ impl<T: Identify + ?Sized> Identify for Arc<T> {
 
     fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
         (**self).identify_workload(conn)
-    }
-}
-
-/// [`mapping_file::MappingFile`] as an identification source: by the caller's IP address.
-impl Identify for mapping_file::MappingFile {
-    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
-        Box::pin(std::future::ready(self.by_ip(conn)))
-    }
-
-    /// Known at once: one boxed future per request, not the default's two.
-    fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
-        let found = self
-            .by_ip(conn)
-            .map(|(answer, source)| (answer, source, None));
-        Box::pin(std::future::ready(found))
-    }
-}
-
-impl mapping_file::MappingFile {
-    /// The entry for the caller's IP address.
-    fn by_ip(&self, conn: &ConnInfo) -> Option<(Answer, Source)> {
-        let found = self.current().lookup_ip(conn.peer.ip().to_canonical());
-        found.map(|a| (Answer::Role(a), Source::MappingFile))
     }
 }
