@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod caller;
 pub mod cgroup;
 pub mod clock;
 pub mod config;

@@ -164,7 +164,7 @@ impl DockerCgroup {
                 .wait_for(START_GRACE, |i| Self::place(i, &path))
                 .await;
             let Some(placed) = soon else {
-                crate::refused!(INFO, &crate::identity::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, id = short(&named.id), pid = kernel.pid, "caller's cgroup names a Docker container the index does not know");
+                crate::refused!(INFO, &crate::caller::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, id = short(&named.id), pid = kernel.pid, "caller's cgroup names a Docker container the index does not know");
                 return CgroupMatch::Unknown;
             };
             placed
@@ -173,7 +173,7 @@ impl DockerCgroup {
             Placement::In(found) => CgroupMatch::In(found),
             Placement::LookAlike(c) => {
                 refusal::look_alike(
-                    &crate::identity::Identity::Cgroup(kernel.cgroup_id),
+                    &crate::caller::Identity::Cgroup(kernel.cgroup_id),
                     &path,
                     "docker",
                     &c.name,
@@ -184,7 +184,7 @@ impl DockerCgroup {
             }
             Placement::Unverified(c) => {
                 refusal::unverified(
-                    &crate::identity::Identity::Cgroup(kernel.cgroup_id),
+                    &crate::caller::Identity::Cgroup(kernel.cgroup_id),
                     &path,
                     "docker",
                     &c.name,

@@ -11,11 +11,12 @@ mod scope;
 pub use scope::redirected_without_host;
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures_util::FutureExt as _;
 
+use crate::caller::Identity;
 use crate::role::{RoleAssignment, SessionName};
 use futures_util::future::BoxFuture;
 
@@ -52,40 +53,6 @@ impl ConnInfo {
             .get_or_init(|| paths.resolve(kernel.cgroup_id))
             .await
             .clone()
-    }
-}
-
-/// The stable identity of a caller: what IMDSv2 tokens and connection limits are bound to and
-/// what logs name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Identity {
-    /// Identified only by source IP address (mapping file, Docker IP lookup).
-    Ip(IpAddr),
-    /// Any loopback source address (`127.0.0.0/8`, `::1`, their IPv4-mapped forms) without a
-    /// kernel record: one caller, since any host process may bind any of them.
-    Loopback,
-    /// Identified by the kernel: the cgroup v2 id recorded by the eBPF redirect.
-    Cgroup(u64),
-}
-
-impl fmt::Display for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Ip(ip) => write!(f, "ip:{ip}"),
-            Self::Loopback => f.write_str("ip:loopback"),
-            Self::Cgroup(id) => write!(f, "cgroup:{id}"),
-        }
-    }
-}
-
-impl Identity {
-    /// The identity of a connection known only by its source address: every loopback address
-    /// is the same caller.
-    pub fn from_peer(peer: SocketAddr) -> Self {
-        match peer.ip().to_canonical() {
-            ip if ip.is_loopback() => Self::Loopback,
-            ip => Self::Ip(ip),
-        }
     }
 }
 
