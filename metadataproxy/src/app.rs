@@ -19,6 +19,7 @@ use crate::config::{Config, ContainerdConfig, ContainerdMode, EbpfMode, HttpLimi
 use crate::containerd::{ContainerdApi, ContainerdCgroup};
 use crate::creds::aws::AwsSts;
 use crate::creds::{CredentialCache, CredentialCacheConfig, Sts};
+use crate::creds::{MeteredSts, Resolver, StsHealth};
 use crate::docker::{
     self, CallerContainer, ContainerIndex, ContainerSource, DockerApi, DockerCgroup, DockerIp,
     Endpoint, IndexListener, NoListener, Prefetcher, ReverseDns, SyncConfig, SystemResolver,
@@ -34,8 +35,6 @@ use crate::imds::mock::MockTree;
 use crate::imds::proxy::{AllowList, Upstream};
 use crate::imds::service::{Imds, Passthrough};
 use crate::imds::token::TokenStore;
-use crate::metrics::{MeteredSts, StsHealth};
-use crate::resolver::Resolver;
 use crate::role::RoleAssignment;
 
 /// How long in-flight requests may finish after a shutdown signal.

@@ -17,5 +17,4 @@ pub mod identity;
 pub mod imds;
 pub mod logging;
 pub mod metrics;
-pub mod resolver;
 pub mod role;

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::creds::StsError;
+use crate::creds::{StsHealth, StsOutcome};
 use crate::docker::ContainerIndex;
-use crate::metrics::{StsHealth, StsOutcome};
 use futures_util::future::BoxFuture;
 
 /// How long the outcome of a call to AWS is taken as the state of STS.
