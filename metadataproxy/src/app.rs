@@ -13,17 +13,19 @@ use tokio::net::TcpListener;
 
 use crate::admin::ready::{EbpfState, StsCheck};
 use crate::admin::{Admin, Readiness};
+use crate::cgroup::CgroupPaths;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ContainerdConfig, ContainerdMode, EbpfMode, HttpLimits, ProxyPaths};
 use crate::containerd::{ContainerdApi, ContainerdCgroup};
 use crate::creds::aws::AwsSts;
 use crate::creds::{CredentialCache, CredentialCacheConfig, Sts};
+use crate::creds::{MeteredSts, Resolver, StsHealth};
 use crate::docker::{
     self, CallerContainer, ContainerIndex, ContainerSource, DockerApi, DockerCgroup, DockerIp,
     Endpoint, IndexListener, NoListener, Prefetcher, ReverseDns, SyncConfig, SystemResolver,
 };
 use crate::ebpf::ConnTable;
-use crate::identity::cgroup::{CgroupPaths, CgroupSource};
+use crate::identity::mapping_file::CgroupSource;
 use crate::identity::mapping_file::{MappingError, MappingFile};
 use crate::identity::{AddressIdentity, Chain, ConnInfo, Identify};
 use crate::imds::conn::{ConnLimits, Tracked};
@@ -33,8 +35,6 @@ use crate::imds::mock::MockTree;
 use crate::imds::proxy::{AllowList, Upstream};
 use crate::imds::service::{Imds, Passthrough};
 use crate::imds::token::TokenStore;
-use crate::metrics::{MeteredSts, StsHealth};
-use crate::resolver::Resolver;
 use crate::role::RoleAssignment;
 
 /// How long in-flight requests may finish after a shutdown signal.

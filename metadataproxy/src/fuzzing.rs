@@ -7,10 +7,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::caller::Identity;
+use crate::cgroup;
 use crate::clock::ManualClock;
 use crate::config::{Config, SessionKey};
 use crate::docker::ContainerRole;
-use crate::identity::{Identity, cgroup, mapping_file};
+use crate::identity::mapping_file;
 use crate::imds::path::{self, Category};
 use crate::imds::token::{self, TokenStore};
 use crate::role::{AccountMap, AccountRef, RoleArn, RoleSpec, SessionName, validate_external_id};

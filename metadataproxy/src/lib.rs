@@ -2,6 +2,8 @@
 
 pub mod admin;
 pub mod app;
+pub mod caller;
+pub mod cgroup;
 pub mod clock;
 pub mod config;
 pub mod containerd;
@@ -15,5 +17,4 @@ pub mod identity;
 pub mod imds;
 pub mod logging;
 pub mod metrics;
-pub mod resolver;
 pub mod role;

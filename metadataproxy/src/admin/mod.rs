@@ -18,9 +18,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::caller::Identity;
 use crate::creds::CredentialCache;
 use crate::docker::ContainerIndex;
-use crate::identity::Identity;
 use crate::imds::response::{self, Body};
 use crate::metrics::{self, State};
 pub use occupancy::Occupancy;

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::creds::StsError;
-use crate::creds::sts::BoxFuture;
+use crate::creds::{StsHealth, StsOutcome};
 use crate::docker::ContainerIndex;
-use crate::metrics::{StsHealth, StsOutcome};
+use futures_util::future::BoxFuture;
 
 /// How long the outcome of a call to AWS is taken as the state of STS.
 pub const STS_FRESH_FOR: Duration = Duration::from_secs(60);

@@ -20,8 +20,8 @@ use metadataproxy_grpc::tonic::transport::Channel;
 use super::error::{ContainerdError, chain};
 use super::{events, spec};
 use super::{key, split_key};
-use crate::creds::sts::BoxFuture;
 use crate::docker::{Connection, ContainerInfo, ContainerSource, DockerError, Event};
+use futures_util::future::BoxFuture;
 
 /// How long one API call may take (the event stream itself is not bounded).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -10,10 +10,10 @@ use futures_util::FutureExt as _;
 use std::sync::Arc;
 
 use super::key;
-use crate::creds::sts::BoxFuture;
+use crate::cgroup::{CgroupPaths, container_of, named_ids};
 use crate::docker::{Container, ContainerIndex, ContainerRole, START_GRACE};
-use crate::identity::cgroup::{CgroupPaths, container_of, named_ids};
 use crate::identity::{Answer, ConnInfo, Found, Identify, Source, Workload, refusal};
+use futures_util::future::BoxFuture;
 
 /// Finds the caller's containerd container by its cgroup.
 #[derive(Debug, Clone)]
@@ -80,7 +80,7 @@ impl Identify for ContainerdCgroup {
             } else {
                 if let Some(c) = self.imitated(&path) {
                     refusal::look_alike(
-                        &crate::identity::Identity::Cgroup(kernel.cgroup_id),
+                        &crate::caller::Identity::Cgroup(kernel.cgroup_id),
                         &path,
                         "containerd",
                         &c.name,
@@ -94,7 +94,7 @@ impl Identify for ContainerdCgroup {
                 }
                 if !self.index.is_live() {
                     // Fail closed: this caller's role is only known to containerd.
-                    crate::refused!(ERROR, &crate::identity::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, pid = kernel.pid, "caller's cgroup is a containerd container's, and containerd is not reachable: no credentials until it is back");
+                    crate::refused!(ERROR, &crate::caller::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, pid = kernel.pid, "caller's cgroup is a containerd container's, and containerd is not reachable: no credentials until it is back");
                     return Some((Answer::Refused, Source::ContainerdCgroup, None));
                 }
                 // The cgroup proves the container exists: give its start event time to arrive.
@@ -103,7 +103,7 @@ impl Identify for ContainerdCgroup {
                     .wait_for(START_GRACE, |i| i.in_cgroup(&path))
                     .await;
                 let Some(found) = soon else {
-                    crate::refused!(INFO, &crate::identity::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, pid = kernel.pid, "caller's cgroup looks like a containerd container's, but no followed container has it");
+                    crate::refused!(INFO, &crate::caller::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, pid = kernel.pid, "caller's cgroup looks like a containerd container's, but no followed container has it");
                     return None;
                 };
                 found

@@ -8,9 +8,9 @@ use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_types::timeout::TimeoutConfig;
 
 use super::ecs_patch::PatchedEcsProvider;
-use super::sts::BoxFuture;
 use super::{CacheKey, Credentials, Secret, Sts, StsError, StsErrorKind};
 use crate::clock::Clock;
+use futures_util::future::BoxFuture;
 
 /// AWS clients for `sts:AssumeRole` and `iam:GetRole`.
 #[derive(Debug, Clone)]

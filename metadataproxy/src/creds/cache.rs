@@ -11,9 +11,9 @@ use futures_util::FutureExt;
 use futures_util::future::Shared;
 use lru::LruCache;
 
-use super::sts::BoxFuture;
 use super::{Credentials, Sts, StsError};
 use crate::clock::Clock;
+use futures_util::future::BoxFuture;
 
 /// What a credential set is for. Two callers share credentials only when all three are equal.
 #[derive(Clone, PartialEq, Eq, Hash)]

@@ -8,7 +8,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 
 use bytes::Bytes;
 
-use crate::identity::Identity;
+use crate::caller::Identity;
 
 /// Most distinct recipients remembered per credential set; beyond it the list starts over (a
 /// caller may then be audited twice for one set, never zero times).

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::sts::BoxFuture;
 use super::{CacheKey, Credentials, Delivery, Secret, Sts, StsError, StsErrorKind};
 use crate::clock::{Clock, ManualClock};
+use futures_util::future::BoxFuture;
 
 /// The fake.
 #[derive(Debug)]

@@ -1,4 +1,5 @@
-//! Credentials: the secret-bearing types, the STS client behind a trait, and the single-flight cache.
+//! Credentials: the secret-bearing types, the STS client behind a trait (metered for readiness and
+//! metrics), role assignments resolved to cache keys, and the single-flight cache.
 
 pub mod aws;
 mod cache;
@@ -6,11 +7,15 @@ mod delivery;
 pub mod ecs_patch;
 #[cfg(test)]
 pub mod fake;
+mod metered;
+mod resolve;
 mod secret;
 pub mod sts;
 
 pub use cache::{CacheKey, CredentialCache, CredentialCacheConfig};
 pub use delivery::Delivery;
+pub use metered::{MeteredSts, StsHealth, StsOutcome};
+pub use resolve::{Resolution, ResolveFailure, Resolver};
 pub use secret::Secret;
 pub use sts::{Sts, StsError, StsErrorKind};
 

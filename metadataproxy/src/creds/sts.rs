@@ -1,13 +1,10 @@
 //! The STS and IAM calls the daemon makes, behind a trait so the cache can be tested with a fake.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
-use super::{CacheKey, Credentials};
+use futures_util::future::BoxFuture;
 
-/// A boxed future, so the trait stays object-safe.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use super::{CacheKey, Credentials};
 
 /// What the daemon asks of AWS.
 pub trait Sts: Send + Sync + std::fmt::Debug + 'static {

@@ -17,7 +17,7 @@ use futures_util::stream::BoxStream;
 use super::container::ContainerInfo;
 use super::endpoint::Endpoint;
 use super::source::{Connection, ContainerSource, DockerError, Event};
-use crate::creds::sts::BoxFuture;
+use futures_util::future::BoxFuture;
 
 /// Seconds a single API call may take (the event stream itself is not bounded).
 const CALL_TIMEOUT_SECS: u64 = 10;

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
-use crate::identity::cgroup::named_ids;
+use crate::cgroup::named_ids;
 
 /// Why a container's cgroup could not be verified: it cannot be identified by cgroup.
 #[derive(Debug, Error, PartialEq, Eq)]

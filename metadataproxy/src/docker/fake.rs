@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::container::ContainerInfo;
 use super::source::{Connection, ContainerSource, DockerError, Event};
-use crate::creds::sts::BoxFuture;
+use futures_util::future::BoxFuture;
 
 type Sender = mpsc::UnboundedSender<Result<Event, DockerError>>;
 

@@ -19,9 +19,9 @@ use regex::Regex;
 use super::container::{Container, short};
 use super::index::ContainerIndex;
 use super::settings::ContainerRole;
-use crate::creds::sts::BoxFuture;
-use crate::identity::cgroup::{CgroupPaths, container_of, named_ids};
-use crate::identity::{Answer, ConnInfo, Found, Identify, Source, Workload, canonical_ip, refusal};
+use crate::cgroup::{CgroupPaths, container_of, named_ids};
+use crate::identity::{Answer, ConnInfo, Found, Identify, Source, Workload, refusal};
+use futures_util::future::BoxFuture;
 
 /// How long a reverse lookup may take (clients give IMDS about a second in all).
 pub const REVERSE_LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
@@ -63,7 +63,7 @@ impl DockerIp {
 
     /// The container with the caller's address.
     pub async fn container(&self, conn: &ConnInfo) -> Option<Arc<Container>> {
-        let ip = canonical_ip(conn.peer.ip());
+        let ip = conn.peer.ip().to_canonical();
         match self.index.by_ip(ip) {
             Some(found) => Some(found),
             // No container has a loopback address of its own: nothing to wait for.
@@ -164,7 +164,7 @@ impl DockerCgroup {
             if !self.index.wait_live(START_GRACE).await {
                 // Fail closed: while Docker is not followed, the index cannot tell this container
                 // (and its role) from a look-alike or a container it has not seen start.
-                crate::refused!(ERROR, &crate::identity::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, id = short(&named.id), pid = kernel.pid, "caller's cgroup names a Docker container, and Docker's events are not followed: no credentials until they are");
+                crate::refused!(ERROR, &crate::caller::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, id = short(&named.id), pid = kernel.pid, "caller's cgroup names a Docker container, and Docker's events are not followed: no credentials until they are");
                 return CgroupMatch::Refused;
             }
             // A cgroup named like a container may be one whose start event is on its way.
@@ -173,7 +173,7 @@ impl DockerCgroup {
                 .wait_for(START_GRACE, |i| Self::place(i, &path))
                 .await;
             let Some(placed) = soon else {
-                crate::refused!(INFO, &crate::identity::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, id = short(&named.id), pid = kernel.pid, "caller's cgroup names a Docker container the index does not know");
+                crate::refused!(INFO, &crate::caller::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, id = short(&named.id), pid = kernel.pid, "caller's cgroup names a Docker container the index does not know");
                 return CgroupMatch::Unknown;
             };
             placed
@@ -182,7 +182,7 @@ impl DockerCgroup {
             Placement::In(found) => CgroupMatch::In(found),
             Placement::LookAlike(c) => {
                 refusal::look_alike(
-                    &crate::identity::Identity::Cgroup(kernel.cgroup_id),
+                    &crate::caller::Identity::Cgroup(kernel.cgroup_id),
                     &path,
                     "docker",
                     &c.name,
@@ -193,7 +193,7 @@ impl DockerCgroup {
             }
             Placement::Unverified(c) => {
                 refusal::unverified(
-                    &crate::identity::Identity::Cgroup(kernel.cgroup_id),
+                    &crate::caller::Identity::Cgroup(kernel.cgroup_id),
                     &path,
                     "docker",
                     &c.name,
@@ -344,7 +344,7 @@ impl Identify for ReverseDns {
             if self.index.is_empty() {
                 return None;
             }
-            let ip = canonical_ip(conn.peer.ip());
+            let ip = conn.peer.ip().to_canonical();
             let name = self.resolver.lookup(ip).await?;
             let found = self.find(&name)?;
             Some(answer(&found, Source::ReverseDns, conn))

@@ -262,10 +262,8 @@ impl Tree {
             .ino()
     }
 
-    fn paths(&self) -> Arc<crate::identity::cgroup::CgroupPaths> {
-        Arc::new(crate::identity::cgroup::CgroupPaths::new(
-            self.0.path().to_owned(),
-        ))
+    fn paths(&self) -> Arc<crate::cgroup::CgroupPaths> {
+        Arc::new(crate::cgroup::CgroupPaths::new(self.0.path().to_owned()))
     }
 }
 

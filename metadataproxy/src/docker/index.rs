@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::container::{Container, short};
 use super::identify::START_GRACE;
-use crate::identity::cgroup::ancestors;
+use crate::cgroup::ancestors;
 
 /// How the index changed, for the listeners that act on roles (prefetch, release).
 #[derive(Debug, Default)]

@@ -9,8 +9,8 @@ use super::container::{Container, short};
 use super::index::Change;
 use super::settings::ContainerRole;
 use super::sync::IndexListener;
+use crate::creds::Resolver;
 use crate::creds::{CacheKey, CredentialCache};
-use crate::resolver::Resolver;
 use crate::role::RoleAssignment;
 
 /// What is held for one container.

@@ -8,7 +8,7 @@ use futures_util::stream::BoxStream;
 use thiserror::Error;
 
 use super::container::ContainerInfo;
-use crate::creds::sts::BoxFuture;
+use futures_util::future::BoxFuture;
 
 /// A container event the index acts on (already filtered to these).
 #[derive(Debug, Clone, PartialEq, Eq)]

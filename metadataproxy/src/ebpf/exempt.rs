@@ -31,8 +31,9 @@ use std::time::Duration;
 use aya::maps::{HashMap, MapData};
 
 use super::cgroup_watch::CgroupWatch;
-use crate::identity::cgroup::{redirected_without_host, tree};
+use crate::cgroup::tree;
 use crate::identity::mapping_file::{self, Mapping};
+use crate::identity::redirected_without_host;
 
 /// How often the cgroup tree is scanned when it cannot be watched with inotify.
 pub const RESCAN: Duration = Duration::from_secs(1);

@@ -14,7 +14,7 @@ use aya::maps::{Array, MapData, PerCpuArray};
 use metadataproxy_common::{DropSample, counters, maps};
 
 use super::EbpfError;
-use crate::identity::cgroup::CgroupPaths;
+use crate::cgroup::CgroupPaths;
 
 /// How often the counters are read.
 pub const POLL: Duration = Duration::from_secs(1);

@@ -158,7 +158,7 @@ pub struct Kernel {
     /// Records of redirected connections, looked up at `accept()`.
     pub table: std::sync::Arc<ConnTable>,
     /// cgroup id → path.
-    pub paths: std::sync::Arc<crate::identity::cgroup::CgroupPaths>,
+    pub paths: std::sync::Arc<crate::cgroup::CgroupPaths>,
 }
 
 impl Kernel {
@@ -274,9 +274,7 @@ async fn attach(
     if !ebpf.redirect_host {
         exempt.spawn();
     }
-    let paths = std::sync::Arc::new(crate::identity::cgroup::CgroupPaths::new(
-        host.cgroup2.clone(),
-    ));
+    let paths = std::sync::Arc::new(crate::cgroup::CgroupPaths::new(host.cgroup2.clone()));
     guard.spawn(std::sync::Arc::clone(&paths));
     tracing::info!(
         target = %target.v4,

@@ -9,8 +9,6 @@ use std::time::Duration;
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use metadataproxy_common::{Conn4, Conn6, Record};
 
-use crate::identity::canonical_ip;
-
 /// The caller of a redirected connection, as the kernel saw it at `connect()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
@@ -79,7 +77,7 @@ pub fn judge(
     }
     // Loopback addresses exist in every network namespace: only a record made in ours can
     // describe a connection to ours. Other targets are one host address, reached by routing.
-    if canonical_ip(local.ip()).is_loopback() && own_netns != Some(record.netns_cookie) {
+    if local.ip().to_canonical().is_loopback() && own_netns != Some(record.netns_cookie) {
         return Err(Distrust::ForeignNetns {
             record: record.netns_cookie,
             own: own_netns,
@@ -102,7 +100,7 @@ fn words(ip: std::net::Ipv6Addr) -> [u32; 4] {
 }
 
 fn key(peer: SocketAddr, local: SocketAddr) -> Option<Key> {
-    match (canonical_ip(peer.ip()), canonical_ip(local.ip())) {
+    match (peer.ip().to_canonical(), local.ip().to_canonical()) {
         (IpAddr::V4(p), IpAddr::V4(l)) => Some(Key::V4(Conn4 {
             peer_addr: u32::from_ne_bytes(p.octets()),
             local_addr: u32::from_ne_bytes(l.octets()),

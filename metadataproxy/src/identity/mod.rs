@@ -4,19 +4,21 @@
 //! reverse DNS, the mapping file by IP) implements [`Identify`]; a [`Chain`] asks them in order,
 //! then falls back to `DEFAULT_ROLE`.
 
-pub mod cgroup;
-mod cgroup_paths;
 pub mod mapping_file;
 pub mod refusal;
+mod scope;
+
+pub use scope::redirected_without_host;
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures_util::FutureExt as _;
 
-use crate::creds::sts::BoxFuture;
+use crate::caller::Identity;
 use crate::role::{RoleAssignment, SessionName};
+use futures_util::future::BoxFuture;
 
 /// What the socket layer knows about one accepted connection.
 #[derive(Debug, Clone)]
@@ -45,54 +47,12 @@ impl ConnInfo {
 
     /// The path of the cgroup the kernel recorded for this connection (`None`: no record, or the
     /// cgroup is gone), resolved with `paths` at most once per connection.
-    pub async fn cgroup_path(&self, paths: &cgroup::CgroupPaths) -> Option<Arc<str>> {
+    pub async fn cgroup_path(&self, paths: &crate::cgroup::CgroupPaths) -> Option<Arc<str>> {
         let kernel = self.kernel?;
         self.cgroup
             .get_or_init(|| paths.resolve(kernel.cgroup_id))
             .await
             .clone()
-    }
-}
-
-/// The stable identity of a caller: what IMDSv2 tokens and connection limits are bound to and
-/// what logs name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Identity {
-    /// Identified only by source IP address (mapping file, Docker IP lookup).
-    Ip(IpAddr),
-    /// Any loopback source address (`127.0.0.0/8`, `::1`, their IPv4-mapped forms) without a
-    /// kernel record: one caller, since any host process may bind any of them.
-    Loopback,
-    /// Identified by the kernel: the cgroup v2 id recorded by the eBPF redirect.
-    Cgroup(u64),
-}
-
-impl fmt::Display for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Ip(ip) => write!(f, "ip:{ip}"),
-            Self::Loopback => f.write_str("ip:loopback"),
-            Self::Cgroup(id) => write!(f, "cgroup:{id}"),
-        }
-    }
-}
-
-impl Identity {
-    /// The identity of a connection known only by its source address: every loopback address
-    /// is the same caller.
-    pub fn from_peer(peer: SocketAddr) -> Self {
-        match canonical_ip(peer.ip()) {
-            ip if ip.is_loopback() => Self::Loopback,
-            ip => Self::Ip(ip),
-        }
-    }
-}
-
-/// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, seen on dual-stack sockets) as plain IPv4.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
     }
 }
 
@@ -199,7 +159,7 @@ impl AddressIdentity {
             || match self {
                 Self::Everyone => true,
                 Self::Only(nets) => {
-                    let ip = canonical_ip(conn.peer.ip());
+                    let ip = conn.peer.ip().to_canonical();
                     nets.iter().any(|net| net.contains(&ip))
                 }
             }
@@ -302,64 +262,5 @@ impl<T: Identify + ?Sized> Identify for Arc<T> {
 
     fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
         (**self).identify_workload(conn)
-    }
-}
-
-/// [`mapping_file::MappingFile`] as an identification source: by the caller's IP address.
-impl Identify for mapping_file::MappingFile {
-    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
-        Box::pin(std::future::ready(self.by_ip(conn)))
-    }
-
-    /// Known at once: one boxed future per request, not the default's two.
-    fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
-        let found = self
-            .by_ip(conn)
-            .map(|(answer, source)| (answer, source, None));
-        Box::pin(std::future::ready(found))
-    }
-}
-
-impl mapping_file::MappingFile {
-    /// The entry for the caller's IP address.
-    fn by_ip(&self, conn: &ConnInfo) -> Option<(Answer, Source)> {
-        let found = self.current().lookup_ip(canonical_ip(conn.peer.ip()));
-        found.map(|a| (Answer::Role(a), Source::MappingFile))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Logs, audit lines and refusal budgets name a caller by this text; operators grep for it.
-    #[test]
-    fn identities_are_named_by_kind_and_value() {
-        let peer = |s: &str| s.parse::<SocketAddr>().unwrap();
-        assert_eq!(Identity::Cgroup(4242).to_string(), "cgroup:4242");
-        assert_eq!(
-            Identity::from_peer(peer("172.17.0.5:40000")).to_string(),
-            "ip:172.17.0.5"
-        );
-        // A dual-stack socket's IPv4-mapped source is the IPv4 caller.
-        assert_eq!(
-            Identity::from_peer(peer("[::ffff:172.17.0.5]:40000")),
-            Identity::Ip("172.17.0.5".parse().unwrap())
-        );
-        assert_eq!(
-            Identity::from_peer(peer("[fd00::5]:40000")).to_string(),
-            "ip:fd00::5"
-        );
-        // Every loopback source is one caller, whatever address it bound.
-        for loopback in [
-            "127.0.0.1:1",
-            "127.9.8.7:2",
-            "[::1]:3",
-            "[::ffff:127.0.0.2]:4",
-        ] {
-            let id = Identity::from_peer(peer(loopback));
-            assert_eq!(id, Identity::Loopback, "{loopback}");
-            assert_eq!(id.to_string(), "ip:loopback");
-        }
     }
 }

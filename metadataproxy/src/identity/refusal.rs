@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use super::Identity;
+use crate::caller::Identity;
 
 /// A caller's cgroup names a container (`runtime`, `container` named `name`) but is neither the
 /// cgroup recorded for that container nor below it: it imitates the container and gets nothing.

@@ -22,9 +22,9 @@ use super::ecs_token_file;
 use super::iam::Iam;
 use super::response::{self, Body};
 use crate::creds::Secret;
-use crate::creds::sts::BoxFuture;
 use crate::docker::{Authorization, CallerContainer, short};
 use crate::identity::{Chain, ConnInfo};
+use futures_util::future::BoxFuture;
 
 /// The path SDKs are pointed at: `http://169.254.170.23/v1/credentials`.
 pub const PATH: &str = "/v1/credentials";

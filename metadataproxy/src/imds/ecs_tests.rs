@@ -10,8 +10,8 @@ use http::{Method, StatusCode};
 use super::super::service_tests::{Fixture, call, fixture};
 use super::{CallerToken, CallerTokens, Ecs, Expected, PATH};
 use crate::creds::Secret;
-use crate::creds::sts::BoxFuture;
-use crate::identity::{ConnInfo, canonical_ip};
+use crate::identity::ConnInfo;
+use futures_util::future::BoxFuture;
 
 /// Containers by caller address, and how many times one was looked up.
 #[derive(Debug, Default)]
@@ -22,7 +22,7 @@ impl CallerTokens for FakeTokens {
         self.1.fetch_add(1, Ordering::SeqCst);
         let found = self
             .0
-            .get(&canonical_ip(conn.peer.ip()).to_string())
+            .get(&conn.peer.ip().to_canonical().to_string())
             .cloned();
         Box::pin(std::future::ready(found))
     }

@@ -11,8 +11,8 @@ use super::response::{self, Body, RequestId};
 use super::service::{ImdsVersion, not_found};
 use crate::clock::Clock;
 use crate::creds::{CredentialCache, Credentials, StsError, StsErrorKind};
+use crate::creds::{Resolution, ResolveFailure, Resolver};
 use crate::identity::{Caller, Chain, ConnInfo};
-use crate::resolver::{Resolution, ResolveFailure, Resolver};
 use crate::role::RoleArn;
 
 /// The credentials document, fields in the order the real service writes them.

@@ -11,8 +11,9 @@ use super::path::{self, Category, ImdsPath};
 use super::proxy::Upstream;
 use super::response::{self, Body};
 use super::token::{self, TokenStore};
+use crate::caller::Identity;
 use crate::clock::Clock;
-use crate::identity::{Chain, ConnInfo, Identity, refusal};
+use crate::identity::{Chain, ConnInfo, refusal};
 use crate::metrics::Route;
 
 /// Where non-IAM routes go.

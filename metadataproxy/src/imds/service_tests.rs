@@ -68,7 +68,7 @@ fn fixture_with(env: &[(&str, &str)], mapping: Option<&str>, redirected: bool) -
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
     let sts = FakeSts::new(&clock, Duration::ZERO);
     let cgroups = redirected.then(|| {
-        Arc::new(crate::identity::cgroup::CgroupPaths::new(
+        Arc::new(crate::cgroup::CgroupPaths::new(
             std::env::temp_dir().join("mp-no-cgroups"),
         ))
     });

@@ -12,8 +12,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use thiserror::Error;
 
+use crate::caller::Identity;
 use crate::clock::Clock;
-use crate::identity::Identity;
 
 /// Request header carrying the wanted token lifetime; echoed on the response.
 pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";

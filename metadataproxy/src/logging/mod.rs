@@ -18,8 +18,8 @@ pub mod refusals;
 use std::sync::LazyLock;
 use std::time::Instant;
 
+use crate::caller::Identity;
 use crate::config::{Config, LogFormat};
-use crate::identity::Identity;
 pub use queue::{Bounds, QueueGuard, QueueWriter, Stream};
 pub use refusals::{RefusalLimiter, Verdict};
 
@@ -70,7 +70,7 @@ pub fn admit(caller: &Identity) -> Verdict {
 #[macro_export]
 macro_rules! refused {
     ($level:ident, $caller:expr, $($rest:tt)+) => {{
-        let caller: &$crate::identity::Identity = $caller;
+        let caller: &$crate::caller::Identity = $caller;
         if ::tracing::enabled!(::tracing::Level::$level) {
             if let $crate::logging::Verdict::Log { suppressed } = $crate::logging::admit(caller) {
                 let suppressed = (suppressed > 0).then_some(suppressed);

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::identity::Identity;
+use crate::caller::Identity;
 
 /// The window the budgets are counted over.
 pub const WINDOW: Duration = Duration::from_secs(10);

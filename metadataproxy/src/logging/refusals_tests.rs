@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use super::{RefusalLimiter, Unreported, Verdict};
-use crate::identity::Identity;
+use crate::caller::Identity;
 
 const WINDOW: Duration = Duration::from_secs(10);
 

@@ -4,8 +4,6 @@
 //! Gauges of things owned elsewhere (cache entries, containers, eBPF map entries) are set by the
 //! admin listener just before each scrape, so nothing on the request path maintains them.
 
-mod sts;
-
 use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
@@ -15,8 +13,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-
-pub use sts::{MeteredSts, StsHealth, StsOutcome};
 
 use crate::creds::StsErrorKind;
 use crate::identity::Source;

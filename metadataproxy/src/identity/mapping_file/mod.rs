@@ -287,7 +287,9 @@ fn parse_bytes(json: &[u8]) -> Result<Mapping, MappingError> {
     }
 }
 
+mod source;
 mod watch;
+pub use source::CgroupSource;
 pub use watch::{MappingFile, ReloadOutcome};
 
 #[cfg(test)]

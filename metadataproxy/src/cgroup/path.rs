@@ -1,44 +1,5 @@
-//! cgroup paths: which container a path names, whether a path lies in a cgroup (segment by
-//! segment), which paths are containers'; and the identification source that gives a role by
-//! cgroup path (`cgroup:/…` keys of the mapping file). cgroup id → path: [`CgroupPaths`].
-
-use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt as _;
-use std::path::Path;
-use std::sync::Arc;
-
-pub use super::cgroup_paths::CgroupPaths;
-
-/// `ino → path` of the cgroup at `rel` (below the cgroup2 mount `root`) and every cgroup below it.
-pub fn tree(root: &Path, rel: &str) -> HashMap<u64, Arc<str>> {
-    let rel = rel.trim_end_matches('/');
-    let mut out = HashMap::new();
-    walk(&root.join(rel.trim_start_matches('/')), rel, &mut out);
-    out
-}
-
-/// Records `ino → path` for `dir` (at `rel`) and every cgroup below it.
-pub(super) fn walk(dir: &Path, rel: &str, out: &mut HashMap<u64, Arc<str>>) {
-    let Ok(meta) = std::fs::metadata(dir) else {
-        return;
-    };
-    let path: Arc<str> = if rel.is_empty() {
-        "/".into()
-    } else {
-        rel.into()
-    };
-    out.insert(meta.ino(), path);
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            let name = entry.file_name();
-            let child = format!("{rel}/{}", name.to_string_lossy());
-            walk(&entry.path(), &child, out);
-        }
-    }
-}
+//! cgroup v2 paths, segment by segment: which container a path names, whether a path lies in a
+//! cgroup, which paths are containers'.
 
 /// A container found in a cgroup path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,23 +112,6 @@ pub fn is_container_path(path: &str) -> bool {
             .any(is_runtime_segment)
 }
 
-/// Whether `EBPF_REDIRECT_HOST=false` still redirects the cgroup at `path`: it is a container's
-/// ([`is_container_path`]), it lies in one of `container_roots` (top-level cgroups a runtime puts
-/// containers in whatever their names: containerd's default `/<namespace>/<id>` for the followed
-/// `CONTAINERD_NAMESPACES`), or it or an ancestor is named by a `cgroup:` key of `mapping`.
-pub fn redirected_without_host(
-    path: &str,
-    mapping: &super::mapping_file::Mapping,
-    container_roots: &[String],
-) -> bool {
-    is_container_path(path)
-        || path
-            .split('/')
-            .find(|s| !s.is_empty())
-            .is_some_and(|top| container_roots.iter().any(|r| r == top))
-        || ancestors(path).any(|p| mapping.lookup_cgroup(p).is_some())
-}
-
 /// `path` and its ancestors, deepest first, ending with `/`.
 pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
     let mut next = Some(path);
@@ -183,34 +127,5 @@ pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
 }
 
 #[cfg(test)]
-#[path = "cgroup_tests.rs"]
+#[path = "path_tests.rs"]
 mod tests;
-
-/// Identification by cgroup path: the `cgroup:/…` entries of the mapping file, matched against the
-/// kernel-attested cgroup of the caller and then its ancestors, deepest first: a key covers its
-/// cgroup and every cgroup below it (every descendant directory, at any depth; so
-/// `cgroup:/system.slice/foo.service` also covers `…/foo.service/worker`). Whoever may create
-/// cgroups below a mapped one (a delegated subtree) can only move its own processes there, which
-/// were already entitled; but mapping a subtree delegated to someone (`user@1000.service`, a
-/// `Delegate=yes` unit) gives the role to everything they run.
-#[derive(Debug)]
-pub struct CgroupSource {
-    /// cgroup id → path.
-    pub paths: Arc<CgroupPaths>,
-    /// The mapping file (shared with its reloader).
-    pub mapping: Arc<super::mapping_file::MappingFile>,
-}
-
-impl super::Identify for CgroupSource {
-    fn identify<'a>(
-        &'a self,
-        conn: &'a super::ConnInfo,
-    ) -> crate::creds::sts::BoxFuture<'a, Option<(super::Answer, super::Source)>> {
-        Box::pin(async move {
-            let path = conn.cgroup_path(&self.paths).await?;
-            let mapping = self.mapping.current();
-            let found = ancestors(&path).find_map(|p| mapping.lookup_cgroup(p))?;
-            Some((super::Answer::Role(found), super::Source::CgroupPath))
-        })
-    }
-}

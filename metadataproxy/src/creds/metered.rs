@@ -4,8 +4,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::creds::sts::BoxFuture;
-use crate::creds::{CacheKey, Credentials, Sts, StsError, StsErrorKind};
+use futures_util::future::BoxFuture;
+
+use super::{CacheKey, Credentials, Sts, StsError, StsErrorKind};
 
 /// How one call to AWS ended.
 #[derive(Debug, Clone)]
@@ -37,7 +38,7 @@ pub struct StsHealth {
 impl StsHealth {
     /// Records how a call ended and counts it in the metrics.
     pub fn record(&self, operation: &'static str, error: Option<&StsError>, took: Duration) {
-        super::global().sts_call(operation, error.map(|e| e.kind), took);
+        crate::metrics::global().sts_call(operation, error.map(|e| e.kind), took);
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(StsOutcome {
             at: Instant::now(),
             operation,

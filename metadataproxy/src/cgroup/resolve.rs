@@ -15,12 +15,12 @@ use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
 use lru::LruCache;
 
-use super::cgroup::walk;
+use super::tree::walk;
 
 /// Most cached id → path entries (see [`remember`]).
 const CACHE_MAX: usize = 65_536;
 /// Most ids remembered as gone (least recently asked forgotten first).
-pub const GONE_MAX: usize = 16_384;
+const GONE_MAX: usize = 16_384;
 
 /// One walk of the cgroup2 mount: when it began, and every cgroup it saw.
 #[derive(Debug)]
@@ -200,5 +200,5 @@ fn inode(root: &Path, path: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
-#[path = "cgroup_paths_tests.rs"]
+#[path = "resolve_tests.rs"]
 mod tests;

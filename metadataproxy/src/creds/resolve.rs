@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use hashbrown::HashMap;
 use lru::LruCache;
 
+use super::{CacheKey, Sts, StsError};
 use crate::clock::Clock;
-use crate::creds::{CacheKey, Sts, StsError};
 use crate::role::{
     AccountMap, Partition, ResolveError, Resolved, RoleArn, RoleAssignment, SessionName, resolve,
 };
