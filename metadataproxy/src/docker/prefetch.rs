@@ -195,11 +195,13 @@ mod tests {
         }
     }
 
+    /// Lets the background fetches run to completion: with the runtime's time paused, the sleep
+    /// ends only once every other task is idle (however slowly this machine schedules them).
     async fn settle() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_started_container_is_prefetched_and_held_until_it_leaves() {
         let (clock, sts, cache, prefetcher) = setup(None);
         let margin = Duration::from_secs(300);
@@ -235,7 +237,7 @@ mod tests {
         assert_eq!(prefetcher.held(), 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn default_role_is_prefetched_for_containers_without_one_and_invalid_ones_are_not() {
         let (_, sts, _, prefetcher) = setup(Some("fallback"));
         let plain = Container::new(&info("p", "172.17.0.2", &[]), None);
@@ -247,7 +249,7 @@ mod tests {
         assert_eq!(prefetcher.held(), 1);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_container_gone_before_its_role_resolved_holds_nothing() {
         let (_, _, _, prefetcher) = setup(None);
         let a = Container::new(&info("a", "172.17.0.2", &["IAM_ROLE=web"]), None);
