@@ -88,17 +88,16 @@ impl Leg {
     }
 
     /// One credentials request from inside the load cgroup to `imds`; the document served. The
-    /// daemon must have identified the caller by its cgroup path.
-    pub async fn redirected_credentials(&self, imds: SocketAddr) -> Result<Vec<u8>> {
+    /// daemon must have identified the caller by its cgroup path (its audit line may be written
+    /// just after the answer: waited for).
+    pub async fn redirected_credentials(&mut self, imds: SocketAddr) -> Result<Vec<u8>> {
         let doc = {
             let _inside = Inside::enter(&self.load)?;
             credentials(imds).await.context("redirected request")?
         };
-        ensure!(
-            self.daemon.log_lines_containing("cgroup_path") > 0,
-            "the redirected caller was not identified by its cgroup path; daemon log:\n{}",
-            self.daemon.log_tail()
-        );
+        wait_logged(&mut self.daemon, "cgroup_path")
+            .await
+            .context("the redirected caller was not identified by its cgroup path")?;
         Ok(doc)
     }
 

@@ -72,7 +72,7 @@ pub async fn start_baseline(
     metadata: &MetadataAddress,
     missed: &mut usize,
 ) -> Result<Leg> {
-    let leg = Leg::start(
+    let mut leg = Leg::start(
         programs,
         Kind::Baseline,
         "baseline-ebpf",
