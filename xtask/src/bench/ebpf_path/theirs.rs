@@ -106,11 +106,40 @@ pub fn why(e: &anyhow::Error, round: usize) -> String {
     let first = lines.first().copied().unwrap_or_default();
     let mut short = first.strip_suffix("; its log:").unwrap_or(first).to_owned();
     if let [_, .., last] = lines[..] {
+        // Without the log line's timestamp.
+        let last = match last.split_once(' ') {
+            Some((stamp, rest)) if stamp.ends_with('Z') && stamp.contains('T') => rest.trim(),
+            _ => last,
+        };
         short = format!("{short}; its log ends with: {last}");
     }
     if round == 0 {
         short
     } else {
         format!("failed in round {round}: {short}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn why_is_one_line_ending_with_the_daemons_last_log_line() {
+        let e = anyhow::anyhow!(
+            "baseline-ebpf exited (exit status: 1); its log:\n\
+             2026-12-05T16:48:40.030000Z  INFO metadataproxy::app: AWS clients ready\n\
+             2026-12-05T16:48:40.033622Z ERROR metadataproxy: metadataproxy failed error=bad object\n"
+        );
+        assert_eq!(
+            why(&e, 0),
+            "baseline-ebpf exited (exit status: 1); its log ends with: ERROR metadataproxy: \
+             metadataproxy failed error=bad object"
+        );
+        let e = anyhow::anyhow!("3 request(s) reached the stand-in on 169.254.169.254");
+        assert_eq!(
+            why(&e, 2),
+            "failed in round 2: 3 request(s) reached the stand-in on 169.254.169.254"
+        );
     }
 }
