@@ -80,10 +80,10 @@ impl Results {
             return String::new();
         };
         let left_out = if run.left_out.is_empty() {
-            "every one of them".to_owned()
+            String::new()
         } else {
             format!(
-                "all but those it does not know ({})",
+                " but those it does not know ({})",
                 run.left_out
                     .iter()
                     .map(|s| format!("`{s}`"))
@@ -93,7 +93,7 @@ impl Results {
         };
         format!(
             "- `--baseline PATH`: the baseline is the binary at `{}` (`--version`: {}), started \
-             exactly like ours: the same settings ({left_out}), mapping file and moto. It runs in \
+             exactly like ours: the same settings{left_out}, mapping file and moto. It runs in \
              every scenario, interleaved in the rounds like the others; \"× baseline\" and \"p99 × \
              baseline\" are ours over it (medians of same-round ratios of throughput and of p99). \
              In the eBPF section its redirect is measured the same way as ours, on a test cgroup \
