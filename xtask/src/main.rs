@@ -65,6 +65,10 @@ enum Command {
         /// A short smoke run (about a minute): checks everything runs, numbers are not meaningful.
         #[arg(long)]
         quick: bool,
+        /// An earlier build of the daemon (e.g. a release build of an older commit) measured side
+        /// by side with ours in the same run, through the redirect too.
+        #[arg(long, value_name = "PATH")]
+        baseline: Option<std::path::PathBuf>,
     },
     /// Soak: mixed load for N minutes with credentials rotating every 25-40 s; fails unless there
     /// were no errors, memory stayed flat and STS was called only at refresh points. Not for CI.
@@ -127,7 +131,7 @@ fn main() -> ExitCode {
         Command::BuildEbpf => ebpf::run(),
         Command::TestPrivileged { args } => privileged::run(&args, false),
         Command::BenchRedirect => privileged::run(&[], true),
-        Command::Bench { quick } => bench::run(quick),
+        Command::Bench { quick, baseline } => bench::run(quick, baseline.as_deref()),
         Command::Soak { minutes } => soak::run(minutes),
         Command::Fuzz {
             seconds,
@@ -150,4 +154,84 @@ fn main() -> ExitCode {
 /// Prints a step header so long commands say where they are.
 fn step(title: &str) {
     println!("\n==> {title}");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use clap::Parser;
+    use clap::error::ErrorKind;
+
+    use super::{Cli, Command};
+
+    /// `cargo xtask ARGS…` parsed, or clap's error.
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cargo xtask").chain(args.iter().copied()))
+            .map(|cli| cli.command)
+    }
+
+    fn bench(args: &[&str]) -> (bool, Option<PathBuf>) {
+        match parse(args) {
+            Ok(Command::Bench { quick, baseline }) => (quick, baseline),
+            other => panic!("{args:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bench_without_baseline_is_todays_bench() {
+        assert_eq!(bench(&["bench"]), (false, None));
+        assert_eq!(bench(&["bench", "--quick"]), (true, None));
+    }
+
+    #[test]
+    fn bench_baseline_takes_a_path() {
+        let old = Some(PathBuf::from("/work/baseline/metadataproxy-old"));
+        assert_eq!(
+            bench(&["bench", "--baseline", "/work/baseline/metadataproxy-old"]),
+            (false, old.clone())
+        );
+        assert_eq!(
+            bench(&["bench", "--baseline=/work/baseline/metadataproxy-old"]),
+            (false, old.clone())
+        );
+        assert_eq!(
+            bench(&["bench", "--baseline", "old/metadataproxy"]),
+            (false, Some(PathBuf::from("old/metadataproxy")))
+        );
+    }
+
+    #[test]
+    fn bench_baseline_combines_with_quick_in_either_order() {
+        let old = Some(PathBuf::from("/tmp/mp-old"));
+        assert_eq!(
+            bench(&["bench", "--quick", "--baseline", "/tmp/mp-old"]),
+            (true, old.clone())
+        );
+        assert_eq!(
+            bench(&["bench", "--baseline", "/tmp/mp-old", "--quick"]),
+            (true, old)
+        );
+    }
+
+    #[test]
+    fn bench_baseline_without_a_value_is_refused() {
+        for args in [
+            &["bench", "--baseline"][..],
+            &["bench", "--quick", "--baseline"][..],
+        ] {
+            let err = parse(args).expect_err("a value is required");
+            assert_eq!(err.kind(), ErrorKind::InvalidValue, "{args:?}: {err}");
+            assert!(err.to_string().contains("--baseline <PATH>"), "{err}");
+        }
+        // `--quick` is a flag, never taken as the baseline's path.
+        let err = parse(&["bench", "--baseline", "--quick"]).expect_err("--quick is no path");
+        assert_eq!(err.kind(), ErrorKind::InvalidValue, "{err}");
+    }
+
+    #[test]
+    fn bench_baseline_given_twice_is_refused() {
+        let err = parse(&["bench", "--baseline", "/a", "--baseline", "/b"]).expect_err("twice");
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict, "{err}");
+    }
 }

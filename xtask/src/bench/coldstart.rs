@@ -25,7 +25,7 @@ pub async fn measure(
     let mut times = Vec::new();
     for t in 0..tries {
         let addr = loopback(free_port()?);
-        let mut cmd = programs.command(kind, addr, mapping, body);
+        let mut cmd = programs.command(kind, addr, mapping, body)?;
         let log = programs.dir.join(format!("coldstart-{kind:?}-{t}.log"));
         let start = Instant::now();
         let mut proc = super::proc::Proc::spawn("cold start", &mut cmd, &log)?;

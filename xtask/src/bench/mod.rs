@@ -1,6 +1,8 @@
-//! `cargo xtask bench`: our daemon against Lyft's metadataproxy and a bare hyper server, side by side.
+//! `cargo xtask bench`: our daemon against Lyft's metadataproxy and a bare hyper server, side by side
+//! (and, with `--baseline`, against an earlier build of itself).
 
 pub mod bare;
+mod baseline;
 pub(crate) mod client;
 mod coldstart;
 mod ebpf_path;
@@ -67,32 +69,22 @@ const QUICK: Size = Size {
     ebpf_rounds: 1,
 };
 
-/// Runs the benchmark; `quick` for the short smoke version. Fails only when something could not run.
+/// Runs the benchmark; `quick` for the short smoke version; `baseline`, an earlier build of the
+/// daemon to measure beside ours. Fails only when something could not run.
 ///
 /// `cargo xtask` is a debug build; the load generator and the bare server must not be slowed by that
 /// (they share the cores with the server under test), so a debug build re-runs itself in release.
-pub fn run(quick: bool) -> Result<()> {
+pub fn run(quick: bool, baseline: Option<&Path>) -> Result<()> {
+    let ours_bin = repo::target_dir()?.join("release").join("metadataproxy");
+    // Checked before anything is built: a wrong path fails at once.
+    let baseline = baseline
+        .map(|path| baseline::validate(path, &ours_bin))
+        .transpose()?;
     if cfg!(debug_assertions) {
-        step("build: cargo build --release -p xtask (the load generator and the bare server)");
-        process::run(
-            Command::new(repo::cargo())
-                .args(["build", "--release", "-p", "xtask"])
-                .current_dir(repo::root()),
-        )?;
-        let release = repo::target_dir()?.join("release").join("xtask");
-        let mut cmd = Command::new(release);
-        cmd.arg("bench").current_dir(repo::root());
-        if quick {
-            cmd.arg("--quick");
-        }
-        return process::run(&mut cmd);
+        return rerun_in_release(quick, baseline.as_deref());
     }
     let size = if quick { QUICK } else { FULL };
-    let command = if quick {
-        "cargo xtask bench --quick"
-    } else {
-        "cargo xtask bench"
-    };
+    let command = command_line(quick, baseline.as_deref());
     let machine = Machine::describe();
     println!(
         "{} CPUs ({}), kernel {}, load average {}",
@@ -110,6 +102,14 @@ pub fn run(quick: bool) -> Result<()> {
             .args(["build", "--release", "-p", "metadataproxy"])
             .current_dir(repo::root()),
     )?;
+    let baseline = match baseline {
+        Some(path) => {
+            let b = baseline::probe(path, &ours_bin)?;
+            println!("baseline: {} ({})", b.path.display(), b.version);
+            Some(b)
+        }
+        None => None,
+    };
     let target = repo::target_dir()?;
     let bench_dir = target.join("bench");
     step("Lyft's metadataproxy 2.2.0 and wrk");
@@ -125,18 +125,19 @@ pub fn run(quick: bool) -> Result<()> {
         .enable_all()
         .build()?;
     let programs = Programs {
-        daemon: target.join("release").join("metadataproxy"),
+        daemon: ours_bin,
         lyft_venv,
         xtask: std::env::current_exe()?,
         moto: String::new(),
         dir: work.clone(),
+        baseline,
     };
     let results = runtime.block_on(measure(
         &venv,
         programs,
         size,
         &load_tool,
-        (machine, command),
+        (machine, &command),
     ))?;
 
     step("results");
@@ -146,6 +147,9 @@ pub fn run(quick: bool) -> Result<()> {
         results.other_table(),
         results.targets_table()
     );
+    if let Some(line) = results.baseline_ebpf_line() {
+        println!("{line}\n");
+    }
     let out = if quick {
         bench_dir.join("BENCHMARKS-quick.md")
     } else {
@@ -156,6 +160,40 @@ pub fn run(quick: bool) -> Result<()> {
         .with_context(|| format!("writing {}", out.display()))?;
     println!("wrote {}", out.display());
     failures(&results)
+}
+
+/// Builds the release xtask and runs this same bench with it.
+fn rerun_in_release(quick: bool, baseline: Option<&Path>) -> Result<()> {
+    step("build: cargo build --release -p xtask (the load generator and the bare server)");
+    process::run(
+        Command::new(repo::cargo())
+            .args(["build", "--release", "-p", "xtask"])
+            .current_dir(repo::root()),
+    )?;
+    let release = repo::target_dir()?.join("release").join("xtask");
+    let mut cmd = Command::new(release);
+    cmd.arg("bench").current_dir(repo::root());
+    if quick {
+        cmd.arg("--quick");
+    }
+    if let Some(path) = baseline {
+        // Absolute already: the release run works in the repository's root.
+        cmd.arg("--baseline").arg(path);
+    }
+    process::run(&mut cmd)
+}
+
+/// The command that regenerates this run's figures, for the report.
+fn command_line(quick: bool, baseline: Option<&Path>) -> String {
+    let mut command = String::from("cargo xtask bench");
+    if quick {
+        command.push_str(" --quick");
+    }
+    if let Some(path) = baseline {
+        command.push_str(" --baseline ");
+        command.push_str(&path.display().to_string());
+    }
+    command
 }
 
 /// Everything measured, in order; every process is stopped before this returns.
@@ -182,7 +220,17 @@ async fn measure(
     verify(&lyft, &moto, "fetched on the first request").await?;
     let bare = programs.start(Kind::Bare, "bare-hyper", &mapping, &body)?;
     verify(&bare, &moto, "none").await?;
-    let servers = [ours, lyft, bare];
+    let mut servers = vec![ours, lyft, bare];
+    let mut baseline = None;
+    if let Some(b) = &programs.baseline {
+        let theirs = programs.start(Kind::Baseline, "baseline", &mapping, &body)?;
+        verify(&theirs, &moto, "prefetched at start").await?;
+        baseline = Some(report::BaselineRun {
+            baseline: b.clone(),
+            left_out: theirs.left_out.clone(),
+        });
+        servers.insert(1, theirs);
+    }
     let rss_idle = servers
         .iter()
         .map(|s| Ok((s.kind, s.proc.rss_kib()?, s.proc.process_count())))
@@ -219,6 +267,7 @@ async fn measure(
     moto.check_running()?;
 
     Ok(Results {
+        baseline,
         machine,
         load_at_end: machine::load_average(),
         command: command.to_owned(),
@@ -300,4 +349,19 @@ fn kept_notes(path: &Path) -> String {
 /// `PATH` for child processes (their environment is otherwise cleared).
 fn path_var() -> String {
     std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_names_the_command_that_regenerates_it() {
+        assert_eq!(command_line(false, None), "cargo xtask bench");
+        assert_eq!(command_line(true, None), "cargo xtask bench --quick");
+        assert_eq!(
+            command_line(true, Some(Path::new("/work/baseline/mp-old"))),
+            "cargo xtask bench --quick --baseline /work/baseline/mp-old"
+        );
+    }
 }

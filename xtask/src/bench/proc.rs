@@ -86,6 +86,21 @@ impl Proc {
             .count()
     }
 
+    /// The value of the first `key=value` field its log holds (up to the next space), if any.
+    pub fn log_field(&self, key: &str) -> Option<String> {
+        let text = std::fs::read_to_string(&self.log).ok()?;
+        let needle = format!(" {key}=");
+        text.lines().find_map(|l| {
+            let rest = &l[l.find(&needle)? + needle.len()..];
+            Some(
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+    }
+
     /// Resident memory of the process and all its descendants, in KiB.
     pub fn rss_kib(&self) -> Result<u64> {
         tree(self.pid())

@@ -1,12 +1,14 @@
-//! The servers under test: our daemon, Lyft's proxy and the bare hyper server, each on a loopback port.
+//! The servers under test: our daemon, Lyft's proxy, the bare hyper server and (with `--baseline`)
+//! an earlier build of our daemon, each on a loopback port.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
+use super::baseline::Baseline;
 use super::moto::ACCOUNT;
 use super::proc::Proc;
 use super::{lyft, path_var};
@@ -28,6 +30,8 @@ pub enum Kind {
     Lyft,
     /// A bare hyper server answering fixed bytes: the limit.
     Bare,
+    /// An earlier build of our daemon (`--baseline`), started exactly like ours.
+    Baseline,
 }
 
 impl Kind {
@@ -37,6 +41,7 @@ impl Kind {
             Self::Ours => "metadataproxy (ours)",
             Self::Lyft => "Lyft 2.2.0 (gunicorn, 2 gevent)",
             Self::Bare => "bare hyper",
+            Self::Baseline => "metadataproxy (baseline)",
         }
     }
 }
@@ -47,6 +52,8 @@ pub struct Server {
     pub kind: Kind,
     pub addr: SocketAddr,
     pub proc: Proc,
+    /// Settings of ours left out of its environment (the baseline's unknown ones).
+    pub left_out: Vec<String>,
 }
 
 /// What the servers are started from.
@@ -59,14 +66,29 @@ pub struct Programs {
     pub moto: String,
     /// Scratch directory for logs and mapping files.
     pub dir: PathBuf,
+    /// The earlier build given with `--baseline`.
+    pub baseline: Option<Baseline>,
 }
 
 impl Programs {
     /// The command that starts `kind` on `addr`; `mapping` maps callers to roles (not used by Bare,
-    /// which serves `body` instead).
-    pub fn command(&self, kind: Kind, addr: SocketAddr, mapping: &Path, body: &Path) -> Command {
-        match kind {
-            Kind::Ours => daemon_command(&self.daemon, addr, &self.moto, mapping),
+    /// which serves `body` instead). The baseline's settings are ours: see [`Self::restrict`].
+    pub fn command(
+        &self,
+        kind: Kind,
+        addr: SocketAddr,
+        mapping: &Path,
+        body: &Path,
+    ) -> Result<Command> {
+        Ok(match kind {
+            Kind::Ours => daemon_command(&self.daemon, addr, &self.moto, mapping)?,
+            Kind::Baseline => {
+                let baseline = self
+                    .baseline
+                    .as_ref()
+                    .context("no --baseline binary was given")?;
+                daemon_command(&baseline.path, addr, &self.moto, mapping)?
+            }
             Kind::Lyft => lyft::command(&self.lyft_venv, addr, &self.moto, mapping),
             Kind::Bare => {
                 let mut cmd = Command::new(&self.xtask);
@@ -77,7 +99,24 @@ impl Programs {
                     .env("PATH", path_var());
                 cmd
             }
+        })
+    }
+
+    /// For the baseline, leaves out of `cmd` the settings it does not know (an older build may
+    /// refuse them) and says which; the names left out. Nothing for the other kinds.
+    pub fn restrict(&self, kind: Kind, cmd: &mut Command) -> Vec<String> {
+        let left_out = match (kind, &self.baseline) {
+            (Kind::Baseline, Some(baseline)) => baseline.restrict(cmd),
+            _ => Vec::new(),
+        };
+        if !left_out.is_empty() {
+            println!(
+                "{}: left out the settings it does not know: {}",
+                kind.name(),
+                left_out.join(", ")
+            );
         }
+        left_out
     }
 
     /// Starts `kind` on a free port and waits until it listens.
@@ -96,22 +135,31 @@ impl Programs {
     ) -> Result<Server> {
         let addr = loopback(free_port()?);
         let log = self.dir.join(format!("{tag}.log"));
-        let mut cmd = self.command(kind, addr, mapping, body);
+        let mut cmd = self.command(kind, addr, mapping, body)?;
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        let left_out = self.restrict(kind, &mut cmd);
         let mut proc = Proc::spawn(tag, &mut cmd, &log)?;
         proc.wait_listening(addr, Duration::from_secs(60))?;
-        Ok(Server { kind, addr, proc })
+        Ok(Server {
+            kind,
+            addr,
+            proc,
+            left_out,
+        })
     }
 }
 
 /// Our daemon with exactly the variables the bench wants: mapping-file identification, mock API,
 /// STS and IAM at moto, nothing read from this shell.
-fn daemon_command(bin: &Path, addr: SocketAddr, moto: &str, mapping: &Path) -> Command {
+fn daemon_command(bin: &Path, addr: SocketAddr, moto: &str, mapping: &Path) -> Result<Command> {
     let mut cmd = Command::new(bin);
     cmd.env_clear()
         .env("PATH", path_var())
         .env("HOST", addr.ip().to_string())
         .env("PORT", addr.port().to_string())
+        // Its admin listener on a free port, not the default fixed one: two daemons run at once
+        // (ours and the baseline), and other jobs on this machine may hold 45002.
+        .env("ADMIN_LISTEN", loopback(free_port()?).to_string())
         .env("MOCK_API", "true")
         // The address-identification path; the eBPF path is measured by `bench-redirect`.
         .env("EBPF", "off")
@@ -128,7 +176,7 @@ fn daemon_command(bin: &Path, addr: SocketAddr, moto: &str, mapping: &Path) -> C
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
-    cmd
+    Ok(cmd)
 }
 
 /// `127.0.0.1:port`.

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::Results;
-use crate::bench::ebpf_path::{self, EbpfPath};
+use crate::bench::ebpf_path::{self, BaselineLeg, EbpfPath};
 
 impl Results {
     /// The whole of `BENCHMARKS.md`.
@@ -24,7 +24,7 @@ impl Results {
         };
         format!(
             "# Benchmarks\n\n\
-             Our daemon against Lyft's metadataproxy 2.2.0 and against a bare hyper server (the limit), \
+             Our daemon against Lyft's metadataproxy 2.2.0{} a bare hyper server (the limit){}, \
              measured side by side in one run. Regenerate with:\n\n```sh\n{}\n```\n\n\
              ## Machine\n\n\
              - {} CPUs: {}\n- kernel {}\n- memory {}\n- load average at start {} (1, 5, 15 min), at end {}\n- taken {}\n\n{load_note}\n\n\
@@ -40,12 +40,22 @@ impl Results {
              - The load generators share the 2 cores with the server under test, as in the issue's reference figures.\n\
              - RSS is `VmRSS` from `/proc/<pid>/status`, summed over gunicorn's master and workers.\n\
              - Cold start: process spawn until a polling client (connect + GET every 2 ms) gets credentials.\n\
-             - STS calls are counted from moto's own record (`/moto-api/data.json`).\n\n\
+             - STS calls are counted from moto's own record (`/moto-api/data.json`).\n{}\n\
              ## Throughput and latency\n\n{}\n\
              ## Memory, cold start, STS calls\n\n{}\n\
              ## eBPF redirect\n\n{}\n\n\
              ## Targets (issue 5)\n\n{}\n\
              Everything above is written by `cargo xtask bench`; regenerate it rather than edit it.\n\n{notes}",
+            if self.baseline.is_some() {
+                ", against"
+            } else {
+                " and against"
+            },
+            if self.baseline.is_some() {
+                " and against an earlier build of itself (the baseline)"
+            } else {
+                ""
+            },
             self.command,
             m.cpus,
             m.model,
@@ -56,10 +66,40 @@ impl Results {
             m.date,
             self.plan.duration.as_secs(),
             self.plan.rounds,
+            self.baseline_method(),
             self.table(),
             self.other_table(),
             self.ebpf_section(),
             self.targets_table(),
+        )
+    }
+
+    /// The method's bullet for `--baseline` (empty without it).
+    fn baseline_method(&self) -> String {
+        let Some(run) = &self.baseline else {
+            return String::new();
+        };
+        let left_out = if run.left_out.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " but those it does not know ({})",
+                run.left_out
+                    .iter()
+                    .map(|s| format!("`{s}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        format!(
+            "- `--baseline PATH`: the baseline is the binary at `{}` (`--version`: {}), started \
+             exactly like ours: the same settings{left_out}, mapping file and moto. It runs in \
+             every scenario, interleaved in the rounds like the others; \"× baseline\" and \"p99 × \
+             baseline\" are ours over it (medians of same-round ratios of throughput and of p99). \
+             In the eBPF section its redirect is measured the same way as ours, on a test cgroup \
+             of its own with its programs in a private bpffs, in the same rounds.\n",
+            run.baseline.path.display(),
+            run.baseline.version,
         )
     }
 
@@ -83,8 +123,17 @@ impl Results {
             m.rounds.len(),
             m.duration.as_secs_f64(),
         );
-        for (name, redirected) in [("redirected (eBPF)", true), ("direct", false)] {
-            let (rps, p50, p99) = m.medians(redirected);
+        let mut rows = vec![
+            ("redirected (eBPF)", m.medians(true)),
+            ("direct", m.medians(false)),
+        ];
+        if let Some(BaselineLeg::Measured { rounds, .. }) = &m.baseline {
+            rows.push((
+                "redirected (eBPF), baseline",
+                ebpf_path::sample_medians(rounds),
+            ));
+        }
+        for (name, (rps, p50, p99)) in rows {
             let _ = writeln!(
                 t,
                 "| {name} | {rps:.0} | {:.2} ms | {:.2} ms |",
@@ -97,6 +146,29 @@ impl Results {
             "\nRedirected / direct throughput: {:.2}× (median of same-round ratios).",
             m.ratio()
         );
+        if let Some(line) = self.baseline_ebpf_line() {
+            let _ = write!(t, "\n\n{line}.");
+            if let Some(BaselineLeg::Measured {
+                left_out, targets, ..
+            }) = &m.baseline
+            {
+                let [ours, theirs] = targets.clone().map(|t| t.unwrap_or_else(|| "?".into()));
+                let _ = write!(
+                    t,
+                    " The baseline ran in the same rounds (order reversed every other round), each \
+                     daemon redirecting to its own default target (ours `{ours}`, the baseline \
+                     `{theirs}`), {}.",
+                    if left_out.is_empty() {
+                        "with the same settings".to_owned()
+                    } else {
+                        format!(
+                            "with the same settings but those of ours it does not know ({})",
+                            left_out.join(", ")
+                        )
+                    }
+                );
+            }
+        }
         t
     }
 }

@@ -5,7 +5,8 @@ mod markdown;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::ebpf_path::EbpfPath;
+use super::baseline::Baseline;
+use super::ebpf_path::{BaselineLeg, EbpfPath};
 use super::machine::Machine;
 use super::many::ManyCallers;
 use super::scenarios::{Measured, Plan};
@@ -27,6 +28,16 @@ pub struct Results {
     pub cold: Vec<(Kind, Vec<Duration>)>,
     pub many: ManyCallers,
     pub ebpf: EbpfPath,
+    /// With `--baseline`: the earlier build measured beside ours.
+    pub baseline: Option<BaselineRun>,
+}
+
+/// The earlier build measured beside ours, and the settings of ours it ran without in the load
+/// matrix (those it does not know).
+#[derive(Debug)]
+pub struct BaselineRun {
+    pub baseline: Baseline,
+    pub left_out: Vec<String>,
 }
 
 /// One of the targets.
@@ -67,11 +78,14 @@ fn median_duration(ds: &[Duration]) -> Duration {
 }
 
 impl Results {
-    /// The throughput and latency table (Markdown), ratios as medians of same-round ratios.
+    /// The throughput and latency table (Markdown), ratios as medians of same-round ratios. With
+    /// a baseline, ours also gets its throughput and p99 over the baseline's.
     pub fn table(&self) -> String {
-        let mut t = String::from(
-            "| scenario | server | req/s | p50 | p99 | × Lyft | × bare hyper |\n|---|---|---:|---:|---:|---:|---:|\n",
-        );
+        let mut t = String::from(if self.baseline.is_some() {
+            "| scenario | server | req/s | p50 | p99 | × Lyft | × bare hyper | × baseline | p99 × baseline |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        } else {
+            "| scenario | server | req/s | p50 | p99 | × Lyft | × bare hyper |\n|---|---|---:|---:|---:|---:|---:|\n"
+        });
         for m in &self.measured {
             for &kind in &m.kinds {
                 let samples = m.of(kind);
@@ -91,7 +105,7 @@ impl Results {
                 if refused > 0 {
                     name.push_str(" (no IMDSv2: token PUT refused, GET without token)");
                 }
-                let _ = writeln!(
+                let _ = write!(
                     t,
                     "| {} | {name} | {:.0} | {:.2} ms | {:.2} ms | {} | {} |",
                     m.scenario.title,
@@ -101,6 +115,19 @@ impl Results {
                     cell(Kind::Lyft),
                     cell(Kind::Bare),
                 );
+                if self.baseline.is_some() {
+                    if kind == Kind::Ours && m.kinds.contains(&Kind::Baseline) {
+                        let _ = write!(
+                            t,
+                            " {:.2}× | {:.2}× |",
+                            ratio(m, kind, Kind::Baseline, rps),
+                            ratio(m, kind, Kind::Baseline, p99)
+                        );
+                    } else {
+                        t.push_str("  |  |");
+                    }
+                }
+                t.push('\n');
             }
         }
         t
@@ -184,7 +211,11 @@ impl Results {
             "| failed STS calls the daemon logged during the many-callers run (each retried) | {ours} | {} |",
             m.sts_failures_logged
         );
-        for kind in [Kind::Ours, Kind::Lyft] {
+        let baseline = self.baseline.as_ref().map(|_| Kind::Baseline);
+        for kind in [Some(Kind::Ours), baseline, Some(Kind::Lyft)]
+            .into_iter()
+            .flatten()
+        {
             let _ = writeln!(
                 t,
                 "| AssumeRole calls: the whole load matrix (after its first credentials) | {} | {} |",
@@ -193,6 +224,23 @@ impl Results {
             );
         }
         t
+    }
+
+    /// With a baseline: the redirected throughput of ours over the baseline's, or why not measured.
+    pub fn baseline_ebpf_line(&self) -> Option<String> {
+        self.baseline.as_ref()?;
+        let what = "eBPF redirect, new connection per request, ours / baseline throughput";
+        Some(match &self.ebpf {
+            EbpfPath::NotMeasured(why) => format!("{what}: not measured: {why}"),
+            EbpfPath::Measured(m) => match (&m.baseline, m.baseline_ratio()) {
+                (Some(BaselineLeg::NotMeasured(why)), _) => format!("{what}: not measured: {why}"),
+                (_, Some(r)) => format!(
+                    "{what}: {r:.2}× (median of {} same-round ratios)",
+                    m.rounds.len()
+                ),
+                (_, None) => format!("{what}: not measured"),
+            },
+        })
     }
 
     /// AssumeRole calls while `kind` was under load.
