@@ -56,9 +56,10 @@ pub struct Scan {
     pub full: usize,
 }
 
-/// The pinned `MP_EXEMPT` map and what classifies cgroups into it.
-pub struct Exempt {
-    map: HashMap<MapData, u64, u32>,
+/// Which cgroups below the roots are host cgroups to exempt: the classification half of
+/// [`Exempt`], without the map.
+#[derive(Debug)]
+pub struct HostCgroups {
     cgroup2: PathBuf,
     roots: Vec<String>,
     /// Top-level cgroups whose every cgroup is a container's (containerd namespaces).
@@ -68,29 +69,16 @@ pub struct Exempt {
     mapping: Option<(Vec<u8>, Arc<Mapping>)>,
 }
 
-impl std::fmt::Debug for Exempt {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Exempt")
-            .field("cgroup2", &self.cgroup2)
-            .field("roots", &self.roots)
-            .field("container_roots", &self.container_roots)
-            .field("mapping_path", &self.mapping_path)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Exempt {
+impl HostCgroups {
     /// `roots`: the `EBPF_CGROUPS` paths below the cgroup2 mount `cgroup2`; `container_roots`:
     /// top-level cgroups holding only containers (the followed containerd namespaces).
     pub fn new(
-        map: HashMap<MapData, u64, u32>,
         cgroup2: PathBuf,
         roots: Vec<String>,
         container_roots: Vec<String>,
         mapping_path: Option<PathBuf>,
     ) -> Self {
         Self {
-            map,
             cgroup2,
             roots,
             container_roots,
@@ -99,18 +87,9 @@ impl Exempt {
         }
     }
 
-    /// Removes every exemption (`EBPF_REDIRECT_HOST=true`); returns how many there were.
-    pub fn clear(&mut self) -> usize {
-        let keys: Vec<u64> = self.map.keys().flatten().collect();
-        for k in &keys {
-            let _ = self.map.remove(k);
-        }
-        keys.len()
-    }
-
     /// The mapping in force for classification: re-read when the file's bytes change; an unreadable
     /// or invalid file keeps the previous one (the daemon's reloader reports it). `None` when no
-    /// mapping could ever be read: then nothing new is exempted.
+    /// mapping could ever be read: then nothing is exempted.
     fn mapping(&mut self) -> Option<Arc<Mapping>> {
         let Some(path) = &self.mapping_path else {
             return Some(Arc::new(Mapping::default()));
@@ -127,27 +106,72 @@ impl Exempt {
         self.mapping.as_ref().map(|(_, m)| Arc::clone(m))
     }
 
-    /// Classifies every cgroup below the roots and brings the map in line.
-    pub fn scan(&mut self) -> Scan {
-        let mapping = self.mapping();
+    /// The ids of the host cgroups below the roots now (`None`: no mapping could ever be read,
+    /// so none is a host cgroup for sure).
+    pub fn find(&mut self) -> Option<HashSet<u64>> {
+        let mapping = self.mapping()?;
         let mut host = HashSet::new();
-        if let Some(mapping) = &mapping {
-            for root in &self.roots {
-                for (id, path) in tree(&self.cgroup2, root) {
-                    if !redirected_without_host(&path, mapping, &self.container_roots) {
-                        host.insert(id);
-                    }
+        for root in &self.roots {
+            for (id, path) in tree(&self.cgroup2, root) {
+                if !redirected_without_host(&path, &mapping, &self.container_roots) {
+                    host.insert(id);
                 }
             }
         }
+        Some(host)
+    }
+}
+
+/// What to remove from and add to a map holding `present` so that it holds `host`.
+fn reconcile(present: &HashSet<u64>, host: &HashSet<u64>) -> (Vec<u64>, Vec<u64>) {
+    (
+        present.difference(host).copied().collect(),
+        host.difference(present).copied().collect(),
+    )
+}
+
+/// The pinned `MP_EXEMPT` map and what classifies cgroups into it.
+pub struct Exempt {
+    map: HashMap<MapData, u64, u32>,
+    hosts: HostCgroups,
+}
+
+impl std::fmt::Debug for Exempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exempt")
+            .field("hosts", &self.hosts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Exempt {
+    /// The map, filled by what `hosts` finds.
+    pub fn new(map: HashMap<MapData, u64, u32>, hosts: HostCgroups) -> Self {
+        Self { map, hosts }
+    }
+
+    /// Removes every exemption (`EBPF_REDIRECT_HOST=true`); returns how many there were.
+    pub fn clear(&mut self) -> usize {
+        let keys: Vec<u64> = self.map.keys().flatten().collect();
+        for k in &keys {
+            let _ = self.map.remove(k);
+        }
+        keys.len()
+    }
+
+    /// Classifies every cgroup below the roots and brings the map in line.
+    pub fn scan(&mut self) -> Scan {
+        let found = self.hosts.find();
+        let host = found.clone().unwrap_or_default();
         let present: HashSet<u64> = self.map.keys().flatten().collect();
+        let (remove, add) = reconcile(&present, &host);
         let mut scan = Scan::default();
-        for id in present.difference(&host) {
+        for id in &remove {
             if self.map.remove(id).is_ok() {
                 scan.removed += 1;
             }
         }
-        for id in host.difference(&present) {
+        for id in add {
             match self.map.insert(id, HOST, 0) {
                 Ok(()) => scan.added += 1,
                 Err(_) => scan.full += 1,
@@ -160,7 +184,7 @@ impl Exempt {
                 "MP_EXEMPT is full (EBPF_MAP_SIZE): some host cgroups stay redirected"
             );
         }
-        if mapping.is_none() {
+        if found.is_none() {
             tracing::warn!("the role mapping file is unreadable: no host cgroup is exempted");
         }
         scan
@@ -173,11 +197,13 @@ impl Exempt {
             .name("mp-exempt".to_owned())
             .spawn(move || {
                 let roots = self
+                    .hosts
                     .roots
                     .iter()
-                    .map(|r| self.cgroup2.join(r.trim_start_matches('/')))
+                    .map(|r| self.hosts.cgroup2.join(r.trim_start_matches('/')))
                     .collect();
                 let mapping_dir = self
+                    .hosts
                     .mapping_path
                     .as_ref()
                     .and_then(|p| p.parent())
@@ -213,3 +239,7 @@ impl Exempt {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "exempt_tests.rs"]
+mod tests;

@@ -11,6 +11,7 @@ use aya::{Ebpf, EbpfLoader};
 use metadataproxy_common::{FLAG_ECS, FLAG_IPV4, FLAG_IPV6, Settings, maps, programs};
 
 use super::compat::PidMode;
+use super::exempt::HostCgroups;
 use super::{ConnTable, EbpfError, Exempt, Host, Target};
 use crate::config::{EbpfConfig, OnExit};
 
@@ -340,10 +341,12 @@ fn exempt(
     let map = HashMap::try_from(map).map_err(map_err(maps::EXEMPT))?;
     let mut exempt = Exempt::new(
         map,
-        host.cgroup2.clone(),
-        config.cgroups.clone(),
-        container_roots,
-        mapping,
+        HostCgroups::new(
+            host.cgroup2.clone(),
+            config.cgroups.clone(),
+            container_roots,
+            mapping,
+        ),
     );
     if config.redirect_host {
         let cleared = exempt.clear();
