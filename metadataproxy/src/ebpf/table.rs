@@ -362,6 +362,38 @@ mod tests {
     }
 
     #[test]
+    fn a_caller_is_the_records_cgroup_tgid_and_netns() {
+        // `bpf_get_current_pid_tgid()`: the tgid (the process id) is the upper half.
+        let caller = Caller::from(Record {
+            pid_tgid: (4242 << 32) + 4243,
+            ..record(9, 1)
+        });
+        assert_eq!(
+            caller,
+            Caller {
+                cgroup_id: 42,
+                pid: 4242,
+                netns_cookie: 9
+            }
+        );
+    }
+
+    #[test]
+    fn v6_key_words_are_the_addresses_bytes_in_order() {
+        let ip: std::net::Ipv6Addr = "102:304:506:708:90a:b0c:d0e:f10".parse().unwrap();
+        let peer = SocketAddr::new(ip.into(), 1);
+        let local: SocketAddr = "[fd00:ec2::254]:2".parse().unwrap();
+        let Some(Key::V6(k)) = key(peer, local) else {
+            panic!("expected an IPv6 key");
+        };
+        let bytes: Vec<u8> = k.peer_addr.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        assert_eq!(bytes, (1..=16).collect::<Vec<u8>>());
+        assert_eq!((k.peer_port, k.local_port), (1, 2));
+        // Mixed families (never produced by one socket) have no key.
+        assert!(key(peer, "127.0.0.1:1".parse().unwrap()).is_none());
+    }
+
+    #[test]
     fn v6_key_words_keep_byte_order() {
         let peer: SocketAddr = "[fd00:ec2::254]:1".parse().unwrap();
         let Some(Key::V6(k)) = key(peer, peer) else {
