@@ -170,6 +170,53 @@ async fn many_loopback_sources_cannot_take_a_redirected_callers_connections_or_t
     assert_eq!(world.standin.seen(), 0, "a caller reached the real IMDS");
 }
 
+/// A record made while no daemon ran belongs to a connection nobody accepted: the next daemon
+/// drops it when it starts, so a later connection reusing its addresses and ports — here one
+/// straight to the daemon — is not identified as the record's cgroup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: run by `cargo xtask test-privileged`"]
+async fn a_record_left_while_no_daemon_ran_is_dropped_when_the_next_one_starts() {
+    use std::os::unix::fs::MetadataExt as _;
+    let world = World::new(&mapping_by_rel(&[("victim", "role-v")]));
+    let victim = world.root.child("victim");
+    let victim_id = std::fs::metadata(&victim.dir).expect("victim cgroup").ino();
+    // The first daemon leaves its maps pinned (EBPF_ON_EXIT=keep-blocking, the default).
+    world.daemon(&[]).terminate();
+    let direct = SocketAddrV4::new(gateway(), world.port);
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from((*direct.ip(), 0)))
+        .expect("bind");
+    let SocketAddr::V4(local) = socket.local_addr().expect("local address") else {
+        unreachable!("an IPv4 socket");
+    };
+    conn4(&world)
+        .insert(key(local, direct), record(victim_id), 0)
+        .expect("insert a record");
+    let daemon = world.daemon(&[]);
+    let mut stream = socket
+        .connect(SocketAddr::V4(direct))
+        .await
+        .expect("connect");
+    let request = format!("GET {CREDS} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer)).await;
+    assert_eq!(
+        status(&answer),
+        403,
+        "a leftover record was believed:\n{answer}\n{}",
+        daemon.logs()
+    );
+    // The victim itself, through the redirect, is identified as ever.
+    assert_eq!(
+        curl_in(&victim, &format!("{IMDS}{CREDS}")),
+        (200, "role-v".to_owned())
+    );
+    drop(daemon);
+    assert_eq!(world.standin.seen(), 0, "a caller reached the real IMDS");
+}
+
 /// Sends `request` from `src` to `dst` and reads the answer until the daemon closes.
 async fn raw(src: Ipv4Addr, dst: SocketAddr, request: &str) -> String {
     let socket = TcpSocket::new_v4().expect("socket");
@@ -404,6 +451,28 @@ async fn floods_of_records_unknown_cgroups_and_scrapes_leave_a_callers_p99_withi
         idle.len()
     );
     assert!(answered > 40, "the load did not run: {answered} answers");
+    // The scrapes counted the map the flood filled (through handles of their own), and no IPv6
+    // connection was made: `/metrics` tells operators how full the maps are.
+    let metrics = raw(
+        Ipv4Addr::LOCALHOST,
+        admin,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let entries = |map: &str| -> u64 {
+        let series = format!("metadataproxy_ebpf_connection_entries{{map=\"{map}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{metrics}"))
+    };
+    assert!(
+        entries("conn4") >= 60_000,
+        "MP_CONN4 holds the flood's records: {}",
+        entries("conn4")
+    );
+    assert_eq!(entries("conn6"), 0);
     assert!(
         loaded_p99 <= 2 * idle_p99,
         "p99 under caller-driven load {loaded_p99} µs > 2 × idle {idle_p99} µs\n{}",
