@@ -124,7 +124,8 @@ pub async fn credentials(addr: SocketAddr) -> Result<Vec<u8>> {
     Ok(resp.body)
 }
 
-/// New connections to `addr`, [`CONCURRENCY`] at a time, for `duration`; every request must succeed.
+/// New connections to `addr`, [`CONCURRENCY`] at a time, for `duration`. Failed requests are
+/// counted in the sample (the report shows them); a run where none succeeded is an error.
 pub async fn run_load(addr: SocketAddr, duration: Duration) -> Result<Sample> {
     let sample = loadgen::run(&Load {
         addr,
@@ -135,7 +136,7 @@ pub async fn run_load(addr: SocketAddr, duration: Duration) -> Result<Sample> {
         max_ops: u64::MAX,
     })
     .await?;
-    if sample.errors > 0 || sample.ops == 0 {
+    if sample.ops == 0 {
         bail!(
             "{} of {} requests to {addr} failed: {}",
             sample.errors,

@@ -123,20 +123,23 @@ impl Results {
             m.rounds.len(),
             m.duration.as_secs_f64(),
         );
+        let ours: Vec<_> = m.rounds.iter().map(|(r, _)| r.clone()).collect();
+        let direct: Vec<_> = m.rounds.iter().map(|(_, d)| d.clone()).collect();
         let mut rows = vec![
-            ("redirected (eBPF)", m.medians(true)),
-            ("direct", m.medians(false)),
+            ("redirected (eBPF)", m.medians(true), failures(&ours)),
+            ("direct", m.medians(false), failures(&direct)),
         ];
         if let Some(BaselineLeg::Measured { rounds, .. }) = &m.baseline {
             rows.push((
                 "redirected (eBPF), baseline",
                 ebpf_path::sample_medians(rounds),
+                failures(rounds),
             ));
         }
-        for (name, (rps, p50, p99)) in rows {
+        for (name, (rps, p50, p99), failed) in rows {
             let _ = writeln!(
                 t,
-                "| {name} | {rps:.0} | {:.2} ms | {:.2} ms |",
+                "| {name}{failed} | {rps:.0} | {:.2} ms | {:.2} ms |",
                 p50 / 1000.0,
                 p99 / 1000.0
             );
@@ -170,5 +173,44 @@ impl Results {
             }
         }
         t
+    }
+}
+
+/// ` (N of M requests failed: first error)` for samples with failed requests, else nothing.
+fn failures(samples: &[crate::bench::stats::Sample]) -> String {
+    let failed: u64 = samples.iter().map(|s| s.errors).sum();
+    if failed == 0 {
+        return String::new();
+    }
+    let all = failed + samples.iter().map(|s| s.ops).sum::<u64>();
+    let first = samples
+        .iter()
+        .find_map(|s| s.first_error.as_deref())
+        .unwrap_or("no answer");
+    format!(" ({failed} of {all} requests failed: {first})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failures;
+    use crate::bench::stats::Sample;
+
+    #[test]
+    fn failed_requests_are_counted_with_the_first_error() {
+        let ok = Sample {
+            ops: 90,
+            ..Sample::default()
+        };
+        assert_eq!(failures(&[ok.clone(), ok.clone()]), "");
+        let failing = Sample {
+            ops: 70,
+            errors: 30,
+            first_error: Some("Cannot assign requested address (os error 99)".into()),
+            ..Sample::default()
+        };
+        assert_eq!(
+            failures(&[ok, failing]),
+            " (30 of 190 requests failed: Cannot assign requested address (os error 99))"
+        );
     }
 }
