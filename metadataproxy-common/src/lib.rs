@@ -85,6 +85,15 @@ pub const FLAG_IPV6: u32 = 2;
 /// [`Settings::flags`]: also redirect the container-credentials endpoint (`ECS_ENDPOINT`):
 /// 169.254.170.23:80 with [`FLAG_IPV4`], `[fd00:ec2::23]:80` with [`FLAG_IPV6`].
 pub const FLAG_ECS: u32 = 4;
+/// [`Settings::flags`]: callers in the daemon's own network namespace
+/// ([`Settings::own_netns`]) are sent to `127.0.0.1` (IPv4-mapped for IPv6 sockets) on the IPv4
+/// target's port instead of the target: a loopback destination, whose closed connections' ports
+/// Linux reuses at once (`net.ipv4.tcp_tw_reuse=2`), where the default link-local target would
+/// hold each for 60 s and a busy host would run out of ports. Set only with the default target and
+/// a daemon listening on `127.0.0.1` at that port.
+pub const FLAG_OWN_NETNS_LOOPBACK: u32 = 8;
+/// `127.0.0.1` as `bpf_sock_addr.user_ip4` holds it (network byte order).
+pub const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
 
 /// Inode number of the initial pid namespace (`PROC_PID_INIT_INO`, fixed in every kernel): a
 /// daemon whose `/proc/self/ns/pid` has it runs in the host's pid namespace, where its pid is the
@@ -114,10 +123,13 @@ pub struct Settings {
     /// Process id (tgid) of the daemon, as seen in its own pid namespace; its connections are
     /// never redirected and its sockets' packets never dropped.
     pub daemon_tgid: u32,
-    /// [`FLAG_IPV4`] | [`FLAG_IPV6`] | [`FLAG_ECS`].
+    /// [`FLAG_IPV4`] | [`FLAG_IPV6`] | [`FLAG_ECS`] | [`FLAG_OWN_NETNS_LOOPBACK`].
     pub flags: u32,
+    /// Cookie of the daemon's network namespace (`SO_NETNS_COOKIE`), for
+    /// [`FLAG_OWN_NETNS_LOOPBACK`].
+    pub own_netns: u64,
 }
-const _: () = assert!(size_of::<Settings>() == 48);
+const _: () = assert!(size_of::<Settings>() == 56);
 
 /// What the kernel knew about a redirected connection when it was made.
 #[repr(C)]

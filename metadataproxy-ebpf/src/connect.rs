@@ -21,8 +21,8 @@ use aya_ebpf::helpers::{
 use aya_ebpf::macros::cgroup_sock_addr;
 use aya_ebpf::programs::SockAddrContext;
 use metadataproxy_common::{
-    FLAG_IPV4, FLAG_IPV6, IMDS_PORT, INIT_PID_NS_INO, OWNER_CALLER, OWNER_DAEMON, Record, Settings,
-    SockMark, V4_MAPPED_WORD, counters,
+    FLAG_IPV4, FLAG_IPV6, FLAG_OWN_NETNS_LOOPBACK, IMDS_PORT, INIT_PID_NS_INO, LOOPBACK4,
+    OWNER_CALLER, OWNER_DAEMON, Record, Settings, SockMark, V4_MAPPED_WORD, counters,
 };
 
 use crate::addr::{V6, classify_v6, guarded_v4};
@@ -106,8 +106,9 @@ fn is_daemon<const PIDNS: bool>(settings: &Settings) -> bool {
 enum Decision {
     /// The daemon's own, or an exempt host cgroup's: goes where it was going.
     Pass,
-    /// A caller's: redirect it (its record is stored on the socket).
-    Redirect,
+    /// A caller's, in the network namespace with this cookie: redirect it (its record is stored
+    /// on the socket).
+    Redirect(u64),
     /// A caller's that cannot be redirected.
     Refuse(u64),
 }
@@ -159,7 +160,16 @@ fn decide<const PIDNS: bool>(
             };
         }
     }
-    Decision::Redirect
+    Decision::Redirect(netns_cookie)
+}
+
+/// The IPv4 address (network byte order) a caller in network namespace `netns` is sent to.
+fn target4(settings: &Settings, netns: u64) -> u32 {
+    if settings.flags & FLAG_OWN_NETNS_LOOPBACK != 0 && netns == settings.own_netns {
+        LOOPBACK4
+    } else {
+        settings.target4
+    }
 }
 
 fn try_connect4<const PIDNS: bool>(ctx: &SockAddrContext) -> i32 {
@@ -182,10 +192,10 @@ fn try_connect4<const PIDNS: bool>(ctx: &SockAddrContext) -> i32 {
             count(counters::REFUSED4, cgroup_id);
             REFUSE
         }
-        Decision::Redirect => {
+        Decision::Redirect(netns) => {
             // SAFETY: `user_ip4` and `user_port` are writable in connect4.
             unsafe {
-                (*ctx.sock_addr).user_ip4 = settings.target4;
+                (*ctx.sock_addr).user_ip4 = target4(settings, netns);
                 (*ctx.sock_addr).user_port = u32::from(settings.port4);
             }
             ALLOW
@@ -229,12 +239,12 @@ fn try_connect6<const PIDNS: bool>(ctx: &SockAddrContext) -> i32 {
             count(counters::REFUSED6, cgroup_id);
             REFUSE
         }
-        Decision::Redirect => {
+        Decision::Redirect(netns) => {
             // An IPv4-mapped destination goes to the IPv4 target, mapped; a native one to the
             // IPv6 target (itself IPv4-mapped by default).
             let (target, target_port) = if kind == V6::Mapped {
                 (
-                    [0, 0, V4_MAPPED_WORD.to_be(), settings.target4],
+                    [0, 0, V4_MAPPED_WORD.to_be(), target4(settings, netns)],
                     settings.port4,
                 )
             } else {

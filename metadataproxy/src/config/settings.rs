@@ -386,7 +386,7 @@ pub const SETTINGS: &[Setting] = &[
         "ebpf-target",
         None,
         Kind::Value,
-        "IPv4 address:port the redirect sends callers to (every caller must reach it from its network namespace; the daemon also listens there). Default 169.254.170.45:PORT, which the daemon adds to `lo` when it is missing and leaves there",
+        "IPv4 address:port the redirect sends callers to (every caller must reach it from its network namespace; the daemon also listens there). Default 169.254.170.45:PORT, which the daemon adds to `lo` when it is missing and leaves there; unset, callers in the daemon's own network namespace go to 127.0.0.1:PORT when the daemon listens there (loopback: their closed connections' ports are reused at once)",
     ),
     ours(
         EBPF_TARGET6,

@@ -8,7 +8,9 @@ use aya::maps::{Array, HashMap, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps};
 use aya::{Ebpf, EbpfLoader};
-use metadataproxy_common::{FLAG_ECS, FLAG_IPV4, FLAG_IPV6, Settings, maps, programs};
+use metadataproxy_common::{
+    FLAG_ECS, FLAG_IPV4, FLAG_IPV6, FLAG_OWN_NETNS_LOOPBACK, Settings, maps, programs,
+};
 
 use super::compat::PidMode;
 use super::exempt::HostCgroups;
@@ -85,7 +87,7 @@ fn words(ip: std::net::Ipv6Addr) -> [u32; 4] {
     })
 }
 
-fn settings(target: &Target, daemon: Daemon) -> Settings {
+fn settings(target: &Target, daemon: Daemon, own_netns: Option<u64>) -> Settings {
     let (pidns_dev, pidns_ino) = daemon.pidns;
     let mut s = Settings {
         pidns_dev,
@@ -96,6 +98,11 @@ fn settings(target: &Target, daemon: Daemon) -> Settings {
         flags: FLAG_IPV4,
         ..Settings::default()
     };
+    // Without our namespace's cookie a loopback record could not be believed (see `judge`).
+    if let Some(cookie) = own_netns.filter(|_| target.own_netns_loopback) {
+        s.own_netns = cookie;
+        s.flags |= FLAG_OWN_NETNS_LOOPBACK;
+    }
     if let Some(v6) = target.v6 {
         s.target6 = words(*v6.ip());
         s.port6 = v6.port().to_be();
@@ -169,6 +176,11 @@ impl Redirect {
             .map_max_entries(maps::EXEMPT, config.map_size)
             .load(&object)?;
 
+        let own_netns = super::netns::own_netns_cookie()
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot learn this daemon's network namespace cookie (SO_NETNS_COOKIE): redirected connections to a loopback target will be refused, and callers in this namespace go to the target, not to loopback");
+            })
+            .ok();
         // Settings first: a predecessor's programs share this map and follow it at once.
         let daemon = Daemon::this()?;
         let map = ebpf
@@ -180,14 +192,8 @@ impl Redirect {
         let mut settings_map: Array<&mut MapData, Settings> =
             Array::try_from(map).map_err(map_err(maps::SETTINGS))?;
         settings_map
-            .set(0, settings(target, daemon), 0)
+            .set(0, settings(target, daemon, own_netns), 0)
             .map_err(map_err(maps::SETTINGS))?;
-
-        let own_netns = super::netns::own_netns_cookie()
-            .map_err(|e| {
-                tracing::warn!(error = %e, "cannot learn this daemon's network namespace cookie (SO_NETNS_COOKIE): redirected connections to a loopback target will be refused");
-            })
-            .ok();
         let table = ConnTable::new(
             take_hash(&mut ebpf, maps::CONN4)?,
             take_hash(&mut ebpf, maps::CONN6)?,
@@ -459,13 +465,14 @@ mod tests {
             v4: "172.17.0.1:45001".parse().unwrap(),
             v6: None,
             ecs: false,
+            own_netns_loopback: false,
         };
-        assert_eq!(settings(&target, daemon).flags, FLAG_IPV4);
+        assert_eq!(settings(&target, daemon, None).flags, FLAG_IPV4);
         target.ecs = true;
-        assert_eq!(settings(&target, daemon).flags, FLAG_IPV4 | FLAG_ECS);
+        assert_eq!(settings(&target, daemon, None).flags, FLAG_IPV4 | FLAG_ECS);
         target.v6 = Some("[::1]:45001".parse().unwrap());
         assert_eq!(
-            settings(&target, daemon).flags,
+            settings(&target, daemon, None).flags,
             FLAG_IPV4 | FLAG_IPV6 | FLAG_ECS
         );
     }
@@ -495,6 +502,33 @@ mod tests {
     }
 
     #[test]
+    fn own_namespace_callers_go_to_loopback_only_when_asked_and_the_cookie_is_known() {
+        let daemon = Daemon {
+            tgid: 7,
+            pidns: (4, metadataproxy_common::INIT_PID_NS_INO),
+        };
+        let mut target = Target {
+            v4: "169.254.170.45:45001".parse().unwrap(),
+            v6: None,
+            ecs: false,
+            own_netns_loopback: true,
+        };
+        let s = settings(&target, daemon, Some(99));
+        assert_eq!(s.flags, FLAG_IPV4 | FLAG_OWN_NETNS_LOOPBACK);
+        assert_eq!(s.own_netns, 99);
+        assert_eq!(
+            metadataproxy_common::LOOPBACK4.to_ne_bytes(),
+            [127, 0, 0, 1]
+        );
+        // Our namespace unknown: no loopback record could be believed, so nobody is sent there.
+        let s = settings(&target, daemon, None);
+        assert_eq!((s.flags, s.own_netns), (FLAG_IPV4, 0));
+        target.own_netns_loopback = false;
+        let s = settings(&target, daemon, Some(99));
+        assert_eq!((s.flags, s.own_netns), (FLAG_IPV4, 0));
+    }
+
+    #[test]
     fn targets_and_the_daemons_pid_are_in_the_kernels_byte_order() {
         let daemon = Daemon {
             tgid: 4242,
@@ -504,8 +538,9 @@ mod tests {
             v4: "169.254.170.45:45001".parse().unwrap(),
             v6: Some("[::ffff:169.254.170.45]:45001".parse().unwrap()),
             ecs: false,
+            own_netns_loopback: false,
         };
-        let s = settings(&target, daemon);
+        let s = settings(&target, daemon, None);
         assert_eq!(s.target4.to_ne_bytes(), [169, 254, 170, 45]);
         assert_eq!(s.port4.to_ne_bytes(), 45001u16.to_be_bytes());
         assert_eq!(s.target6[2].to_ne_bytes(), [0, 0, 0xff, 0xff]);

@@ -146,6 +146,26 @@ pub struct Target {
     pub v6: Option<SocketAddrV6>,
     /// `ECS_ENDPOINT`: also redirect the container-credentials endpoint's addresses.
     pub ecs: bool,
+    /// Send callers in the daemon's own network namespace to `127.0.0.1` on `v4`'s port instead
+    /// (see [`own_netns_loopback`]).
+    pub own_netns_loopback: bool,
+}
+
+/// Whether callers in the daemon's own network namespace go to `127.0.0.1:<target port>` rather
+/// than to the default target: with the default target only (an `EBPF_TARGET` is followed as
+/// given), and only when the daemon's listener `listen` accepts connections there. Loopback is
+/// the one destination whose closed connections' ports Linux reuses at once (`tcp_tw_reuse=2`):
+/// towards the link-local default target each port stays in `TIME_WAIT` for 60 s, and a host
+/// opening more than a few hundred connections a second would run out of them. Callers in
+/// other namespaces cannot reach the daemon on their own loopback, and keep the default target.
+pub fn own_netns_loopback(ebpf: &crate::config::EbpfConfig, listen: std::net::SocketAddr) -> bool {
+    let port = ebpf.target4.port();
+    let accepts = listen.port() == port
+        && match listen.ip() {
+            std::net::IpAddr::V4(ip) => ip.is_unspecified() || ip == std::net::Ipv4Addr::LOCALHOST,
+            std::net::IpAddr::V6(_) => false,
+        };
+    ebpf.link_address.is_some() && accepts
 }
 
 /// The redirect in force, with what identification needs from it.
@@ -227,6 +247,7 @@ async fn attach(
         v4: ebpf.target4,
         v6: ebpf.target6,
         ecs: config.ecs_endpoint,
+        own_netns_loopback: own_netns_loopback(ebpf, config.listen),
     };
     let rules = forward_rules::wanted(target.ecs);
     let installed = forward_rules::install(&rules).await?;
@@ -279,6 +300,9 @@ async fn attach(
     tracing::info!(
         target = %target.v4,
         target6 = ?target.v6,
+        own_netns_target = ?target
+            .own_netns_loopback
+            .then(|| std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, target.v4.port())),
         ecs_endpoint = target.ecs,
         cgroups = ?ebpf.cgroups,
         daemon_cgroup = %host.own_cgroup.0,

@@ -42,6 +42,65 @@ async fn two_cgroups_in_host_and_netns_get_their_own_roles_from_moto() {
     assert_eq!(world.standin.seen(), 0, "a caller reached the real IMDS");
 }
 
+/// Where the redirect sends a caller in `cg` (and `netns`): the peer its socket is connected to.
+fn sent_to(cg: &Cgroup, netns: Option<&Netns>) -> String {
+    let ns = netns
+        .map(|n| format!("ip netns exec {} ", n.name))
+        .unwrap_or_default();
+    let script = "import socket; s = socket.create_connection(('169.254.169.254', 80), timeout=5); \
+                  print('%s:%d' % s.getpeername()[:2])";
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} {ns}python3 -c \"{script}\"", cg.enter()))
+        .output()
+        .expect("running python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// With the default target, callers in the daemon's own network namespace are sent to
+/// 127.0.0.1 (a loopback destination: Linux reuses the ports of their closed connections at
+/// once, where towards the link-local target each stays in TIME_WAIT for 60 s and a busy host ran
+/// out of them), callers in other namespaces to 169.254.170.45 (their loopback is their own);
+/// both are identified. With `EBPF_TARGET` set, everyone goes where it says.
+#[test]
+#[ignore = "privileged: run by `cargo xtask test-privileged`"]
+fn host_callers_go_to_loopback_and_others_to_the_link_address() {
+    let world = World::new(&mapping_by_rel(&[("a", "role-a")]));
+    let a = world.root.child("a");
+    let ns = Netns::new(&world.bridge, 2);
+    let daemon = world.daemon(&[]);
+    assert_eq!(sent_to(&a, None), format!("127.0.0.1:{}", world.port));
+    assert_eq!(
+        sent_to(&a, Some(&ns)),
+        format!("169.254.170.45:{}", world.port)
+    );
+    for netns in [None, Some(&ns)] {
+        let listed = fetch(&a, netns, &format!("{IMDS}{CREDS}"));
+        assert_eq!(
+            listed.body,
+            "role-a",
+            "netns: {}: {}",
+            netns.is_some(),
+            listed.stderr
+        );
+    }
+    drop(daemon);
+    let target = format!("169.254.170.45:{}", world.port);
+    let daemon = world.daemon(&[("EBPF_TARGET", &target)]);
+    assert_eq!(
+        sent_to(&a, None),
+        target,
+        "EBPF_TARGET is followed as given"
+    );
+    drop(daemon);
+    assert_eq!(world.standin.seen(), 0, "a caller reached the real IMDS");
+}
+
 #[test]
 #[ignore = "privileged: run by `cargo xtask test-privileged`"]
 fn three_hundred_concurrent_connections_from_several_cgroups_are_all_attributed() {

@@ -114,9 +114,10 @@ async fn demo(moto_bin: &Path, bin: &Path) -> Result<String> {
         .start()
         .await;
     println!(
-        "connect({METADATA_IP}:80) from cgroup {} -> 169.254.170.45:{port} (the default target: \
-         a link-local address the daemon put on lo, which every container network reaches); \
-         pins in {}",
+        "connect({METADATA_IP}:80) from cgroup {} -> 169.254.170.45:{port} from container \
+         networks (the default target: a link-local address the daemon put on lo, which every \
+         container network reaches), 127.0.0.1:{port} from the host's network namespace \
+         (host-network containers); pins in {}",
         docker.cgroup_parent(),
         bpffs.pin_dir()
     );

@@ -75,7 +75,12 @@ impl Leg {
         daemon.wait_listening(addr, Duration::from_secs(30))?;
         // The socket is bound before the programs are attached; "listening" is logged after.
         wait_logged(&mut daemon, "listening").await?;
-        let target = daemon.log_field("target");
+        // Where this leg's callers (in the daemon's network namespace) are sent: loopback when
+        // the daemon logs it does that, else its target.
+        let target = daemon
+            .log_field("own_netns_target")
+            .and_then(|t| Some(t.strip_prefix("Some(")?.strip_suffix(')')?.to_owned()))
+            .or_else(|| daemon.log_field("target"));
         Ok(Self {
             daemon,
             addr,

@@ -169,8 +169,9 @@ pub async fn measure(
         "the redirected caller got other credentials than the direct one"
     );
     println!(
-        "redirect verified: 169.254.169.254:80 from cgroup {} -> 169.254.170.45:{} (the default \
-         target), identified by cgroup path",
+        "redirect verified: 169.254.169.254:80 from cgroup {} -> 127.0.0.1:{} (the default for \
+         callers in the daemon's network namespace; others go to 169.254.170.45), identified by \
+         cgroup path",
         ours.load.rel,
         ours.addr.port()
     );
