@@ -354,3 +354,17 @@ async fn reloader_task_applies_changes() {
     }
     task.abort();
 }
+
+/// Keys print as they are written in the file (logs and `doctor` name entries by them), IPv4-mapped
+/// addresses as the IPv4 address they are matched as.
+#[test]
+fn keys_print_as_written() {
+    for (written, shown) in [
+        ("10.0.0.2", "10.0.0.2"),
+        ("::ffff:10.0.0.2", "10.0.0.2"),
+        ("fd00::2", "fd00::2"),
+        ("cgroup:/kubepods.slice/x", "cgroup:/kubepods.slice/x"),
+    ] {
+        assert_eq!(MappingKey::parse(written).unwrap().to_string(), shown);
+    }
+}
