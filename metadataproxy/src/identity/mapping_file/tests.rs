@@ -368,3 +368,25 @@ fn keys_print_as_written() {
         assert_eq!(MappingKey::parse(written).unwrap().to_string(), shown);
     }
 }
+
+/// A failed reload is logged with its whole chain of causes on one line.
+#[test]
+fn an_error_is_logged_with_its_sources_on_one_line() {
+    #[derive(Debug)]
+    struct Reading(std::io::Error);
+    impl std::fmt::Display for Reading {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("reading /etc/mapping.json")
+        }
+    }
+    impl std::error::Error for Reading {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+    let error = Reading(std::io::Error::other("device is gone"));
+    assert_eq!(
+        Chain(&error).to_string(),
+        "reading /etc/mapping.json: device is gone"
+    );
+}
