@@ -79,8 +79,9 @@ impl Identify for ContainerdCgroup {
                 found
             } else {
                 if let Some(c) = self.imitated(&path) {
-                    refusal::look_alike(
+                    refusal::named_container(
                         &crate::caller::Identity::Cgroup(kernel.cgroup_id),
+                        refusal::NamedContainer::LookAlike,
                         &path,
                         "containerd",
                         &c.name,

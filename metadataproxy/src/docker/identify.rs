@@ -20,6 +20,7 @@ use super::container::{Container, short};
 use super::index::ContainerIndex;
 use super::settings::ContainerRole;
 use crate::cgroup::{CgroupPaths, container_of, named_ids};
+use crate::identity::refusal::NamedContainer;
 use crate::identity::{Answer, ConnInfo, Found, Identify, Source, Workload, refusal};
 use futures_util::future::BoxFuture;
 
@@ -119,8 +120,8 @@ pub enum CgroupMatch {
 /// What the index says about a cgroup path.
 enum Placement {
     In(Arc<Container>),
-    LookAlike(Arc<Container>),
-    Unverified(Arc<Container>),
+    /// Names this container, and is refused for this reason.
+    Named(Arc<Container>, NamedContainer),
 }
 
 impl DockerCgroup {
@@ -136,8 +137,8 @@ impl DockerCgroup {
         }
         let named = named_ids(path).find_map(|id| index.by_id(id))?;
         Some(match named.cgroup {
-            Some(_) => Placement::LookAlike(named),
-            None => Placement::Unverified(named),
+            Some(_) => Placement::Named(named, NamedContainer::LookAlike),
+            None => Placement::Named(named, NamedContainer::Unverified),
         })
     }
 
@@ -180,20 +181,10 @@ impl DockerCgroup {
         };
         match placed {
             Placement::In(found) => CgroupMatch::In(found),
-            Placement::LookAlike(c) => {
-                refusal::look_alike(
+            Placement::Named(c, why) => {
+                refusal::named_container(
                     &crate::caller::Identity::Cgroup(kernel.cgroup_id),
-                    &path,
-                    "docker",
-                    &c.name,
-                    &c.id,
-                    kernel.pid,
-                );
-                CgroupMatch::Refused
-            }
-            Placement::Unverified(c) => {
-                refusal::unverified(
-                    &crate::caller::Identity::Cgroup(kernel.cgroup_id),
+                    why,
                     &path,
                     "docker",
                     &c.name,

@@ -6,32 +6,31 @@ use std::net::SocketAddr;
 
 use crate::caller::Identity;
 
-/// A caller's cgroup names a container (`runtime`, `container` named `name`) but is neither the
-/// cgroup recorded for that container nor below it: it imitates the container and gets nothing.
-pub fn look_alike(
-    caller: &Identity,
-    cgroup: &str,
-    runtime: &str,
-    name: &str,
-    container: &str,
-    pid: u32,
-) {
-    crate::refused!(
-        WARN,
-        caller,
-        cgroup,
-        runtime,
-        container = name,
-        id = container,
-        pid,
-        "refused: the caller's cgroup names a container but is not that container's cgroup nor below it (a look-alike); no credentials"
-    );
+/// Why a caller whose cgroup names a container gets nothing by cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamedContainer {
+    /// The cgroup is neither the one recorded for that container nor below it: it imitates the
+    /// container.
+    LookAlike,
+    /// The container's own cgroup could not be verified when it was indexed (see the `cannot be
+    /// identified by its cgroup` line).
+    Unverified,
 }
 
-/// A caller's cgroup names a container whose own cgroup could not be verified when it was
-/// indexed (see the `cannot be identified by its cgroup` line): nothing is given by cgroup.
-pub fn unverified(
+impl NamedContainer {
+    fn why(self) -> &'static str {
+        match self {
+            Self::LookAlike => "but is not that container's cgroup nor below it (a look-alike)",
+            Self::Unverified => "whose own cgroup could not be verified",
+        }
+    }
+}
+
+/// A caller's cgroup names a container (`runtime`, `container` named `name`) and gets nothing,
+/// for the reason `why`.
+pub fn named_container(
     caller: &Identity,
+    why: NamedContainer,
     cgroup: &str,
     runtime: &str,
     name: &str,
@@ -46,7 +45,8 @@ pub fn unverified(
         container = name,
         id = container,
         pid,
-        "refused: the caller's cgroup names a container whose own cgroup could not be verified; no credentials"
+        "refused: the caller's cgroup names a container {}; no credentials",
+        why.why()
     );
 }
 
