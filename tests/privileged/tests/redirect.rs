@@ -64,7 +64,7 @@ fn sent_to(cg: &Cgroup, netns: Option<&Netns>) -> String {
 
 /// With the default target, callers in the daemon's own network namespace are sent to
 /// 127.0.0.1 (a loopback destination: Linux reuses the ports of their closed connections at
-/// once, where towards the link-local target each stays in TIME_WAIT for 60 s and a busy host ran
+/// once, where towards the link-local target each stays in `TIME_WAIT` for 60 s and a busy host ran
 /// out of them), callers in other namespaces to 169.254.170.45 (their loopback is their own);
 /// both are identified. With `EBPF_TARGET` set, everyone goes where it says.
 #[test]
