@@ -15,19 +15,21 @@ use crate::admin::ready::{EbpfState, StsCheck};
 use crate::admin::{Admin, Readiness};
 use crate::cgroup::CgroupPaths;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ContainerdConfig, ContainerdMode, EbpfMode, HttpLimits, ProxyPaths};
+use crate::config::{
+    Config, ContainerdConfig, ContainerdMode, EbpfMode, Endpoint, HttpLimits, ProxyPaths,
+};
 use crate::containerd::{ContainerdApi, ContainerdCgroup};
 use crate::creds::aws::AwsSts;
 use crate::creds::{CredentialCache, CredentialCacheConfig, Sts};
 use crate::creds::{MeteredSts, Resolver, StsHealth};
 use crate::docker::{
     self, CallerContainer, ContainerIndex, ContainerSource, DockerApi, DockerCgroup, DockerIp,
-    Endpoint, IndexListener, NoListener, Prefetcher, ReverseDns, SyncConfig, SystemResolver,
+    IndexListener, NoListener, Prefetcher, ReverseDns, SyncConfig, SystemResolver,
 };
 use crate::ebpf::ConnTable;
 use crate::identity::mapping_file::CgroupSource;
 use crate::identity::mapping_file::{MappingError, MappingFile};
-use crate::identity::{AddressIdentity, Chain, ConnInfo, Identify};
+use crate::identity::{AddressIdentity, Chain, ConnInfo, Identify, MappingPolicy};
 use crate::imds::conn::{ConnLimits, Tracked};
 use crate::imds::ecs::Ecs;
 use crate::imds::iam::Iam;
@@ -346,19 +348,12 @@ fn containerd_sources(
 }
 
 /// Docker as a container source.
-fn docker_source(docker_url: &str) -> Option<Arc<dyn ContainerSource>> {
-    if docker_url == docker::OFF {
+fn docker_source(endpoint: Option<&Endpoint>) -> Option<Arc<dyn ContainerSource>> {
+    let Some(endpoint) = endpoint else {
         tracing::info!("DOCKER_URL=off: Docker containers are not identified");
         return None;
-    }
-    match Endpoint::parse(docker_url) {
-        Ok(endpoint) => Some(Arc::new(DockerApi::new(endpoint))),
-        Err(e) => {
-            // Unreachable: the configuration was validated; say so rather than guess.
-            tracing::error!(docker_url = %docker_url, error = %e, "DOCKER_URL unusable: containers will not be identified");
-            None
-        }
-    }
+    };
+    Some(Arc::new(DockerApi::new(endpoint.clone())))
 }
 
 /// containerd as a container source, if `CONTAINERD` and the redirect allow it.
@@ -435,7 +430,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
-    let kernel = crate::ebpf::start(&config, listening_since).await?;
+    // containerd puts containers at /<namespace>/<id> whatever their names.
+    let container_roots = if config.containerd.mode == ContainerdMode::Off {
+        Vec::new()
+    } else {
+        config.containerd.namespaces.clone()
+    };
+    let policy = MappingPolicy::new(config.role_mapping_file.clone(), container_roots);
+    let kernel = crate::ebpf::start(&config, Box::new(policy), listening_since).await?;
     let mut extra = Vec::new();
     if kernel.is_some() {
         for target in targets_to_bind(config.listen, &config.ebpf, dual_stack()) {
@@ -443,7 +445,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
     let table = kernel.as_ref().map(|k| Arc::clone(&k.table));
-    let docker = docker_source(&config.docker_url);
+    let docker = docker_source(config.docker.as_ref());
     let containerd = containerd_source(&config.containerd, kernel.is_some());
     let parts = build_parts(
         &config,
@@ -519,7 +521,7 @@ fn admin(
         readiness: Readiness {
             ebpf,
             docker: parts.index.clone(),
-            docker_url: config.docker_url.clone(),
+            docker_url: config.docker.clone(),
             containerd: parts
                 .containerd
                 .clone()

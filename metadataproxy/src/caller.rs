@@ -1,9 +1,22 @@
 //! Who a caller is, stably: the key its IMDSv2 tokens, connection limits and refusal-line budget
 //! are bound to, and the name log lines give it. A leaf: found by identification, used by the
-//! server, the IMDS API, the credential cache and logging alike.
+//! server, the IMDS API, the credential cache and logging alike; and what the kernel recorded of
+//! a redirected connection's caller.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+
+/// The caller of a redirected connection, as the kernel saw it at `connect()` (read from the
+/// eBPF connection table at `accept()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelRecord {
+    /// cgroup v2 id of the calling task.
+    pub cgroup_id: u64,
+    /// Process id (tgid) of the caller.
+    pub pid: u32,
+    /// Cookie of the caller's network namespace.
+    pub netns_cookie: u64,
+}
 
 /// The stable identity of a caller: what IMDSv2 tokens and connection limits are bound to and
 /// what logs name.

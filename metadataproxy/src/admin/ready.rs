@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::config::Endpoint;
 use crate::creds::StsError;
 use crate::creds::{StsHealth, StsOutcome};
 use crate::docker::ContainerIndex;
@@ -143,10 +144,10 @@ pub fn sts_check(last: Option<&StsOutcome>, now: Instant) -> Check {
 }
 
 /// The docker check: the index follows Docker's events (or Docker is off: `DOCKER_URL=off`).
-pub fn docker_check(index: Option<&ContainerIndex>, docker_url: &str) -> Check {
-    if docker_url == crate::docker::OFF {
+pub fn docker_check(index: Option<&ContainerIndex>, endpoint: Option<&Endpoint>) -> Check {
+    let Some(docker_url) = endpoint else {
         return Check::new("docker", true, "not used (DOCKER_URL=off)");
-    }
+    };
     match index {
         Some(i) if i.is_live() => Check::new(
             "docker",
@@ -209,8 +210,8 @@ pub struct Readiness {
     pub ebpf: EbpfState,
     /// The container index.
     pub docker: Option<Arc<ContainerIndex>>,
-    /// `DOCKER_URL`, for messages.
-    pub docker_url: String,
+    /// `DOCKER_URL` (`None`: `off`).
+    pub docker_url: Option<Endpoint>,
     /// The containerd index and `CONTAINERD_ADDRESS`, when containerd is followed.
     pub containerd: Option<(Arc<ContainerIndex>, String)>,
     /// STS.
@@ -222,7 +223,7 @@ impl Readiness {
     pub fn checks(&self) -> Vec<Check> {
         let mut checks = vec![
             ebpf_check(&self.ebpf),
-            docker_check(self.docker.as_deref(), &self.docker_url),
+            docker_check(self.docker.as_deref(), self.docker_url.as_ref()),
         ];
         if let Some((index, address)) = &self.containerd {
             checks.push(containerd_check(index, address));

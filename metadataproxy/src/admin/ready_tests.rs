@@ -56,10 +56,14 @@ fn sts_is_not_ready_when_unreachable_or_without_credentials() {
     assert!(!sts_check(None, Instant::now()).ok);
 }
 
+fn sock() -> Endpoint {
+    Endpoint::Unix("/d.sock".into())
+}
+
 #[test]
 fn docker_follows_the_index() {
     let index = ContainerIndex::new();
-    let c = docker_check(Some(&index), "unix:///d.sock");
+    let c = docker_check(Some(&index), Some(&sock()));
     assert!(!c.ok);
     assert_eq!(
         c.detail,
@@ -67,11 +71,11 @@ fn docker_follows_the_index() {
     );
     index.set_live(true);
     assert_eq!(
-        docker_check(Some(&index), "unix:///d.sock"),
+        docker_check(Some(&index), Some(&sock())),
         Check::new("docker", true, "container index synchronised (0 running)")
     );
     index.set_live(false);
-    assert!(!docker_check(Some(&index), "x").ok);
+    assert!(!docker_check(Some(&index), Some(&sock())).ok);
 }
 
 #[test]
@@ -134,7 +138,7 @@ async fn stale_or_missing_outcome_starts_one_probe_and_a_fresh_one_none() {
 
 #[test]
 fn docker_off_is_ready_and_containerd_is_checked_when_followed() {
-    let c = docker_check(None, "off");
+    let c = docker_check(None, None);
     assert!(c.ok, "{c:?}");
     assert!(c.detail.contains("DOCKER_URL=off"), "{c:?}");
     let index = ContainerIndex::default();

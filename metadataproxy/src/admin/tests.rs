@@ -44,7 +44,7 @@ fn admin(index: &Arc<ContainerIndex>) -> Admin {
         readiness: Readiness {
             ebpf: EbpfState::Off,
             docker: Some(Arc::clone(index)),
-            docker_url: "unix:///d.sock".into(),
+            docker_url: Some(crate::config::Endpoint::Unix("/d.sock".into())),
             containerd: None,
             sts: StsCheck::new(health, Arc::new(NeverProbe)),
         },

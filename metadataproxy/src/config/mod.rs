@@ -1,6 +1,7 @@
 //! Configuration: Lyft-compatible settings from flags and environment, validated all at once.
 
 mod containerd;
+mod docker_url;
 mod ebpf;
 mod env;
 mod parse;
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use containerd::{ContainerdConfig, ContainerdMode};
+pub use docker_url::{DOCKER_OFF, Endpoint, EndpointError};
 pub use ebpf::{EbpfConfig, EbpfMode, OnExit};
 pub use env::{Env, ProcessEnv};
 pub use parse::{ConfigError, ConfigErrors};
@@ -102,8 +104,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `DEBUG`.
     pub debug: bool,
-    /// `DOCKER_URL`.
-    pub docker_url: String,
+    /// `DOCKER_URL`: where dockerd listens; `None`: `off`.
+    pub docker: Option<Endpoint>,
     /// `METADATA_URL`: upstream for proxied routes.
     pub metadata_url: http::Uri,
     /// `MOCK_API`.

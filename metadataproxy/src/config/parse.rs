@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
 use super::settings::{self as s, Kind, SETTINGS, Setting};
-use super::{Config, Env, HttpLimits, LogFormat, ProxyPaths, SessionKey};
+use super::{Config, DOCKER_OFF, Endpoint, Env, HttpLimits, LogFormat, ProxyPaths, SessionKey};
 use crate::role::{AccountMap, RoleSpec};
 
 /// One invalid setting.
@@ -199,13 +199,11 @@ fn metadata_url(v: &str) -> Result<http::Uri, String> {
     Ok(uri)
 }
 
-fn docker_url(v: &str) -> Result<String, String> {
-    if v == crate::docker::OFF {
-        return Ok(v.to_owned());
+fn docker_url(v: &str) -> Result<Option<Endpoint>, String> {
+    if v == DOCKER_OFF {
+        return Ok(None);
     }
-    crate::docker::Endpoint::parse(v)
-        .map(|_| v.to_owned())
-        .map_err(|e| e.to_string())
+    Endpoint::parse(v).map(Some).map_err(|e| e.to_string())
 }
 
 fn session_key(v: &str) -> Result<SessionKey, String> {
@@ -456,7 +454,7 @@ where
     Ok(Config {
         listen: SocketAddr::new(host, port),
         debug,
-        docker_url,
+        docker: docker_url,
         metadata_url,
         mock_api,
         mocked_instance_id,

@@ -24,7 +24,10 @@ fn defaults_match_lyft() {
     let c = load(&[], &[]).unwrap();
     assert_eq!(c.listen.to_string(), "0.0.0.0:45001");
     assert!(!c.debug && !c.mock_api && !c.role_reverse_lookup && !c.imdsv2_required);
-    assert_eq!(c.docker_url, "unix://var/run/docker.sock");
+    assert_eq!(
+        c.docker,
+        Some(crate::config::Endpoint::Unix("/var/run/docker.sock".into()))
+    );
     assert_eq!(c.metadata_url.to_string(), "http://169.254.169.254/");
     assert_eq!(c.mocked_instance_id, "mockedid");
     assert!(

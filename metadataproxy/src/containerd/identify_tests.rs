@@ -67,7 +67,7 @@ fn conn(cgroup_id: u64) -> ConnInfo {
     ConnInfo::new(
         "127.0.0.1:40000".parse().unwrap(),
         "127.0.0.1:45001".parse().unwrap(),
-        Some(crate::ebpf::Caller {
+        Some(crate::caller::KernelRecord {
             cgroup_id,
             pid: 4242,
             netns_cookie: 1,

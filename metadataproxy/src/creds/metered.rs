@@ -38,7 +38,7 @@ pub struct StsHealth {
 impl StsHealth {
     /// Records how a call ended and counts it in the metrics.
     pub fn record(&self, operation: &'static str, error: Option<&StsError>, took: Duration) {
-        crate::metrics::global().sts_call(operation, error.map(|e| e.kind), took);
+        crate::metrics::global().sts_call(operation, error.map(|e| e.kind.label()), took);
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(StsOutcome {
             at: Instant::now(),
             operation,

@@ -36,6 +36,18 @@ pub enum StsErrorKind {
     NoCredentials,
 }
 
+impl StsErrorKind {
+    /// The `kind` label of `metadataproxy_sts_errors_total`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Denied => "denied",
+            Self::Throttled => "throttled",
+            Self::Unavailable => "unavailable",
+            Self::NoCredentials => "no_credentials",
+        }
+    }
+}
+
 /// A failed STS or IAM call.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{operation} failed ({kind:?}): {message}")]

@@ -15,8 +15,8 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
 use super::container::ContainerInfo;
-use super::endpoint::Endpoint;
 use super::source::{Connection, ContainerSource, DockerError, Event};
+use crate::config::Endpoint;
 use futures_util::future::BoxFuture;
 
 /// Seconds a single API call may take (the event stream itself is not bounded).

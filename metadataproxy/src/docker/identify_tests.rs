@@ -277,7 +277,7 @@ fn in_cgroup(id: &str, cgroup: Option<&str>, env: &[&str]) -> ContainerInfo {
 
 fn kernel_conn(cgroup_id: u64) -> ConnInfo {
     let c = conn("172.17.0.1");
-    let kernel = Some(crate::ebpf::Caller {
+    let kernel = Some(crate::caller::KernelRecord {
         cgroup_id,
         pid: 4242,
         netns_cookie: 1,

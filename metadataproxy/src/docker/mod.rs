@@ -10,7 +10,6 @@
 mod api;
 pub mod cgroup;
 mod container;
-mod endpoint;
 mod identify;
 mod index;
 mod prefetch;
@@ -20,10 +19,7 @@ mod sync;
 
 pub use api::DockerApi;
 
-/// `DOCKER_URL=off`: Docker is not followed (a containerd-only node).
-pub const OFF: &str = "off";
 pub use container::{Container, ContainerInfo, RANCHER_IP_LABEL, short};
-pub use endpoint::{Endpoint, EndpointError};
 pub use identify::{
     CallerContainer, DockerCgroup, DockerIp, REVERSE_LOOKUP_TIMEOUT, ReverseDns, ReverseLookup,
     START_GRACE, SystemResolver, match_key,

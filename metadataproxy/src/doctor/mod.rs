@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::SystemClock;
-use crate::config::{Config, ConfigErrors, EbpfMode, Env, ProcessEnv};
+use crate::config::{Config, ConfigErrors, DOCKER_OFF, EbpfMode, Endpoint, Env, ProcessEnv};
 use crate::creds::aws::AwsSts;
-use crate::docker::{DockerApi, Endpoint};
+use crate::docker::DockerApi;
 use host::{Need, System};
 
 /// Where aws-config takes the STS endpoint from (named in messages).
@@ -135,7 +135,9 @@ pub async fn check(
                 format!(
                     "valid (EBPF={}, DOCKER_URL={}, ADMIN_LISTEN={})",
                     mode_name(c.ebpf.mode),
-                    c.docker_url,
+                    c.docker
+                        .as_ref()
+                        .map_or_else(|| DOCKER_OFF.to_owned(), ToString::to_string),
                     c.admin_listen
                         .map_or_else(|| "off".to_owned(), |a| a.to_string())
                 ),
@@ -177,7 +179,7 @@ pub async fn check(
     findings.push(host::capabilities(sys, need));
     findings.push(redirect_target(&config.ebpf, need).await);
     findings.push(forwarding_rules(config.ecs_endpoint, need).await);
-    findings.push(docker(&config.docker_url).await);
+    findings.push(docker(config.docker.as_ref()).await);
     let sts = AwsSts::load(
         config.aws_region.clone(),
         config.patch_ecs_allowed_hosts.as_deref(),
@@ -271,13 +273,12 @@ fn mode_name(mode: EbpfMode) -> &'static str {
 }
 
 /// dockerd answers at `DOCKER_URL`.
-async fn docker(url: &str) -> Finding {
+async fn docker(endpoint: Option<&Endpoint>) -> Finding {
     const NAME: &str = "docker";
-    let endpoint = match Endpoint::parse(url) {
-        Ok(e) => e,
-        Err(e) => return Finding::new(NAME, Verdict::Fail, format!("DOCKER_URL {url}: {e}")),
+    let Some(url) = endpoint else {
+        return Finding::ok(NAME, "not used (DOCKER_URL=off)");
     };
-    match tokio::time::timeout(NETWORK_TIMEOUT, DockerApi::new(endpoint).version()).await {
+    match tokio::time::timeout(NETWORK_TIMEOUT, DockerApi::new(url.clone()).version()).await {
         Ok(Ok((version, api))) => {
             Finding::ok(NAME, format!("Docker {version} (API {api}) at {url}"))
         }

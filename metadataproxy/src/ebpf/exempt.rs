@@ -2,12 +2,13 @@
 //!
 //! The kernel programs skip a connect when the caller's cgroup id is a key of the pinned
 //! `MP_EXEMPT` map. This module fills that map with the host cgroups only: a scan walks the cgroup2
-//! subtrees of `EBPF_CGROUPS` and exempts every cgroup whose path is neither a container's
-//! ([`is_container_path`]: docker, containerd, kubepods, CRI-O, podman, … layouts) nor named (itself
-//! or an ancestor) by a `cgroup:` key of `ROLE_MAPPING_FILE`. It runs once before the programs are
+//! subtrees of `EBPF_CGROUPS` and exempts every cgroup that the [`RedirectPolicy`] it is given
+//! does not keep redirected (the identification side's policy: containers in every layout, and
+//! what `cgroup:` keys of `ROLE_MAPPING_FILE` name). It runs once before the programs are
 //! attached, then whenever inotify reports a cgroup directory made or removed below the roots, or
-//! a change in the mapping file's folder ([`super::cgroup_watch`]), and every [`SAFETY_RESCAN`]
-//! in any case. Where inotify is unavailable (watch limit reached) it scans every [`RESCAN`].
+//! a change in the folder of the file the policy follows ([`super::cgroup_watch`]), and every
+//! [`SAFETY_RESCAN`] in any case. Where inotify is unavailable (watch limit reached) it scans
+//! every [`RESCAN`].
 //!
 //! Why a deny-list of host cgroups rather than an allow-list of containers: a cgroup the scan has
 //! not seen yet (a container that started a moment ago) is not in the map, so it is redirected. A
@@ -24,7 +25,7 @@
 //! map is full, the cgroups that do not fit stay redirected (logged).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +33,6 @@ use aya::maps::{HashMap, MapData};
 
 use super::cgroup_watch::CgroupWatch;
 use crate::cgroup::tree;
-use crate::identity::mapping_file::{self, Mapping};
-use crate::identity::redirected_without_host;
 
 /// How often the cgroup tree is scanned when it cannot be watched with inotify.
 pub const RESCAN: Duration = Duration::from_secs(1);
@@ -56,64 +55,47 @@ pub struct Scan {
     pub full: usize,
 }
 
+/// Whether the cgroup at a path (below the cgroup2 mount) stays redirected.
+pub type Classifier = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Which cgroups `EBPF_REDIRECT_HOST=false` still redirects: the identification side's policy,
+/// given to the loader, which knows cgroup ids and maps but not containers or roles.
+pub trait RedirectPolicy: Send + std::fmt::Debug {
+    /// The policy in force now. `None`: none could ever be had (the role mapping file was never
+    /// readable), so no cgroup is known to be a host cgroup and none is exempted.
+    fn classifier(&mut self) -> Option<Classifier>;
+
+    /// The file the policy follows, if any: changes in its folder trigger a scan.
+    fn watched(&self) -> Option<&Path>;
+}
+
 /// Which cgroups below the roots are host cgroups to exempt: the classification half of
 /// [`Exempt`], without the map.
 #[derive(Debug)]
 pub struct HostCgroups {
     cgroup2: PathBuf,
     roots: Vec<String>,
-    /// Top-level cgroups whose every cgroup is a container's (containerd namespaces).
-    container_roots: Vec<String>,
-    mapping_path: Option<PathBuf>,
-    /// The bytes and parse of the mapping file last read successfully.
-    mapping: Option<(Vec<u8>, Arc<Mapping>)>,
+    policy: Box<dyn RedirectPolicy>,
 }
 
 impl HostCgroups {
-    /// `roots`: the `EBPF_CGROUPS` paths below the cgroup2 mount `cgroup2`; `container_roots`:
-    /// top-level cgroups holding only containers (the followed containerd namespaces).
-    pub fn new(
-        cgroup2: PathBuf,
-        roots: Vec<String>,
-        container_roots: Vec<String>,
-        mapping_path: Option<PathBuf>,
-    ) -> Self {
+    /// `roots`: the `EBPF_CGROUPS` paths below the cgroup2 mount `cgroup2`.
+    pub fn new(cgroup2: PathBuf, roots: Vec<String>, policy: Box<dyn RedirectPolicy>) -> Self {
         Self {
             cgroup2,
             roots,
-            container_roots,
-            mapping_path,
-            mapping: None,
+            policy,
         }
     }
 
-    /// The mapping in force for classification: re-read when the file's bytes change; an unreadable
-    /// or invalid file keeps the previous one (the daemon's reloader reports it). `None` when no
-    /// mapping could ever be read: then nothing is exempted.
-    fn mapping(&mut self) -> Option<Arc<Mapping>> {
-        let Some(path) = &self.mapping_path else {
-            return Some(Arc::new(Mapping::default()));
-        };
-        if let Ok(bytes) = std::fs::read(path) {
-            let same = self.mapping.as_ref().is_some_and(|(b, _)| *b == bytes);
-            if !same
-                && let Ok(text) = std::str::from_utf8(&bytes)
-                && let Ok(m) = mapping_file::parse(text)
-            {
-                self.mapping = Some((bytes, Arc::new(m)));
-            }
-        }
-        self.mapping.as_ref().map(|(_, m)| Arc::clone(m))
-    }
-
-    /// The ids of the host cgroups below the roots now (`None`: no mapping could ever be read,
-    /// so none is a host cgroup for sure).
+    /// The ids of the host cgroups below the roots now (`None`: the policy is unknown, so none
+    /// is a host cgroup for sure).
     pub fn find(&mut self) -> Option<HashSet<u64>> {
-        let mapping = self.mapping()?;
+        let redirected = self.policy.classifier()?;
         let mut host = HashSet::new();
         for root in &self.roots {
             for (id, path) in tree(&self.cgroup2, root) {
-                if !redirected_without_host(&path, &mapping, &self.container_roots) {
+                if !redirected(&path) {
                     host.insert(id);
                 }
             }
@@ -204,9 +186,9 @@ impl Exempt {
                     .collect();
                 let mapping_dir = self
                     .hosts
-                    .mapping_path
-                    .as_ref()
-                    .and_then(|p| p.parent())
+                    .policy
+                    .watched()
+                    .and_then(Path::parent)
                     .map(|d| if d.as_os_str().is_empty() { ".".as_ref() } else { d }.to_owned());
                 let mut watch = CgroupWatch::new(roots, mapping_dir).map_err(|e| {
                     tracing::warn!(error = %e, rescan = ?RESCAN, "cannot watch the cgroup tree with inotify: scanning it periodically instead");

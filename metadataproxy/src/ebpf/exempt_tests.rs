@@ -1,33 +1,28 @@
 //! Which cgroups are exempt from the redirect (`EBPF_REDIRECT_HOST=false`): the classification of a
-//! cgroup tree against the role mapping as the file changes, and the map's reconciliation.
+//! cgroup tree by the policy given, as the policy changes, and the map's reconciliation.
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use super::*;
 
-const ID: &str = "3f4e9b0c1d2a8e7f6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a";
-
-/// A cgroup tree in a temporary folder (standing in for the cgroup2 mount) and a mapping file.
+/// A cgroup tree in a temporary folder, standing in for the cgroup2 mount.
 struct Host {
     root: tempfile::TempDir,
-    mapping: PathBuf,
 }
 
 impl Host {
     fn new(dirs: &[&str]) -> Self {
         let root = tempfile::tempdir().unwrap();
         for d in dirs {
-            std::fs::create_dir_all(root.path().join("cg").join(d.trim_start_matches('/')))
-                .unwrap();
+            std::fs::create_dir_all(root.path().join(d.trim_start_matches('/'))).unwrap();
         }
-        let mapping = root.path().join("mapping.json");
-        Self { root, mapping }
+        Self { root }
     }
 
     fn cgroup2(&self) -> PathBuf {
-        self.root.path().join("cg")
+        self.root.path().to_owned()
     }
 
     fn id(&self, dir: &str) -> u64 {
@@ -38,26 +33,32 @@ impl Host {
     fn ids(&self, dirs: &[&str]) -> HashSet<u64> {
         dirs.iter().map(|d| self.id(d)).collect()
     }
+}
 
-    fn write_mapping(&self, text: &str) {
-        write_atomically(&self.mapping, text);
-    }
+/// A policy keeping the cgroups at and below the paths it holds redirected (`None`: unknown),
+/// changed by the test between scans.
+#[derive(Debug, Clone, Default)]
+struct Fake(Arc<Mutex<Option<Vec<String>>>>);
 
-    fn classifier(&self, mapping: bool) -> HostCgroups {
-        HostCgroups::new(
-            self.cgroup2(),
-            vec!["/".to_owned()],
-            vec!["k8s.io".to_owned()],
-            mapping.then(|| self.mapping.clone()),
-        )
+impl Fake {
+    fn set(&self, redirected: Option<&[&str]>) {
+        *self.0.lock().unwrap() = redirected.map(|r| r.iter().map(|p| (*p).to_owned()).collect());
     }
 }
 
-/// Replaces `path` as operators and `ConfigMap`s do (rename over it).
-fn write_atomically(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
+impl RedirectPolicy for Fake {
+    fn classifier(&mut self) -> Option<Classifier> {
+        let redirected = self.0.lock().unwrap().clone()?;
+        Some(Arc::new(move |path: &str| {
+            redirected
+                .iter()
+                .any(|r| path == r || path.starts_with(&format!("{r}/")))
+        }))
+    }
+
+    fn watched(&self) -> Option<&Path> {
+        None
+    }
 }
 
 const DIRS: &[&str] = &[
@@ -67,92 +68,54 @@ const DIRS: &[&str] = &[
     "/user.slice/user-1000.slice/session-1.scope",
 ];
 
-/// Every cgroup of [`DIRS`] with its ancestors, and the container's.
+/// Every cgroup of [`DIRS`] with its ancestors and the root.
 fn all(host: &Host) -> HashSet<u64> {
     crate::cgroup::tree(&host.cgroup2(), "/")
         .into_keys()
-        .collect::<HashSet<u64>>()
-        .difference(&host.ids(&[
-            &format!("/system.slice/docker-{ID}.scope"),
-            "/k8s.io",
-            "/k8s.io/anything",
-        ]))
-        .copied()
         .collect()
 }
 
 #[test]
-fn host_cgroups_are_all_but_containers_and_what_the_mapping_names() {
-    let mut dirs = DIRS.to_vec();
-    let container = format!("/system.slice/docker-{ID}.scope");
-    dirs.push(&container);
-    let host = Host::new(&dirs);
-    // Without a mapping file: every cgroup that is no container's.
-    let found = host.classifier(false).find().unwrap();
-    assert_eq!(found, all(&host));
-    assert!(
-        !found.contains(&host.id(&container)),
-        "a container is redirected"
-    );
-    assert!(
-        !found.contains(&host.id("/k8s.io/anything")),
-        "a containerd namespace is"
-    );
+fn host_cgroups_are_all_but_what_the_policy_keeps_redirected_as_it_changes() {
+    let host = Host::new(DIRS);
+    assert_eq!(all(&host).len(), 10, "the root and every folder");
+    let policy = Fake::default();
+    let mut hosts = HostCgroups::new(host.cgroup2(), vec!["/".into()], Box::new(policy.clone()));
+    // An unknown policy: no cgroup is known to be a host cgroup, so none is exempt.
+    assert_eq!(hosts.find(), None);
 
-    // A `cgroup:` key takes its cgroup and everything below it out of the exemptions.
-    host.write_mapping(r#"{"cgroup:/system.slice/batch.service": "batch"}"#);
-    let mut hosts = host.classifier(true);
-    let found = hosts.find().unwrap();
-    let mapped = host.ids(&[
+    // The policy is asked by cgroup path below the mount, subtrees included.
+    policy.set(Some(&["/system.slice/batch.service", "/k8s.io"]));
+    let batch = host.ids(&[
         "/system.slice/batch.service",
         "/system.slice/batch.service/worker",
     ]);
-    assert_eq!(found, &all(&host) - &mapped);
-    assert!(found.contains(&host.id("/system.slice/cron.service")));
-}
+    let k8s = host.ids(&["/k8s.io", "/k8s.io/anything"]);
+    assert_eq!(hosts.find().unwrap(), &(&all(&host) - &batch) - &k8s);
 
-#[test]
-fn the_mapping_is_followed_as_it_changes_and_a_broken_one_keeps_the_last_good() {
-    let host = Host::new(DIRS);
-    let (cron, batch) = (
-        host.id("/system.slice/cron.service"),
-        host.id("/system.slice/batch.service"),
+    // Asked again at every scan: what it redirects now is what counts.
+    policy.set(Some(&["/system.slice/cron.service"]));
+    let found = hosts.find().unwrap();
+    assert_eq!(
+        found,
+        &all(&host) - &host.ids(&["/system.slice/cron.service"])
     );
-    // No mapping file yet: nothing is known to be a host cgroup, so nothing is exempt.
-    let mut hosts = host.classifier(true);
+
+    // Unknown again: nothing is exempt (the map is emptied by the scan that follows).
+    policy.set(None);
     assert_eq!(hosts.find(), None);
-
-    host.write_mapping(r#"{"cgroup:/system.slice/batch.service": "batch"}"#);
-    let found = hosts.find().unwrap();
-    assert!(found.contains(&cron) && !found.contains(&batch));
-
-    // Changed: cron is mapped now, batch no longer.
-    host.write_mapping(r#"{"cgroup:/system.slice/cron.service": "cron"}"#);
-    let found = hosts.find().unwrap();
-    assert!(!found.contains(&cron) && found.contains(&batch));
-
-    // Broken, then gone: the last good mapping stays in force.
-    host.write_mapping(r#"{"cgroup:/system.slice/cron.service": "#);
-    let found = hosts.find().unwrap();
-    assert!(!found.contains(&cron) && found.contains(&batch));
-    std::fs::remove_file(&host.mapping).unwrap();
-    assert_eq!(hosts.find(), Some(found));
-
-    // Not UTF-8: kept too.
-    std::fs::write(&host.mapping, [0xff, 0xfe, b'{']).unwrap();
-    let found = hosts.find().unwrap();
-    assert!(!found.contains(&cron) && found.contains(&batch));
-
-    // Good again.
-    host.write_mapping("{}");
-    let found = hosts.find().unwrap();
-    assert!(found.contains(&cron) && found.contains(&batch));
 }
 
 #[test]
 fn a_roots_subtree_only() {
     let host = Host::new(DIRS);
-    let mut hosts = HostCgroups::new(host.cgroup2(), vec!["/system.slice".into()], vec![], None);
+    let policy = Fake::default();
+    policy.set(Some(&[]));
+    let mut hosts = HostCgroups::new(
+        host.cgroup2(),
+        vec!["/system.slice".into()],
+        Box::new(policy),
+    );
     let found = hosts.find().unwrap();
     assert_eq!(
         found,

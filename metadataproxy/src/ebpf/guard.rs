@@ -120,7 +120,10 @@ impl GuardStats {
                 let mut last_warn: Option<Instant> = None;
                 loop {
                     let now = self.read();
-                    crate::metrics::ebpf_guard(now.since(seen));
+                    let new = now.since(seen);
+                    let metrics = crate::metrics::global();
+                    metrics.ebpf_guard("ipv4", new.dropped4, new.refused4);
+                    metrics.ebpf_guard("ipv6", new.dropped6, new.refused6);
                     seen = now;
                     let news = now.since(warned);
                     if news.total() > 0 && last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {

@@ -13,7 +13,7 @@ use metadataproxy_common::{
 };
 
 use super::compat::PidMode;
-use super::exempt::HostCgroups;
+use super::exempt::{HostCgroups, RedirectPolicy};
 use super::{ConnTable, EbpfError, Exempt, Host, Target};
 use crate::config::{EbpfConfig, OnExit};
 
@@ -145,14 +145,13 @@ fn pin_err(path: &Path) -> impl Fn(String) -> EbpfError + '_ {
 impl Redirect {
     /// Loads the programs against the pinned maps (created on first start), points them at
     /// `target`, brings the host exemptions in line with `EBPF_REDIRECT_HOST` (classifying with
-    /// the mapping file at `mapping` and the `container_roots`, see [`Exempt::new`]), attaches the
-    /// programs to every configured cgroup and pins the links over any older ones.
+    /// `policy`, see [`Exempt::new`]), attaches the programs to every configured cgroup and pins
+    /// the links over any older ones.
     pub fn start(
         config: &EbpfConfig,
         host: &Host,
         target: &Target,
-        mapping: Option<PathBuf>,
-        container_roots: Vec<String>,
+        policy: Box<dyn RedirectPolicy>,
         listening_since: Duration,
     ) -> Result<Started, EbpfError> {
         let object = match &config.object {
@@ -209,7 +208,7 @@ impl Redirect {
         }
 
         // Exemptions before the links: a first start attaches with the host cgroups already out.
-        let exempt = exempt(&mut ebpf, config, host, mapping, container_roots)?;
+        let exempt = exempt(&mut ebpf, config, host, policy)?;
 
         // Load (verify) every program before attaching any, so a refused program leaves no
         // half-installed redirect behind. The connect programs are the variant that recognises
@@ -335,8 +334,7 @@ fn exempt(
     ebpf: &mut Ebpf,
     config: &EbpfConfig,
     host: &Host,
-    mapping: Option<PathBuf>,
-    container_roots: Vec<String>,
+    policy: Box<dyn RedirectPolicy>,
 ) -> Result<Exempt, EbpfError> {
     let map = ebpf
         .take_map(maps::EXEMPT)
@@ -347,12 +345,7 @@ fn exempt(
     let map = HashMap::try_from(map).map_err(map_err(maps::EXEMPT))?;
     let mut exempt = Exempt::new(
         map,
-        HostCgroups::new(
-            host.cgroup2.clone(),
-            config.cgroups.clone(),
-            container_roots,
-            mapping,
-        ),
+        HostCgroups::new(host.cgroup2.clone(), config.cgroups.clone(), policy),
     );
     if config.redirect_host {
         let cleared = exempt.clear();

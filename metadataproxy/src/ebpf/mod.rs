@@ -32,11 +32,11 @@ mod table;
 use std::net::{SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
 
-pub use exempt::Exempt;
+pub use exempt::{Classifier, Exempt, RedirectPolicy};
 pub use guard::{Counts as GuardCounts, GuardStats};
 pub use load::{Redirect, Started};
 pub use preflight::{BTF, Host, cap_eff, cgroup2_mount, current_cgroup, fs_type, missing_caps};
-pub use table::{Caller, ConnTable, monotonic_now};
+pub use table::{ConnTable, monotonic_now};
 
 /// Why the eBPF redirect cannot be set up (each variant says exactly what is missing).
 #[derive(Debug, thiserror::Error)]
@@ -200,8 +200,11 @@ impl Kernel {
 }
 
 /// Sets up the redirect as `EBPF` says: `None` in IP-only mode (configured, or `auto` and unusable).
+///
+/// `policy` decides which cgroups stay redirected with `EBPF_REDIRECT_HOST=false`.
 pub async fn start(
     config: &crate::config::Config,
+    policy: Box<dyn RedirectPolicy>,
     listening_since: std::time::Duration,
 ) -> Result<Option<Kernel>, EbpfError> {
     use crate::config::EbpfMode;
@@ -211,7 +214,7 @@ pub async fn start(
         return Ok(None);
     }
     let attempt = match Host::check(&ebpf.pin_dir) {
-        Ok(host) => attach(config, &host, listening_since).await,
+        Ok(host) => attach(config, &host, policy, listening_since).await,
         Err(e) => Err(e),
     };
     match attempt {
@@ -228,6 +231,7 @@ pub async fn start(
 async fn attach(
     config: &crate::config::Config,
     host: &Host,
+    policy: Box<dyn RedirectPolicy>,
     listening_since: std::time::Duration,
 ) -> Result<Kernel, EbpfError> {
     let ebpf = &config.ebpf;
@@ -273,25 +277,12 @@ async fn attach(
             "removed the policy-routing rules of the container-credentials endpoint (ECS_ENDPOINT is off)"
         );
     }
-    // containerd puts containers at /<namespace>/<id> whatever their names.
-    let container_roots = if config.containerd.mode == crate::config::ContainerdMode::Off {
-        Vec::new()
-    } else {
-        config.containerd.namespaces.clone()
-    };
     let Started {
         redirect,
         table,
         exempt,
         guard,
-    } = Redirect::start(
-        ebpf,
-        host,
-        &target,
-        config.role_mapping_file.clone(),
-        container_roots,
-        listening_since,
-    )?;
+    } = Redirect::start(ebpf, host, &target, policy, listening_since)?;
     if !ebpf.redirect_host {
         exempt.spawn();
     }

@@ -9,18 +9,9 @@ use std::time::Duration;
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use metadataproxy_common::{Conn4, Conn6, Record};
 
-/// The caller of a redirected connection, as the kernel saw it at `connect()`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller {
-    /// cgroup v2 id of the calling task.
-    pub cgroup_id: u64,
-    /// Process id (tgid) of the caller.
-    pub pid: u32,
-    /// Cookie of the caller's network namespace.
-    pub netns_cookie: u64,
-}
+use crate::caller::KernelRecord;
 
-impl From<Record> for Caller {
+impl From<Record> for KernelRecord {
     fn from(r: Record) -> Self {
         let Record {
             cgroup_id,
@@ -71,7 +62,7 @@ pub fn judge(
     local: SocketAddr,
     own_netns: Option<u64>,
     now: Option<Duration>,
-) -> Result<Caller, Distrust> {
+) -> Result<KernelRecord, Distrust> {
     if !now.is_some_and(|now| is_fresh(record.connected_ns, now)) {
         return Err(Distrust::Stale);
     }
@@ -134,7 +125,7 @@ impl ConnTable {
     ///
     /// `None` for connections that were not redirected (callers that reached the daemon
     /// directly), and for records not to be believed ([`judge`]; logged).
-    pub fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<Caller> {
+    pub fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<KernelRecord> {
         let record = match key(peer, local)? {
             Key::V4(k) => take_one(&self.v4, &k),
             Key::V6(k) => take_one(&self.v6, &k),
@@ -364,13 +355,13 @@ mod tests {
     #[test]
     fn a_caller_is_the_records_cgroup_tgid_and_netns() {
         // `bpf_get_current_pid_tgid()`: the tgid (the process id) is the upper half.
-        let caller = Caller::from(Record {
+        let caller = KernelRecord::from(Record {
             pid_tgid: (4242 << 32) + 4243,
             ..record(9, 1)
         });
         assert_eq!(
             caller,
-            Caller {
+            KernelRecord {
                 cgroup_id: 42,
                 pid: 4242,
                 netns_cookie: 9

@@ -8,7 +8,7 @@ pub mod mapping_file;
 pub mod refusal;
 mod scope;
 
-pub use scope::redirected_without_host;
+pub use scope::{MappingPolicy, redirected_without_host};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -28,7 +28,7 @@ pub struct ConnInfo {
     /// Our address the caller connected to.
     pub local: SocketAddr,
     /// What the kernel recorded when the caller's connection was redirected (eBPF mode).
-    pub kernel: Option<crate::ebpf::Caller>,
+    pub kernel: Option<crate::caller::KernelRecord>,
     /// The path of the kernel-recorded cgroup, looked up once for the connection when first
     /// needed (shared by its clones, so by every request and source on the connection).
     cgroup: Arc<tokio::sync::OnceCell<Option<Arc<str>>>>,
@@ -36,7 +36,11 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     /// A connection from `peer` to `local`, with the kernel's record of it if there is one.
-    pub fn new(peer: SocketAddr, local: SocketAddr, kernel: Option<crate::ebpf::Caller>) -> Self {
+    pub fn new(
+        peer: SocketAddr,
+        local: SocketAddr,
+        kernel: Option<crate::caller::KernelRecord>,
+    ) -> Self {
         Self {
             peer,
             local,
@@ -74,6 +78,19 @@ pub enum Source {
     /// A running Docker container whose `Hostname.Domainname` matches the caller's reverse DNS.
     ReverseDns,
 }
+
+impl crate::metrics::Label for Source {
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+// Every source, and "none", has a slot of its own in the identification metrics.
+const _: () = assert!(Source::ReverseDns as usize + 2 == crate::metrics::SOURCES);
 
 impl Source {
     /// Stable lower-case name.

@@ -108,3 +108,64 @@ fn containerd_namespaces_hold_containers_whatever_their_names() {
         "without containerd, /default is an ordinary host cgroup"
     );
 }
+
+/// Replaces `path` as operators and `ConfigMap`s do (rename over it).
+fn write_atomically(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn the_policy_follows_the_mapping_file_and_a_broken_one_keeps_the_last_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mapping.json");
+    let (cron, batch) = ("/system.slice/cron.service", "/system.slice/batch.service");
+    let mut policy = MappingPolicy::new(Some(file.clone()), vec!["k8s.io".to_owned()]);
+    assert_eq!(policy.watched(), Some(file.as_path()));
+    // No mapping file yet: no policy, so the loader exempts nothing.
+    assert!(policy.classifier().is_none());
+
+    write_atomically(&file, r#"{"cgroup:/system.slice/batch.service": "batch"}"#);
+    let redirected = policy.classifier().unwrap();
+    assert!(!redirected(cron) && redirected(batch) && redirected(&format!("{batch}/worker")));
+    assert!(
+        redirected("/k8s.io/anything"),
+        "a followed containerd namespace"
+    );
+
+    // Changed: cron is mapped now, batch no longer.
+    write_atomically(&file, r#"{"cgroup:/system.slice/cron.service": "cron"}"#);
+    let redirected = policy.classifier().unwrap();
+    assert!(redirected(cron) && !redirected(batch));
+
+    // Broken, not UTF-8, then gone: the last good mapping stays in force.
+    for broken in [
+        &br#"{"cgroup:/system.slice/batch.service": "#[..],
+        &[0xff, 0xfe, b'{'],
+    ] {
+        std::fs::write(&file, broken).unwrap();
+        let redirected = policy.classifier().unwrap();
+        assert!(redirected(cron) && !redirected(batch));
+    }
+    std::fs::remove_file(&file).unwrap();
+    let redirected = policy.classifier().unwrap();
+    assert!(redirected(cron) && !redirected(batch));
+
+    // Good again.
+    write_atomically(&file, "{}");
+    let redirected = policy.classifier().unwrap();
+    assert!(!redirected(cron) && !redirected(batch));
+}
+
+#[test]
+fn without_a_mapping_file_only_containers_stay_redirected() {
+    let mut policy = MappingPolicy::new(None, vec![]);
+    assert_eq!(policy.watched(), None);
+    let redirected = policy.classifier().unwrap();
+    assert!(!redirected("/system.slice/cron.service"));
+    assert!(redirected(
+        "/system.slice/docker-3f4e9b0c1d2a8e7f6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a.scope"
+    ));
+    assert!(!redirected("/default/web"), "containerd is not followed");
+}

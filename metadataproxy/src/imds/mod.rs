@@ -8,6 +8,7 @@ pub mod mock;
 pub mod path;
 pub mod proxy;
 pub mod response;
+pub mod route;
 pub mod service;
 pub mod token;
 

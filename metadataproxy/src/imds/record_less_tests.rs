@@ -31,7 +31,7 @@ fn identity_routes() -> Vec<Call> {
 
 fn redirected(ip: &str, cgroup_id: u64) -> ConnInfo {
     let c = conn(ip);
-    let kernel = Some(crate::ebpf::Caller {
+    let kernel = Some(crate::caller::KernelRecord {
         cgroup_id,
         pid: 4242,
         netns_cookie: 1,

@@ -10,6 +10,7 @@ use super::mock::MockTree;
 use super::path::{self, Category, ImdsPath};
 use super::proxy::Upstream;
 use super::response::{self, Body};
+use super::route;
 use super::token::{self, TokenStore};
 use crate::caller::Identity;
 use crate::clock::Clock;
@@ -76,7 +77,7 @@ impl Imds {
     ) -> (Response<Body>, Route) {
         let raw_path = req.uri().path();
         let routed = path::parse(raw_path).map(|p| (p, path::classify(&p)));
-        let route = Route::of(routed.as_ref().ok().map(|(_, category)| category));
+        let route = route::of(routed.as_ref().ok().map(|(_, category)| category));
         (self.respond(req, conn, routed).await, route)
     }
 
@@ -124,7 +125,7 @@ impl Imds {
             refusal::record_less(
                 &Chain::identity(conn),
                 conn.peer,
-                Route::of(Some(&category)).label(),
+                route::of(Some(&category)).label(),
             );
             return response::text(
                 StatusCode::FORBIDDEN,

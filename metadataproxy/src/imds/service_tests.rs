@@ -225,7 +225,7 @@ async fn tokens_are_bound_to_the_cgroup_not_the_shared_address() {
     let f = fixture(&[("DEFAULT_ROLE", "role-a")], None);
     let in_cgroup = |id: u64| {
         let c = conn("127.0.0.1");
-        let kernel = Some(crate::ebpf::Caller {
+        let kernel = Some(crate::caller::KernelRecord {
             cgroup_id: id,
             pid: 1000,
             netns_cookie: 1,

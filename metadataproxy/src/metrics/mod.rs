@@ -14,10 +14,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::creds::StsErrorKind;
-use crate::identity::Source;
-use crate::imds::path::{self, Category};
-
 /// The `Content-Type` of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -97,26 +93,22 @@ impl Route {
             Self::BadPath => "bad_path",
         }
     }
+}
 
-    /// The route of a parsed request; `None`: the path was refused before routing.
-    pub fn of(category: Option<&Category<'_>>) -> Self {
-        match category {
-            None => Self::BadPath,
-            Some(Category::Token) => Self::Token,
-            Some(Category::IamCredentials(_)) => Self::IamCredentials,
-            Some(Category::IamInfo) => Self::IamInfo,
-            Some(Category::IamListing | Category::IamCredentialsList) => Self::IamListing,
-            Some(Category::IamOther | Category::HostIdentityCredentials) => Self::IamRefused,
-            Some(Category::Root | Category::VersionRoot | Category::Other) => Self::Metadata,
-        }
-    }
+/// A label value of a small fixed set, and its place in that set: the request path keeps the
+/// series of such a set in slots, by place, and so neither hashes labels nor takes locks.
+pub trait Label: Copy {
+    /// The label value.
+    fn label(self) -> &'static str;
+    /// Its place in its set: below [`SOURCES`] - 1 for identification sources.
+    fn slot(self) -> usize;
 }
 
 /// Number of [`Route`]s.
 const ROUTES: usize = 7;
 const _: () = assert!(Route::BadPath as usize + 1 == ROUTES);
-/// Number of identification outcomes: each [`Source`], and none.
-const SOURCES: usize = 8;
+/// Number of identification outcomes: each source, and none.
+pub const SOURCES: usize = 8;
 
 /// A route's series for status 200, taken from the families on first use: the request path
 /// then neither hashes labels nor takes the families' locks (the series are the same objects,
@@ -352,14 +344,14 @@ impl Metrics {
     }
 
     /// One caller of the IAM routes identified, by `source` (`None`: no role).
-    pub fn identified(&self, source: Option<Source>) {
-        let label = source.map_or("none", Source::as_str);
+    pub fn identified(&self, source: Option<impl Label>) {
+        let label = source.map_or("none", Label::label);
         let series = || {
             self.identifications
                 .get_or_create(&SourceLabels { source: label })
                 .clone()
         };
-        match self.identified_by.get(source.map_or(0, |s| s as usize + 1)) {
+        match self.identified_by.get(source.map_or(0, |s| s.slot() + 1)) {
             Some(slot) => slot.get_or_init(series).inc(),
             // A source added without growing `SOURCES`: counted all the same, a little slower.
             None => series().inc(),
@@ -367,7 +359,8 @@ impl Metrics {
     }
 
     /// One call to AWS finished.
-    pub fn sts_call(&self, operation: &'static str, error: Option<StsErrorKind>, took: Duration) {
+    /// `error`: the kind of failure, as its label (`None`: the call succeeded).
+    pub fn sts_call(&self, operation: &'static str, error: Option<&'static str>, took: Duration) {
         let labels = OperationLabels { operation };
         self.sts_calls.get_or_create(&labels).inc();
         self.sts_seconds
@@ -375,25 +368,18 @@ impl Metrics {
             .observe(took.as_secs_f64());
         if let Some(kind) = error {
             self.sts_errors
-                .get_or_create(&StsErrorLabels {
-                    operation,
-                    kind: kind_name(kind),
-                })
+                .get_or_create(&StsErrorLabels { operation, kind })
                 .inc();
         }
     }
 
-    /// New counts of the eBPF guard (see [`crate::ebpf::GuardCounts`]).
-    pub fn ebpf_guard(&self, new: crate::ebpf::GuardCounts) {
-        for (family, dropped, refused) in [
-            ("ipv4", new.dropped4, new.refused4),
-            ("ipv6", new.dropped6, new.refused6),
-        ] {
-            let labels = FamilyLabels { family };
-            // Created at zero on the first call, so the series exist before the first drop.
-            self.ebpf_drops.get_or_create(&labels).inc_by(dropped);
-            self.ebpf_refused.get_or_create(&labels).inc_by(refused);
-        }
+    /// New counts of the eBPF guard for address `family` (`ipv4`, `ipv6`): packets to a
+    /// metadata address `dropped`, connects to one `refused`.
+    pub fn ebpf_guard(&self, family: &'static str, dropped: u64, refused: u64) {
+        let labels = FamilyLabels { family };
+        // Created at zero on the first call, so the series exist before the first drop.
+        self.ebpf_drops.get_or_create(&labels).inc_by(dropped);
+        self.ebpf_refused.get_or_create(&labels).inc_by(refused);
     }
 
     /// The state of things owned elsewhere, set just before a scrape.
@@ -441,29 +427,6 @@ fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// New counts of the eBPF guard, on the global registry.
-pub fn ebpf_guard(new: crate::ebpf::GuardCounts) {
-    global().ebpf_guard(new);
-}
-
-/// The label of an STS error kind.
-pub fn kind_name(kind: StsErrorKind) -> &'static str {
-    match kind {
-        StsErrorKind::Denied => "denied",
-        StsErrorKind::Throttled => "throttled",
-        StsErrorKind::Unavailable => "unavailable",
-        StsErrorKind::NoCredentials => "no_credentials",
-    }
-}
-
-/// The route label of a request path: `token`, `iam_credentials`, `iam_info`, `iam_listing`,
-/// `iam_refused` (other IAM paths, the host's identity credentials), `metadata` (everything
-/// mocked or proxied), `bad_path` (refused before routing).
-pub fn route(raw_path: &str) -> &'static str {
-    let category = path::parse(raw_path).ok().map(|p| path::classify(&p));
-    Route::of(category.as_ref()).label()
-}
-
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 /// The daemon's metrics.
@@ -471,7 +434,7 @@ pub fn global() -> &'static Metrics {
     &GLOBAL
 }
 
-/// Records one IMDS request (see [`route`] for the categories).
+/// Records one IMDS request.
 pub fn request(route: Route, status: http::StatusCode, took: Duration) {
     global().request(route, status.as_u16(), took);
 }
@@ -507,7 +470,7 @@ pub fn log_line_suppressed() {
 }
 
 /// A caller of an IAM route was identified by `source` (`None`: no role for it).
-pub fn identified(source: Option<Source>) {
+pub fn identified(source: Option<impl Label>) {
     global().identified(source);
 }
 

@@ -1,11 +1,10 @@
-//! The exposition of known events, and the route categories.
+//! The exposition of known events.
 
 use std::time::Duration;
 
 use http::StatusCode;
 
 use super::*;
-use crate::creds::StsErrorKind;
 
 fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     text.lines().find(|l| l.starts_with(prefix))
@@ -18,11 +17,7 @@ fn known_events_give_exact_samples() {
     m.request(Route::IamCredentials, 200, Duration::from_micros(50));
     m.request(Route::Token, 405, Duration::from_micros(50));
     m.sts_call("sts:AssumeRole", None, Duration::from_millis(30));
-    m.sts_call(
-        "sts:AssumeRole",
-        Some(StsErrorKind::Denied),
-        Duration::from_millis(30),
-    );
+    m.sts_call("sts:AssumeRole", Some("denied"), Duration::from_millis(30));
     m.set_state(&State {
         cache_entries: 3,
         docker: Some((7, true)),
@@ -56,31 +51,6 @@ fn known_events_give_exact_samples() {
         line(&text, "metadataproxy_credential_cache_hits_total"),
         Some("metadataproxy_credential_cache_hits_total 0")
     );
-}
-
-#[test]
-fn routes_by_category() {
-    for (path, want) in [
-        ("/latest/api/token", "token"),
-        (
-            "/latest/meta-data/iam/security-credentials/web",
-            "iam_credentials",
-        ),
-        ("/latest/meta-data/iam/security-credentials/", "iam_listing"),
-        ("/latest/meta-data/iam/", "iam_listing"),
-        ("/latest/meta-data/iam/info", "iam_info"),
-        ("/latest/meta-data/IAM/whatever", "iam_refused"),
-        (
-            "/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance",
-            "iam_refused",
-        ),
-        ("/latest/meta-data/instance-id", "metadata"),
-        ("/", "metadata"),
-        ("/latest/meta-data/iam/../iam/info", "bad_path"),
-        ("/latest/%2e%2e/", "bad_path"),
-    ] {
-        assert_eq!(route(path), want, "{path}");
-    }
 }
 
 #[test]

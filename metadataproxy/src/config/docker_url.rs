@@ -1,9 +1,12 @@
-//! `DOCKER_URL`: where the Docker Engine API is, in Lyft's spellings too.
+//! `DOCKER_URL`: where the Docker Engine API is, in Lyft's spellings too, or `off`.
 
 use std::fmt;
 use std::path::PathBuf;
 
 use thiserror::Error;
+
+/// `DOCKER_URL=off`: Docker is not followed (a containerd-only node).
+pub const DOCKER_OFF: &str = "off";
 
 /// Where dockerd listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
