@@ -19,12 +19,14 @@ use crate::config::{
     Config, ContainerdConfig, ContainerdMode, EbpfMode, Endpoint, HttpLimits, ProxyPaths,
 };
 use crate::containerd::{ContainerdApi, ContainerdCgroup};
+use crate::containers::{
+    self, ContainerIndex, ContainerSource, IndexListener, NoListener, Prefetcher, SyncConfig,
+};
 use crate::creds::aws::AwsSts;
 use crate::creds::{CredentialCache, CredentialCacheConfig, Sts};
 use crate::creds::{MeteredSts, Resolver, StsHealth};
 use crate::docker::{
-    self, CallerContainer, ContainerIndex, ContainerSource, DockerApi, DockerCgroup, DockerIp,
-    IndexListener, NoListener, Prefetcher, ReverseDns, SyncConfig, SystemResolver,
+    self, CallerContainer, DockerApi, DockerCgroup, DockerIp, ReverseDns, SystemResolver,
 };
 use crate::ebpf::ConnTable;
 use crate::identity::mapping_file::CgroupSource;
@@ -298,7 +300,7 @@ fn docker_sources(
         ping_interval: config.docker_ping_interval,
         ..SyncConfig::default()
     };
-    let (index, _task) = docker::spawn(source, listener, sync);
+    let (index, _task) = containers::spawn(source, listener, sync);
     let mut sources: Vec<Box<dyn Identify>> = Vec::new();
     if let Some(paths) = containers.by_cgroup {
         sources.push(Box::new(DockerCgroup::new(Arc::clone(&index), paths)));
@@ -338,7 +340,7 @@ fn containerd_sources(
         session_key: config.role_session_key.clone(),
         ..SyncConfig::default()
     };
-    let (index, _task) = docker::spawn(source, listener, sync);
+    let (index, _task) = containers::spawn(source, listener, sync);
     let found = Box::new(ContainerdCgroup::new(
         Arc::clone(&index),
         paths,

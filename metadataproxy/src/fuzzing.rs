@@ -11,7 +11,7 @@ use crate::caller::Identity;
 use crate::cgroup;
 use crate::clock::ManualClock;
 use crate::config::{Config, SessionKey};
-use crate::docker::ContainerRole;
+use crate::containers::ContainerRole;
 use crate::identity::mapping_file;
 use crate::imds::path::{self, Category};
 use crate::imds::token::{self, TokenStore};
@@ -263,7 +263,7 @@ pub fn docker_settings(data: &[u8]) {
         }
     }
     if let ContainerRole::Role(a) =
-        crate::docker::settings::container_role_in_pod(&env, &labels, &pod, key.as_ref())
+        crate::containers::settings::container_role_in_pod(&env, &labels, &pod, key.as_ref())
     {
         assert!(RoleSpec::parse(&a.role.to_string()).is_ok(), "{a:?}");
     }

@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod clock;
 pub mod config;
 pub mod containerd;
+pub mod containers;
 pub mod creds;
 pub mod docker;
 pub mod doctor;

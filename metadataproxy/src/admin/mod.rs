@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::caller::Identity;
+use crate::containers::ContainerIndex;
 use crate::creds::CredentialCache;
-use crate::docker::ContainerIndex;
 use crate::imds::response::{self, Body};
 use crate::metrics::{self, State};
 pub use occupancy::Occupancy;

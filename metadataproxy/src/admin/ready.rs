@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::Endpoint;
+use crate::containers::ContainerIndex;
 use crate::creds::StsError;
 use crate::creds::{StsHealth, StsOutcome};
-use crate::docker::ContainerIndex;
 use futures_util::future::BoxFuture;
 
 /// How long the outcome of a call to AWS is taken as the state of STS.

@@ -11,10 +11,10 @@ use http_body_util::BodyExt as _;
 use super::ready::{EbpfState, Probe, StsCheck};
 use super::{Admin, Readiness};
 use crate::clock::ManualClock;
+use crate::containers::ContainerIndex;
 use crate::creds::StsHealth;
 use crate::creds::fake::FakeSts;
 use crate::creds::{CredentialCache, CredentialCacheConfig, StsError};
-use crate::docker::ContainerIndex;
 use futures_util::future::BoxFuture;
 
 #[derive(Debug)]

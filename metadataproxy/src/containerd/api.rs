@@ -20,7 +20,7 @@ use metadataproxy_grpc::tonic::transport::Channel;
 use super::error::{ContainerdError, chain};
 use super::{events, spec};
 use super::{key, split_key};
-use crate::docker::{Connection, ContainerInfo, ContainerSource, DockerError, Event};
+use crate::containers::{Connection, ContainerInfo, ContainerSource, Event, SourceError};
 use futures_util::future::BoxFuture;
 
 /// How long one API call may take (the event stream itself is not bounded).
@@ -55,7 +55,7 @@ impl ContainerSource for ContainerdApi {
         "containerd"
     }
 
-    fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, DockerError>> {
+    fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, SourceError>> {
         Box::pin(async move {
             let address = self.address.display().to_string();
             let channel =
@@ -246,7 +246,7 @@ impl ContainerdConnection {
 }
 
 impl Connection for ContainerdConnection {
-    fn events(&self, _since: SystemTime) -> BoxStream<'static, Result<Event, DockerError>> {
+    fn events(&self, _since: SystemTime) -> BoxStream<'static, Result<Event, SourceError>> {
         events::follow(
             self.channel.clone(),
             Arc::clone(&self.namespaces),
@@ -254,7 +254,7 @@ impl Connection for ContainerdConnection {
         )
     }
 
-    fn running(&self) -> BoxFuture<'_, Result<Vec<String>, DockerError>> {
+    fn running(&self) -> BoxFuture<'_, Result<Vec<String>, SourceError>> {
         Box::pin(async move {
             let keys = running_keys(&self.channel, &self.namespaces).await?;
             self.listed
@@ -268,7 +268,7 @@ impl Connection for ContainerdConnection {
     fn inspect<'a>(
         &'a self,
         id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<ContainerInfo>, DockerError>> {
+    ) -> BoxFuture<'a, Result<Option<ContainerInfo>, SourceError>> {
         Box::pin(async move {
             let Some((ns, id)) = split_key(id) else {
                 return Ok(None);
@@ -277,7 +277,7 @@ impl Connection for ContainerdConnection {
         })
     }
 
-    fn ping(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, DockerError>> {
+    fn ping(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, SourceError>> {
         // containerd has no ping: listing the tasks is the cheapest call every version answers.
         // Not compared with the index: its listing keeps containers the index leaves out.
         Box::pin(async move {

@@ -67,3 +67,9 @@ pub(super) fn chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+impl From<ContainerdError> for crate::containers::SourceError {
+    fn from(e: ContainerdError) -> Self {
+        Self::Runtime(Box::new(e))
+    }
+}

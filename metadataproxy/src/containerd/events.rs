@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use super::api::running_keys;
 use super::error::ContainerdError;
 use super::key;
-use crate::docker::{DockerError, Event};
+use crate::containers::{Event, SourceError};
 
 /// containerd's events cannot be replayed: this long after subscribing, the running tasks are
 /// listed again and every difference from the first listing is looked at again, so a container
@@ -65,8 +65,8 @@ pub(super) fn follow(
     channel: Channel,
     namespaces: Arc<[String]>,
     listed: Arc<Mutex<HashSet<String>>>,
-) -> BoxStream<'static, Result<Event, DockerError>> {
-    let (tx, rx) = mpsc::unbounded_channel::<Result<Event, DockerError>>();
+) -> BoxStream<'static, Result<Event, SourceError>> {
+    let (tx, rx) = mpsc::unbounded_channel::<Result<Event, SourceError>>();
     let mut client = EventsClient::new(channel.clone());
     let (events, subscribed_namespaces) = (tx.clone(), Arc::clone(&namespaces));
     tokio::spawn(async move {
@@ -99,7 +99,7 @@ pub(super) fn follow(
                 Err(status) => Err(ContainerdError::api("Events.Subscribe", "*", &status)),
             };
             let last = item.is_err();
-            if events.send(item.map_err(DockerError::from)).is_err() || last {
+            if events.send(item.map_err(SourceError::from)).is_err() || last {
                 return;
             }
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::key;
 use crate::cgroup::{CgroupPaths, container_of, named_ids};
-use crate::docker::{Container, ContainerIndex, ContainerRole, START_GRACE};
+use crate::containers::{Container, ContainerIndex, ContainerRole, START_GRACE};
 use crate::identity::{Answer, ConnInfo, Found, Identify, Source, Workload, refusal};
 use futures_util::future::BoxFuture;
 

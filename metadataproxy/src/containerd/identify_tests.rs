@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
-use crate::docker::fake::FakeDocker;
-use crate::docker::{ContainerInfo, NoListener, SyncConfig};
+use crate::containers::fake::FakeRuntime;
+use crate::containers::{ContainerInfo, NoListener, SyncConfig};
 use crate::identity::Chain;
 use crate::role::{RoleAssignment, RoleSpec};
 
@@ -85,20 +85,21 @@ async fn who(chain: &Chain, cgroup_id: u64) -> String {
 
 struct Setup {
     tree: Tree,
-    fake: FakeDocker,
+    fake: FakeRuntime,
     index: Arc<ContainerIndex>,
     chain: Chain,
 }
 
 async fn setup(dirs: &[&str], default_role: Option<&str>) -> Setup {
     let tree = Tree::new(dirs);
-    let fake = FakeDocker::default();
+    let fake = FakeRuntime::default();
     let config = SyncConfig {
         min_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(20),
         ..SyncConfig::default()
     };
-    let (index, _task) = crate::docker::spawn(Arc::new(fake.clone()), Arc::new(NoListener), config);
+    let (index, _task) =
+        crate::containers::spawn(Arc::new(fake.clone()), Arc::new(NoListener), config);
     let paths = Arc::new(CgroupPaths::new(tree.root().to_path_buf()));
     let namespaces = ["k8s.io".to_owned(), "default".to_owned()];
     let source = ContainerdCgroup::new(Arc::clone(&index), paths, &namespaces);

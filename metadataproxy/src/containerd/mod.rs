@@ -3,7 +3,7 @@
 //! environment, their labels or their pod's annotation `iam.amazonaws.com/role`.
 //!
 //! The containers of the followed namespaces (`CONTAINERD_NAMESPACES`) are kept in the same kind
-//! of index as Docker's ([`crate::docker::ContainerIndex`], keys `namespace/id`), by the same
+//! of index as Docker's ([`crate::containers::ContainerIndex`], keys `namespace/id`), by the same
 //! synchroniser: a full listing on every (re)connection, then containerd's event stream — never a
 //! containerd call per request; a container whose task exits is forgotten at once, and its role is
 //! prefetched when it starts.

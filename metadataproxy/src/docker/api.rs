@@ -14,9 +14,8 @@ use bollard::{ClientVersion, Docker};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
-use super::container::ContainerInfo;
-use super::source::{Connection, ContainerSource, DockerError, Event};
 use crate::config::Endpoint;
+use crate::containers::{Connection, ContainerInfo, ContainerSource, Event, SourceError};
 use futures_util::future::BoxFuture;
 
 /// Seconds a single API call may take (the event stream itself is not bounded).
@@ -65,11 +64,14 @@ impl DockerApi {
 
 impl DockerApi {
     /// dockerd's version and API version (what `doctor` reports).
-    pub async fn version(&self) -> Result<(String, String), DockerError> {
-        let docker = self.open().await.map_err(DockerError::Connect)?;
-        let v = docker.version().await.map_err(|source| DockerError::Api {
+    pub async fn version(&self) -> Result<(String, String), SourceError> {
+        let docker = self
+            .open()
+            .await
+            .map_err(|e| SourceError::Connect(e.into()))?;
+        let v = docker.version().await.map_err(|source| SourceError::Api {
             call: "version",
-            source,
+            source: source.into(),
         })?;
         Ok((
             v.version.unwrap_or_default(),
@@ -100,9 +102,12 @@ impl ContainerSource for DockerApi {
         self.endpoint.to_string()
     }
 
-    fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, DockerError>> {
+    fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, SourceError>> {
         Box::pin(async move {
-            let docker = self.open().await.map_err(DockerError::Connect)?;
+            let docker = self
+                .open()
+                .await
+                .map_err(|e| SourceError::Connect(e.into()))?;
             let version = docker.client_version();
             tracing::debug!(api = %format_args!("{}.{}", version.major_version, version.minor_version), "Docker API version negotiated");
             Ok(Box::new(BollardConnection { docker }) as Box<dyn Connection>)
@@ -117,7 +122,7 @@ struct BollardConnection {
 }
 
 impl Connection for BollardConnection {
-    fn events(&self, since: SystemTime) -> BoxStream<'static, Result<Event, DockerError>> {
+    fn events(&self, since: SystemTime) -> BoxStream<'static, Result<Event, SourceError>> {
         let since = since
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -143,16 +148,16 @@ impl Connection for BollardConnection {
             .filter_map(|item| {
                 std::future::ready(match item {
                     Ok(message) => event(&message).map(Ok),
-                    Err(source) => Some(Err(DockerError::Api {
+                    Err(source) => Some(Err(SourceError::Api {
                         call: "GET /events",
-                        source,
+                        source: source.into(),
                     })),
                 })
             })
             .boxed()
     }
 
-    fn running(&self) -> BoxFuture<'_, Result<Vec<String>, DockerError>> {
+    fn running(&self) -> BoxFuture<'_, Result<Vec<String>, SourceError>> {
         Box::pin(async move {
             let options = ListContainersOptions {
                 all: false,
@@ -162,9 +167,9 @@ impl Connection for BollardConnection {
                 .docker
                 .list_containers(Some(options))
                 .await
-                .map_err(|source| DockerError::Api {
+                .map_err(|source| SourceError::Api {
                     call: "GET /containers/json",
-                    source,
+                    source: source.into(),
                 })?;
             // Docker counts a container waiting to be restarted as running; it has no process
             // (and its `die` took it out of the index), so it is not listed here either.
@@ -179,7 +184,7 @@ impl Connection for BollardConnection {
     fn inspect<'a>(
         &'a self,
         id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<ContainerInfo>, DockerError>> {
+    ) -> BoxFuture<'a, Result<Option<ContainerInfo>, SourceError>> {
         Box::pin(async move {
             match self.docker.inspect_container(id, None).await {
                 Ok(response) => {
@@ -192,15 +197,15 @@ impl Connection for BollardConnection {
                 Err(BollardError::DockerResponseServerError {
                     status_code: 404, ..
                 }) => Ok(None),
-                Err(source) => Err(DockerError::Api {
+                Err(source) => Err(SourceError::Api {
                     call: "GET /containers/{id}/json",
-                    source,
+                    source: source.into(),
                 }),
             }
         })
     }
 
-    fn ping(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, DockerError>> {
+    fn ping(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, SourceError>> {
         Box::pin(async move { self.running().await.map(Some) })
     }
 }
@@ -211,7 +216,7 @@ fn verified_cgroup(info: &ContainerInfo) -> Option<String> {
     match super::cgroup::of_main_process(Path::new("/proc"), info.pid, &info.id) {
         Ok(cgroup) => Some(cgroup),
         Err(e) => {
-            tracing::warn!(container = %info.name, id = super::short(&info.id), error = %e, "container cannot be identified by its cgroup: its callers get no credentials through the eBPF redirect");
+            tracing::warn!(container = %info.name, id = crate::containers::short(&info.id), error = %e, "container cannot be identified by its cgroup: its callers get no credentials through the eBPF redirect");
             None
         }
     }

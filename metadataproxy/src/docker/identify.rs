@@ -16,20 +16,14 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use regex::Regex;
 
-use super::container::{Container, short};
-use super::index::ContainerIndex;
-use super::settings::ContainerRole;
 use crate::cgroup::{CgroupPaths, container_of, named_ids};
+use crate::containers::{Container, ContainerIndex, ContainerRole, START_GRACE, short};
 use crate::identity::refusal::NamedContainer;
 use crate::identity::{Answer, ConnInfo, Found, Identify, Source, Workload, refusal};
 use futures_util::future::BoxFuture;
 
 /// How long a reverse lookup may take (clients give IMDS about a second in all).
 pub const REVERSE_LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long a caller whose address no container has is given for its container's `start` event
-/// to arrive (a container may call as soon as it runs, before the event is applied). Only such
-/// callers wait, and only while Docker's events are followed.
-pub const START_GRACE: Duration = Duration::from_millis(500);
 
 /// What the chain makes of a container found for a caller.
 fn answer(container: &Container, source: Source, conn: &ConnInfo) -> Found {

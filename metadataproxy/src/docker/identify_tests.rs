@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::*;
-use crate::docker::container::ContainerInfo;
+use crate::containers::ContainerInfo;
 use crate::identity::Chain;
 use crate::role::{RoleAssignment, RoleSpec};
 

@@ -12,14 +12,14 @@ use http_body_util::BodyExt;
 
 use crate::clock::ManualClock;
 use crate::config::Config;
+use crate::containers::fake::{FakeRuntime, info};
 use crate::creds::fake::FakeSts;
-use crate::docker::fake::{FakeDocker, info};
 use crate::identity::ConnInfo;
 use crate::imds::service::Imds;
 
 const CREDS: &str = "/latest/meta-data/iam/security-credentials/";
 
-fn build(env: &[(&str, &str)], docker: &FakeDocker) -> (Arc<Imds>, Arc<FakeSts>) {
+fn build(env: &[(&str, &str)], docker: &FakeRuntime) -> (Arc<Imds>, Arc<FakeSts>) {
     let mut env: HashMap<String, String> = env
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -60,7 +60,7 @@ async fn settle() {
 
 #[tokio::test]
 async fn containers_are_served_their_roles_from_prefetched_credentials() {
-    let docker = FakeDocker::default();
+    let docker = FakeRuntime::default();
     docker.put(info("a", "172.17.0.2", &["IAM_ROLE=role-a"]));
     let (imds, sts) = build(&[], &docker);
     settle().await;
@@ -101,7 +101,7 @@ async fn with_a_mapping_file_containers_are_not_looked_up_by_address() {
     let dir = tempfile_dir();
     let path = dir.join("map.json");
     std::fs::write(&path, r#"{"10.0.0.2": "mapped"}"#).unwrap();
-    let docker = FakeDocker::default();
+    let docker = FakeRuntime::default();
     docker.put(info("a", "172.17.0.2", &["IAM_ROLE=role-a"]));
     let (imds, sts) = build(
         &[("ROLE_MAPPING_FILE", &path.display().to_string())],

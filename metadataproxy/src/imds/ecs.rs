@@ -21,8 +21,9 @@ use subtle::ConstantTimeEq as _;
 use super::ecs_token_file;
 use super::iam::Iam;
 use super::response::{self, Body};
+use crate::containers::{Authorization, short};
 use crate::creds::Secret;
-use crate::docker::{Authorization, CallerContainer, short};
+use crate::docker::CallerContainer;
 use crate::identity::{Chain, ConnInfo};
 use futures_util::future::BoxFuture;
 

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::*;
-use crate::docker::fake::{FakeDocker, full_id, info};
+use crate::containers::fake::{FakeRuntime, full_id, info};
 
 /// Records every change it is told of, as `+name` / `-name`.
 #[derive(Debug, Default)]
@@ -26,7 +26,7 @@ impl Recorder {
 }
 
 fn start(
-    docker: &FakeDocker,
+    docker: &FakeRuntime,
 ) -> (
     Arc<ContainerIndex>,
     Arc<Recorder>,
@@ -39,7 +39,7 @@ fn start(
         max_backoff: Duration::from_millis(20),
         ping_interval: Duration::from_millis(50),
     };
-    let (index, task) = crate::docker::spawn(
+    let (index, task) = crate::containers::spawn(
         Arc::new(docker.clone()),
         Arc::clone(&recorder) as Arc<dyn IndexListener>,
         config,
@@ -64,14 +64,14 @@ fn ip(s: &str) -> IpAddr {
 
 fn role_at(index: &ContainerIndex, addr: &str) -> Option<String> {
     index.by_ip(ip(addr)).map(|c| match &c.role {
-        crate::docker::ContainerRole::Role(a) => a.role.to_string(),
+        crate::containers::ContainerRole::Role(a) => a.role.to_string(),
         other => format!("{other:?}"),
     })
 }
 
 #[tokio::test]
 async fn lists_at_start_then_follows_events() {
-    let docker = FakeDocker::default();
+    let docker = FakeRuntime::default();
     docker.put(info("a", "172.17.0.2", &["IAM_ROLE=ra"]));
     let mut stopped = info("z", "172.17.0.9", &["IAM_ROLE=rz"]);
     stopped.running = false;
@@ -94,7 +94,7 @@ async fn lists_at_start_then_follows_events() {
 
 #[tokio::test]
 async fn address_reused_after_die_gets_the_new_role() {
-    let docker = FakeDocker::default();
+    let docker = FakeRuntime::default();
     let (index, _, task) = start(&docker);
     docker.start(info("a", "172.17.0.2", &["IAM_ROLE=old-role"]));
     eventually("a indexed", || index.len() == 1).await;
@@ -108,7 +108,7 @@ async fn address_reused_after_die_gets_the_new_role() {
 
 #[tokio::test]
 async fn network_change_and_vanished_container() {
-    let docker = FakeDocker::default();
+    let docker = FakeRuntime::default();
     let (index, _, task) = start(&docker);
     docker.start(info("a", "172.17.0.2", &["IAM_ROLE=ra"]));
     eventually("a indexed", || index.len() == 1).await;
@@ -127,7 +127,7 @@ async fn network_change_and_vanished_container() {
 
 #[tokio::test]
 async fn keeps_serving_while_docker_is_down_then_resynchronises() {
-    let docker = FakeDocker::default();
+    let docker = FakeRuntime::default();
     docker.put(info("a", "172.17.0.2", &["IAM_ROLE=ra"]));
     docker.put(info("b", "172.17.0.3", &["IAM_ROLE=rb"]));
     let (index, recorder, task) = start(&docker);
@@ -164,7 +164,7 @@ async fn keeps_serving_while_docker_is_down_then_resynchronises() {
 
 #[tokio::test]
 async fn unreachable_at_start_keeps_retrying() {
-    let docker = FakeDocker::default();
+    let docker = FakeRuntime::default();
     docker.set_down(true);
     docker.put(info("a", "172.17.0.2", &["IAM_ROLE=ra"]));
     let (index, _, task) = start(&docker);
@@ -177,7 +177,7 @@ async fn unreachable_at_start_keeps_retrying() {
 
 #[tokio::test]
 async fn a_hung_daemon_is_noticed_by_its_ping_and_resynchronised_afterwards() {
-    let docker = FakeDocker::default();
+    let docker = FakeRuntime::default();
     docker.put(info("a", "172.17.0.2", &["IAM_ROLE=ra"]));
     docker.put(info("b", "172.17.0.3", &["IAM_ROLE=rb"]));
     let (index, recorder, task) = start(&docker);
@@ -209,7 +209,7 @@ async fn a_hung_daemon_is_noticed_by_its_ping_and_resynchronised_afterwards() {
 
 #[tokio::test]
 async fn a_stream_silenced_alone_is_caught_by_comparing_the_listing() {
-    let docker = FakeDocker::default();
+    let docker = FakeRuntime::default();
     docker.put(info("a", "172.17.0.2", &["IAM_ROLE=ra"]));
     docker.put(info("b", "172.17.0.3", &["IAM_ROLE=rb"]));
     let (index, recorder, task) = start(&docker);
@@ -232,7 +232,7 @@ async fn a_stream_silenced_alone_is_caught_by_comparing_the_listing() {
 
 #[tokio::test]
 async fn no_reconnection_while_every_event_arrives() {
-    let docker = FakeDocker::default();
+    let docker = FakeRuntime::default();
     let (index, _, task) = start(&docker);
     eventually("live", || index.is_live()).await;
     let connects = docker.connects();

@@ -1,5 +1,5 @@
-//! Where container facts come from: the Docker API behind a trait, so the index and its
-//! synchroniser are tested with a fake.
+//! Where container facts come from: a runtime's API behind a trait (Docker's and containerd's
+//! implement it), so the index and its synchroniser are tested with a fake.
 
 use std::fmt;
 use std::time::SystemTime;
@@ -32,19 +32,22 @@ impl Event {
     }
 }
 
-/// Why talking to Docker failed.
+/// A runtime's own error, kept whole (its chain of causes is logged).
+pub type RuntimeError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why following a container runtime failed.
 #[derive(Debug, Error)]
-pub enum DockerError {
-    /// dockerd cannot be reached at `DOCKER_URL`, or refused the connection.
+pub enum SourceError {
+    /// The runtime cannot be reached at its address, or refused the connection.
     #[error("cannot connect: {0}")]
-    Connect(#[source] bollard::errors::Error),
-    /// A Docker API call failed.
+    Connect(#[source] RuntimeError),
+    /// An API call failed.
     #[error("{call} failed: {source}")]
     Api {
         /// Which call.
         call: &'static str,
-        /// What Docker or the connection said.
-        source: bollard::errors::Error,
+        /// What the runtime or the connection said.
+        source: RuntimeError,
     },
     /// No answer to a liveness ping in time: the connection (and so the event stream) may be
     /// dead without having been closed, or the daemon hangs.
@@ -55,37 +58,37 @@ pub enum DockerError {
         "{0} container(s) differ between the index and the daemon's listing at two checks in a row (the event stream missed events)"
     )]
     Drifted(usize),
-    /// The event stream ended: dockerd stopped or the connection dropped.
-    #[error("the event stream ended (dockerd stopped or the connection dropped)")]
+    /// The event stream ended: the runtime stopped or the connection dropped.
+    #[error("the event stream ended (the runtime stopped or the connection dropped)")]
     StreamEnded,
-    /// The source is containerd, and talking to it failed.
+    /// The runtime failed in a way of its own (containerd's gRPC status, …).
     #[error(transparent)]
-    Containerd(#[from] crate::containerd::ContainerdError),
+    Runtime(RuntimeError),
 }
 
-/// One connection to dockerd.
+/// One connection to a container runtime.
 pub trait Connection: Send + Sync + fmt::Debug {
     /// Container events from `since` on (events between `since` and now are replayed, so nothing
     /// is missed between subscribing and listing).
-    fn events(&self, since: SystemTime) -> BoxStream<'static, Result<Event, DockerError>>;
+    fn events(&self, since: SystemTime) -> BoxStream<'static, Result<Event, SourceError>>;
 
     /// The ids of the running containers.
-    fn running(&self) -> BoxFuture<'_, Result<Vec<String>, DockerError>>;
+    fn running(&self) -> BoxFuture<'_, Result<Vec<String>, SourceError>>;
 
     /// What Docker says about one container; `None` if it no longer exists.
     fn inspect<'a>(
         &'a self,
         id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<ContainerInfo>, DockerError>>;
+    ) -> BoxFuture<'a, Result<Option<ContainerInfo>, SourceError>>;
 
     /// A call proving the daemon still answers, asked periodically while the event stream is open,
     /// since an idle stream cannot tell "no events" from "dead". Docker answers with the ids of the
     /// running containers, so the index can be checked against them: a difference that persists
     /// means events were missed (the stream's own connection died alone). `None`: no such check.
-    fn ping(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, DockerError>>;
+    fn ping(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, SourceError>>;
 }
 
-/// A way to (re)connect to dockerd.
+/// A way to (re)connect to a container runtime: Docker, containerd.
 pub trait ContainerSource: Send + Sync + fmt::Debug {
     /// Where it connects to, for logs.
     fn describe(&self) -> String;
@@ -96,5 +99,5 @@ pub trait ContainerSource: Send + Sync + fmt::Debug {
     }
 
     /// A new connection, ready to use.
-    fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, DockerError>>;
+    fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, SourceError>>;
 }

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::docker::container::ContainerInfo;
+use crate::containers::ContainerInfo;
 
 pub(crate) fn container(id: &str, ip: &str, env: &[&str]) -> Container {
     Container::new(
@@ -26,7 +26,7 @@ fn ip(s: &str) -> IpAddr {
 
 fn role_of(c: &Container) -> String {
     match &c.role {
-        crate::docker::settings::ContainerRole::Role(a) => a.role.to_string(),
+        crate::containers::settings::ContainerRole::Role(a) => a.role.to_string(),
         other => format!("{other:?}"),
     }
 }

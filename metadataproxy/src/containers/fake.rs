@@ -9,10 +9,10 @@ use futures_util::stream::BoxStream;
 use tokio::sync::mpsc;
 
 use super::container::ContainerInfo;
-use super::source::{Connection, ContainerSource, DockerError, Event};
+use super::source::{Connection, ContainerSource, Event, SourceError};
 use futures_util::future::BoxFuture;
 
-type Sender = mpsc::UnboundedSender<Result<Event, DockerError>>;
+type Sender = mpsc::UnboundedSender<Result<Event, SourceError>>;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -27,7 +27,7 @@ struct Inner {
 
 /// The fake daemon. Cloning shares it.
 #[derive(Debug, Clone, Default)]
-pub struct FakeDocker {
+pub struct FakeRuntime {
     inner: Arc<Mutex<Inner>>,
 }
 
@@ -49,7 +49,7 @@ pub fn full_id(id: &str) -> String {
     id.repeat(64 / id.len())
 }
 
-impl FakeDocker {
+impl FakeRuntime {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -98,7 +98,7 @@ impl FakeDocker {
     /// Fails the open streams with an error (a dropped connection).
     pub fn break_streams(&self) {
         for s in self.lock().streams.drain(..) {
-            let _ = s.send(Err(DockerError::StreamEnded));
+            let _ = s.send(Err(SourceError::StreamEnded));
         }
     }
 
@@ -122,12 +122,12 @@ impl FakeDocker {
     }
 }
 
-impl ContainerSource for FakeDocker {
+impl ContainerSource for FakeRuntime {
     fn describe(&self) -> String {
         "fake://docker".into()
     }
 
-    fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, DockerError>> {
+    fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, SourceError>> {
         let mut inner = self.lock();
         if inner.hung {
             inner.connects += 1;
@@ -135,9 +135,9 @@ impl ContainerSource for FakeDocker {
         }
         inner.connects += 1;
         let result = if inner.down {
-            Err(DockerError::Connect(
+            Err(SourceError::Connect(Box::new(
                 bollard::errors::Error::SocketNotFoundError("/fake/docker.sock".into()),
-            ))
+            )))
         } else {
             let (tx, rx) = mpsc::unbounded_channel();
             inner.streams.push(tx);
@@ -152,12 +152,12 @@ impl ContainerSource for FakeDocker {
 
 #[derive(Debug)]
 struct FakeConnection {
-    docker: FakeDocker,
-    events: Mutex<Option<mpsc::UnboundedReceiver<Result<Event, DockerError>>>>,
+    docker: FakeRuntime,
+    events: Mutex<Option<mpsc::UnboundedReceiver<Result<Event, SourceError>>>>,
 }
 
 impl Connection for FakeConnection {
-    fn events(&self, _since: SystemTime) -> BoxStream<'static, Result<Event, DockerError>> {
+    fn events(&self, _since: SystemTime) -> BoxStream<'static, Result<Event, SourceError>> {
         let rx = self
             .events
             .lock()
@@ -172,7 +172,7 @@ impl Connection for FakeConnection {
         }
     }
 
-    fn running(&self) -> BoxFuture<'_, Result<Vec<String>, DockerError>> {
+    fn running(&self) -> BoxFuture<'_, Result<Vec<String>, SourceError>> {
         let inner = self.docker.lock();
         let ids = inner
             .containers
@@ -186,12 +186,12 @@ impl Connection for FakeConnection {
     fn inspect<'a>(
         &'a self,
         id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<ContainerInfo>, DockerError>> {
+    ) -> BoxFuture<'a, Result<Option<ContainerInfo>, SourceError>> {
         let found = self.docker.lock().containers.get(id).cloned();
         Box::pin(std::future::ready(Ok(found)))
     }
 
-    fn ping(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, DockerError>> {
+    fn ping(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, SourceError>> {
         if self.docker.lock().hung {
             Box::pin(std::future::pending())
         } else {

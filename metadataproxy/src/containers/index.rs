@@ -14,8 +14,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::container::{Container, short};
-use super::identify::START_GRACE;
 use crate::cgroup::ancestors;
+
+/// How long a caller whose container is not indexed yet is given for its container's `start`
+/// event to arrive (a container may call as soon as it runs, before the event is applied). Only
+/// such callers wait, and only while the runtime's events are followed.
+pub const START_GRACE: Duration = Duration::from_millis(500);
 
 /// How the index changed, for the listeners that act on roles (prefetch, release).
 #[derive(Debug, Default)]

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 
 use super::container::{Container, ContainerInfo, short};
 use super::index::{Change, ContainerIndex};
-use super::source::{Connection, ContainerSource, DockerError, Event};
+use super::source::{Connection, ContainerSource, Event, SourceError};
 use crate::config::SessionKey;
 
 /// How far back events are replayed on subscribing (covers the listing, and clock rounding).
@@ -120,13 +120,13 @@ impl Syncer {
     }
 
     /// One connection: returns why it ended; sets `synced` once the index is synchronised.
-    async fn session(&self, synced: &mut bool, after_failures: bool) -> DockerError {
+    async fn session(&self, synced: &mut bool, after_failures: bool) -> SourceError {
         // A hung daemon may accept a connection and never answer on it.
         let every = self.config.ping_interval;
         let conn = match tokio::time::timeout(every, self.source.connect()).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => return e,
-            Err(_) => return DockerError::Unresponsive(every),
+            Err(_) => return SourceError::Unresponsive(every),
         };
         let since = SystemTime::now()
             .checked_sub(REPLAY)
@@ -148,7 +148,7 @@ impl Syncer {
         loop {
             tokio::select! {
                 item = events.next() => match item {
-                    None => return DockerError::StreamEnded,
+                    None => return SourceError::StreamEnded,
                     Some(Err(e)) => return e,
                     Some(Ok(event)) => {
                         if let Err(e) = self.apply(conn.as_ref(), event).await {
@@ -163,7 +163,7 @@ impl Syncer {
                         let now = self.differences(running);
                         let kept = now.intersection(&suspects).count();
                         if kept > 0 {
-                            return DockerError::Drifted(kept);
+                            return SourceError::Drifted(kept);
                         }
                         suspects = now;
                     }
@@ -174,7 +174,7 @@ impl Syncer {
                         tracing::debug!(runtime = self.source.runtime(), error = %e, "liveness check failed; following the event stream until it ends");
                         suspects.clear();
                     }
-                    Err(_) => return DockerError::Unresponsive(every),
+                    Err(_) => return SourceError::Unresponsive(every),
                 },
             }
         }
@@ -188,10 +188,10 @@ impl Syncer {
     }
 
     /// Lists and inspects every running container and makes the index exactly that.
-    async fn resync(&self, conn: &dyn Connection) -> Result<(), DockerError> {
+    async fn resync(&self, conn: &dyn Connection) -> Result<(), SourceError> {
         let ids = conn.running().await?;
         let inspections: Vec<_> = ids.iter().map(|id| conn.inspect(id)).collect();
-        let infos: Vec<Result<Option<ContainerInfo>, DockerError>> =
+        let infos: Vec<Result<Option<ContainerInfo>, SourceError>> =
             futures_util::stream::iter(inspections)
                 .buffer_unordered(INSPECT_CONCURRENCY)
                 .collect()
@@ -208,7 +208,7 @@ impl Syncer {
     }
 
     /// Applies one event. Only a failure to reach Docker is an error.
-    async fn apply(&self, conn: &dyn Connection, event: Event) -> Result<(), DockerError> {
+    async fn apply(&self, conn: &dyn Connection, event: Event) -> Result<(), SourceError> {
         let change = match &event {
             Event::Die(id) | Event::Destroy(id) => self.index.remove(id),
             Event::Start(id) | Event::Changed(id) => match conn.inspect(id).await? {

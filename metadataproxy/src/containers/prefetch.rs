@@ -148,9 +148,9 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
+    use crate::containers::fake::info;
     use crate::creds::CredentialCacheConfig;
     use crate::creds::fake::FakeSts;
-    use crate::docker::fake::info;
     use crate::role::{AccountMap, RoleSpec};
 
     fn setup(
