@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::parse::Reader;
+use super::reader::Reader;
 use super::settings as s;
 
 /// `CONTAINERD`: whether containerd's containers are identified.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use super::parse::Reader;
+use super::reader::Reader;
 use super::settings as s;
 
 /// `EBPF`: whether connections to the metadata address are redirected by eBPF.

@@ -5,6 +5,7 @@ mod docker_url;
 mod ebpf;
 mod env;
 mod parse;
+mod reader;
 pub mod settings;
 
 use std::net::SocketAddr;
@@ -15,7 +16,7 @@ pub use containerd::{ContainerdConfig, ContainerdMode};
 pub use docker_url::{DOCKER_OFF, Endpoint, EndpointError};
 pub use ebpf::{EbpfConfig, EbpfMode, OnExit};
 pub use env::{Env, ProcessEnv};
-pub use parse::{ConfigError, ConfigErrors};
+pub use reader::{ConfigError, ConfigErrors};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

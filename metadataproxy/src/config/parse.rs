@@ -1,50 +1,17 @@
 //! Turning raw setting values into a validated [`Config`], collecting every error.
 
 use std::ffi::OsString;
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Arg, ArgAction, ArgMatches, Command};
+use clap::{Arg, ArgAction, Command};
 
+use super::reader::Reader;
 use super::settings::{self as s, Kind, SETTINGS, Setting};
 use super::{Config, DOCKER_OFF, Endpoint, Env, HttpLimits, LogFormat, ProxyPaths, SessionKey};
 use crate::role::{AccountMap, RoleSpec};
-
-/// One invalid setting.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The environment name of the setting.
-    pub name: &'static str,
-    /// The value as given.
-    pub value: String,
-    /// Why it is invalid.
-    pub reason: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={:?}: {}", self.name, self.value, self.reason)
-    }
-}
-
-/// Why the configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigErrors {
-    /// The command line itself is malformed (or asks for `--help`/`--version`).
-    #[error(transparent)]
-    Cli(#[from] clap::Error),
-    /// One or more settings have invalid values; all of them are listed.
-    #[error("invalid configuration:{}", list(.0))]
-    Invalid(Vec<ConfigError>),
-}
-
-fn list(errors: &[ConfigError]) -> String {
-    errors
-        .iter()
-        .fold(String::new(), |acc, e| acc + "\n  " + &e.to_string())
-}
 
 pub(super) fn command() -> Command {
     let mut cmd = Command::new("metadataproxy")
@@ -92,75 +59,6 @@ fn arg(setting: &'static Setting) -> Arg {
             .value_name("BOOL")
             .num_args(0..=1)
             .default_missing_value("true"),
-    }
-}
-
-/// Reads raw values (flag, else environment, else default) and records errors as it parses.
-pub(super) struct Reader<'a> {
-    matches: &'a ArgMatches,
-    env: &'a dyn Env,
-    errors: Vec<ConfigError>,
-}
-
-impl Reader<'_> {
-    /// The raw value; `None` when unset and without a default.
-    pub(super) fn raw(&mut self, name: &'static str) -> Option<String> {
-        if let Some(v) = self.matches.get_one::<String>(name) {
-            return Some(v.clone());
-        }
-        match self.env.var(name) {
-            Some(Ok(v)) => Some(v),
-            Some(Err(raw)) => {
-                self.fail(name, &raw.to_string_lossy(), "not valid UTF-8");
-                None
-            }
-            None => s::by_env(name).and_then(|d| d.default).map(str::to_owned),
-        }
-    }
-
-    /// A value where the empty string means "use the default" (unset when there is none).
-    pub(super) fn optional(&mut self, name: &'static str) -> Option<String> {
-        match self.raw(name) {
-            Some(v) if v.trim().is_empty() => {
-                s::by_env(name).and_then(|d| d.default).map(str::to_owned)
-            }
-            other => other,
-        }
-    }
-
-    /// Lyft's boolean rule.
-    pub(super) fn boolean(&mut self, name: &'static str) -> bool {
-        self.raw(name)
-            .is_some_and(|v| !matches!(v.as_str(), "" | "False" | "false" | "0"))
-    }
-
-    /// Parses a present value with `f`, recording its error.
-    pub(super) fn parse<T>(
-        &mut self,
-        name: &'static str,
-        f: impl FnOnce(&str) -> Result<T, String>,
-    ) -> Option<T> {
-        let value = self.optional(name)?;
-        match f(value.trim()) {
-            Ok(v) => Some(v),
-            Err(reason) => {
-                self.fail(name, &value, &reason);
-                None
-            }
-        }
-    }
-
-    /// Whether `name` was already reported invalid.
-    pub(super) fn has_errors_for(&self, name: &str) -> bool {
-        self.errors.iter().any(|e| e.name == name)
-    }
-
-    pub(super) fn fail(&mut self, name: &'static str, value: &str, reason: &str) {
-        self.errors.push(ConfigError {
-            name,
-            value: value.to_owned(),
-            reason: reason.to_owned(),
-        });
     }
 }
 
@@ -298,11 +196,7 @@ where
     T: Into<OsString> + Clone,
 {
     let matches = command().try_get_matches_from(args)?;
-    let mut r = Reader {
-        matches: &matches,
-        env,
-        errors: Vec::new(),
-    };
+    let mut r = Reader::new(&matches, env);
 
     let host = r.parse(s::HOST, |v| {
         v.parse::<IpAddr>()
@@ -401,7 +295,7 @@ where
         }
     }
 
-    let errors = std::mem::take(&mut r.errors);
+    let errors = r.take_errors();
     let (
         Some(host),
         Some(port),

@@ -3,28 +3,24 @@
 //! configured namespace; followed through the events service ([`super::events`]).
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use futures_util::stream::BoxStream;
 use metadataproxy_grpc::containerd::services::containers::v1::GetContainerRequest;
 use metadataproxy_grpc::containerd::services::containers::v1::containers_client::ContainersClient;
+use metadataproxy_grpc::containerd::services::tasks::v1::GetRequest;
 use metadataproxy_grpc::containerd::services::tasks::v1::tasks_client::TasksClient;
-use metadataproxy_grpc::containerd::services::tasks::v1::{GetRequest, ListTasksRequest};
-use metadataproxy_grpc::containerd::v1::types::Status;
-use metadataproxy_grpc::tonic;
 use metadataproxy_grpc::tonic::transport::Channel;
 
+use super::calls::{CALL_TIMEOUT, is_live, request, running_keys, unary};
 use super::error::{ContainerdError, chain};
 use super::{events, spec};
 use super::{key, split_key};
 use crate::containers::{Connection, ContainerInfo, ContainerSource, Event, SourceError};
 use futures_util::future::BoxFuture;
 
-/// How long one API call may take (the event stream itself is not bounded).
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// containerd at `CONTAINERD_ADDRESS`, for the namespaces of `CONTAINERD_NAMESPACES`.
 #[derive(Debug, Clone)]
 pub struct ContainerdApi {
@@ -86,68 +82,6 @@ struct ContainerdConnection {
     namespaces: Arc<[String]>,
     /// The keys of the last listing, for the catch-up after subscribing.
     listed: Arc<Mutex<HashSet<String>>>,
-}
-
-/// A request in containerd namespace `namespace`.
-fn request<T>(namespace: &str, message: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(message);
-    // Namespaces are validated at start-up (letters, digits, `.`, `_`, `-`): always ASCII.
-    if let Ok(value) = namespace.parse() {
-        req.metadata_mut().insert("containerd-namespace", value);
-    }
-    req
-}
-
-/// Runs a unary call with [`CALL_TIMEOUT`]; `NotFound` is `Ok(None)`.
-async fn unary<T>(
-    call: &'static str,
-    namespace: &str,
-    fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<Option<T>, ContainerdError> {
-    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
-        Err(_) => Err(ContainerdError::Timeout {
-            call,
-            namespace: namespace.to_owned(),
-            secs: CALL_TIMEOUT.as_secs(),
-        }),
-        Ok(Ok(response)) => Ok(Some(response.into_inner())),
-        Ok(Err(status)) if status.code() == tonic::Code::NotFound => Ok(None),
-        Ok(Err(status)) => Err(ContainerdError::api(call, namespace, &status)),
-    }
-}
-
-/// Whether a task in this state runs processes that may call.
-fn is_live(status: Status) -> bool {
-    matches!(status, Status::Running | Status::Paused | Status::Pausing)
-}
-
-/// The keys of every live task in `namespaces`.
-pub(super) async fn running_keys(
-    channel: &Channel,
-    namespaces: &[String],
-) -> Result<HashSet<String>, ContainerdError> {
-    let mut keys = HashSet::new();
-    for ns in namespaces {
-        let mut tasks = TasksClient::new(channel.clone());
-        let list = unary(
-            "Tasks.List",
-            ns,
-            tasks.list(request(ns, ListTasksRequest::default())),
-        )
-        .await?
-        .unwrap_or_default();
-        for task in list.tasks {
-            if is_live(task.status()) {
-                let id = if task.container_id.is_empty() {
-                    &task.id
-                } else {
-                    &task.container_id
-                };
-                keys.insert(key(ns, id));
-            }
-        }
-    }
-    Ok(keys)
 }
 
 impl ContainerdConnection {

@@ -16,7 +16,7 @@ use metadataproxy_grpc::tonic::transport::Channel;
 use prost::Message as _;
 use tokio::sync::mpsc;
 
-use super::api::running_keys;
+use super::calls::running_keys;
 use super::error::ContainerdError;
 use super::key;
 use crate::containers::{Event, SourceError};

@@ -9,6 +9,7 @@
 //! prefetched when it starts.
 
 mod api;
+mod calls;
 mod error;
 mod events;
 mod identify;

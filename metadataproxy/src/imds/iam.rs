@@ -7,8 +7,7 @@ use http::{Response, StatusCode};
 use serde::Serialize;
 
 use super::path::Category;
-use super::response::{self, Body, RequestId};
-use super::service::{ImdsVersion, not_found};
+use super::response::{self, Body, ImdsVersion, RequestId, not_found};
 use crate::clock::Clock;
 use crate::creds::{CredentialCache, Credentials, StsError, StsErrorKind};
 use crate::creds::{Resolution, ResolveFailure, Resolver};

@@ -98,6 +98,30 @@ pub fn timestamp(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// Which IMDS protocol version a request used (for logs and audit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImdsVersion {
+    /// No session token.
+    V1,
+    /// A valid session token.
+    V2,
+}
+
+impl ImdsVersion {
+    /// `v1` or `v2`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V1 => "v1",
+            Self::V2 => "v2",
+        }
+    }
+}
+
+/// The 404 every unknown or refused path gets.
+pub fn not_found() -> Response<Body> {
+    text(StatusCode::NOT_FOUND, "Not Found\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use super::iam::Iam;
 use super::mock::MockTree;
 use super::path::{self, Category, ImdsPath};
 use super::proxy::Upstream;
-use super::response::{self, Body};
+use super::response::{self, Body, ImdsVersion, not_found};
 use super::route;
 use super::token::{self, TokenStore};
 use crate::caller::Identity;
@@ -24,25 +24,6 @@ pub enum Passthrough {
     Mock(MockTree),
     /// Proxy mode: forwarded to `METADATA_URL`.
     Proxy(Box<Upstream>),
-}
-
-/// Which IMDS protocol version a request used (for logs and audit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImdsVersion {
-    /// No session token.
-    V1,
-    /// A valid session token.
-    V2,
-}
-
-impl ImdsVersion {
-    /// `v1` or `v2`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::V1 => "v1",
-            Self::V2 => "v2",
-        }
-    }
 }
 
 /// The IMDS API.
@@ -292,9 +273,4 @@ fn has_body(headers: &http::HeaderMap) -> bool {
             .get_all(http::header::CONTENT_LENGTH)
             .iter()
             .any(|v| v.as_bytes().iter().any(|&b| b != b'0'))
-}
-
-/// The 404 every unknown or refused path gets.
-pub fn not_found() -> Response<Body> {
-    response::text(StatusCode::NOT_FOUND, "Not Found\n")
 }
