@@ -1,23 +1,17 @@
 //! Wiring: builds every component from the configuration, serves the IMDS API, shuts down cleanly.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::admin::ready::{EbpfState, StsCheck};
 use crate::admin::{Admin, Readiness};
 use crate::cgroup::CgroupPaths;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{
-    Config, ContainerdConfig, ContainerdMode, EbpfMode, Endpoint, HttpLimits, ProxyPaths,
-};
+use crate::config::{Config, ContainerdConfig, ContainerdMode, EbpfMode, Endpoint, ProxyPaths};
 use crate::containerd::{ContainerdApi, ContainerdCgroup};
 use crate::containers::{
     self, ContainerIndex, ContainerSource, IndexListener, NoListener, Prefetcher, SyncConfig,
@@ -31,18 +25,18 @@ use crate::docker::{
 use crate::ebpf::ConnTable;
 use crate::identity::mapping_file::CgroupSource;
 use crate::identity::mapping_file::{MappingError, MappingFile};
-use crate::identity::{AddressIdentity, Chain, ConnInfo, Identify, MappingPolicy};
-use crate::imds::conn::{ConnLimits, Tracked};
+use crate::identity::{AddressIdentity, Chain, Identify, MappingPolicy};
+use crate::imds::conn::ConnLimits;
 use crate::imds::ecs::Ecs;
 use crate::imds::iam::Iam;
 use crate::imds::mock::MockTree;
 use crate::imds::proxy::{AllowList, Upstream};
 use crate::imds::service::{Imds, Passthrough};
+use crate::imds::site::ImdsSite;
 use crate::imds::token::TokenStore;
 use crate::role::RoleAssignment;
+use crate::server;
 
-/// How long in-flight requests may finish after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often the background refresher looks for credentials due for renewal.
 const REFRESH_TICK: Duration = Duration::from_secs(15);
 
@@ -470,7 +464,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         crate::admin::spawn(listener, admin)
     });
     tracing::info!(addr = %config.listen, mock_api = config.mock_api, imdsv2_required = config.imdsv2_required, "listening");
-    let serving = Serving {
+    let site = Arc::new(ImdsSite {
         imds,
         table,
         http: config.http,
@@ -479,18 +473,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             config.http.max_connections,
             config.http.max_connections_per_caller,
         ),
-    };
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let others: Vec<_> = extra
         .into_iter()
         .map(|listener| {
             let mut stop_rx = stop_rx.clone();
-            tokio::spawn(serve(listener, serving.clone(), async move {
+            tokio::spawn(server::serve(listener, Arc::clone(&site), async move {
                 let _ = stop_rx.changed().await;
             }))
         })
         .collect();
-    serve(listener, serving, shutdown).await;
+    server::serve(listener, site, shutdown).await;
     let _ = stop_tx.send(true);
     for other in others {
         let _ = other.await;
@@ -585,98 +579,6 @@ fn targets_to_bind(
         }
     }
     extra
-}
-
-/// What [`serve`] serves, and within which limits.
-#[derive(Debug, Clone)]
-pub struct Serving {
-    /// The IMDS API.
-    pub imds: Arc<Imds>,
-    /// With the eBPF redirect: each connection's kernel record, taken at accept.
-    pub table: Option<Arc<ConnTable>>,
-    /// `HTTP_*` timeouts and sizes.
-    pub http: HttpLimits,
-    /// Open connections, shared by every listener.
-    pub limits: Arc<ConnLimits>,
-}
-
-/// Accepts connections until `shutdown`, then lets in-flight requests finish (bounded).
-///
-/// A connection beyond `HTTP_MAX_CONNECTIONS` or `HTTP_MAX_CONNECTIONS_PER_CALLER` gets 503; a
-/// request head not complete within `HTTP_HEADER_TIMEOUT` gets 408 (an idle keep-alive
-/// connection is closed then); one larger than `HTTP_MAX_HEAD_BYTES` gets 431.
-pub async fn serve(listener: TcpListener, serving: Serving, shutdown: impl Future<Output = ()>) {
-    let Serving {
-        imds,
-        table,
-        http,
-        limits,
-    } = serving;
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: keep serving the connections we have.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let Ok(local) = stream.local_addr() else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let kernel = table.as_ref().and_then(|t| t.take(peer, local));
-        let conn_info = ConnInfo::new(peer, local, kernel);
-        let caller = Chain::identity(&conn_info);
-        let permit = match limits.try_acquire(caller.clone()) {
-            Ok(permit) => permit,
-            Err(hit) => {
-                crate::refused!(WARN, &caller, peer = %peer, limit = %hit, "connection refused with 503");
-                tokio::spawn(crate::imds::conn::refuse_busy(stream));
-                continue;
-            }
-        };
-        let imds = Arc::clone(&imds);
-        let service = service_fn(move |req| {
-            let imds = Arc::clone(&imds);
-            let conn_info = conn_info.clone();
-            async move {
-                let started = std::time::Instant::now();
-                let (resp, route) = imds.handle_routed(&req, &conn_info).await;
-                crate::metrics::request(route, resp.status(), started.elapsed());
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        let (io, handle) = Tracked::new(stream);
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(http.header_timeout)
-            .max_buf_size(http.max_head_bytes)
-            .serve_connection(TokioIo::new(io), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = conn.await {
-                if e.is_timeout() {
-                    handle.request_timed_out();
-                }
-                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    tracing::info!("shutting down: no new connections; waiting for in-flight requests");
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests did not finish in time");
-    }
 }
 
 #[cfg(test)]

@@ -19,3 +19,4 @@ pub mod imds;
 pub mod logging;
 pub mod metrics;
 pub mod role;
+pub mod server;

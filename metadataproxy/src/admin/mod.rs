@@ -5,29 +5,30 @@
 mod occupancy;
 pub mod ready;
 
-use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::body::Incoming;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::caller::Identity;
 use crate::containers::ContainerIndex;
 use crate::creds::CredentialCache;
 use crate::imds::response::{self, Body};
 use crate::metrics::{self, State};
+use crate::server::{self, HttpBounds, Refusal, Site};
 pub use occupancy::Occupancy;
 pub use ready::Readiness;
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head: the admin paths and a scraper's headers are small.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Most admin connections open at once. Its clients are a Prometheus scraper, a health probe or
 /// two and an operator's `curl`, a handful at a time; anyone on the host can connect to it, and
 /// each connection is a file descriptor and a task of the process that serves IMDS. So a flood
@@ -134,41 +135,42 @@ pub fn spawn(listener: TcpListener, admin: Admin) -> Running {
 
 /// Serves the admin endpoints on `listener` until `shutdown`, [`MAX_CONNECTIONS`] at a time.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
-            // Accepted only to be answered and closed at once: the descriptor is not kept.
-            let _ = stream.try_write(BUSY);
+    let site = AdminSite {
+        admin,
+        open: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+    };
+    server::serve(listener, Arc::new(site), shutdown).await;
+}
+
+/// The admin endpoints as a site of the server.
+#[derive(Debug)]
+struct AdminSite {
+    admin: Arc<Admin>,
+    open: Arc<Semaphore>,
+}
+
+impl Site for AdminSite {
+    type Conn = ();
+    type Permit = OwnedSemaphorePermit;
+
+    fn bounds(&self) -> HttpBounds {
+        HttpBounds {
+            header_timeout: HEADER_READ_TIMEOUT,
+            max_head_bytes: MAX_HEAD_BYTES,
+        }
+    }
+
+    fn admit(&self, peer: SocketAddr, _local: SocketAddr) -> Result<((), Self::Permit), Refusal> {
+        let Ok(permit) = Arc::clone(&self.open).try_acquire_owned() else {
             crate::refused!(WARN, &Identity::from_peer(peer), peer = %peer, limit = MAX_CONNECTIONS, "admin connection refused with 503");
-            continue;
+            // Answered and closed at once: the descriptor is not kept.
+            return Err(Refusal::AtOnce(BUSY));
         };
-        let admin = Arc::clone(&admin);
-        let service = service_fn(move |req| {
-            let admin = Arc::clone(&admin);
-            async move { Ok::<_, Infallible>(admin.handle(&req).await) }
-        });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service);
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = conn.await {
-                tracing::debug!(peer = %peer, error = %e, "admin connection ended with an error");
-            }
-        });
+        Ok(((), permit))
+    }
+
+    async fn handle(&self, req: Request<Incoming>, (): &()) -> Response<Body> {
+        self.admin.handle(&req).await
     }
 }
 

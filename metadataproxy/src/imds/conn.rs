@@ -1,28 +1,15 @@
-//! One caller connection's bounds: how many may be open (in total and per caller), the 503 for one
-//! too many, and the 408 for a request head that does not arrive in time.
+//! How many caller connections may be open, in total and per caller, and the 503 for one too
+//! many.
 
 use std::collections::HashMap;
-use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, ready};
-use std::time::Duration;
-
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use crate::caller::Identity;
 
 /// Sent to a connection beyond a limit, before it is closed.
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+pub const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
 retry-after: 1\r\nconnection: close\r\ncontent-length: 40\r\n\r\n\
 Service Unavailable: too many connections";
-/// Sent when a request head was begun but not finished within the header timeout.
-const TIMED_OUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n\
-connection: close\r\ncontent-length: 16\r\n\r\nRequest Timeout\n";
-/// How long a refused connection's request is drained, so closing it does not reset the 503.
-const DRAIN: Duration = Duration::from_millis(500);
 
 /// Which limit refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -104,116 +91,6 @@ impl Drop for ConnPermit {
                 open.by_caller.remove(&self.caller);
             }
         }
-    }
-}
-
-/// Answers a connection refused by a limit with 503, drains what it sent for a moment (closing
-/// with unread bytes would reset the connection and lose the answer), and closes it.
-pub async fn refuse_busy(mut stream: TcpStream) {
-    if tokio::io::AsyncWriteExt::write_all(&mut stream, BUSY)
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
-    let mut sink = [0_u8; 1024];
-    let _ = tokio::time::timeout(DRAIN, async {
-        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-    })
-    .await;
-}
-
-/// The caller's socket as hyper's I/O, shared with the connection task so that it can still
-/// answer 408 after hyper gave up on a slow request head. Remembers whether request bytes
-/// arrived since the last response, which tells a slow request from an idle keep-alive.
-#[derive(Debug)]
-pub struct Tracked {
-    stream: Arc<TcpStream>,
-    partial: Arc<AtomicBool>,
-}
-
-/// The connection task's side of [`Tracked`].
-#[derive(Debug)]
-pub struct TrackedHandle {
-    stream: Arc<TcpStream>,
-    partial: Arc<AtomicBool>,
-}
-
-impl Tracked {
-    /// Wraps `stream`; the handle can answer 408 later.
-    pub fn new(stream: TcpStream) -> (Self, TrackedHandle) {
-        let stream = Arc::new(stream);
-        let partial = Arc::new(AtomicBool::new(false));
-        (
-            Self {
-                stream: Arc::clone(&stream),
-                partial: Arc::clone(&partial),
-            },
-            TrackedHandle { stream, partial },
-        )
-    }
-}
-
-impl TrackedHandle {
-    /// After a header timeout: answers 408 if a request was begun (an idle keep-alive connection
-    /// is just closed, as HTTP expects). Best effort, never waits.
-    pub fn request_timed_out(&self) {
-        if self.partial.load(Ordering::Relaxed) {
-            let _ = self.stream.try_write(TIMED_OUT);
-        }
-    }
-}
-
-impl AsyncRead for Tracked {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            // Reads into the uninitialised part directly (no zeroing), and advances `buf`.
-            match self.stream.try_read_buf(buf) {
-                Ok(n) => {
-                    if n > 0 {
-                        self.partial.store(true, Ordering::Relaxed);
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-    }
-}
-
-impl AsyncWrite for Tracked {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write(buf) {
-                Ok(n) => {
-                    self.partial.store(false, Ordering::Relaxed);
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The socket closes (FIN) when the connection task drops its last handle, right after.
-        Poll::Ready(Ok(()))
     }
 }
 

@@ -10,6 +10,7 @@ pub mod proxy;
 pub mod response;
 pub mod route;
 pub mod service;
+pub mod site;
 pub mod token;
 
 /// The status for a failed passthrough: 504 when the upstream timed out, 502 otherwise.

@@ -1,0 +1,144 @@
+//! One server for every listener: the accept loop, HTTP/1.1 with a header timeout and a head-size
+//! bound, graceful shutdown. What a listener serves is a [`Site`]: the IMDS API (`imds/site.rs`,
+//! on `HOST:PORT` and every redirect target it does not cover) and the admin endpoints
+//! (`admin/`, on `ADMIN_LISTEN`). A site admits or refuses each connection (its limits), and
+//! answers each request.
+
+mod io;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+/// A response body (the whole of it, in memory).
+type Body = http_body_util::Full<bytes::Bytes>;
+use io::{Tracked, refuse_draining};
+
+/// How long in-flight requests may take to finish once shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Pause after a failed `accept()` (out of file descriptors and the like).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The HTTP bounds of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpBounds {
+    /// How long a request head may take to arrive (begun and unfinished: 408; an idle keep-alive
+    /// connection is closed).
+    pub header_timeout: Duration,
+    /// Largest request head (431 beyond it).
+    pub max_head_bytes: usize,
+}
+
+/// How a refused connection is answered.
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal {
+    /// Written, then the caller's request drained for a moment before closing, so the answer is
+    /// not lost to a reset (a task per refused connection, for a short while).
+    Drained(&'static [u8]),
+    /// Written best effort and closed at once: the descriptor is not kept (the admin listener,
+    /// which anyone on the host can flood).
+    AtOnce(&'static [u8]),
+}
+
+/// What a listener serves.
+pub trait Site: Send + Sync + 'static {
+    /// What an admitted connection carries into each of its requests.
+    type Conn: Clone + Send + Sync + 'static;
+    /// What an admitted connection holds while it is open (its place in the site's limits).
+    type Permit: Send + 'static;
+
+    /// The listener's HTTP bounds.
+    fn bounds(&self) -> HttpBounds;
+
+    /// Lets the connection from `peer` to `local` in, or refuses it (the site logs why).
+    fn admit(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<(Self::Conn, Self::Permit), Refusal>;
+
+    /// Answers one request of an admitted connection.
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        conn: &Self::Conn,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// Accepts connections on `listener` for `site` until `shutdown`, then lets in-flight requests
+/// finish (for at most [`SHUTDOWN_GRACE`]).
+pub async fn serve<S: Site>(
+    listener: TcpListener,
+    site: Arc<S>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let bounds = site.bounds();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Keep serving the connections we have.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        let (conn, permit) = match site.admit(peer, local) {
+            Ok(admitted) => admitted,
+            Err(Refusal::Drained(answer)) => {
+                tokio::spawn(refuse_draining(stream, answer));
+                continue;
+            }
+            Err(Refusal::AtOnce(answer)) => {
+                let _ = stream.try_write(answer);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let site = Arc::clone(&site);
+        let service = service_fn(move |req| {
+            let (site, conn) = (Arc::clone(&site), conn.clone());
+            async move { Ok::<_, Infallible>(site.handle(req, &conn).await) }
+        });
+        let (io, handle) = Tracked::new(stream);
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(bounds.header_timeout)
+            .max_buf_size(bounds.max_head_bytes)
+            .serve_connection(TokioIo::new(io), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = connection.await {
+                if e.is_timeout() {
+                    handle.request_timed_out();
+                }
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    tracing::info!(addr = ?listener.local_addr().ok(), "shutting down: no new connections; waiting for in-flight requests");
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests did not finish in time");
+    }
+}
