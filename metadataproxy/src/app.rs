@@ -59,27 +59,21 @@ pub enum AppError {
     },
 }
 
-/// Builds the IMDS API from the configuration (no socket; used by `run` and by tests).
-pub fn build(
-    config: &Config,
-    sts: Arc<dyn Sts>,
-    clock: Arc<dyn Clock>,
-) -> Result<Arc<Imds>, AppError> {
-    build_with(config, sts, clock, None, None, None)
-}
-
-/// [`build`], with cgroup-path identification when the eBPF redirect is in force, and with
-/// `docker` a container index kept in step with it in the background (see [`docker_sources`]);
-/// likewise `containerd_source` (its containers are identified by cgroup only).
-pub fn build_with(
-    config: &Config,
-    sts: Arc<dyn Sts>,
-    clock: Arc<dyn Clock>,
-    cgroups: Option<Arc<CgroupPaths>>,
-    docker: Option<Arc<dyn ContainerSource>>,
-    containerd_source: Option<Arc<dyn ContainerSource>>,
-) -> Result<Arc<Imds>, AppError> {
-    build_parts(config, sts, clock, cgroups, docker, containerd_source).map(|parts| parts.imds)
+/// What the IMDS API is built on besides the configuration: AWS, time, and where callers and
+/// containers are found.
+#[derive(Debug)]
+pub struct Peers {
+    /// STS (metered, in the daemon).
+    pub sts: Arc<dyn Sts>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// cgroup id → path: set when the eBPF redirect is in force, so callers are identified by
+    /// their kernel-attested cgroup.
+    pub cgroups: Option<Arc<CgroupPaths>>,
+    /// Docker, followed in the background (see [`docker_sources`]).
+    pub docker: Option<Arc<dyn ContainerSource>>,
+    /// containerd, followed in the background (its containers are identified by cgroup only).
+    pub containerd: Option<Arc<dyn ContainerSource>>,
 }
 
 /// The IMDS API and the parts of it the admin endpoints look at.
@@ -95,38 +89,22 @@ pub struct Parts {
     pub containerd: Option<Arc<ContainerIndex>>,
 }
 
-/// [`build_with`], returning the parts too.
-pub fn build_parts(
-    config: &Config,
-    sts: Arc<dyn Sts>,
-    clock: Arc<dyn Clock>,
-    cgroups: Option<Arc<CgroupPaths>>,
-    docker: Option<Arc<dyn ContainerSource>>,
-    containerd_source: Option<Arc<dyn ContainerSource>>,
-) -> Result<Parts, AppError> {
+/// Builds the IMDS API from the configuration and its peers (no socket; used by `run` and by
+/// tests): the credential cache and its refresher, the container indexes, the identification
+/// chain, and the prefetch of every role the configuration names.
+pub fn build(config: &Config, peers: Peers) -> Result<Parts, AppError> {
+    let Peers {
+        sts,
+        clock,
+        cgroups,
+        docker,
+        containerd,
+    } = peers;
     let mapping_file = match &config.role_mapping_file {
         Some(path) => Some(Arc::new(MappingFile::load(path)?)),
         None => None,
     };
-    let resolver = Arc::new(Resolver::new(
-        config.account_map.clone(),
-        config.default_account_id.clone(),
-        config.aws_region.as_deref(),
-        Arc::clone(&sts),
-        Arc::clone(&clock),
-    ));
-    let cache = CredentialCache::new(
-        sts,
-        Arc::clone(&clock),
-        CredentialCacheConfig {
-            capacity: NonZeroUsize::new(config.credential_cache_size).unwrap_or(NonZeroUsize::MIN),
-            threshold: config.expiration_threshold,
-            session_duration: config.role_session_duration,
-            idle_after: config.role_session_duration * 2,
-        },
-    );
-    cache.spawn_refresher(REFRESH_TICK);
-
+    let (resolver, cache) = credentials(config, sts, &clock);
     // Credentials ready before the first request: every role the configuration names is
     // fetched now, and again for the roles of each reloaded mapping.
     let default_role = config.default_role.clone().map(RoleAssignment::from_role);
@@ -136,55 +114,67 @@ pub fn build_parts(
         Some(_) => AddressIdentity::Only(config.ebpf.direct_callers.clone().into()),
         None => AddressIdentity::Everyone,
     };
-    let mut sources: Vec<Box<dyn Identify>> = Vec::new();
-    let mut index = None;
-    if let (Some(file), Some(paths)) = (&mapping_file, &cgroups) {
-        sources.push(Box::new(CgroupSource {
+    let held = ContainerUse {
+        resolver: &resolver,
+        cache: &cache,
+        default_role: default_role.clone().map(Arc::new),
+    };
+    let containerd = match (containerd, &cgroups) {
+        (Some(source), Some(paths)) => {
+            Some(containerd_sources(config, source, Arc::clone(paths), &held))
+        }
+        _ => None,
+    };
+    let docker = docker.map(|source| {
+        let by = DockerBy {
+            cgroup: cgroups.clone(),
+            address: mapping_file.is_none(),
+        };
+        docker_sources(config, source, by, &held)
+    });
+    // The caller's container as the chain finds it, for `ECS_ENDPOINT`'s token check.
+    let caller_container = docker
+        .as_ref()
+        .map_or_else(CallerContainer::default, |d| d.caller_container.clone());
+    let mapping_by_cgroup = match (&mapping_file, &cgroups) {
+        (Some(file), Some(paths)) => Some(Box::new(CgroupSource {
             paths: Arc::clone(paths),
             mapping: Arc::clone(file),
-        }));
-    }
-    // The caller's container as the chain finds it, for `ECS_ENDPOINT`'s token check.
-    let mut caller_container = CallerContainer::default();
-    let mut containerd_index = None;
-    if let (Some(source), Some(paths)) = (containerd_source, &cgroups) {
-        let default_role = default_role.clone().map(Arc::new);
-        let (followed, found) = containerd_sources(
-            config,
-            source,
-            Arc::clone(paths),
-            &resolver,
-            &cache,
-            default_role,
-        );
-        sources.push(found);
-        containerd_index = Some(followed);
-    }
-    if let Some(source) = docker {
-        let containers = DockerUse {
-            by_cgroup: cgroups.clone(),
-            by_address: mapping_file.is_none(),
-        };
-        let default_role = default_role.clone().map(Arc::new);
-        let (docker_index, found) =
-            docker_sources(config, source, containers, &resolver, &cache, default_role);
-        sources.extend(found);
-        caller_container = CallerContainer {
-            by_cgroup: cgroups.map(|paths| DockerCgroup::new(Arc::clone(&docker_index), paths)),
-            by_ip: mapping_file
-                .is_none()
-                .then(|| DockerIp::new(Arc::clone(&docker_index))),
-        };
-        index = Some(docker_index);
-    }
-    if let Some(file) = mapping_file {
+        }) as Box<dyn Identify>),
+        _ => None,
+    };
+    let mapping_by_ip = mapping_file.map(|file| {
         known.extend(file.current().assignments().cloned());
         let (resolver, cache) = (Arc::clone(&resolver), Arc::clone(&cache));
         Arc::clone(&file).spawn_reloader(config.mapping_reload_interval, move |mapping| {
             prefetch(&resolver, &cache, mapping.assignments().cloned().collect());
         });
-        sources.push(Box::new(file));
-    }
+        Box::new(file) as Box<dyn Identify>
+    });
+    let (containerd_index, by_containerd_cgroup) = containerd.unzip();
+    let (docker_index, docker_by_cgroup, docker_by_ip, docker_by_reverse_dns) = match docker {
+        Some(d) => (Some(d.index), d.by_cgroup, d.by_ip, d.by_reverse_dns),
+        None => (None, None, None, None),
+    };
+    // The identification chain, in the order its sources are asked: the first that knows the
+    // caller wins (a security decision: what the kernel attests comes before what an address
+    // says), then `DEFAULT_ROLE`.
+    let sources: Vec<Box<dyn Identify>> = [
+        // `cgroup:` keys of ROLE_MAPPING_FILE, by the kernel-attested cgroup.
+        mapping_by_cgroup,
+        // The containerd container, then the Docker container, of the kernel-attested cgroup.
+        by_containerd_cgroup,
+        docker_by_cgroup,
+        // Without ROLE_MAPPING_FILE (as in Lyft): the Docker container with the caller's
+        // address, then the one its reverse DNS names (ROLE_REVERSE_LOOKUP).
+        docker_by_ip,
+        docker_by_reverse_dns,
+        // The address keys of ROLE_MAPPING_FILE.
+        mapping_by_ip,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     prefetch(&resolver, &cache, known);
     let chain = Arc::new(Chain::new(sources, default_role).with_address_identity(by_address));
     let imds = imds(
@@ -198,9 +188,36 @@ pub fn build_parts(
     Ok(Parts {
         imds,
         cache,
-        index,
+        index: docker_index,
         containerd: containerd_index,
     })
+}
+
+/// The role resolver and the credential cache (its refresher started).
+fn credentials(
+    config: &Config,
+    sts: Arc<dyn Sts>,
+    clock: &Arc<dyn Clock>,
+) -> (Arc<Resolver>, Arc<CredentialCache>) {
+    let resolver = Arc::new(Resolver::new(
+        config.account_map.clone(),
+        config.default_account_id.clone(),
+        config.aws_region.as_deref(),
+        Arc::clone(&sts),
+        Arc::clone(clock),
+    ));
+    let cache = CredentialCache::new(
+        sts,
+        Arc::clone(clock),
+        CredentialCacheConfig {
+            capacity: NonZeroUsize::new(config.credential_cache_size).unwrap_or(NonZeroUsize::MIN),
+            threshold: config.expiration_threshold,
+            session_duration: config.role_session_duration,
+            idle_after: config.role_session_duration * 2,
+        },
+    );
+    cache.spawn_refresher(REFRESH_TICK);
+    (resolver, cache)
 }
 
 /// The IMDS API over its identification chain and credentials.
@@ -257,35 +274,58 @@ fn allow_list(paths: &ProxyPaths) -> AllowList {
     }
 }
 
-/// How containers are identified.
-#[derive(Debug)]
-struct DockerUse {
-    /// Through the kernel-attested cgroup (eBPF redirect in force).
-    by_cgroup: Option<Arc<CgroupPaths>>,
-    /// Through the caller's address (and reverse DNS): only without `ROLE_MAPPING_FILE`, which,
-    /// as in Lyft, is then the only address-based source.
-    by_address: bool,
+/// What every container source's index is given: containers' roles are prefetched and held
+/// while they run.
+struct ContainerUse<'a> {
+    resolver: &'a Arc<Resolver>,
+    cache: &'a Arc<CredentialCache>,
+    default_role: Option<Arc<RoleAssignment>>,
 }
 
-/// Starts the container index; returns it and the identification sources built on it, in order:
-/// the container of the caller's cgroup, the container with the caller's address, the container
-/// named by the caller's reverse DNS (`ROLE_REVERSE_LOOKUP`). Containers' roles are prefetched and
-/// held while they run whenever containers are identified at all.
+impl ContainerUse<'_> {
+    fn prefetcher(&self) -> Arc<Prefetcher> {
+        Arc::new(Prefetcher::new(
+            Arc::clone(self.resolver),
+            Arc::clone(self.cache),
+            self.default_role.clone(),
+        ))
+    }
+}
+
+/// How Docker containers are identified.
+#[derive(Debug)]
+struct DockerBy {
+    /// Through the kernel-attested cgroup (eBPF redirect in force).
+    cgroup: Option<Arc<CgroupPaths>>,
+    /// Through the caller's address (and reverse DNS): only without `ROLE_MAPPING_FILE`, which,
+    /// as in Lyft, is then the only address-based source.
+    address: bool,
+}
+
+/// Docker's index and the identification sources built on it.
+struct Docker {
+    index: Arc<ContainerIndex>,
+    /// The container of the caller's cgroup.
+    by_cgroup: Option<Box<dyn Identify>>,
+    /// The container with the caller's address.
+    by_ip: Option<Box<dyn Identify>>,
+    /// The container the caller's reverse DNS names (`ROLE_REVERSE_LOOKUP`).
+    by_reverse_dns: Option<Box<dyn Identify>>,
+    /// The caller's container as those find it (for `ECS_ENDPOINT`).
+    caller_container: CallerContainer,
+}
+
+/// Starts Docker's container index and builds the sources `by` asks for. Containers' roles are
+/// prefetched and held while they run whenever containers are identified at all.
 fn docker_sources(
     config: &Config,
     source: Arc<dyn ContainerSource>,
-    containers: DockerUse,
-    resolver: &Arc<Resolver>,
-    cache: &Arc<CredentialCache>,
-    default_role: Option<Arc<RoleAssignment>>,
-) -> (Arc<ContainerIndex>, Vec<Box<dyn Identify>>) {
-    let used = containers.by_address || containers.by_cgroup.is_some();
+    by: DockerBy,
+    containers: &ContainerUse<'_>,
+) -> Docker {
+    let used = by.address || by.cgroup.is_some();
     let listener: Arc<dyn IndexListener> = if used {
-        Arc::new(Prefetcher::new(
-            Arc::clone(resolver),
-            Arc::clone(cache),
-            default_role,
-        ))
+        containers.prefetcher()
     } else {
         Arc::new(NoListener)
     };
@@ -295,46 +335,45 @@ fn docker_sources(
         ..SyncConfig::default()
     };
     let (index, _task) = containers::spawn(source, listener, sync);
-    let mut sources: Vec<Box<dyn Identify>> = Vec::new();
-    if let Some(paths) = containers.by_cgroup {
-        sources.push(Box::new(DockerCgroup::new(Arc::clone(&index), paths)));
+    let by_cgroup = by
+        .cgroup
+        .map(|paths| DockerCgroup::new(Arc::clone(&index), paths));
+    let by_ip = by.address.then(|| DockerIp::new(Arc::clone(&index)));
+    let by_reverse_dns = (by.address && config.role_reverse_lookup).then(|| {
+        let resolver = SystemResolver {
+            timeout: docker::REVERSE_LOOKUP_TIMEOUT,
+        };
+        Box::new(ReverseDns::new(
+            Arc::clone(&index),
+            Box::new(resolver),
+            config.hostname_match_regex.clone(),
+        )) as Box<dyn Identify>
+    });
+    Docker {
+        caller_container: CallerContainer {
+            by_cgroup: by_cgroup.clone(),
+            by_ip: by_ip.clone(),
+        },
+        index,
+        by_cgroup: by_cgroup.map(|s| Box::new(s) as Box<dyn Identify>),
+        by_ip: by_ip.map(|s| Box::new(s) as Box<dyn Identify>),
+        by_reverse_dns,
     }
-    if containers.by_address {
-        sources.push(Box::new(DockerIp::new(Arc::clone(&index))));
-        if config.role_reverse_lookup {
-            let resolver = SystemResolver {
-                timeout: docker::REVERSE_LOOKUP_TIMEOUT,
-            };
-            sources.push(Box::new(ReverseDns::new(
-                Arc::clone(&index),
-                Box::new(resolver),
-                config.hostname_match_regex.clone(),
-            )));
-        }
-    }
-    (index, sources)
 }
 
-/// Starts the containerd index (its containers' roles prefetched and held while they run); returns
-/// the identification source built on it: the containerd container of the caller's cgroup.
+/// Starts the containerd index; returns it and the identification source built on it: the
+/// containerd container of the caller's cgroup.
 fn containerd_sources(
     config: &Config,
     source: Arc<dyn ContainerSource>,
     paths: Arc<CgroupPaths>,
-    resolver: &Arc<Resolver>,
-    cache: &Arc<CredentialCache>,
-    default_role: Option<Arc<RoleAssignment>>,
+    containers: &ContainerUse<'_>,
 ) -> (Arc<ContainerIndex>, Box<dyn Identify>) {
-    let listener = Arc::new(Prefetcher::new(
-        Arc::clone(resolver),
-        Arc::clone(cache),
-        default_role,
-    ));
     let sync = SyncConfig {
         session_key: config.role_session_key.clone(),
         ..SyncConfig::default()
     };
-    let (index, _task) = containers::spawn(source, listener, sync);
+    let (index, _task) = containers::spawn(source, containers.prefetcher(), sync);
     let found = Box::new(ContainerdCgroup::new(
         Arc::clone(&index),
         paths,
@@ -443,13 +482,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let table = kernel.as_ref().map(|k| Arc::clone(&k.table));
     let docker = docker_source(config.docker.as_ref());
     let containerd = containerd_source(&config.containerd, kernel.is_some());
-    let parts = build_parts(
+    let parts = build(
         &config,
-        metered,
-        clock,
-        kernel.as_ref().map(|k| Arc::clone(&k.paths)),
-        docker,
-        containerd,
+        Peers {
+            sts: metered,
+            clock,
+            cgroups: kernel.as_ref().map(|k| Arc::clone(&k.paths)),
+            docker,
+            containerd,
+        },
     )?;
     let imds = Arc::clone(&parts.imds);
     let admin = admin_listener.map(|listener| {

@@ -6,13 +6,12 @@
 //! followed container (`cri-containerd-<id>.scope`, `…/<id>`) anywhere else is a look-alike,
 //! refused and logged, with no later source asked.
 
-use futures_util::FutureExt as _;
 use std::sync::Arc;
 
 use super::key;
 use crate::cgroup::{CgroupPaths, container_of, named_ids};
-use crate::containers::{Container, ContainerIndex, ContainerRole, START_GRACE};
-use crate::identity::{Answer, ConnInfo, Found, Identify, Source, Workload, refusal};
+use crate::containers::{Container, ContainerIndex, START_GRACE};
+use crate::identity::{Answer, ConnInfo, Found, Identify, Source, refusal};
 use futures_util::future::BoxFuture;
 
 /// Finds the caller's containerd container by its cgroup.
@@ -63,15 +62,8 @@ impl ContainerdCgroup {
 }
 
 impl Identify for ContainerdCgroup {
-    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
-        Box::pin(
-            self.identify_workload(conn)
-                .map(|found| found.map(|(answer, source, _)| (answer, source))),
-        )
-    }
-
     /// Also names the container (`namespace/id` and its name), for the audit line.
-    fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
         Box::pin(async move {
             let kernel = conn.kernel?;
             let path = conn.cgroup_path(&self.paths).await?;
@@ -88,7 +80,7 @@ impl Identify for ContainerdCgroup {
                         &c.id,
                         kernel.pid,
                     );
-                    return Some((Answer::Refused, Source::ContainerdCgroup, None));
+                    return Some(Found::new(Answer::Refused, Source::ContainerdCgroup));
                 }
                 if !self.is_containerd_path(&path) {
                     return None;
@@ -96,7 +88,7 @@ impl Identify for ContainerdCgroup {
                 if !self.index.is_live() {
                     // Fail closed: this caller's role is only known to containerd.
                     crate::refused!(ERROR, &crate::caller::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, pid = kernel.pid, "caller's cgroup is a containerd container's, and containerd is not reachable: no credentials until it is back");
-                    return Some((Answer::Refused, Source::ContainerdCgroup, None));
+                    return Some(Found::new(Answer::Refused, Source::ContainerdCgroup));
                 }
                 // The cgroup proves the container exists: give its start event time to arrive.
                 let soon = self
@@ -109,18 +101,7 @@ impl Identify for ContainerdCgroup {
                 };
                 found
             };
-            if let ContainerRole::Invalid(e) = &found.role {
-                crate::refused!(WARN, &crate::identity::Chain::identity(conn), container = %found.name, id = %found.id, error = %e, "caller's container has malformed role settings: no credentials");
-            }
-            let workload = Workload {
-                id: found.id.clone(),
-                name: found.name.clone(),
-            };
-            Some((
-                found.role.answer(),
-                Source::ContainerdCgroup,
-                Some(workload),
-            ))
+            Some(found.found(Source::ContainerdCgroup, conn))
         })
     }
 }

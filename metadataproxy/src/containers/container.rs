@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use super::settings::{self, Authorization, ContainerRole};
 use crate::config::SessionKey;
+use crate::identity::{ConnInfo, Found, Source, Workload};
 
 /// Lyft's label for the address Rancher's managed network gives a container (`ip/prefix`).
 pub const RANCHER_IP_LABEL: &str = "io.rancher.container.ip";
@@ -83,6 +84,22 @@ pub struct Container {
 }
 
 impl Container {
+    /// What the identification chain makes of this container, found by `source` for the caller
+    /// on `conn`: its role settings' answer (malformed settings: refused, and logged), naming it.
+    pub fn found(&self, source: Source, conn: &ConnInfo) -> Found {
+        if let ContainerRole::Invalid(e) = &self.role {
+            crate::refused!(WARN, conn.identity(), container = %self.name, id = short(&self.id), peer = %conn.peer, error = %e, "caller's container has malformed role settings: no credentials");
+        }
+        Found {
+            answer: self.role.answer(),
+            source,
+            workload: Some(Workload {
+                id: self.id.clone(),
+                name: self.name.clone(),
+            }),
+        }
+    }
+
     /// Builds the index entry of a container; `session_key` is `ROLE_SESSION_KEY`.
     pub fn new(info: &ContainerInfo, session_key: Option<&SessionKey>) -> Container {
         let mut ips: Vec<IpAddr> = Vec::with_capacity(info.ips.len() + 1);

@@ -60,13 +60,10 @@ impl Prefetcher {
     fn assignment(&self, container: &Container) -> Option<Arc<RoleAssignment>> {
         match &container.role {
             ContainerRole::Role(a) => Some(Arc::clone(a)),
-            ContainerRole::Default(None) => self.default_role.clone(),
-            ContainerRole::Default(Some(session)) => self.default_role.as_ref().map(|r| {
-                Arc::new(RoleAssignment {
-                    session_name: Some(session.clone()),
-                    ..RoleAssignment::clone(r)
-                })
-            }),
+            ContainerRole::Default(session) => self
+                .default_role
+                .as_ref()
+                .map(|r| RoleAssignment::with_session(r, session.as_ref())),
             ContainerRole::Invalid(_) => None,
         }
     }

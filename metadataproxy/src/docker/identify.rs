@@ -13,36 +13,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt as _;
 use regex::Regex;
 
 use crate::cgroup::{CgroupPaths, container_of, named_ids};
-use crate::containers::{Container, ContainerIndex, ContainerRole, START_GRACE, short};
+use crate::containers::{Container, ContainerIndex, START_GRACE, short};
 use crate::identity::refusal::NamedContainer;
-use crate::identity::{Answer, ConnInfo, Found, Identify, Source, Workload, refusal};
+use crate::identity::{Answer, ConnInfo, Found, Identify, Source, refusal};
 use futures_util::future::BoxFuture;
 
 /// How long a reverse lookup may take (clients give IMDS about a second in all).
 pub const REVERSE_LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// What the chain makes of a container found for a caller.
-fn answer(container: &Container, source: Source, conn: &ConnInfo) -> Found {
-    if let ContainerRole::Invalid(e) = &container.role {
-        crate::refused!(WARN, &crate::identity::Chain::identity(conn), container = %container.name, id = short(&container.id), peer = %conn.peer, error = %e, "caller's container has malformed role settings: no credentials");
-    }
-    let workload = Workload {
-        id: container.id.clone(),
-        name: container.name.clone(),
-    };
-    (container.role.answer(), source, Some(workload))
-}
-
-/// [`Identify::identify`] of a source that implements [`Identify::identify_workload`].
-fn without_workload(
-    found: BoxFuture<'_, Option<Found>>,
-) -> BoxFuture<'_, Option<(Answer, Source)>> {
-    Box::pin(found.map(|f| f.map(|(answer, source, _)| (answer, source))))
-}
 
 /// Finds the caller's container by its source address.
 #[derive(Debug, Clone)]
@@ -69,14 +49,10 @@ impl DockerIp {
 }
 
 impl Identify for DockerIp {
-    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
-        without_workload(self.identify_workload(conn))
-    }
-
-    fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
         Box::pin(async move {
             let found = self.container(conn).await?;
-            Some(answer(&found, Source::DockerIp, conn))
+            Some(found.found(Source::DockerIp, conn))
         })
     }
 }
@@ -192,15 +168,11 @@ impl DockerCgroup {
 }
 
 impl Identify for DockerCgroup {
-    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
-        without_workload(self.identify_workload(conn))
-    }
-
-    fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
         Box::pin(async move {
             match self.lookup(conn).await {
-                CgroupMatch::In(found) => Some(answer(&found, Source::DockerCgroup, conn)),
-                CgroupMatch::Refused => Some((Answer::Refused, Source::DockerCgroup, None)),
+                CgroupMatch::In(found) => Some(found.found(Source::DockerCgroup, conn)),
+                CgroupMatch::Refused => Some(Found::new(Answer::Refused, Source::DockerCgroup)),
                 CgroupMatch::Unknown => None,
             }
         })
@@ -320,11 +292,7 @@ impl ReverseDns {
 }
 
 impl Identify for ReverseDns {
-    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
-        without_workload(self.identify_workload(conn))
-    }
-
-    fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
         Box::pin(async move {
             if self.index.is_empty() {
                 return None;
@@ -332,7 +300,7 @@ impl Identify for ReverseDns {
             let ip = conn.peer.ip().to_canonical();
             let name = self.resolver.lookup(ip).await?;
             let found = self.find(&name)?;
-            Some(answer(&found, Source::ReverseDns, conn))
+            Some(found.found(Source::ReverseDns, conn))
         })
     }
 }

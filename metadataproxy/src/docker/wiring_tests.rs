@@ -29,15 +29,14 @@ fn build(env: &[(&str, &str)], docker: &FakeRuntime) -> (Arc<Imds>, Arc<FakeSts>
     let config = Config::load(["metadataproxy"], &env).unwrap();
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
     let sts = FakeSts::new(&clock, Duration::ZERO);
-    let imds = crate::app::build_with(
-        &config,
-        sts.clone(),
-        Arc::new(clock),
-        None,
-        Some(Arc::new(docker.clone())),
-        None,
-    )
-    .unwrap();
+    let peers = crate::app::Peers {
+        sts: sts.clone(),
+        clock: Arc::new(clock),
+        cgroups: None,
+        docker: Some(Arc::new(docker.clone())),
+        containerd: None,
+    };
+    let imds = crate::app::build(&config, peers).unwrap().imds;
     (imds, sts)
 }
 

@@ -14,8 +14,6 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use futures_util::FutureExt as _;
-
 use crate::caller::Identity;
 use crate::role::{RoleAssignment, SessionName};
 use futures_util::future::BoxFuture;
@@ -29,6 +27,8 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// What the kernel recorded when the caller's connection was redirected (eBPF mode).
     pub kernel: Option<crate::caller::KernelRecord>,
+    /// Who the caller is: the recorded cgroup, else the peer address (computed once, at accept).
+    identity: Identity,
     /// The path of the kernel-recorded cgroup, looked up once for the connection when first
     /// needed (shared by its clones, so by every request and source on the connection).
     cgroup: Arc<tokio::sync::OnceCell<Option<Arc<str>>>>,
@@ -41,12 +41,24 @@ impl ConnInfo {
         local: SocketAddr,
         kernel: Option<crate::caller::KernelRecord>,
     ) -> Self {
+        let identity = match kernel {
+            Some(k) => Identity::Cgroup(k.cgroup_id),
+            None => Identity::from_peer(peer),
+        };
         Self {
             peer,
             local,
             kernel,
+            identity,
             cgroup: Arc::default(),
         }
+    }
+
+    /// The caller's identity, without looking up its role (what tokens, connection limits and
+    /// log lines are keyed by): the cgroup the kernel recorded when known, else the peer
+    /// address ([`Identity::from_peer`]).
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// The path of the cgroup the kernel recorded for this connection (`None`: no record, or the
@@ -127,8 +139,27 @@ pub struct Workload {
     pub name: String,
 }
 
-/// What a source found: its answer, which source it is, and the caller's container if it knows.
-pub type Found = (Answer, Source, Option<Workload>);
+/// What a source found.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// What the caller is entitled to.
+    pub answer: Answer,
+    /// Which source says so.
+    pub source: Source,
+    /// The caller's container, when the source found the caller through one.
+    pub workload: Option<Workload>,
+}
+
+impl Found {
+    /// `answer`, from `source`, which knows no container.
+    pub fn new(answer: Answer, source: Source) -> Self {
+        Self {
+            answer,
+            source,
+            workload: None,
+        }
+    }
+}
 
 /// What a source that recognised a caller says it is entitled to.
 #[derive(Debug, Clone)]
@@ -144,16 +175,7 @@ pub enum Answer {
 /// One way of finding the role of a connection.
 pub trait Identify: Send + Sync + fmt::Debug {
     /// What this source knows of the caller on this connection; `None`: ask the next source.
-    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>>;
-
-    /// [`Identify::identify`], also naming the container the caller runs in when this source
-    /// found it through one. Container sources override it; the chain asks this.
-    fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
-        Box::pin(
-            self.identify(conn)
-                .map(|found| found.map(|(answer, source)| (answer, source, None))),
-        )
-    }
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>>;
 }
 
 /// Which connections without a kernel record (callers that reached the daemon straight, not
@@ -215,20 +237,10 @@ impl Chain {
         self.by_address.allows(conn)
     }
 
-    /// The identity of a connection, without looking up its role (cheap; used for tokens and
-    /// connection limits): the cgroup the kernel recorded when known, else the peer address
-    /// ([`Identity::from_peer`]).
-    pub fn identity(conn: &ConnInfo) -> Identity {
-        match conn.kernel {
-            Some(k) => Identity::Cgroup(k.cgroup_id),
-            None => Identity::from_peer(conn.peer),
-        }
-    }
-
     /// Identifies the caller and finds its role; one that may not be identified
     /// ([`Chain::may_identify`]) has none.
     pub async fn identify(&self, conn: &ConnInfo) -> Caller {
-        let identity = Self::identity(conn);
+        let identity = conn.identity().clone();
         if !self.may_identify(conn) {
             return Caller {
                 identity,
@@ -237,10 +249,17 @@ impl Chain {
             };
         }
         for source in &self.sources {
-            if let Some((answer, by, workload)) = source.identify_workload(conn).await {
+            if let Some(Found {
+                answer,
+                source: by,
+                workload,
+            }) = source.identify(conn).await
+            {
                 let assignment = match answer {
                     Answer::Role(role) => Some((role, by)),
-                    Answer::DefaultRole(session) => self.default_role(session).map(|r| (r, by)),
+                    Answer::DefaultRole(session) => {
+                        self.default_role(session.as_ref()).map(|r| (r, by))
+                    }
                     Answer::Refused => None,
                 };
                 return Caller {
@@ -259,25 +278,15 @@ impl Chain {
     }
 
     /// `DEFAULT_ROLE`, with `session` as its session name when given.
-    pub fn default_role(&self, session: Option<SessionName>) -> Option<Arc<RoleAssignment>> {
+    pub fn default_role(&self, session: Option<&SessionName>) -> Option<Arc<RoleAssignment>> {
         let role = self.default_role.as_ref()?;
-        Some(match session {
-            None => Arc::clone(role),
-            Some(name) => Arc::new(RoleAssignment {
-                session_name: Some(name),
-                ..RoleAssignment::clone(role)
-            }),
-        })
+        Some(RoleAssignment::with_session(role, session))
     }
 }
 
 /// A shared source is a source (the same one may also be held by its reloader).
 impl<T: Identify + ?Sized> Identify for Arc<T> {
-    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
         (**self).identify(conn)
-    }
-
-    fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
-        (**self).identify_workload(conn)
     }
 }

@@ -24,7 +24,7 @@ use super::response::{self, Body};
 use crate::containers::{Authorization, short};
 use crate::creds::Secret;
 use crate::docker::CallerContainer;
-use crate::identity::{Chain, ConnInfo};
+use crate::identity::ConnInfo;
 use futures_util::future::BoxFuture;
 
 /// The path SDKs are pointed at: `http://169.254.170.23/v1/credentials`.
@@ -160,7 +160,7 @@ impl Ecs {
                 .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return resp;
         }
-        let identity = Chain::identity(conn);
+        let identity = conn.identity().clone();
         let header = req.headers().get(AUTHORIZATION);
         // Without a header the answer is 401 whoever asks: no container lookup, no token file read.
         let found = match header {

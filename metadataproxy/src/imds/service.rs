@@ -14,7 +14,7 @@ use super::route;
 use super::token::{self, TokenStore};
 use crate::caller::Identity;
 use crate::clock::Clock;
-use crate::identity::{Chain, ConnInfo, refusal};
+use crate::identity::{ConnInfo, refusal};
 use crate::metrics::Route;
 
 /// Where non-IAM routes go.
@@ -70,7 +70,7 @@ impl Imds {
     ) -> Response<Body> {
         if has_body(req.headers()) {
             // No IMDS request has a body; never read one (and close, so it is not parsed either).
-            crate::refused!(INFO, &Chain::identity(conn), peer = %conn.peer, "refused a request with a body");
+            crate::refused!(INFO, conn.identity(), peer = %conn.peer, "refused a request with a body");
             let mut resp = response::text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Content Too Large: metadata requests have no body\n",
@@ -83,7 +83,7 @@ impl Imds {
         if raw_path == super::ecs::PATH {
             return match &self.ecs {
                 Some(_) if !self.iam.chain.may_identify(conn) => {
-                    refusal::record_less(&Chain::identity(conn), conn.peer, "ecs");
+                    refusal::record_less(conn.identity(), conn.peer, "ecs");
                     super::ecs::record_less()
                 }
                 Some(ecs) => ecs.handle(&self.iam, req, conn).await,
@@ -93,7 +93,7 @@ impl Imds {
         let (parsed, category) = match routed {
             Ok(routed) => routed,
             Err(e) => {
-                crate::refused!(INFO, &Chain::identity(conn), peer = %conn.peer, path = %raw_path.escape_debug(), error = %e, "refused path");
+                crate::refused!(INFO, conn.identity(), peer = %conn.peer, path = %raw_path.escape_debug(), error = %e, "refused path");
                 let status = if matches!(e, path::PathError::TooLong) {
                     StatusCode::URI_TOO_LONG
                 } else {
@@ -104,7 +104,7 @@ impl Imds {
         };
         if needs_identity(&category) && !self.iam.chain.may_identify(conn) {
             refusal::record_less(
-                &Chain::identity(conn),
+                conn.identity(),
                 conn.peer,
                 route::of(Some(&category)).label(),
             );
@@ -113,7 +113,7 @@ impl Imds {
                 "Forbidden: this route needs the caller's identity; connect to 169.254.169.254, not to the daemon's own address\n",
             );
         }
-        let identity = Chain::identity(conn);
+        let identity = conn.identity().clone();
         if category == Category::Token {
             return self.token(req, &identity);
         }

@@ -72,15 +72,14 @@ fn fixture_with(env: &[(&str, &str)], mapping: Option<&str>, redirected: bool) -
             std::env::temp_dir().join("mp-no-cgroups"),
         ))
     });
-    let imds = crate::app::build_with(
-        &config,
-        sts.clone(),
-        Arc::new(clock.clone()),
+    let peers = crate::app::Peers {
+        sts: sts.clone(),
+        clock: Arc::new(clock.clone()),
         cgroups,
-        None,
-        None,
-    )
-    .unwrap();
+        docker: None,
+        containerd: None,
+    };
+    let imds = crate::app::build(&config, peers).unwrap().imds;
     Fixture {
         imds,
         sts,

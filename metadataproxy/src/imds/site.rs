@@ -13,7 +13,7 @@ use super::response::Body;
 use super::service::Imds;
 use crate::config::HttpLimits;
 use crate::ebpf::ConnTable;
-use crate::identity::{Chain, ConnInfo};
+use crate::identity::ConnInfo;
 use crate::server::{HttpBounds, Refusal, Site};
 
 /// What the IMDS listeners serve, and within which limits.
@@ -48,7 +48,7 @@ impl Site for ImdsSite {
     ) -> Result<(ConnInfo, ConnPermit), Refusal> {
         let kernel = self.table.as_ref().and_then(|t| t.take(peer, local));
         let conn = ConnInfo::new(peer, local, kernel);
-        let caller = Chain::identity(&conn);
+        let caller = conn.identity().clone();
         match self.limits.try_acquire(caller.clone()) {
             Ok(permit) => Ok((conn, permit)),
             Err(hit) => {

@@ -1,6 +1,7 @@
 //! What a caller is entitled to: a role, and optionally an external id and session name.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde_json::Value;
 use thiserror::Error;
@@ -90,6 +91,18 @@ pub struct RoleAssignment {
 }
 
 impl RoleAssignment {
+    /// `default` (`DEFAULT_ROLE`) for a caller that names no role of its own: `default` itself,
+    /// or a copy with `session` as its session name when the caller gives one.
+    pub fn with_session(default: &Arc<Self>, session: Option<&SessionName>) -> Arc<Self> {
+        match session {
+            None => Arc::clone(default),
+            Some(name) => Arc::new(Self {
+                session_name: Some(name.clone()),
+                ..Self::clone(default)
+            }),
+        }
+    }
+
     /// An assignment of just a role.
     pub fn from_role(role: RoleSpec) -> RoleAssignment {
         Self {

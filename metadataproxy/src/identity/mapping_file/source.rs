@@ -25,27 +25,23 @@ pub struct CgroupSource {
 }
 
 impl Identify for CgroupSource {
-    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
         Box::pin(async move {
             let path = conn.cgroup_path(&self.paths).await?;
             let mapping = self.mapping.current();
             let found = ancestors(&path).find_map(|p| mapping.lookup_cgroup(p))?;
-            Some((Answer::Role(found), Source::CgroupPath))
+            Some(Found::new(Answer::Role(found), Source::CgroupPath))
         })
     }
 }
 
 /// [`MappingFile`] as an identification source: by the caller's IP address.
 impl Identify for MappingFile {
-    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<(Answer, Source)>> {
-        Box::pin(std::future::ready(self.by_ip(conn)))
-    }
-
-    /// Known at once: one boxed future per request, not the default's two.
-    fn identify_workload<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
+    /// Known at once.
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
         let found = self
             .by_ip(conn)
-            .map(|(answer, source)| (answer, source, None));
+            .map(|(answer, source)| Found::new(answer, source));
         Box::pin(std::future::ready(found))
     }
 }
