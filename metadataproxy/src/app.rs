@@ -472,7 +472,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.containerd.namespaces.clone()
     };
     let policy = MappingPolicy::new(config.role_mapping_file.clone(), container_roots);
-    let kernel = crate::ebpf::start(&config, Box::new(policy), listening_since).await?;
+    let target = crate::ebpf::Target::new(&config.ebpf, config.listen, config.ecs_endpoint);
+    let kernel =
+        crate::ebpf::start(&config.ebpf, target, Box::new(policy), listening_since).await?;
     let mut extra = Vec::new();
     if kernel.is_some() {
         for target in targets_to_bind(config.listen, &config.ebpf, dual_stack()) {

@@ -151,6 +151,18 @@ pub struct Target {
     pub own_netns_loopback: bool,
 }
 
+impl Target {
+    /// The targets `ebpf` names, for a daemon listening on `listen`; `ecs`: `ECS_ENDPOINT`.
+    pub fn new(ebpf: &crate::config::EbpfConfig, listen: std::net::SocketAddr, ecs: bool) -> Self {
+        Self {
+            v4: ebpf.target4,
+            v6: ebpf.target6,
+            ecs,
+            own_netns_loopback: own_netns_loopback(ebpf, listen),
+        }
+    }
+}
+
 /// Whether callers in the daemon's own network namespace go to `127.0.0.1:<target port>` rather
 /// than to the default target: with the default target only (an `EBPF_TARGET` is followed as
 /// given), and only when the daemon's listener `listen` accepts connections there. Loopback is
@@ -201,20 +213,21 @@ impl Kernel {
 
 /// Sets up the redirect as `EBPF` says: `None` in IP-only mode (configured, or `auto` and unusable).
 ///
-/// `policy` decides which cgroups stay redirected with `EBPF_REDIRECT_HOST=false`.
+/// Redirected connections go to `target`; `policy` decides which cgroups stay redirected with
+/// `EBPF_REDIRECT_HOST=false`; connection records older than `listening_since` are stale.
 pub async fn start(
-    config: &crate::config::Config,
+    ebpf: &crate::config::EbpfConfig,
+    target: Target,
     policy: Box<dyn RedirectPolicy>,
     listening_since: std::time::Duration,
 ) -> Result<Option<Kernel>, EbpfError> {
     use crate::config::EbpfMode;
-    let ebpf = &config.ebpf;
     if ebpf.mode == EbpfMode::Off {
         tracing::info!("EBPF=off: IP-only mode, callers are identified by their address alone");
         return Ok(None);
     }
     let attempt = match Host::check(&ebpf.pin_dir) {
-        Ok(host) => attach(config, &host, policy, listening_since).await,
+        Ok(host) => attach(ebpf, target, &host, policy, listening_since).await,
         Err(e) => Err(e),
     };
     match attempt {
@@ -229,12 +242,12 @@ pub async fn start(
 
 /// Makes the default target local (when it is the default), loads, attaches and pins.
 async fn attach(
-    config: &crate::config::Config,
+    ebpf: &crate::config::EbpfConfig,
+    target: Target,
     host: &Host,
     policy: Box<dyn RedirectPolicy>,
     listening_since: std::time::Duration,
 ) -> Result<Kernel, EbpfError> {
-    let ebpf = &config.ebpf;
     if let Some(addr) = ebpf.link_address {
         match link_addr::ensure(addr).await? {
             link_addr::Presence::Added => tracing::info!(
@@ -247,12 +260,6 @@ async fn attach(
         }
         link_addr::keep(addr)?;
     }
-    let target = Target {
-        v4: ebpf.target4,
-        v6: ebpf.target6,
-        ecs: config.ecs_endpoint,
-        own_netns_loopback: own_netns_loopback(ebpf, config.listen),
-    };
     let rules = forward_rules::wanted(target.ecs);
     let installed = forward_rules::install(&rules).await?;
     if installed.added.is_empty() {
