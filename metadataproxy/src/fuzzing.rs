@@ -1,7 +1,8 @@
 //! Entry points for the fuzz targets (`fuzz/`) and the corpus replay test: one function per parser
 //! of outside input, each feeding it arbitrary bytes and panicking when an invariant breaks.
 //!
-//! Not part of the API: hidden from the docs, and nothing here is needed to run the daemon.
+//! Not part of the API: built only with the `fuzzing` feature (the fuzz crate and this package's
+//! tests turn it on) and for unit tests, never into the daemon.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -12,6 +12,9 @@ pub mod creds;
 pub mod docker;
 pub mod doctor;
 pub mod ebpf;
+// Fuzz entry points: only for the fuzz targets, the corpus replay test and unit tests, never in
+// the daemon's own build (the `fuzzing` feature is off unless `fuzz/` or a test turns it on).
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;

@@ -57,15 +57,18 @@ fn free_subnet(second: bool) -> u8 {
         .unwrap_or_else(|| panic!("no free /24 in {base}.0.0/16 for a test network"))
 }
 
-/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup/unified` beside v1 controllers).
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup/unified` beside v1 controllers), from
+/// this process's mount table as procfs reads it.
 pub fn cgroup2_mount() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.get(2) == Some(&"cgroup2"))
-        .and_then(|f| f.get(1).map(PathBuf::from))
-        .unwrap_or_else(|| panic!("no cgroup2 mount in /proc/mounts"))
+    procfs::process::Process::myself()
+        .and_then(|p| p.mountinfo())
+        .unwrap_or_else(|e| panic!("cannot read /proc/self/mountinfo: {e}"))
+        .into_iter()
+        .find(|m| m.fs_type == "cgroup2")
+        .map_or_else(
+            || panic!("no cgroup2 mount in /proc/self/mountinfo"),
+            |m| m.mount_point,
+        )
 }
 
 /// A root filesystem at `rootfs` holding Debian's static busybox and its applets.

@@ -10,6 +10,8 @@
 
 use std::path::Path;
 
+use procfs::ProcessCGroups;
+use procfs::process::Process;
 use thiserror::Error;
 
 use crate::cgroup::named_ids;
@@ -20,7 +22,8 @@ pub enum CgroupError {
     /// Docker reports no main process (it is not running).
     #[error("Docker reports no main process")]
     NoProcess,
-    /// The process's cgroup file cannot be read: it has exited, or lives in another pid namespace.
+    /// The process's cgroup file cannot be read (it has exited, or lives in another pid namespace)
+    /// or parsed.
     #[error("cannot read {path}: {reason}")]
     Read {
         /// The file.
@@ -55,21 +58,29 @@ pub enum CgroupError {
 /// The cgroup of container `id`, whose main process is `pid`, read under `proc` (`/proc`).
 pub fn of_main_process(proc: &Path, pid: Option<u32>, id: &str) -> Result<String, CgroupError> {
     let pid = pid.ok_or(CgroupError::NoProcess)?;
-    let file = proc.join(pid.to_string()).join("cgroup");
-    let text = std::fs::read_to_string(&file).map_err(|e| CgroupError::Read {
-        path: file.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    container_cgroup(&text, pid, id)
+    let dir = proc.join(pid.to_string());
+    let cgroups = Process::new_with_root(dir.clone())
+        .and_then(|p| p.cgroups())
+        .map_err(|e| CgroupError::Read {
+            path: dir.join("cgroup").display().to_string(),
+            reason: e.to_string(),
+        })?;
+    container_cgroup(&cgroups, pid, id)
 }
 
-/// The cgroup of container `id` from `/proc/<pid>/cgroup` text: the `0::` path, trimmed after its
-/// deepest segment naming `id`.
-pub fn container_cgroup(text: &str, pid: u32, id: &str) -> Result<String, CgroupError> {
-    let path = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
+/// The cgroup of container `id` from its main process's `/proc/<pid>/cgroup`: the v2 path (`0::`),
+/// trimmed after its deepest segment naming `id`.
+pub fn container_cgroup(
+    cgroups: &ProcessCGroups,
+    pid: u32,
+    id: &str,
+) -> Result<String, CgroupError> {
+    let path = cgroups
+        .0
+        .iter()
+        .find(|c| c.hierarchy == 0 && c.controllers.is_empty())
         .ok_or(CgroupError::NoV2 { pid })?
+        .pathname
         .trim_end();
     if !path.starts_with('/') || path.split('/').any(|s| s == ".." || s == ".") {
         return Err(CgroupError::OutsideNamespace {
@@ -92,6 +103,8 @@ pub fn container_cgroup(text: &str, pid: u32, id: &str) -> Result<String, Cgroup
 
 #[cfg(test)]
 mod tests {
+    use procfs::FromRead as _;
+
     use super::*;
 
     const ID: &str = "3f2a9d6c1b8e4f7a0c5d2e9b6a3f8c1d4e7b0a5c2f9d6e3b8a1c4f7d0e5b2a9c";
@@ -141,7 +154,8 @@ mod tests {
             (format!("4:memory:/docker/{ID}\n"), Err("NoV2")),
         ];
         for (text, want) in cases {
-            let got = container_cgroup(text, 42, ID);
+            let cgroups = ProcessCGroups::from_read(text.as_bytes()).expect("parses");
+            let got = container_cgroup(&cgroups, 42, ID);
             match (want, &got) {
                 (Ok(path), Ok(p)) => assert_eq!(p, path, "{text}"),
                 (Err(kind), Err(e)) => assert!(format!("{e:?}").starts_with(kind), "{text}: {e:?}"),
@@ -170,6 +184,13 @@ mod tests {
         assert!(matches!(
             of_main_process(proc.path(), Some(42), ""),
             Err(CgroupError::NotTheContainer { .. })
+        ));
+        // A file that is not a cgroup list is refused with procfs's reason.
+        std::fs::create_dir(proc.path().join("44")).unwrap();
+        std::fs::write(proc.path().join("44/cgroup"), "docker\n").unwrap();
+        assert!(matches!(
+            of_main_process(proc.path(), Some(44), ID),
+            Err(CgroupError::Read { .. })
         ));
     }
 }

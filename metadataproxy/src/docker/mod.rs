@@ -12,6 +12,3 @@ pub use identify::{
     CallerContainer, DockerCgroup, DockerIp, REVERSE_LOOKUP_TIMEOUT, ReverseDns, ReverseLookup,
     SystemResolver, match_key,
 };
-
-#[cfg(test)]
-mod wiring_tests;

@@ -1,11 +1,15 @@
 //! The host checks of `doctor` (BTF, kernel version, cgroup v2, bpffs, capabilities): pure
-//! functions of what the host's files say, read through [`System`] so tests can give any host.
+//! functions of what the host's files say, read through [`System`] so tests can give any host;
+//! `/proc` files are parsed by procfs.
 
 use std::path::{Path, PathBuf};
 
+use procfs::FromRead;
+use procfs::process::{MountInfos, Status};
+
 use super::{Finding, Verdict};
 use crate::ebpf::compat::{OSRELEASE, PidMode, version};
-use crate::ebpf::{BTF, cap_eff, cgroup2_mount, fs_type, missing_caps};
+use crate::ebpf::{BTF, cgroup2_mount, fs_type, missing_caps};
 
 /// This process's pid namespace, as a link `pid:[<inode>]`.
 const OWN_PIDNS: &str = "/proc/self/ns/pid";
@@ -153,15 +157,24 @@ pub fn kernel(sys: &dyn System, need: Need) -> Finding {
     }
 }
 
-fn mountinfo(sys: &dyn System, name: &'static str, need: Need) -> Result<String, Finding> {
-    sys.read(Path::new("/proc/self/mountinfo")).map_err(|e| {
-        Finding::new(
-            name,
-            need.problem(),
-            format!("cannot read /proc/self/mountinfo: {e}"),
-        )
-        .fix("run doctor where /proc is mounted")
-    })
+/// This process's mount table.
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+/// This process's status (its capabilities).
+const STATUS: &str = "/proc/self/status";
+
+/// The `/proc` file `path`, read through `sys` and parsed by procfs, or the finding saying why not.
+fn proc_file<T: FromRead>(
+    sys: &dyn System,
+    path: &str,
+    name: &'static str,
+    need: Need,
+) -> Result<T, Finding> {
+    let text = sys.read(Path::new(path)).map_err(|e| {
+        Finding::new(name, need.problem(), format!("cannot read {path}: {e}"))
+            .fix("run doctor where /proc is mounted")
+    })?;
+    T::from_read(text.as_bytes())
+        .map_err(|e| Finding::new(name, need.problem(), format!("cannot parse {path}: {e}")))
 }
 
 /// A cgroup v2 hierarchy is mounted, and every `EBPF_CGROUPS` path exists in it.
@@ -170,11 +183,11 @@ pub fn cgroup2(sys: &dyn System, need: Need, cgroups: &[String]) -> Finding {
     if let Some(f) = need.skipped(NAME) {
         return f;
     }
-    let text = match mountinfo(sys, NAME, need) {
-        Ok(t) => t,
+    let mounts: MountInfos = match proc_file(sys, MOUNTINFO, NAME, need) {
+        Ok(m) => m,
         Err(f) => return f,
     };
-    let Some(root) = cgroup2_mount(&text) else {
+    let Some(root) = cgroup2_mount(&mounts) else {
         return Finding::new(NAME, need.problem(), "no cgroup2 mount in /proc/self/mountinfo")
             .fix("mount it (`mount -t cgroup2 none /sys/fs/cgroup/unified`) or boot with systemd.unified_cgroup_hierarchy=1");
     };
@@ -212,11 +225,11 @@ pub fn bpffs(sys: &dyn System, need: Need, pin_dir: &Path) -> Finding {
     if let Some(f) = need.skipped(NAME) {
         return f;
     }
-    let text = match mountinfo(sys, NAME, need) {
-        Ok(t) => t,
+    let mounts: MountInfos = match proc_file(sys, MOUNTINFO, NAME, need) {
+        Ok(m) => m,
         Err(f) => return f,
     };
-    match fs_type(&text, pin_dir) {
+    match fs_type(&mounts, pin_dir) {
         Some(fs) if fs == "bpf" => {
             let pinned = sys.exists(&pin_dir.join(metadataproxy_common::maps::SETTINGS));
             let state = if pinned {
@@ -248,17 +261,10 @@ pub fn capabilities(sys: &dyn System, need: Need) -> Finding {
     if let Some(f) = need.skipped(NAME) {
         return f;
     }
-    let status = match sys.read(Path::new("/proc/self/status")) {
-        Ok(s) => s,
-        Err(e) => {
-            return Finding::new(
-                NAME,
-                need.problem(),
-                format!("cannot read /proc/self/status: {e}"),
-            );
-        }
+    let caps = match proc_file::<Status>(sys, STATUS, NAME, need) {
+        Ok(status) => status.capeff,
+        Err(f) => return f,
     };
-    let caps = cap_eff(&status);
     let missing = missing_caps(caps);
     if missing.is_empty() {
         Finding::ok(

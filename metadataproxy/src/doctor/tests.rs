@@ -12,6 +12,22 @@ const MOUNTINFO: &str = "\
 41 30 0:37 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
 51 24 0:41 / /sys/fs/bpf rw - bpf bpf rw";
 
+/// A real `/proc/self/status` (Linux 6.18, root), its `CapEff` left to fill in.
+fn status(cap_eff: &str) -> String {
+    format!(
+        "Name:\tmetadataproxy\nUmask:\t0022\nState:\tR (running)\nTgid:\t7086\nNgid:\t0\n\
+         Pid:\t7086\nPPid:\t7084\nTracerPid:\t0\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n\
+         FDSize:\t256\nGroups:\t \nNStgid:\t7086\nNSpid:\t7086\nNSpgid:\t7084\nNSsid:\t24918\n\
+         Kthread:\t0\nVmPeak:\t    3060 kB\nVmSize:\t    3060 kB\nVmRSS:\t    1736 kB\n\
+         Threads:\t1\nSigQ:\t0/96369\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\n\
+         SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\nSigCgt:\t0000000000000000\n\
+         CapInh:\t0000000000000000\nCapPrm:\t{cap_eff}\nCapEff:\t{cap_eff}\n\
+         CapBnd:\t000001fffeffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t0\nSeccomp:\t0\n\
+         Speculation_Store_Bypass:\tvulnerable\nCpus_allowed:\t3\nCpus_allowed_list:\t0-1\n\
+         voluntary_ctxt_switches:\t0\nnonvoluntary_ctxt_switches:\t1\n"
+    )
+}
+
 /// The host's pid namespace as `/proc/self/ns/pid` shows it.
 const HOST_PIDNS: &str = "pid:[4026531836]";
 /// A container's.
@@ -44,7 +60,7 @@ impl FakeHost {
             )
             .link("/proc/self/ns/pid", HOST_PIDNS)
             .with("/proc/self/mountinfo", MOUNTINFO)
-            .with("/proc/self/status", "CapEff:\t000001ffffffffff\n")
+            .with("/proc/self/status", &status("000001ffffffffff"))
             .with("/sys/fs/cgroup/unified", "")
     }
 }
@@ -195,10 +211,39 @@ fn pin_dir_off_bpffs() {
 #[test]
 fn capabilities_name_what_is_missing() {
     // CAP_BPF (39) and CAP_NET_ADMIN (12) without CAP_PERFMON (38): the verifier refuses.
-    let h = FakeHost::default().with("/proc/self/status", "CapEff:\t0000008000001000\n");
+    let h = FakeHost::default().with("/proc/self/status", &status("0000008000001000"));
     let f = host::capabilities(&h, Need::Required);
     assert_eq!(f.verdict, Verdict::Fail);
     assert_eq!(f.detail, "effective 0x8000001000 lacks CAP_PERFMON");
+    // A status without its capability lines is an error, never "no capabilities" nor a pass.
+    let h = FakeHost::default().with("/proc/self/status", "Name:\tmetadataproxy\n");
+    let f = host::capabilities(&h, Need::Wanted);
+    assert_eq!(f.verdict, Verdict::Warn);
+    assert!(
+        f.detail.starts_with("cannot parse /proc/self/status: "),
+        "{}",
+        f.detail
+    );
+    let f = host::capabilities(&FakeHost::default(), Need::Required);
+    assert_eq!(
+        (f.verdict, f.detail.as_str()),
+        (
+            Verdict::Fail,
+            "cannot read /proc/self/status: entity not found"
+        )
+    );
+}
+
+#[test]
+fn a_mount_table_procfs_cannot_parse_is_reported() {
+    let h = FakeHost::default().with("/proc/self/mountinfo", "24 1 254:0 / /\n");
+    let f = host::bpffs(&h, Need::Required, Path::new("/sys/fs/bpf"));
+    assert_eq!(f.verdict, Verdict::Fail);
+    assert!(
+        f.detail.starts_with("cannot parse /proc/self/mountinfo: "),
+        "{}",
+        f.detail
+    );
 }
 
 #[test]

@@ -31,8 +31,10 @@ impl Drop for TestCgroup {
 
 /// The test cgroup, or why this machine cannot have one.
 fn test_cgroup() -> Result<TestCgroup, String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mount = crate::ebpf::cgroup2_mount(&mountinfo).ok_or("no cgroup v2 mount")?;
+    let mounts = procfs::process::Process::myself()
+        .and_then(|p| p.mountinfo())
+        .map_err(|e| format!("cannot read this process's mounts: {e}"))?;
+    let mount = crate::ebpf::cgroup2_mount(&mounts).ok_or("no cgroup v2 mount")?;
     let dir = mount.join(format!("mp-watch-test-{}", std::process::id()));
     match std::fs::create_dir(&dir) {
         Ok(()) => {}

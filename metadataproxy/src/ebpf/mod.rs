@@ -35,7 +35,7 @@ use std::path::PathBuf;
 pub use exempt::{Classifier, Exempt, RedirectPolicy};
 pub use guard::{Counts as GuardCounts, GuardStats};
 pub use load::{Redirect, Started};
-pub use preflight::{BTF, Host, cap_eff, cgroup2_mount, current_cgroup, fs_type, missing_caps};
+pub use preflight::{BTF, Host, cgroup2_mount, current_cgroup, fs_type, missing_caps};
 pub use table::{ConnTable, monotonic_now};
 
 /// Why the eBPF redirect cannot be set up (each variant says exactly what is missing).
@@ -89,6 +89,14 @@ pub enum EbpfError {
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// A file of `/proc` the set-up needs cannot be read, or procfs cannot parse it.
+    #[error("cannot read {path}: {source}")]
+    Proc {
+        /// The file.
+        path: PathBuf,
+        /// procfs's error.
+        source: procfs::ProcError,
     },
     /// The kernel refused the object (the loader's and verifier's text is in the source).
     #[error("loading the eBPF object failed: {0}")]

@@ -1,7 +1,12 @@
-//! Checks before loading (BTF, privileges, cgroup v2, bpffs), each failing with the exact reason.
+//! Checks before loading (BTF, privileges, cgroup v2, bpffs), each failing with the exact reason;
+//! `/proc/self` is read and parsed by procfs.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+
+use procfs::ProcError;
+use procfs::ProcessCGroups;
+use procfs::process::{MountInfos, Process};
 
 use super::EbpfError;
 
@@ -31,15 +36,6 @@ pub fn missing_caps(cap_eff: u64) -> Vec<&'static str> {
     .collect()
 }
 
-/// The `CapEff:` mask of a `/proc/<pid>/status` text (0 when absent).
-pub fn cap_eff(status: &str) -> u64 {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0)
-}
-
 /// What the host offers the redirect.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -55,7 +51,8 @@ impl Host {
         if !Path::new(BTF).exists() {
             return Err(EbpfError::NoBtf);
         }
-        let caps = cap_eff(&read("/proc/self/status")?);
+        let me = Process::myself().map_err(proc_error("/proc/self"))?;
+        let caps = me.status().map_err(proc_error("/proc/self/status"))?.capeff;
         let missing = missing_caps(caps);
         if !missing.is_empty() {
             return Err(EbpfError::NotPrivileged {
@@ -63,12 +60,13 @@ impl Host {
                 missing: missing.join(", "),
             });
         }
-        let mountinfo = read("/proc/self/mountinfo")?;
-        let cgroup2 = cgroup2_mount(&mountinfo).ok_or(EbpfError::NoCgroup2)?;
-        if fs_type(&mountinfo, pin_dir).as_deref() != Some("bpf") {
+        let mounts = me.mountinfo().map_err(proc_error("/proc/self/mountinfo"))?;
+        let cgroup2 = cgroup2_mount(&mounts).ok_or(EbpfError::NoCgroup2)?;
+        if fs_type(&mounts, pin_dir).as_deref() != Some("bpf") {
             return Err(EbpfError::NoBpffs(pin_dir.to_owned()));
         }
-        let path = current_cgroup(&read("/proc/self/cgroup")?).unwrap_or_else(|| "/".to_owned());
+        let memberships = me.cgroups().map_err(proc_error("/proc/self/cgroup"))?;
+        let path = current_cgroup(&memberships).unwrap_or_else(|| "/".to_owned());
         let dir = cgroup2.join(path.trim_start_matches('/'));
         let id = std::fs::metadata(&dir)
             .map_err(|source| EbpfError::Io {
@@ -83,14 +81,18 @@ impl Host {
     }
 }
 
-fn read(path: &str) -> Result<String, EbpfError> {
-    std::fs::read_to_string(path).map_err(|source| EbpfError::Io {
+/// Maps a procfs error on `path` to the loader's error.
+fn proc_error(path: &'static str) -> impl Fn(ProcError) -> EbpfError {
+    move |source| EbpfError::Proc {
         path: path.into(),
         source,
-    })
+    }
 }
 
-/// Unescapes the octal escapes (`\040` for a space) of a mountinfo path.
+/// Unescapes the octal escapes (`\040` for a space) the kernel writes in a mountinfo path.
+///
+/// procfs hands the mount point over as the kernel wrote it (upstream issue eminence/procfs#262),
+/// so a pin directory whose path holds a space would otherwise match no mount.
 fn unescape(field: &str) -> String {
     let mut out = String::with_capacity(field.len());
     let mut rest = field;
@@ -111,73 +113,78 @@ fn unescape(field: &str) -> String {
     out
 }
 
-/// (mount point, filesystem type) of every line of `/proc/self/mountinfo`.
-fn mounts(mountinfo: &str) -> impl Iterator<Item = (String, &str)> {
-    mountinfo.lines().filter_map(|line| {
-        let mut fields = line.split(' ');
-        let point = fields.nth(4)?;
-        let mut after = line.split(" - ").nth(1)?.split(' ');
-        Some((unescape(point), after.next()?))
-    })
-}
-
 /// The first cgroup2 mount point.
-pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mounts(mountinfo)
-        .find(|(_, fs)| *fs == "cgroup2")
-        .map(|(p, _)| PathBuf::from(p))
+pub fn cgroup2_mount(mounts: &MountInfos) -> Option<PathBuf> {
+    mounts
+        .iter()
+        .find(|m| m.fs_type == "cgroup2")
+        .map(|m| PathBuf::from(unescape(&m.mount_point.to_string_lossy())))
 }
 
 /// The type of the filesystem `path` is on (the longest mount point containing it; last wins).
-pub fn fs_type(mountinfo: &str, path: &Path) -> Option<String> {
-    let mut best: Option<(usize, String)> = None;
-    for (point, fs) in mounts(mountinfo) {
-        if path.starts_with(&point) && best.as_ref().is_none_or(|(len, _)| point.len() >= *len) {
-            best = Some((point.len(), fs.to_owned()));
+pub fn fs_type(mounts: &MountInfos, path: &Path) -> Option<String> {
+    let mut best: Option<(usize, &str)> = None;
+    for m in mounts {
+        let point = unescape(&m.mount_point.to_string_lossy());
+        if path.starts_with(&point) && best.is_none_or(|(len, _)| point.len() >= len) {
+            best = Some((point.len(), &m.fs_type));
         }
     }
-    best.map(|(_, fs)| fs)
+    best.map(|(_, fs)| fs.to_owned())
 }
 
-/// The cgroup v2 path in `/proc/<pid>/cgroup` (the `0::/path` line).
-pub fn current_cgroup(proc_cgroup: &str) -> Option<String> {
-    proc_cgroup
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(str::to_owned)
+/// The cgroup v2 path of a process (the `0::/path` line of `/proc/<pid>/cgroup`).
+pub fn current_cgroup(cgroups: &ProcessCGroups) -> Option<String> {
+    cgroups
+        .0
+        .iter()
+        .find(|c| c.hierarchy == 0 && c.controllers.is_empty())
+        .map(|c| c.pathname.clone())
 }
 
 #[cfg(test)]
 mod tests {
+    use procfs::FromRead as _;
+    use procfs::process::Status;
+
     use super::*;
 
     const MOUNTINFO: &str = "\
 24 1 254:0 / / rw,relatime - ext4 /dev/vda rw
 30 24 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw
-41 30 0:37 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+41 30 0:37 / /sys/fs/cgroup/unified rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate
 50 24 0:40 / /tmp/my\\040pins rw - bpf bpf rw
-51 24 0:41 / /sys/fs/bpf rw - bpf bpf rw";
+51 24 0:41 / /sys/fs/bpf rw shared:12 master:1 - bpf bpf rw,mode=700";
+
+    /// What procfs parses `text` into, as the kernel's file would be.
+    fn parse<T: procfs::FromRead>(text: &str) -> T {
+        T::from_read(text.as_bytes()).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
 
     #[test]
     fn finds_cgroup2_in_a_hybrid_layout() {
         assert_eq!(
-            cgroup2_mount(MOUNTINFO),
+            cgroup2_mount(&parse(MOUNTINFO)),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
+        let v1_only = "24 1 254:0 / / rw - ext4 /dev/vda rw\n\
+                       31 30 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory";
+        assert_eq!(cgroup2_mount(&parse(v1_only)), None);
     }
 
     #[test]
     fn pin_dir_filesystem() {
+        let mounts = parse(MOUNTINFO);
         assert_eq!(
-            fs_type(MOUNTINFO, Path::new("/sys/fs/bpf/metadataproxy")).as_deref(),
+            fs_type(&mounts, Path::new("/sys/fs/bpf/metadataproxy")).as_deref(),
             Some("bpf")
         );
         assert_eq!(
-            fs_type(MOUNTINFO, Path::new("/tmp/my pins/x")).as_deref(),
+            fs_type(&mounts, Path::new("/tmp/my pins/x")).as_deref(),
             Some("bpf")
         );
         assert_eq!(
-            fs_type(MOUNTINFO, Path::new("/sys/fs/bpfx")).as_deref(),
+            fs_type(&mounts, Path::new("/sys/fs/bpfx")).as_deref(),
             Some("ext4")
         );
     }
@@ -193,19 +200,33 @@ mod tests {
             ["CAP_PERFMON"]
         );
         assert_eq!(missing_caps(0), ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]);
+    }
+
+    #[test]
+    fn the_effective_set_of_this_process() {
+        // What the checks read: procfs parses this process's real status file.
+        let me = Process::myself().and_then(|p| p.status()).expect("status");
+        let text = std::fs::read_to_string("/proc/self/status").expect("status text");
+        let line = text.lines().find_map(|l| l.strip_prefix("CapEff:"));
         assert_eq!(
-            cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"),
-            0x1ff_ffff_ffff
+            Some(me.capeff),
+            line.and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         );
-        assert_eq!(cap_eff("Name:\tx\n"), 0);
+        // A status without the line is refused, not read as "no capabilities".
+        assert!(Status::from_read("Name:\tx\n".as_bytes()).is_err());
     }
 
     #[test]
     fn own_cgroup_line() {
-        let text = "12:memory:/x\n0::/system.slice/metadataproxy.service\n";
+        let cgroups = parse("12:memory:/x\n0::/system.slice/metadataproxy.service\n");
         assert_eq!(
-            current_cgroup(text).as_deref(),
+            current_cgroup(&cgroups).as_deref(),
             Some("/system.slice/metadataproxy.service")
+        );
+        // cgroup v1 only: no v2 line; a named v1 hierarchy (`1:name=systemd:`) is not it either.
+        assert_eq!(
+            current_cgroup(&parse("1:name=systemd:/x\n4:memory:/x\n")),
+            None
         );
     }
 }

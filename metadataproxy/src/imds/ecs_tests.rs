@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::{Method, StatusCode};
 
-use super::super::service_tests::{Fixture, call, fixture};
 use super::{CallerToken, CallerTokens, Ecs, Expected, PATH};
 use crate::creds::Secret;
 use crate::identity::ConnInfo;
+use crate::imds::service::tests::{Fixture, call, fixture};
 use futures_util::future::BoxFuture;
 
 /// Containers by caller address, and how many times one was looked up.

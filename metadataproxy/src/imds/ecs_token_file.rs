@@ -25,6 +25,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat, openat2};
 use nix::sys::stat::{Mode, SFlag, fstat};
+use procfs::{FromRead as _, ProcessCGroups};
 use thiserror::Error;
 
 use crate::creds::Secret;
@@ -58,6 +59,14 @@ pub enum TokenFileError {
         path: String,
         /// The error.
         source: Errno,
+    },
+    /// The process's cgroup list is not what the kernel writes (procfs cannot parse it).
+    #[error("cannot parse /proc/{pid}/cgroup: {source}")]
+    Cgroups {
+        /// The process id.
+        pid: u32,
+        /// procfs's error.
+        source: procfs::ProcError,
     },
     /// The process is not in the container's cgroup (its pid was reused).
     #[error("process {pid} is not in the container's cgroup")]
@@ -161,11 +170,8 @@ fn read_as(
         Mode::empty(),
     )
     .map_err(gone("/cgroup"))?;
-    let mut cgroups = String::new();
-    std::fs::File::from(cgroup)
-        .take(64 * 1024)
-        .read_to_string(&mut cgroups)
-        .map_err(TokenFileError::Read)?;
+    let cgroups = ProcessCGroups::from_read(std::fs::File::from(cgroup).take(64 * 1024))
+        .map_err(|source| TokenFileError::Cgroups { pid, source })?;
     if !in_container(&cgroups, container_id, container_cgroup) {
         return Err(TokenFileError::NotTheContainer { pid });
     }
@@ -179,12 +185,12 @@ fn read_as(
     read_at(&root, path)
 }
 
-/// Whether `/proc/<pid>/cgroup` text `cgroups` puts the process in the container: in its verified
+/// Whether a process's cgroups (`/proc/<pid>/cgroup`) put it in the container: in its verified
 /// cgroup v2 `cgroup` or below it when the index recorded one (a look-alike cgroup that merely
 /// names the container, as after the pid was reused, is not in it); otherwise (cgroup v1 hosts, a
 /// cgroup not verified) in a cgroup whose path names `container_id` (Docker's `…/<id>` and
 /// `docker-<id>.scope` alike).
-fn in_container(cgroups: &str, container_id: &str, cgroup: Option<&str>) -> bool {
+fn in_container(cgroups: &ProcessCGroups, container_id: &str, cgroup: Option<&str>) -> bool {
     if container_id.is_empty() {
         return false;
     }
@@ -192,16 +198,15 @@ fn in_container(cgroups: &str, container_id: &str, cgroup: Option<&str>) -> bool
         // The root cgroup is no container's.
         Some("") => false,
         Some(own) => cgroups
-            .lines()
-            .filter_map(|l| l.strip_prefix("0::"))
-            .any(|p| {
-                p.strip_prefix(own)
+            .0
+            .iter()
+            .filter(|c| c.hierarchy == 0 && c.controllers.is_empty())
+            .any(|c| {
+                c.pathname
+                    .strip_prefix(own)
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
             }),
-        None => cgroups
-            .lines()
-            .filter_map(|l| l.splitn(3, ':').nth(2))
-            .any(|p| p.contains(container_id)),
+        None => cgroups.0.iter().any(|c| c.pathname.contains(container_id)),
     }
 }
 

@@ -2,6 +2,8 @@
 
 use std::os::unix::fs::symlink;
 
+use procfs::{FromRead as _, ProcessCGroups};
+
 use super::{MAX_BYTES, TokenFileError, read, read_in};
 
 /// A fake container root with a host file outside it holding a secret.
@@ -181,12 +183,15 @@ fn directories_fifos_and_devices_are_not_read() {
 
 /// This process's cgroup v2 path.
 fn own_cgroup() -> String {
-    std::fs::read_to_string("/proc/self/cgroup")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
+    let cgroups = procfs::process::Process::myself()
+        .and_then(|p| p.cgroups())
+        .expect("this process's cgroups");
+    cgroups
+        .0
+        .into_iter()
+        .find(|c| c.hierarchy == 0)
         .expect("a cgroup v2 line")
-        .to_owned()
+        .pathname
 }
 
 #[tokio::test]
@@ -246,9 +251,11 @@ fn cgroup_paths_of_docker_containers() {
         (format!("0::/system.slice/docker-{id}.scope\n"), true),
         (format!("12:memory:/docker/{id}\n"), true),
         ("0::/docker/ffff\n".to_owned(), false),
-        (format!("0::/\n1:name={id}\n"), false),
+        // The id as a v1 hierarchy's name, not in a path.
+        (format!("0::/\n1:name={id}:/\n"), false),
     ] {
-        assert_eq!(super::in_container(&cgroups, id, None), want, "{cgroups:?}");
+        let parsed = ProcessCGroups::from_read(cgroups.as_bytes()).expect("parses");
+        assert_eq!(super::in_container(&parsed, id, None), want, "{cgroups:?}");
     }
     // With the container's verified cgroup: that cgroup or below it, never a look-alike that
     // only names the container (a user's `docker-<id>.scope`, a pid reused outside).
@@ -264,14 +271,19 @@ fn cgroup_paths_of_docker_containers() {
         (format!("12:memory:{own}\n"), false),
         ("0::/\n".to_owned(), false),
     ] {
+        let parsed = ProcessCGroups::from_read(cgroups.as_bytes()).expect("parses");
         assert_eq!(
-            super::in_container(&cgroups, id, Some(&own)),
+            super::in_container(&parsed, id, Some(&own)),
             want,
             "{cgroups:?}"
         );
     }
     assert!(
-        !super::in_container("0::/x\n", id, Some("/")),
+        !super::in_container(
+            &ProcessCGroups::from_read("0::/x\n".as_bytes()).expect("parses"),
+            id,
+            Some("/")
+        ),
         "the root cgroup is no container's"
     );
 }

@@ -23,8 +23,3 @@ pub fn proxy_status(e: &proxy::UpstreamError) -> http::StatusCode {
         _ => http::StatusCode::BAD_GATEWAY,
     }
 }
-
-#[cfg(test)]
-mod record_less_tests;
-#[cfg(test)]
-mod service_tests;

@@ -4,7 +4,7 @@
 
 use http::{Method, StatusCode};
 
-use super::service_tests::{call, call_on, conn, fixture, redirected_fixture};
+use super::{call, call_on, conn, fixture, redirected_fixture};
 use crate::identity::ConnInfo;
 
 const CREDS: &str = "/latest/meta-data/iam/security-credentials/";

@@ -274,3 +274,7 @@ fn has_body(headers: &http::HeaderMap) -> bool {
             .iter()
             .any(|v| v.as_bytes().iter().any(|&b| b != b'0'))
 }
+
+#[cfg(test)]
+#[path = "service_tests.rs"]
+pub(super) mod tests;

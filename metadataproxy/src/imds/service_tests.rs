@@ -9,15 +9,15 @@ use std::time::{Duration, SystemTime};
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 
-use super::service::Imds;
+use super::Imds;
 use crate::clock::ManualClock;
 use crate::config::Config;
 use crate::creds::fake::FakeSts;
 use crate::identity::ConnInfo;
 
-pub(super) struct Fixture {
-    pub(super) imds: Arc<Imds>,
-    pub(super) sts: Arc<FakeSts>,
+pub(in crate::imds) struct Fixture {
+    pub(in crate::imds) imds: Arc<Imds>,
+    pub(in crate::imds) sts: Arc<FakeSts>,
     clock: ManualClock,
     _dir: Option<TempDir>,
 }
@@ -30,13 +30,13 @@ impl Drop for TempDir {
     }
 }
 
-pub(super) fn fixture(env: &[(&str, &str)], mapping: Option<&str>) -> Fixture {
+pub(in crate::imds) fn fixture(env: &[(&str, &str)], mapping: Option<&str>) -> Fixture {
     fixture_with(env, mapping, false)
 }
 
 /// [`fixture`], as built when the eBPF redirect is attached (cgroup ids resolved below an empty
 /// folder standing in for the cgroup2 mount).
-pub(super) fn redirected_fixture(env: &[(&str, &str)], mapping: Option<&str>) -> Fixture {
+pub(in crate::imds) fn redirected_fixture(env: &[(&str, &str)], mapping: Option<&str>) -> Fixture {
     fixture_with(env, mapping, true)
 }
 
@@ -88,7 +88,7 @@ fn fixture_with(env: &[(&str, &str)], mapping: Option<&str>, redirected: bool) -
     }
 }
 
-pub(super) fn conn(ip: &str) -> ConnInfo {
+pub(in crate::imds) fn conn(ip: &str) -> ConnInfo {
     ConnInfo::new(
         SocketAddr::new(ip.parse().unwrap(), 40000),
         "127.0.0.1:45001".parse().unwrap(),
@@ -96,7 +96,7 @@ pub(super) fn conn(ip: &str) -> ConnInfo {
     )
 }
 
-pub(super) async fn call(
+pub(in crate::imds) async fn call(
     f: &Fixture,
     ip: &str,
     method: Method,
@@ -107,7 +107,7 @@ pub(super) async fn call(
 }
 
 /// [`call`] on the connection `conn`.
-pub(super) async fn call_on(
+pub(in crate::imds) async fn call_on(
     f: &Fixture,
     conn: &ConnInfo,
     method: Method,
@@ -544,3 +544,6 @@ fn debug_of_secret_bearing_values_is_redacted() {
         assert!(shown.contains("redacted"), "{shown}");
     }
 }
+
+#[path = "record_less_tests.rs"]
+mod record_less;

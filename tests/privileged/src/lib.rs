@@ -17,18 +17,9 @@ pub use net::{Bridge, GATEWAY, Netns};
 pub use site::{HOST_MAC, Site, UDP_PORT};
 pub use standin::{HOST_MARKER, Standin};
 
-/// Where cgroup v2 is mounted (`/proc/self/mountinfo`), or a panic naming what is missing.
+/// Where cgroup v2 is mounted, or a panic naming what is missing.
 pub fn cgroup2() -> PathBuf {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("reading mountinfo");
-    info.lines()
-        .find(|l| {
-            l.split(" - ")
-                .nth(1)
-                .is_some_and(|r| r.starts_with("cgroup2 "))
-        })
-        .and_then(|l| l.split(' ').nth(4))
-        .map(PathBuf::from)
-        .expect("no cgroup2 mount: the eBPF redirect needs cgroup v2")
+    metadataproxy_tests::cgroup2_mount()
 }
 
 /// Runs a command to completion, panicking with its output if it fails.

@@ -1,6 +1,7 @@
 //! Benchmark (not a timed test): per-connection cost of the eBPF redirect + identification versus a
 //! direct connection to the daemon. Run by `cargo xtask bench-redirect`; prints medians.
 
+#[path = "privileged/common.rs"]
 mod common;
 
 use std::io::{Read as _, Write as _};

@@ -1,5 +1,8 @@
 //! The per-test world shared by the privileged tests and the benchmark.
-#![allow(dead_code, reason = "each test binary uses a different part")]
+#![allow(
+    dead_code,
+    reason = "the privileged tests and the benchmark each use a different part"
+)]
 
 use std::collections::BTreeMap;
 

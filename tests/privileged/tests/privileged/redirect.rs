@@ -7,8 +7,7 @@
 use metadataproxy_privileged_tests::{Cgroup, Daemon, HOST_MARKER, Netns, cgroup2, fetch};
 use metadataproxy_tests::Moto;
 
-mod common;
-use common::{CREDS, IMDS, World, mapping_by_rel};
+use crate::common::{CREDS, IMDS, World, mapping_by_rel};
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "privileged: run by `cargo xtask test-privileged`"]

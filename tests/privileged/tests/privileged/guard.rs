@@ -18,8 +18,7 @@ use metadataproxy_common::{Conn6, Record};
 use metadataproxy_privileged_tests::{Cgroup, HOST_MARKER, Netns, fetch, sh};
 use metadataproxy_tests::free_port;
 
-mod common;
-use common::{CREDS, IMDS, World, mapping_by_rel};
+use crate::common::{CREDS, IMDS, World, mapping_by_rel};
 
 /// Runs `cmd` (a shell command line) in `cgroup` (and `netns`): (success, stdout + stderr).
 fn run_in(cgroup: &Cgroup, netns: Option<&Netns>, cmd: &str) -> (bool, String) {

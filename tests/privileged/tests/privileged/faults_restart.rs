@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use metadataproxy_privileged_tests::{Cgroup, HOST_MARKER, fetch};
 use metadataproxy_tests::{ImdsCredentials, Moto};
 
-mod common;
-use common::{CREDS, IMDS, World, mapping_by_rel};
+use crate::common::{CREDS, IMDS, World, mapping_by_rel};
 
 const CALLERS: [&str; 5] = ["k0", "k1", "k2", "k3", "k4"];
 

@@ -22,8 +22,7 @@ use metadataproxy_tests::free_port;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpSocket;
 
-mod common;
-use common::{CREDS, IMDS, World, mapping_by_rel};
+use crate::common::{CREDS, IMDS, World, mapping_by_rel};
 
 type Conn4Map = HashMap<MapData, Conn4, Record>;
 

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use metadataproxy_privileged_tests::{Daemon, fetch, sh};
 use metadataproxy_tests::Moto;
 
-mod common;
-use common::{CREDS, IMDS, World, mapping_by_rel};
+use crate::common::{CREDS, IMDS, World, mapping_by_rel};
 
 /// The unit's `AmbientCapabilities=` as setpriv's `+bpf,+perfmon,…` list.
 fn unit_capabilities() -> String {
