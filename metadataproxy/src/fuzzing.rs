@@ -11,11 +11,12 @@ use std::time::{Duration, SystemTime};
 use crate::caller::Identity;
 use crate::cgroup;
 use crate::clock::ManualClock;
-use crate::config::{Config, SessionKey};
+use crate::config::Config;
 use crate::containers::ContainerRole;
 use crate::identity::mapping_file;
 use crate::imds::path::{self, Category};
 use crate::imds::token::{self, TokenStore};
+use crate::role::SessionKey;
 use crate::role::{AccountMap, AccountRef, RoleArn, RoleSpec, SessionName, validate_external_id};
 
 /// A fuzz target's entry point.

@@ -36,15 +36,6 @@ pub enum Mode {
     Doctor,
 }
 
-/// Where a container's role session name comes from (`ROLE_SESSION_KEY`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionKey {
-    /// `Env:KEY` — an environment variable of the container.
-    Env(String),
-    /// `Labels:KEY` — a label of the container.
-    Label(String),
-}
-
 /// What proxy mode forwards (`PROXY_ALLOWED_PATHS`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProxyPaths {
@@ -130,7 +121,7 @@ pub struct Config {
     /// `HOSTNAME_MATCH_REGEX`, compiled.
     pub hostname_match_regex: regex::Regex,
     /// `ROLE_SESSION_KEY`.
-    pub role_session_key: Option<SessionKey>,
+    pub role_session_key: Option<crate::role::SessionKey>,
     /// `PATCH_ECS_ALLOWED_HOSTS`.
     pub patch_ecs_allowed_hosts: Option<String>,
     /// `IMDSV2_REQUIRED`.

@@ -10,8 +10,8 @@ use clap::{Arg, ArgAction, Command};
 
 use super::reader::Reader;
 use super::settings::{self as s, Kind, SETTINGS, Setting};
-use super::{Config, DOCKER_OFF, Endpoint, Env, HttpLimits, LogFormat, ProxyPaths, SessionKey};
-use crate::role::{AccountMap, RoleSpec};
+use super::{Config, DOCKER_OFF, Endpoint, Env, HttpLimits, LogFormat, ProxyPaths};
+use crate::role::{AccountMap, RoleSpec, SessionKey};
 
 pub(super) fn command() -> Command {
     let mut cmd = Command::new("metadataproxy")

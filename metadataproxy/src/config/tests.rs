@@ -101,7 +101,10 @@ fn every_setting_is_read_from_env_and_flag() {
     assert_eq!(c.account_map.get("prod"), Some("111111111111"));
     assert_eq!(c.aws_region.as_deref(), Some("cn-north-1"));
     assert_eq!(c.expiration_threshold, Duration::from_secs(300));
-    assert_eq!(c.role_session_key, Some(SessionKey::Label("job".into())));
+    assert_eq!(
+        c.role_session_key,
+        Some(crate::role::SessionKey::Label("job".into()))
+    );
     assert_eq!(c.log_format, LogFormat::Json);
     assert_eq!(c.log_filter, "debug");
     assert_eq!(

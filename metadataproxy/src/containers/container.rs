@@ -5,8 +5,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use super::settings::{self, Authorization, ContainerRole};
-use crate::config::SessionKey;
 use crate::identity::{ConnInfo, Found, Source, Workload};
+use crate::role::SessionKey;
 
 /// Lyft's label for the address Rancher's managed network gives a container (`ip/prefix`).
 pub const RANCHER_IP_LABEL: &str = "io.rancher.container.ip";

@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::config::SessionKey;
 use crate::creds::Secret;
 use crate::identity::Answer;
+use crate::role::SessionKey;
 use crate::role::{ExternalIdError, RoleAssignment, RoleSpec, RoleSpecError, SessionName};
 
 /// The container variable naming its role (Lyft's).

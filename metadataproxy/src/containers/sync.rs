@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use super::container::{Container, ContainerInfo, short};
 use super::index::{Change, ContainerIndex};
 use super::source::{Connection, ContainerSource, Event, SourceError};
-use crate::config::SessionKey;
+use crate::role::SessionKey;
 
 /// How far back events are replayed on subscribing (covers the listing, and clock rounding).
 const REPLAY: Duration = Duration::from_secs(2);

@@ -107,7 +107,7 @@ async fn container_without_role_and_no_default_gets_nothing() {
 #[tokio::test]
 async fn default_role_takes_the_containers_session_name() {
     let index = ContainerIndex::new();
-    let session = crate::config::SessionKey::Env("WHO".into());
+    let session = crate::role::SessionKey::Env("WHO".into());
     index.upsert(Container::new(
         &info("c", "172.17.0.4", "c", "", &["WHO=alice"]),
         Some(&session),

@@ -18,5 +18,5 @@ pub use assignment::{
 };
 pub use names::{IamNameError, MAX_NAME_LEN, MAX_PATH_LEN};
 pub use resolve::{ResolveError, Resolved, resolve};
-pub use session::{MAX_SESSION_NAME_LEN, MIN_SESSION_NAME_LEN, SessionName};
+pub use session::{MAX_SESSION_NAME_LEN, MIN_SESSION_NAME_LEN, SessionKey, SessionName};
 pub use spec::{AccountRef, RoleSpec, RoleSpecError};

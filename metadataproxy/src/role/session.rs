@@ -50,6 +50,15 @@ impl fmt::Display for SessionName {
     }
 }
 
+/// Where a container's role session name comes from (`ROLE_SESSION_KEY`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionKey {
+    /// `Env:KEY` — an environment variable of the container.
+    Env(String),
+    /// `Labels:KEY` — a label of the container.
+    Label(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
