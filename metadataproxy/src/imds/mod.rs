@@ -2,7 +2,6 @@
 
 pub mod conn;
 pub mod ecs;
-pub mod ecs_token_file;
 pub mod iam;
 pub mod mock;
 pub mod path;

@@ -18,7 +18,8 @@ use http::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use subtle::ConstantTimeEq as _;
 
-use super::ecs_token_file;
+mod token_file;
+
 use super::iam::Iam;
 use super::response::{self, Body};
 use crate::containers::{Authorization, short};
@@ -70,7 +71,7 @@ impl CallerTokens for CallerContainer {
                 Authorization::Unset => Expected::Unset,
                 Authorization::Token(token) => Expected::Token(token.clone()),
                 Authorization::File(path) => {
-                    match ecs_token_file::read(found.pid, &found.id, found.cgroup.as_deref(), path)
+                    match token_file::read(found.pid, &found.id, found.cgroup.as_deref(), path)
                         .await
                     {
                         Ok(token) => Expected::Token(token),
@@ -256,5 +257,4 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
 }
 
 #[cfg(test)]
-#[path = "ecs_tests.rs"]
 mod tests;

@@ -76,6 +76,7 @@ impl ReadLimits {
     }
 
     /// Containers with a read in progress or waited for.
+    #[cfg(test)]
     pub fn containers(&self) -> usize {
         self.lock().len()
     }

@@ -18,7 +18,6 @@
 use std::io::Read as _;
 use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::os::unix::fs::MetadataExt as _;
-use std::path::Path;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -30,7 +29,7 @@ use thiserror::Error;
 
 use crate::creds::Secret;
 
-#[path = "ecs_token_file_limit.rs"]
+#[path = "token_file_limit.rs"]
 mod limit;
 
 pub use limit::{MAX_CONCURRENT_READS, ReadLimits};
@@ -210,8 +209,10 @@ fn in_container(cgroups: &ProcessCGroups, container_id: &str, cgroup: Option<&st
     }
 }
 
-/// Reads `path` as if `root` were `/`: the token, without one trailing line break.
-pub fn read_in(root: &Path, path: &str) -> Result<Secret, TokenFileError> {
+/// Reads `path` as if `root` were `/`: the token, without one trailing line break (the tests
+/// read through a root of their own; the daemon through a process's, [`read`]).
+#[cfg(test)]
+pub fn read_in(root: &std::path::Path, path: &str) -> Result<Secret, TokenFileError> {
     if !path.starts_with('/') {
         return Err(TokenFileError::NotAbsolute);
     }
@@ -281,5 +282,5 @@ fn token(mut bytes: Vec<u8>) -> Result<Secret, TokenFileError> {
 }
 
 #[cfg(test)]
-#[path = "ecs_token_file_tests.rs"]
+#[path = "token_file_tests.rs"]
 mod tests;
