@@ -5,8 +5,6 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-
 use crate::admin::ready::{EbpfState, StsCheck};
 use crate::admin::{Admin, Readiness};
 use crate::cgroup::CgroupPaths;
@@ -50,13 +48,8 @@ pub enum AppError {
     #[error("eBPF redirect (EBPF=required): {0}")]
     Ebpf(#[from] crate::ebpf::EbpfError),
     /// The listen address cannot be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] server::BindError),
 }
 
 /// What the IMDS API is built on besides the configuration: AWS, time, and where callers and
@@ -460,9 +453,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Listen before the redirect points at us, so a restart has no window without a listener.
     // Connection records from before this moment are stale; later ones are in our backlog.
     let listening_since = crate::ebpf::monotonic_now().unwrap_or(std::time::Duration::MAX);
-    let listener = bind(config.listen).await?;
+    let listener = server::bind(config.listen).await?;
     let admin_listener = match config.admin_listen {
-        Some(addr) => Some(bind(addr).await?),
+        Some(addr) => Some(server::bind(addr).await?),
         None => None,
     };
     // containerd puts containers at /<namespace>/<id> whatever their names.
@@ -477,8 +470,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         crate::ebpf::start(&config.ebpf, target, Box::new(policy), listening_since).await?;
     let mut extra = Vec::new();
     if kernel.is_some() {
-        for target in targets_to_bind(config.listen, &config.ebpf, dual_stack()) {
-            extra.push(bind(target).await?);
+        for target in server::targets_to_bind(config.listen, &config.ebpf, server::dual_stack()) {
+            extra.push(server::bind(target).await?);
         }
     }
     let table = kernel.as_ref().map(|k| Arc::clone(&k.table));
@@ -570,58 +563,6 @@ fn admin(
         cache: Arc::clone(&parts.cache),
         occupancy: table.map(|t| crate::admin::Occupancy::new(t, map_size)),
     }
-}
-
-async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| AppError::Bind { addr, source })
-}
-
-/// The address a connection to `addr` arrives at: an IPv4-mapped IPv6 target is reached over
-/// IPv4 (the socket that connects there talks IPv4).
-fn arrives_at(addr: std::net::SocketAddr) -> std::net::SocketAddr {
-    match addr {
-        std::net::SocketAddr::V6(v6) => v6
-            .ip()
-            .to_ipv4_mapped()
-            .map_or(addr, |ip| std::net::SocketAddr::from((ip, v6.port()))),
-        std::net::SocketAddr::V4(_) => addr,
-    }
-}
-
-/// Whether a listener on `listen` also accepts connections to `addr`; `dual_stack`: a listener
-/// on `[::]` accepts IPv4 too (`net.ipv6.bindv6only` = 0, Linux's default).
-fn covers(listen: std::net::SocketAddr, addr: std::net::SocketAddr, dual_stack: bool) -> bool {
-    let addr = arrives_at(addr);
-    listen.port() == addr.port()
-        && (listen.ip() == addr.ip()
-            || listen.ip().is_unspecified()
-                && (listen.is_ipv6() == addr.is_ipv6() || listen.is_ipv6() && dual_stack))
-}
-
-/// Whether a listener on `[::]` also accepts IPv4 here (`net.ipv6.bindv6only` is 0).
-fn dual_stack() -> bool {
-    std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").is_ok_and(|v| v.trim() == "0")
-}
-
-/// The redirect targets a listener on `listen` does not cover: the daemon listens there too.
-fn targets_to_bind(
-    listen: std::net::SocketAddr,
-    ebpf: &crate::config::EbpfConfig,
-    dual_stack: bool,
-) -> Vec<std::net::SocketAddr> {
-    let mut extra: Vec<std::net::SocketAddr> = Vec::new();
-    let targets = std::iter::once(std::net::SocketAddr::V4(ebpf.target4))
-        .chain(ebpf.target6.map(std::net::SocketAddr::V6));
-    for target in targets.map(arrives_at) {
-        let covered = covers(listen, target, dual_stack)
-            || extra.iter().any(|e| covers(*e, target, dual_stack));
-        if !covered {
-            extra.push(target);
-        }
-    }
-    extra
 }
 
 #[cfg(test)]

@@ -5,6 +5,9 @@
 //! answers each request.
 
 mod io;
+mod listen;
+
+pub use listen::{BindError, bind, dual_stack, targets_to_bind};
 
 use std::convert::Infallible;
 use std::future::Future;
