@@ -290,3 +290,6 @@ impl<T: Identify + ?Sized> Identify for Arc<T> {
         (**self).identify(conn)
     }
 }
+
+#[cfg(test)]
+mod tests;
