@@ -239,8 +239,10 @@ pub fn parse(json: &str) -> Result<Mapping, MappingError> {
 fn parse_bytes(json: &[u8]) -> Result<Mapping, MappingError> {
     let origin = Origin(None);
     let Entries(entries) = serde_json::from_slice(json).map_err(|source| {
+        // Valid JSON that is not an object (the only way valid JSON fails here: every object's
+        // keys are strings and its values any `Value`), else the syntax error where it is.
         match serde_json::from_slice::<Value>(json) {
-            Ok(value) if source.is_data() => MappingError::NotAnObject {
+            Ok(value) => MappingError::NotAnObject {
                 origin: origin.clone(),
                 found: json_type(&value),
             },

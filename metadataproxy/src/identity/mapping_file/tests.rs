@@ -110,6 +110,7 @@ fn parses_all_key_and_value_forms() {
     );
     assert!(m.lookup_cgroup("/kubepods.slice").is_none());
     assert!(ok("{}").is_empty());
+    assert!(!ok(r#"{"10.0.0.1": "web"}"#).is_empty());
 }
 
 #[test]
