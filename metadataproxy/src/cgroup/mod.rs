@@ -7,6 +7,8 @@ mod path;
 mod resolve;
 mod tree;
 
-pub use path::{ContainerRef, ancestors, container_of, is_container_path, is_within, named_ids};
+pub use path::{
+    ContainerRef, ancestors, container_of, is_container_path, is_within, named_ids, v2_path,
+};
 pub use resolve::CgroupPaths;
 pub use tree::tree;

@@ -70,6 +70,15 @@ pub fn container_of(path: &str) -> Option<ContainerRef> {
     None
 }
 
+/// The cgroup v2 path of a process: the `0::/path` entry of its `/proc/<pid>/cgroup`, if any.
+pub fn v2_path(cgroups: &procfs::ProcessCGroups) -> Option<&str> {
+    cgroups
+        .0
+        .iter()
+        .find(|c| c.hierarchy == 0 && c.controllers.is_empty())
+        .map(|c| c.pathname.as_str())
+}
+
 /// Whether the cgroup at `path` is `cgroup` itself or lies below it, compared segment by segment
 /// (`/a/bc` is not below `/a/b`). Paths are relative to the cgroup2 mount and start with `/`.
 pub fn is_within(path: &str, cgroup: &str) -> bool {

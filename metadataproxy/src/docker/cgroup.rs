@@ -14,7 +14,7 @@ use procfs::ProcessCGroups;
 use procfs::process::Process;
 use thiserror::Error;
 
-use crate::cgroup::named_ids;
+use crate::cgroup::{named_ids, v2_path};
 
 /// Why a container's cgroup could not be verified: it cannot be identified by cgroup.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -75,12 +75,8 @@ pub fn container_cgroup(
     pid: u32,
     id: &str,
 ) -> Result<String, CgroupError> {
-    let path = cgroups
-        .0
-        .iter()
-        .find(|c| c.hierarchy == 0 && c.controllers.is_empty())
+    let path = v2_path(cgroups)
         .ok_or(CgroupError::NoV2 { pid })?
-        .pathname
         .trim_end();
     if !path.starts_with('/') || path.split('/').any(|s| s == ".." || s == ".") {
         return Err(CgroupError::OutsideNamespace {

@@ -135,11 +135,7 @@ pub fn fs_type(mounts: &MountInfos, path: &Path) -> Option<String> {
 
 /// The cgroup v2 path of a process (the `0::/path` line of `/proc/<pid>/cgroup`).
 pub fn current_cgroup(cgroups: &ProcessCGroups) -> Option<String> {
-    cgroups
-        .0
-        .iter()
-        .find(|c| c.hierarchy == 0 && c.controllers.is_empty())
-        .map(|c| c.pathname.clone())
+    crate::cgroup::v2_path(cgroups).map(str::to_owned)
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use nix::sys::stat::{Mode, SFlag, fstat};
 use procfs::{FromRead as _, ProcessCGroups};
 use thiserror::Error;
 
+use crate::cgroup::{is_within, v2_path};
 use crate::creds::Secret;
 
 #[path = "token_file_limit.rs"]
@@ -196,15 +197,7 @@ fn in_container(cgroups: &ProcessCGroups, container_id: &str, cgroup: Option<&st
     match cgroup.map(|c| c.trim_end_matches('/')) {
         // The root cgroup is no container's.
         Some("") => false,
-        Some(own) => cgroups
-            .0
-            .iter()
-            .filter(|c| c.hierarchy == 0 && c.controllers.is_empty())
-            .any(|c| {
-                c.pathname
-                    .strip_prefix(own)
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-            }),
+        Some(own) => v2_path(cgroups).is_some_and(|path| is_within(path, own)),
         None => cgroups.0.iter().any(|c| c.pathname.contains(container_id)),
     }
 }
