@@ -22,7 +22,7 @@ use crate::docker::{
 };
 use crate::ebpf::ConnTable;
 use crate::identity::mapping_file::CgroupSource;
-use crate::identity::mapping_file::{MappingError, MappingFile};
+use crate::identity::mapping_file::{Mapping, MappingError, MappingFile};
 use crate::identity::{AddressIdentity, Chain, Identify, MappingPolicy};
 use crate::imds::conn::ConnLimits;
 use crate::imds::ecs::Ecs;
@@ -32,6 +32,7 @@ use crate::imds::proxy::{AllowList, Upstream};
 use crate::imds::service::{Imds, Passthrough};
 use crate::imds::site::ImdsSite;
 use crate::imds::token::TokenStore;
+use crate::policy::{AssignedBy, Gate, PolicyError, PolicyFile, Subject};
 use crate::role::RoleAssignment;
 use crate::server;
 
@@ -44,6 +45,9 @@ pub enum AppError {
     /// `ROLE_MAPPING_FILE` cannot be loaded at start-up.
     #[error(transparent)]
     MappingFile(#[from] MappingError),
+    /// `ROLE_POLICY_FILE` cannot be loaded at start-up.
+    #[error(transparent)]
+    PolicyFile(#[from] PolicyError),
     /// The eBPF redirect is required and cannot be set up.
     #[error("eBPF redirect (EBPF=required): {0}")]
     Ebpf(#[from] crate::ebpf::EbpfError),
@@ -97,11 +101,17 @@ pub fn build(config: &Config, peers: Peers) -> Result<Parts, AppError> {
         Some(path) => Some(Arc::new(MappingFile::load(path)?)),
         None => None,
     };
+    let policy = role_policy(config)?;
     let (resolver, cache) = credentials(config, sts, &clock);
-    // Credentials ready before the first request: every role the configuration names is
-    // fetched now, and again for the roles of each reloaded mapping.
+    let fetch = Prefetch {
+        resolver: Arc::clone(&resolver),
+        cache: Arc::clone(&cache),
+        policy: policy.clone(),
+    };
+    // Credentials ready before the first request: every role the configuration names (and the
+    // role policy allows) is fetched now, and again for the roles of each reloaded mapping.
     let default_role = config.default_role.clone().map(RoleAssignment::from_role);
-    let mut known: Vec<Arc<RoleAssignment>> = default_role.iter().cloned().map(Arc::new).collect();
+    let mut known: Vec<Wanted> = default_role.iter().map(Wanted::default_role).collect();
     // With the redirect attached, a connection without a kernel record chose to skip it.
     let by_address = match &cgroups {
         Some(_) => AddressIdentity::Only(config.ebpf.direct_callers.clone().into()),
@@ -111,6 +121,7 @@ pub fn build(config: &Config, peers: Peers) -> Result<Parts, AppError> {
         resolver: &resolver,
         cache: &cache,
         default_role: default_role.clone().map(Arc::new),
+        policy: &policy,
     };
     let containerd = match (containerd, &cgroups) {
         (Some(source), Some(paths)) => {
@@ -137,10 +148,10 @@ pub fn build(config: &Config, peers: Peers) -> Result<Parts, AppError> {
         _ => None,
     };
     let mapping_by_ip = mapping_file.map(|file| {
-        known.extend(file.current().assignments().cloned());
-        let (resolver, cache) = (Arc::clone(&resolver), Arc::clone(&cache));
+        known.extend(Wanted::mapped(&file.current()));
+        let fetch = fetch.clone();
         Arc::clone(&file).spawn_reloader(config.mapping_reload_interval, move |mapping| {
-            prefetch(&resolver, &cache, mapping.assignments().cloned().collect());
+            fetch.start(Wanted::mapped(&mapping));
         });
         Box::new(file) as Box<dyn Identify>
     });
@@ -168,22 +179,33 @@ pub fn build(config: &Config, peers: Peers) -> Result<Parts, AppError> {
     .into_iter()
     .flatten()
     .collect();
-    prefetch(&resolver, &cache, known);
+    fetch.start(known);
     let chain = Arc::new(Chain::new(sources, default_role).with_address_identity(by_address));
-    let imds = imds(
-        config,
+    let iam = Iam {
         chain,
         resolver,
-        Arc::clone(&cache),
-        clock,
-        caller_container,
-    );
+        cache: Arc::clone(&cache),
+        clock: Arc::clone(&clock),
+        policy,
+        cgroups,
+    };
+    let imds = imds(config, iam, clock, caller_container);
     Ok(Parts {
         imds,
         cache,
         index: docker_index,
         containerd: containerd_index,
     })
+}
+
+/// `ROLE_POLICY_FILE`, loaded and followed (a broken version keeps the last good one).
+fn role_policy(config: &Config) -> Result<Gate, PolicyError> {
+    let Some(path) = &config.role_policy_file else {
+        return Ok(Gate::default());
+    };
+    let file = Arc::new(PolicyFile::load(path)?);
+    Arc::clone(&file).spawn_reloader(config.mapping_reload_interval, |_| {});
+    Ok(Gate::new(Some(file)))
 }
 
 /// The role resolver and the credential cache (its refresher started).
@@ -213,12 +235,10 @@ fn credentials(
     (resolver, cache)
 }
 
-/// The IMDS API over its identification chain and credentials.
+/// The IMDS API over its IAM routes.
 fn imds(
     config: &Config,
-    chain: Arc<Chain>,
-    resolver: Arc<Resolver>,
-    cache: Arc<CredentialCache>,
+    iam: Iam,
     clock: Arc<dyn Clock>,
     caller_container: CallerContainer,
 ) -> Arc<Imds> {
@@ -232,12 +252,7 @@ fn imds(
         )))
     };
     Arc::new(Imds {
-        iam: Iam {
-            chain,
-            resolver,
-            cache,
-            clock: Arc::clone(&clock),
-        },
+        iam,
         tokens: TokenStore::new(
             config.token_max_total,
             config.token_max_per_caller,
@@ -273,15 +288,19 @@ struct ContainerUse<'a> {
     resolver: &'a Arc<Resolver>,
     cache: &'a Arc<CredentialCache>,
     default_role: Option<Arc<RoleAssignment>>,
+    policy: &'a Gate,
 }
 
 impl ContainerUse<'_> {
     fn prefetcher(&self) -> Arc<Prefetcher> {
-        Arc::new(Prefetcher::new(
-            Arc::clone(self.resolver),
-            Arc::clone(self.cache),
-            self.default_role.clone(),
-        ))
+        Arc::new(
+            Prefetcher::new(
+                Arc::clone(self.resolver),
+                Arc::clone(self.cache),
+                self.default_role.clone(),
+            )
+            .with_policy(self.policy.clone()),
+        )
     }
 }
 
@@ -324,6 +343,7 @@ fn docker_sources(
     };
     let sync = SyncConfig {
         session_key: config.role_session_key.clone(),
+        tags: config.session_tags.clone(),
         ping_interval: config.docker_ping_interval,
         ..SyncConfig::default()
     };
@@ -364,6 +384,7 @@ fn containerd_sources(
 ) -> (Arc<ContainerIndex>, Box<dyn Identify>) {
     let sync = SyncConfig {
         session_key: config.role_session_key.clone(),
+        tags: config.session_tags.clone(),
         ..SyncConfig::default()
     };
     let (index, _task) = containers::spawn(source, containers.prefetcher(), sync);
@@ -412,26 +433,75 @@ fn containerd_source(
     }
 }
 
-/// Starts fetching credentials for each assignment in the background.
-fn prefetch(
-    resolver: &Arc<Resolver>,
-    cache: &Arc<CredentialCache>,
-    assignments: Vec<Arc<RoleAssignment>>,
-) {
-    if assignments.is_empty() {
-        return;
+/// A role the configuration names, to fetch before anyone asks.
+struct Wanted {
+    assignment: Arc<RoleAssignment>,
+    assigned_by: AssignedBy,
+    /// The cgroup of a `cgroup:` mapping entry.
+    cgroup: Option<String>,
+}
+
+impl Wanted {
+    /// `DEFAULT_ROLE`.
+    fn default_role(a: &RoleAssignment) -> Wanted {
+        Wanted {
+            assignment: Arc::new(a.clone()),
+            assigned_by: AssignedBy::DefaultRole,
+            cgroup: None,
+        }
     }
-    let (resolver, cache) = (Arc::clone(resolver), Arc::clone(cache));
-    tokio::spawn(async move {
-        for assignment in assignments {
-            match resolver.cache_key(&assignment).await {
-                Ok((key, _)) => cache.prefetch(&key),
-                Err(e) => {
-                    tracing::warn!(role = %assignment.role, error = %e, "cannot prefetch credentials");
+
+    /// Every entry of a mapping.
+    fn mapped(mapping: &Mapping) -> Vec<Wanted> {
+        mapping
+            .entries()
+            .map(|(cgroup, a)| Wanted {
+                assignment: Arc::clone(a),
+                assigned_by: AssignedBy::MappingFile,
+                cgroup: cgroup.map(str::to_owned),
+            })
+            .collect()
+    }
+}
+
+/// Fetches the roles the configuration names, in the background.
+#[derive(Clone)]
+struct Prefetch {
+    resolver: Arc<Resolver>,
+    cache: Arc<CredentialCache>,
+    policy: Gate,
+}
+
+impl Prefetch {
+    /// Starts fetching credentials for each wanted role the role policy allows.
+    fn start(&self, wanted: Vec<Wanted>) {
+        if wanted.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            for w in wanted {
+                match this.resolver.cache_key(&w.assignment).await {
+                    Ok((key, arn)) => {
+                        let subject = Subject {
+                            assigned_by: w.assigned_by,
+                            workload: None,
+                            cgroup: w.cgroup.as_deref(),
+                        };
+                        match this.policy.check(&subject, &arn, &key.role_arn) {
+                            Ok(()) => this.cache.prefetch(&key),
+                            Err(refused) => {
+                                tracing::info!(role_arn = %key.role_arn, assigned_by = w.assigned_by.as_str(), cgroup = w.cgroup.as_deref(), rule = %refused.rule, reason = %refused.why, "not prefetched: the role policy refuses it");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(role = %w.assignment.role, error = %e, "cannot prefetch credentials");
+                    }
                 }
             }
-        }
-    });
+        });
+    }
 }
 
 /// Runs the daemon until `shutdown` completes.

@@ -21,5 +21,7 @@ pub mod identity;
 pub mod imds;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod role;
 pub mod server;
+pub mod watched;

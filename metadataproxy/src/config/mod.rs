@@ -116,6 +116,10 @@ pub struct Config {
     pub expiration_threshold: Duration,
     /// `ROLE_MAPPING_FILE`.
     pub role_mapping_file: Option<PathBuf>,
+    /// `ROLE_POLICY_FILE`.
+    pub role_policy_file: Option<PathBuf>,
+    /// `SESSION_TAGS`, `SESSION_TAGS_TRANSITIVE`, `SOURCE_IDENTITY`.
+    pub session_tags: crate::role::TagsConfig,
     /// `ROLE_REVERSE_LOOKUP`.
     pub role_reverse_lookup: bool,
     /// `HOSTNAME_MATCH_REGEX`, compiled.

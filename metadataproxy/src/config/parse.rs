@@ -11,7 +11,7 @@ use clap::{Arg, ArgAction, Command};
 use super::reader::Reader;
 use super::settings::{self as s, Kind, SETTINGS, Setting};
 use super::{Config, DOCKER_OFF, Endpoint, Env, HttpLimits, LogFormat, ProxyPaths};
-use crate::role::{AccountMap, RoleSpec, SessionKey};
+use crate::role::{AccountMap, RoleSpec, SessionKey, TagsConfig, WorkloadField};
 
 pub(super) fn command() -> Command {
     let mut cmd = Command::new("metadataproxy")
@@ -116,6 +116,30 @@ fn session_key(v: &str) -> Result<SessionKey, String> {
         Err("names no key after the prefix".to_owned())
     } else {
         Ok(kind(key.to_owned()))
+    }
+}
+
+/// `SESSION_TAGS`, `SESSION_TAGS_TRANSITIVE` and `SOURCE_IDENTITY` (errors recorded in `r`).
+fn session_tags(r: &mut Reader<'_>) -> TagsConfig {
+    let tags = r
+        .parse(s::SESSION_TAGS, |v| {
+            TagsConfig::parse_tags(v).map_err(|e| e.to_string())
+        })
+        .unwrap_or_default();
+    // With SESSION_TAGS invalid, its keys are unknown: its own error says what to fix.
+    let transitive = if r.has_errors_for(s::SESSION_TAGS) {
+        Vec::new()
+    } else {
+        r.parse(s::SESSION_TAGS_TRANSITIVE, |v| {
+            TagsConfig::parse_transitive(v, &tags).map_err(|e| e.to_string())
+        })
+        .unwrap_or_default()
+    };
+    let source_identity = r.parse(s::SOURCE_IDENTITY, WorkloadField::parse);
+    TagsConfig {
+        tags,
+        transitive,
+        source_identity,
     }
 }
 
@@ -230,6 +254,8 @@ where
     });
     let threshold = r.parse(s::ROLE_EXPIRATION_THRESHOLD, integer(0, 720));
     let role_mapping_file = r.optional(s::ROLE_MAPPING_FILE).map(PathBuf::from);
+    let role_policy_file = r.optional(s::ROLE_POLICY_FILE).map(PathBuf::from);
+    let session_tags = session_tags(&mut r);
     let role_reverse_lookup = r.boolean(s::ROLE_REVERSE_LOOKUP);
     let hostname_match_regex = r.parse(s::HOSTNAME_MATCH_REGEX, |v| {
         regex::Regex::new(v).map_err(|e| e.to_string())
@@ -358,6 +384,8 @@ where
         aws_region,
         expiration_threshold: Duration::from_secs(threshold * 60),
         role_mapping_file,
+        role_policy_file,
+        session_tags,
         role_reverse_lookup,
         hostname_match_regex,
         role_session_key,

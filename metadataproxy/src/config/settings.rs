@@ -101,6 +101,10 @@ pub const CREDENTIAL_CACHE_SIZE: &str = "CREDENTIAL_CACHE_SIZE";
 pub const TOKEN_MAX_TOTAL: &str = "TOKEN_MAX_TOTAL";
 pub const TOKEN_MAX_PER_CALLER: &str = "TOKEN_MAX_PER_CALLER";
 pub const ROLE_MAPPING_RELOAD_INTERVAL: &str = "ROLE_MAPPING_RELOAD_INTERVAL";
+pub const ROLE_POLICY_FILE: &str = "ROLE_POLICY_FILE";
+pub const SESSION_TAGS: &str = "SESSION_TAGS";
+pub const SESSION_TAGS_TRANSITIVE: &str = "SESSION_TAGS_TRANSITIVE";
+pub const SOURCE_IDENTITY: &str = "SOURCE_IDENTITY";
 pub const ADMIN_LISTEN: &str = "ADMIN_LISTEN";
 pub const HTTP_HEADER_TIMEOUT: &str = "HTTP_HEADER_TIMEOUT";
 pub const HTTP_MAX_HEAD_BYTES: &str = "HTTP_MAX_HEAD_BYTES";
@@ -351,7 +355,35 @@ pub const SETTINGS: &[Setting] = &[
         "role-mapping-reload-interval",
         Some("1"),
         Kind::Value,
-        "seconds between checks of ROLE_MAPPING_FILE for changes",
+        "seconds between checks of ROLE_MAPPING_FILE and ROLE_POLICY_FILE for changes",
+    ),
+    ours(
+        ROLE_POLICY_FILE,
+        "role-policy-file",
+        None,
+        Kind::Value,
+        "JSON file of rules saying which workloads (by Kubernetes namespace, pod, container name, image, labels, cgroup) may assume which roles; set, anything it does not allow is refused with 403 and an audit line; reloaded when it changes, a broken version keeps the last good one; unset: every role is allowed",
+    ),
+    ours(
+        SESSION_TAGS,
+        "session-tags",
+        None,
+        Kind::Value,
+        "STS session tags for each container's sessions, `key=Source,…` with Source one of Name, Image, Namespace, PodName, PodUid, Labels:KEY, Env:KEY (e.g. `kubernetes-namespace=Namespace,kubernetes-pod-name=PodName`); values made to fit STS's rules; unset: no tags",
+    ),
+    ours(
+        SESSION_TAGS_TRANSITIVE,
+        "session-tags-transitive",
+        None,
+        Kind::Value,
+        "keys of SESSION_TAGS that are transitive (kept through role chaining), comma-separated",
+    ),
+    ours(
+        SOURCE_IDENTITY,
+        "source-identity",
+        None,
+        Kind::Value,
+        "STS SourceIdentity of each container's sessions, from one Source as in SESSION_TAGS (e.g. `PodName` or `Name`), so CloudTrail names the workload; the role's trust policy must allow sts:SetSourceIdentity; unset: none",
     ),
     ours(
         ADMIN_LISTEN,

@@ -132,6 +132,7 @@ impl ContainerdConnection {
             id: key(ns, id),
             name: spec::display_name(ns, id, &facts),
             running,
+            image: found.image,
             env: facts.env,
             labels: found.labels,
             cgroup: facts.cgroup,

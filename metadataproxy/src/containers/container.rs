@@ -3,10 +3,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::settings::{self, Authorization, ContainerRole};
 use crate::identity::{ConnInfo, Found, Source, Workload};
-use crate::role::SessionKey;
+use crate::role::{SessionKey, TagsConfig, WorkloadFacts};
 
 /// Lyft's label for the address Rancher's managed network gives a container (`ip/prefix`).
 pub const RANCHER_IP_LABEL: &str = "io.rancher.container.ip";
@@ -18,6 +19,8 @@ pub struct ContainerInfo {
     pub id: String,
     /// The name, without Docker's leading `/`.
     pub name: String,
+    /// Its image, as the runtime reports it (Docker's `Config.Image`, containerd's image name).
+    pub image: String,
     /// Whether it is running now.
     pub running: bool,
     /// `Config.Hostname`.
@@ -46,6 +49,7 @@ impl fmt::Debug for ContainerInfo {
         f.debug_struct("ContainerInfo")
             .field("id", &self.id)
             .field("name", &self.name)
+            .field("image", &self.image)
             .field("running", &self.running)
             .field("hostname", &self.hostname)
             .field("domainname", &self.domainname)
@@ -81,6 +85,8 @@ pub struct Container {
     pub authorization: Authorization,
     /// Its main process ([`ContainerInfo::pid`]): its token file is read through that root.
     pub pid: Option<u32>,
+    /// What the audit log and the role policy know of it (shared by every request it makes).
+    pub workload: Arc<Workload>,
 }
 
 impl Container {
@@ -93,15 +99,21 @@ impl Container {
         Found {
             answer: self.role.answer(),
             source,
-            workload: Some(Workload {
-                id: self.id.clone(),
-                name: self.name.clone(),
-            }),
+            workload: Some(Arc::clone(&self.workload)),
         }
     }
 
     /// Builds the index entry of a container; `session_key` is `ROLE_SESSION_KEY`.
     pub fn new(info: &ContainerInfo, session_key: Option<&SessionKey>) -> Container {
+        Self::with_tags(info, session_key, &TagsConfig::default())
+    }
+
+    /// [`Container::new`], its sessions tagged as `tags` says.
+    pub fn with_tags(
+        info: &ContainerInfo,
+        session_key: Option<&SessionKey>,
+        tags: &TagsConfig,
+    ) -> Container {
         let mut ips: Vec<IpAddr> = Vec::with_capacity(info.ips.len() + 1);
         let rancher = info
             .labels
@@ -119,12 +131,19 @@ impl Container {
         } else {
             format!("{}.{}", info.hostname, info.domainname)
         };
+        let context = tags.context_for(&WorkloadFacts {
+            name: &info.name,
+            image: &info.image,
+            labels: &info.labels,
+            env: &info.env,
+        });
         let role = settings::container_role_in_pod(
             &info.env,
             &info.labels,
             &info.pod_annotations,
             session_key,
-        );
+        )
+        .with_context(context);
         if settings::label_shadowed(&info.env, &info.labels) {
             tracing::warn!(
                 container = %info.name,
@@ -142,6 +161,12 @@ impl Container {
             cgroup: info.cgroup.clone(),
             authorization: settings::authorization(&info.env),
             pid: info.pid,
+            workload: Arc::new(Workload {
+                id: info.id.clone(),
+                name: info.name.clone(),
+                image: info.image.clone(),
+                labels: info.labels.clone(),
+            }),
         }
     }
 }

@@ -11,6 +11,7 @@ use super::settings::ContainerRole;
 use super::sync::IndexListener;
 use crate::creds::Resolver;
 use crate::creds::{CacheKey, CredentialCache};
+use crate::policy::{AssignedBy, Gate, Subject};
 use crate::role::RoleAssignment;
 
 /// What is held for one container.
@@ -34,6 +35,7 @@ pub struct Prefetcher {
     resolver: Arc<Resolver>,
     cache: Arc<CredentialCache>,
     default_role: Option<Arc<RoleAssignment>>,
+    policy: Gate,
     holds: Arc<Mutex<Holds>>,
 }
 
@@ -48,8 +50,16 @@ impl Prefetcher {
             resolver,
             cache,
             default_role,
+            policy: Gate::default(),
             holds: Arc::default(),
         }
+    }
+
+    /// This prefetcher, fetching only roles `policy` allows the container.
+    #[must_use]
+    pub fn with_policy(mut self, policy: Gate) -> Self {
+        self.policy = policy;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Holds> {
@@ -63,7 +73,7 @@ impl Prefetcher {
             ContainerRole::Default(session) => self
                 .default_role
                 .as_ref()
-                .map(|r| RoleAssignment::with_session(r, session.as_ref())),
+                .map(|r| RoleAssignment::with_session(r, session)),
             ContainerRole::Invalid(_) => None,
         }
     }
@@ -86,17 +96,30 @@ impl Prefetcher {
         };
         let this = self.clone();
         let (id, name) = (container.id.clone(), container.name.clone());
+        let (workload, cgroup) = (Arc::clone(&container.workload), container.cgroup.clone());
+        let assigned_by = match container.role {
+            ContainerRole::Default(_) => AssignedBy::DefaultRole,
+            _ => AssignedBy::Workload,
+        };
         // Resolving may call iam:GetRole: never on the synchroniser's path.
         tokio::spawn(async move {
             let key = match this.resolver.cache_key(&assignment).await {
-                Ok((key, _)) => key,
+                Ok((key, arn)) => {
+                    let subject = Subject {
+                        assigned_by,
+                        workload: Some(&workload),
+                        cgroup: cgroup.as_deref(),
+                    };
+                    if let Err(refused) = this.policy.check(&subject, &arn, &key.role_arn) {
+                        tracing::info!(container = %name, id = short(&id), role_arn = %key.role_arn, rule = %refused.rule, reason = %refused.why, "not prefetched: the role policy refuses the container its role");
+                        this.forget(&id, attempt);
+                        return;
+                    }
+                    key
+                }
                 Err(e) => {
                     tracing::warn!(container = %name, id = short(&id), role = %assignment.role, error = %e, "cannot prefetch the container's credentials");
-                    let mut holds = this.lock();
-                    if matches!(holds.by_container.get(&id), Some(Hold::Pending(a)) if *a == attempt)
-                    {
-                        holds.by_container.remove(&id);
-                    }
+                    this.forget(&id, attempt);
                     return;
                 }
             };
@@ -108,6 +131,14 @@ impl Prefetcher {
                 holds.by_container.insert(id, Hold::Held(key));
             }
         });
+    }
+
+    /// Drops the pending hold of attempt `attempt` for container `id` (not a later one's).
+    fn forget(&self, id: &str, attempt: u64) {
+        let mut holds = self.lock();
+        if matches!(holds.by_container.get(id), Some(Hold::Pending(a)) if *a == attempt) {
+            holds.by_container.remove(id);
+        }
     }
 
     fn release(&self, container: &Container) {

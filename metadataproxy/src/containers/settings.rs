@@ -21,7 +21,9 @@ use thiserror::Error;
 use crate::creds::Secret;
 use crate::identity::Answer;
 use crate::role::SessionKey;
-use crate::role::{ExternalIdError, RoleAssignment, RoleSpec, RoleSpecError, SessionName};
+use crate::role::{
+    ExternalIdError, RoleAssignment, RoleSpec, RoleSpecError, Session, SessionContext, SessionName,
+};
 
 /// The container variable naming its role (Lyft's).
 pub const ROLE_ENV: &str = "IAM_ROLE";
@@ -71,13 +73,27 @@ pub enum SettingsError {
 pub enum ContainerRole {
     /// Its own role.
     Role(Arc<RoleAssignment>),
-    /// It names no role: `DEFAULT_ROLE`, with its session name if `ROLE_SESSION_KEY` gave one.
-    Default(Option<SessionName>),
+    /// It names no role: `DEFAULT_ROLE`, with its session name if `ROLE_SESSION_KEY` gave one
+    /// (and its session tags and source identity, if configured).
+    Default(Session),
     /// Its settings are malformed: no credentials (404), other containers are unaffected.
     Invalid(SettingsError),
 }
 
 impl ContainerRole {
+    /// This role with the workload's session tags and source identity.
+    #[must_use]
+    pub fn with_context(self, context: Option<Arc<SessionContext>>) -> Self {
+        if context.is_none() {
+            return self;
+        }
+        match self {
+            Self::Role(a) => Self::Role(Arc::new(RoleAssignment::clone(&a).with_context(context))),
+            Self::Default(session) => Self::Default(Session { context, ..session }),
+            Self::Invalid(e) => Self::Invalid(e),
+        }
+    }
+
     /// What the identification chain makes of it.
     pub fn answer(&self) -> Answer {
         match self {
@@ -208,7 +224,7 @@ fn try_container_role(
             POD_EXTERNAL_ID_ANNOTATION,
         )
     } else {
-        return Ok(ContainerRole::Default(session));
+        return Ok(ContainerRole::Default(Session::named(session)));
     };
     let spec =
         RoleSpec::parse(role.trim()).map_err(|source| SettingsError::Role { origin, source })?;

@@ -42,7 +42,10 @@ fn summary(role: &ContainerRole) -> String {
             a.session_name.as_ref().map_or("-", SessionName::as_str)
         ),
         ContainerRole::Default(s) => {
-            format!("default|{}", s.as_ref().map_or("-", SessionName::as_str))
+            format!(
+                "default|{}",
+                s.name.as_ref().map_or("-", SessionName::as_str)
+            )
         }
         ContainerRole::Invalid(e) => format!("invalid: {e}"),
     }
@@ -194,7 +197,13 @@ fn answers_follow_the_role() {
     let role = container_role(&env(&["IAM_ROLE=web"]), &HashMap::new(), None);
     assert!(matches!(role.answer(), Answer::Role(a) if a.role.name() == "web"));
     let default = container_role(&[], &HashMap::new(), None);
-    assert!(matches!(default.answer(), Answer::DefaultRole(None)));
+    assert!(matches!(
+        default.answer(),
+        Answer::DefaultRole(crate::role::Session {
+            name: None,
+            context: None
+        })
+    ));
     let bad = container_role(&env(&["IAM_ROLE"]), &HashMap::new(), None);
     assert!(matches!(bad.answer(), Answer::Refused));
 }

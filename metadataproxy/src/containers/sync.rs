@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use super::container::{Container, ContainerInfo, short};
 use super::index::{Change, ContainerIndex};
 use super::source::{Connection, ContainerSource, Event, SourceError};
-use crate::role::SessionKey;
+use crate::role::{SessionKey, TagsConfig};
 
 /// How far back events are replayed on subscribing (covers the listing, and clock rounding).
 const REPLAY: Duration = Duration::from_secs(2);
@@ -38,6 +38,8 @@ impl IndexListener for NoListener {
 pub struct SyncConfig {
     /// `ROLE_SESSION_KEY`.
     pub session_key: Option<SessionKey>,
+    /// `SESSION_TAGS`, `SESSION_TAGS_TRANSITIVE`, `SOURCE_IDENTITY`.
+    pub tags: TagsConfig,
     /// First delay before reconnecting; doubles up to `max_backoff`.
     pub min_backoff: Duration,
     /// Longest delay between reconnection attempts.
@@ -52,6 +54,7 @@ impl Default for SyncConfig {
     fn default() -> Self {
         Self {
             session_key: None,
+            tags: TagsConfig::default(),
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(10),
             ping_interval: Duration::from_secs(10),
@@ -228,7 +231,7 @@ impl Syncer {
     }
 
     fn entry(&self, info: &ContainerInfo) -> Container {
-        Container::new(info, self.config.session_key.as_ref())
+        Container::with_tags(info, self.config.session_key.as_ref(), &self.config.tags)
     }
 
     fn notify(&self, change: &Change) {

@@ -35,6 +35,7 @@ fn start(
     let recorder = Arc::new(Recorder::default());
     let config = SyncConfig {
         session_key: None,
+        tags: crate::role::TagsConfig::default(),
         min_backoff: Duration::from_millis(5),
         max_backoff: Duration::from_millis(20),
         ping_interval: Duration::from_millis(50),

@@ -171,16 +171,29 @@ impl Sts for AwsSts {
     ) -> BoxFuture<'a, Result<Credentials, StsError>> {
         Box::pin(async move {
             let op = "sts:AssumeRole";
-            let out = self
+            let mut call = self
                 .sts
                 .assume_role()
                 .role_arn(key.role_arn.as_ref())
                 .role_session_name(key.session_name.as_ref())
                 .set_external_id(key.external_id.as_deref().map(str::to_owned))
-                .duration_seconds(i32::try_from(duration.as_secs()).unwrap_or(3600))
-                .send()
-                .await
-                .map_err(|e| classify(op, &e))?;
+                .duration_seconds(i32::try_from(duration.as_secs()).unwrap_or(3600));
+            if let Some(context) = &key.context {
+                for (k, v) in &context.tags {
+                    let tag = aws_sdk_sts::types::Tag::builder().key(k).value(v).build();
+                    call = call.tags(tag.map_err(|e| StsError {
+                        operation: op,
+                        kind: StsErrorKind::Denied,
+                        code: None,
+                        message: format!("session tag `{k}`: {e}"),
+                    })?);
+                }
+                for k in &context.transitive {
+                    call = call.transitive_tag_keys(k);
+                }
+                call = call.set_source_identity(context.source_identity.clone());
+            }
+            let out = call.send().await.map_err(|e| classify(op, &e))?;
             let malformed = |what: &str| StsError {
                 operation: op,
                 kind: StsErrorKind::Unavailable,

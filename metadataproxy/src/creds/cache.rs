@@ -13,9 +13,10 @@ use lru::LruCache;
 
 use super::{Credentials, Sts, StsError};
 use crate::clock::Clock;
+use crate::role::SessionContext;
 use futures_util::future::BoxFuture;
 
-/// What a credential set is for. Two callers share credentials only when all three are equal.
+/// What a credential set is for. Two callers share credentials only when all of it is equal.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     /// The role's ARN.
@@ -24,6 +25,8 @@ pub struct CacheKey {
     pub external_id: Option<Arc<str>>,
     /// `RoleSessionName`.
     pub session_name: Arc<str>,
+    /// `Tags`, `TransitiveTagKeys` and `SourceIdentity` (`SESSION_TAGS`, `SOURCE_IDENTITY`).
+    pub context: Option<Arc<SessionContext>>,
 }
 
 impl fmt::Debug for CacheKey {
@@ -35,6 +38,7 @@ impl fmt::Debug for CacheKey {
                 &self.external_id.as_ref().map(|_| "** redacted **"),
             )
             .field("session_name", &self.session_name)
+            .field("context", &self.context)
             .finish()
     }
 }
@@ -291,7 +295,7 @@ impl CredentialCache {
             st.flight = None;
             match &result {
                 Ok(c) => {
-                    tracing::debug!(role = %key.role_arn, session = %key.session_name, key_hint = c.key_hint(), "credentials obtained");
+                    tracing::debug!(role = %key.role_arn, session = %key.session_name, tags = key.context.as_deref().map(tracing::field::display), key_hint = c.key_hint(), "credentials obtained");
                     st.current = Some(Arc::clone(c));
                     st.failures = 0;
                     st.retry_after = None;
@@ -302,7 +306,7 @@ impl CredentialCache {
                     let wait = backoff(st.failures, random_u32());
                     st.retry_after = Some(this.clock.monotonic() + wait);
                     st.last_error = Some(e.clone());
-                    tracing::error!(role = %key.role_arn, session = %key.session_name, error = %e, retry_in = ?wait, "sts:AssumeRole failed");
+                    tracing::error!(role = %key.role_arn, session = %key.session_name, tags = key.context.as_deref().map(tracing::field::display), error = %e, retry_in = ?wait, "sts:AssumeRole failed");
                 }
             }
             result

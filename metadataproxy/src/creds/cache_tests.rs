@@ -37,6 +37,7 @@ fn key(role: &str, ext: Option<&str>, session: &str) -> CacheKey {
         role_arn: format!("arn:aws:iam::123456789012:role/{role}").into(),
         external_id: ext.map(Into::into),
         session_name: session.into(),
+        context: None,
     }
 }
 

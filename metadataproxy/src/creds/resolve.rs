@@ -175,6 +175,7 @@ fn key_for(a: &RoleAssignment, arn: &RoleArn) -> CacheKey {
         role_arn: arn.to_string().into(),
         external_id: a.external_id.as_deref().map(Into::into),
         session_name: session.as_str().into(),
+        context: a.context.clone(),
     }
 }
 

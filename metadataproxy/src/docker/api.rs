@@ -275,6 +275,7 @@ fn info(response: ContainerInspectResponse) -> ContainerInfo {
         running: state.running.unwrap_or_default() && !state.restarting.unwrap_or_default(),
         hostname: config.hostname.unwrap_or_default(),
         domainname: config.domainname.unwrap_or_default(),
+        image: config.image.unwrap_or_default(),
         env: config.env.unwrap_or_default(),
         labels: config.labels.unwrap_or_default(),
         ips,

@@ -305,13 +305,8 @@ async fn the_kernel_cgroup_names_the_container_even_on_the_host_network() {
         .identify(&kernel_conn(tree.ino(&format!("docker/{id}"))))
         .await;
     // The audit log names the container the caller was found in.
-    assert_eq!(
-        caller.workload,
-        Some(crate::identity::Workload {
-            id: id.clone(),
-            name: "c-c".into()
-        })
-    );
+    let workload = caller.workload.as_deref().unwrap();
+    assert_eq!((&*workload.id, &*workload.name), (id.as_str(), "c-c"));
     let (role, source) = caller.assignment.unwrap();
     assert_eq!(
         (role.role.name(), source),

@@ -15,7 +15,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::caller::Identity;
-use crate::role::{RoleAssignment, SessionName};
+use crate::policy::AssignedBy;
+use crate::role::{RoleAssignment, Session};
 use futures_util::future::BoxFuture;
 
 /// What the socket layer knows about one accepted connection.
@@ -126,17 +127,35 @@ pub struct Caller {
     pub identity: Identity,
     /// The role it may have, and which source said so; `None`: no credentials for it.
     pub assignment: Option<(Arc<RoleAssignment>, Source)>,
+    /// Who chose that role (for the role policy).
+    pub assigned_by: AssignedBy,
     /// The container it runs in, when the source that identified it found one.
-    pub workload: Option<Workload>,
+    pub workload: Option<Arc<Workload>>,
 }
 
-/// The container a caller runs in (for the audit log).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The container a caller runs in: for the audit log and the role policy.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Workload {
     /// The container's full id.
     pub id: String,
     /// The container's name.
     pub name: String,
+    /// Its image, as the runtime reports it.
+    pub image: String,
+    /// Its labels (a Kubernetes pod's containers carry the pod's namespace, name and uid).
+    pub labels: std::collections::HashMap<String, String>,
+}
+
+/// Labels may hold anything: `Debug` counts them.
+impl fmt::Debug for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Workload")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("image", &self.image)
+            .field("labels", &format_args!("[{} labels]", self.labels.len()))
+            .finish()
+    }
 }
 
 /// What a source found.
@@ -147,7 +166,7 @@ pub struct Found {
     /// Which source says so.
     pub source: Source,
     /// The caller's container, when the source found the caller through one.
-    pub workload: Option<Workload>,
+    pub workload: Option<Arc<Workload>>,
 }
 
 impl Found {
@@ -166,8 +185,8 @@ impl Found {
 pub enum Answer {
     /// This role.
     Role(Arc<RoleAssignment>),
-    /// `DEFAULT_ROLE` (if set), with this session name instead of the default one.
-    DefaultRole(Option<SessionName>),
+    /// `DEFAULT_ROLE` (if set), with the caller's session name, tags and source identity.
+    DefaultRole(Session),
     /// Nothing, and no later source is asked (e.g. a container with malformed settings).
     Refused,
 }
@@ -245,6 +264,7 @@ impl Chain {
             return Caller {
                 identity,
                 assignment: None,
+                assigned_by: AssignedBy::Workload,
                 workload: None,
             };
         }
@@ -255,32 +275,48 @@ impl Chain {
                 workload,
             }) = source.identify(conn).await
             {
-                let assignment = match answer {
-                    Answer::Role(role) => Some((role, by)),
-                    Answer::DefaultRole(session) => {
-                        self.default_role(session.as_ref()).map(|r| (r, by))
-                    }
-                    Answer::Refused => None,
+                let (assignment, assigned_by) = match answer {
+                    Answer::Role(role) => (Some((role, by)), assigned_by(by)),
+                    Answer::DefaultRole(session) => (
+                        self.default_role(&session).map(|r| (r, by)),
+                        AssignedBy::DefaultRole,
+                    ),
+                    Answer::Refused => (None, assigned_by(by)),
                 };
                 return Caller {
                     identity,
                     assignment,
+                    assigned_by,
                     workload,
                 };
             }
         }
-        let assignment = self.default_role(None).map(|r| (r, Source::DefaultRole));
+        let assignment = self
+            .default_role(&Session::default())
+            .map(|r| (r, Source::DefaultRole));
         Caller {
             identity,
             assignment,
+            assigned_by: AssignedBy::DefaultRole,
             workload: None,
         }
     }
 
-    /// `DEFAULT_ROLE`, with `session` as its session name when given.
-    pub fn default_role(&self, session: Option<&SessionName>) -> Option<Arc<RoleAssignment>> {
+    /// `DEFAULT_ROLE`, with the caller's session name, tags and source identity.
+    pub fn default_role(&self, session: &Session) -> Option<Arc<RoleAssignment>> {
         let role = self.default_role.as_ref()?;
         Some(RoleAssignment::with_session(role, session))
+    }
+}
+
+/// Who chose a role a source gave as the caller's own.
+fn assigned_by(source: Source) -> AssignedBy {
+    match source {
+        Source::MappingFile | Source::CgroupPath => AssignedBy::MappingFile,
+        Source::DefaultRole => AssignedBy::DefaultRole,
+        Source::DockerCgroup | Source::DockerIp | Source::ContainerdCgroup | Source::ReverseDns => {
+            AssignedBy::Workload
+        }
     }
 }
 

@@ -112,11 +112,11 @@ async fn the_first_source_that_knows_the_caller_wins_and_default_role_comes_last
 
 #[tokio::test]
 async fn a_container_without_a_role_gets_default_role_under_its_own_session_name() {
-    let session = SessionName::sanitize("web-1").unwrap();
+    let session = crate::role::SessionName::sanitize("web-1").unwrap();
     let chain = Chain::new(
         vec![knows(
             None,
-            Answer::DefaultRole(Some(session.clone())),
+            Answer::DefaultRole(crate::role::Session::named(Some(session.clone()))),
             Source::DockerCgroup,
         )],
         Some(RoleAssignment::from_role(
@@ -136,7 +136,11 @@ async fn a_container_without_a_role_gets_default_role_under_its_own_session_name
     );
     // Without DEFAULT_ROLE such a container gets nothing.
     let bare = Chain::new(
-        vec![knows(None, Answer::DefaultRole(None), Source::DockerCgroup)],
+        vec![knows(
+            None,
+            Answer::DefaultRole(crate::role::Session::default()),
+            Source::DockerCgroup,
+        )],
         None,
     );
     let caller = bare

@@ -8,10 +8,12 @@ use serde::Serialize;
 
 use super::path::Category;
 use super::response::{self, Body, ImdsVersion, RequestId, not_found};
+use crate::cgroup::CgroupPaths;
 use crate::clock::Clock;
 use crate::creds::{CredentialCache, Credentials, StsError, StsErrorKind};
 use crate::creds::{Resolution, ResolveFailure, Resolver};
 use crate::identity::{Caller, Chain, ConnInfo};
+use crate::policy::{Gate, Refused, Subject};
 use crate::role::RoleArn;
 
 /// The credentials document, fields in the order the real service writes them.
@@ -49,6 +51,10 @@ pub struct Iam {
     pub cache: Arc<CredentialCache>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// `ROLE_POLICY_FILE`: which roles each caller may assume.
+    pub policy: Gate,
+    /// cgroup id → path, for the policy's `cgroup` rules (eBPF redirect in force).
+    pub cgroups: Option<Arc<CgroupPaths>>,
 }
 
 impl Iam {
@@ -66,6 +72,14 @@ impl Iam {
             return not_found();
         };
         let role_name = assignment.role.name();
+        if self.policy.is_on()
+            && matches!(route, Category::IamListing | Category::IamCredentialsList)
+        {
+            // With a policy, a refused role is not even listed: the caller learns at once why.
+            if let Err(resp) = self.resolve(&caller, conn).await {
+                return resp;
+            }
+        }
         match route {
             Category::IamListing => response::text(StatusCode::OK, "info\nsecurity-credentials/"),
             Category::IamCredentialsList => response::text(StatusCode::OK, role_name.to_owned()),
@@ -74,7 +88,7 @@ impl Iam {
                 not_found()
             }
             Category::IamCredentials(_) | Category::IamInfo => {
-                let (creds, resolution) = match self.credentials(&caller).await {
+                let (creds, resolution) = match self.credentials(&caller, conn).await {
                     Ok(found) => found,
                     Err(resp) => return resp,
                 };
@@ -93,6 +107,7 @@ impl Iam {
                         container_name = workload.map(|w| w.name.as_str()),
                         role_arn = %resolution.arn,
                         session = %creds.assumed_role_arn.rsplit('/').next().unwrap_or_default(),
+                        tags = resolution.key.context.as_deref().map(tracing::field::display),
                         access_key = %format_args!("…{}", creds.key_hint()),
                         source = source.as_str(),
                         imds = version.as_str(),
@@ -107,11 +122,29 @@ impl Iam {
         }
     }
 
-    /// The credentials of an identified caller and its role's ARN, or the error response.
+    /// The credentials of an identified caller on `conn` and its role's ARN, or the error
+    /// response.
     pub(super) async fn credentials(
         &self,
         caller: &Caller,
+        conn: &ConnInfo,
     ) -> Result<(Arc<Credentials>, Arc<Resolution>), Response<Body>> {
+        let resolution = self.resolve(caller, conn).await?;
+        let creds = self.cache.get(&resolution.key).await.map_err(|e| {
+            let id = RequestId::new();
+            crate::refused!(WARN, &caller.identity, request_id = %id, role_arn = %resolution.arn, error = %e, "cannot obtain the caller's credentials");
+            sts_error(&e, id, self.clock.now())
+        })?;
+        Ok((creds, resolution))
+    }
+
+    /// The resolution of the caller's role, if the role policy allows it; else the error
+    /// response (and, for a refusal, an audit line).
+    async fn resolve(
+        &self,
+        caller: &Caller,
+        conn: &ConnInfo,
+    ) -> Result<Arc<Resolution>, Response<Body>> {
         let Some((assignment, _)) = &caller.assignment else {
             return Err(not_found());
         };
@@ -130,12 +163,31 @@ impl Iam {
                 ),
             }
         })?;
-        let creds = self.cache.get(&resolution.key).await.map_err(|e| {
-            let id = RequestId::new();
-            crate::refused!(WARN, &caller.identity, request_id = %id, role_arn = %resolution.arn, error = %e, "cannot obtain the caller's credentials");
-            sts_error(&e, id, self.clock.now())
-        })?;
-        Ok((creds, resolution))
+        if self.policy.is_on() {
+            let cgroup = match &self.cgroups {
+                Some(paths) => conn.cgroup_path(paths).await,
+                None => None,
+            };
+            let subject = Subject {
+                assigned_by: caller.assigned_by,
+                workload: caller.workload.as_deref(),
+                cgroup: cgroup.as_deref(),
+            };
+            if let Err(refused) =
+                self.policy
+                    .check(&subject, &resolution.arn, &resolution.key.role_arn)
+            {
+                audit_refusal(caller, conn, &subject, &resolution.arn, &refused);
+                return Err(response::opaque_error(
+                    StatusCode::FORBIDDEN,
+                    "AccessDenied",
+                    "The role policy does not allow this caller the role it asks for",
+                    RequestId::new(),
+                    self.clock.now(),
+                ));
+            }
+        }
+        Ok(resolution)
     }
 
     fn info(creds: &Credentials, arn: &RoleArn) -> Response<Body> {
@@ -150,6 +202,36 @@ impl Iam {
             Bytes::from(serde_json::to_vec_pretty(&doc).unwrap_or_default()),
             "text/plain",
         )
+    }
+}
+
+/// The audit line of a role the policy refused (rate-limited per caller, like every refusal).
+fn audit_refusal(
+    caller: &Caller,
+    conn: &ConnInfo,
+    subject: &Subject<'_>,
+    arn: &RoleArn,
+    refused: &Refused,
+) {
+    if let crate::logging::Verdict::Log { suppressed } = crate::logging::admit(&caller.identity) {
+        let workload = subject.workload;
+        let label = |key| workload.and_then(|w| w.labels.get(key).map(String::as_str));
+        tracing::warn!(
+            target: "audit",
+            caller = %caller.identity,
+            peer = %conn.peer,
+            container_id = workload.map(|w| w.id.as_str()),
+            container_name = workload.map(|w| w.name.as_str()),
+            namespace = label(crate::policy::NAMESPACE_LABEL),
+            pod = label(crate::policy::POD_NAME_LABEL),
+            cgroup = subject.cgroup,
+            assigned_by = subject.assigned_by.as_str(),
+            role_arn = %arn,
+            rule = %refused.rule,
+            reason = %refused.why,
+            suppressed = (suppressed > 0).then_some(suppressed),
+            "role refused by the role policy"
+        );
     }
 }
 

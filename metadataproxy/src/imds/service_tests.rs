@@ -532,6 +532,7 @@ fn debug_of_secret_bearing_values_is_redacted() {
         role_arn: "arn:aws:iam::123456789012:role/a".into(),
         external_id: Some("ext-id-sekrit".into()),
         session_name: "devproxyauth".into(),
+        context: None,
     };
     for shown in [
         format!("{secret:?}"),

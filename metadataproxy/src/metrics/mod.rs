@@ -59,6 +59,11 @@ struct StreamLabels {
     stream: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The route category of a request, the `route` label of the request metrics.
@@ -147,6 +152,7 @@ pub struct Metrics {
     log_suppressed: Counter,
     ebpf_drops: Family<FamilyLabels, Counter>,
     ebpf_refused: Family<FamilyLabels, Counter>,
+    policy_refusals: Family<ReasonLabels, Counter>,
     route_ok: [OnceLock<RouteOk>; ROUTES],
     identified_by: [OnceLock<Counter>; SOURCES],
 }
@@ -278,6 +284,15 @@ impl Metrics {
             "connect() calls to the metadata service's addresses the eBPF programs refused (not TCP port 80, another spelling of the address, or EBPF_TARGET6=off), by socket family",
             ebpf_refused.clone(),
         );
+        let policy_refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "role_policy_refusals",
+            "Roles refused by ROLE_POLICY_FILE (requests answered 403, prefetches skipped), by reason: `denied` (a rule denies the role), `not_allowed` (no rule allows it)",
+            policy_refusals.clone(),
+        );
+        for reason in ["denied", "not_allowed"] {
+            let _ = policy_refusals.get_or_create(&ReasonLabels { reason });
+        }
         Self {
             registry,
             requests,
@@ -298,6 +313,7 @@ impl Metrics {
             log_suppressed,
             ebpf_drops,
             ebpf_refused,
+            policy_refusals,
             route_ok: Default::default(),
             identified_by: Default::default(),
         }
@@ -467,6 +483,14 @@ pub fn log_line_dropped(stream: &'static str) {
 /// A refusal line was suppressed by the rate limit.
 pub fn log_line_suppressed() {
     global().log_suppressed.inc();
+}
+
+/// The role policy refused a role (`reason`: `denied` or `not_allowed`).
+pub fn policy_refused(reason: &'static str) {
+    global()
+        .policy_refusals
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
 }
 
 /// A caller of an IAM route was identified by `source` (`None`: no role for it).

@@ -9,6 +9,7 @@ use thiserror::Error;
 use super::account_map::{account_id, json_type};
 use super::session::SessionName;
 use super::spec::{RoleSpec, RoleSpecError};
+use super::tags::SessionContext;
 
 /// Shortest external id STS accepts.
 pub const MIN_EXTERNAL_ID_LEN: usize = 2;
@@ -88,19 +89,51 @@ pub struct RoleAssignment {
     pub external_id: Option<String>,
     /// The session name; `None` means the default (or `ROLE_SESSION_KEY`'s value).
     pub session_name: Option<SessionName>,
+    /// Session tags and source identity of the workload (`SESSION_TAGS`, `SOURCE_IDENTITY`).
+    pub context: Option<Arc<SessionContext>>,
+}
+
+/// What a caller adds to a role it does not name itself (`DEFAULT_ROLE`): its session name
+/// (`ROLE_SESSION_KEY`) and its session tags and source identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Session {
+    /// The session name, if the caller gives one.
+    pub name: Option<SessionName>,
+    /// Its tags and source identity, if any are configured and known.
+    pub context: Option<Arc<SessionContext>>,
+}
+
+impl Session {
+    /// Just a session name.
+    pub fn named(name: Option<SessionName>) -> Self {
+        Self {
+            name,
+            context: None,
+        }
+    }
 }
 
 impl RoleAssignment {
     /// `default` (`DEFAULT_ROLE`) for a caller that names no role of its own: `default` itself,
-    /// or a copy with `session` as its session name when the caller gives one.
-    pub fn with_session(default: &Arc<Self>, session: Option<&SessionName>) -> Arc<Self> {
-        match session {
-            None => Arc::clone(default),
-            Some(name) => Arc::new(Self {
-                session_name: Some(name.clone()),
-                ..Self::clone(default)
-            }),
+    /// or a copy with the caller's session name, tags and source identity when it has any.
+    pub fn with_session(default: &Arc<Self>, session: &Session) -> Arc<Self> {
+        if session.name.is_none() && session.context.is_none() {
+            return Arc::clone(default);
         }
+        Arc::new(Self {
+            session_name: session
+                .name
+                .clone()
+                .or_else(|| default.session_name.clone()),
+            context: session.context.clone(),
+            ..Self::clone(default)
+        })
+    }
+
+    /// This assignment with the workload's session tags and source identity.
+    #[must_use]
+    pub fn with_context(self, context: Option<Arc<SessionContext>>) -> Self {
+        Self { context, ..self }
     }
 
     /// An assignment of just a role.
@@ -109,6 +142,7 @@ impl RoleAssignment {
             role,
             external_id: None,
             session_name: None,
+            context: None,
         }
     }
 
@@ -125,6 +159,7 @@ impl RoleAssignment {
             role,
             external_id,
             session_name,
+            context: None,
         })
     }
 
@@ -197,6 +232,7 @@ impl fmt::Debug for RoleAssignment {
             .field("role", &self.role)
             .field("external_id", &self.external_id.as_ref().map(|_| Redacted))
             .field("session_name", &self.session_name)
+            .field("context", &self.context)
             .finish()
     }
 }

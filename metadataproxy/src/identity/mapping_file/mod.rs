@@ -158,21 +158,6 @@ impl fmt::Display for ListBad<'_> {
     }
 }
 
-/// An error and its sources on one line, for logs.
-struct Chain<'a>(&'a dyn std::error::Error);
-
-impl fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(e) = source {
-            write!(f, ": {e}")?;
-            source = e.source();
-        }
-        Ok(())
-    }
-}
-
 /// A parsed mapping: who gets which role.
 #[derive(Debug, Default)]
 pub struct Mapping {
@@ -194,6 +179,12 @@ impl Mapping {
     /// Every assignment in the mapping (one per entry; equal roles may repeat).
     pub fn assignments(&self) -> impl Iterator<Item = &Arc<RoleAssignment>> {
         self.ips.values().chain(self.cgroups.values())
+    }
+
+    /// Every entry's assignment with its cgroup path (`None` for an address entry).
+    pub fn entries(&self) -> impl Iterator<Item = (Option<&str>, &Arc<RoleAssignment>)> {
+        let by_ip = self.ips.values().map(|a| (None, a));
+        by_ip.chain(self.cgroups.iter().map(|(p, a)| (Some(p.as_str()), a)))
     }
 
     /// Number of entries.
@@ -289,10 +280,35 @@ fn parse_bytes(json: &[u8]) -> Result<Mapping, MappingError> {
     }
 }
 
+/// The role mapping file, followed while the daemon runs.
+pub type MappingFile = crate::watched::WatchedFile<Mapping>;
+
+impl crate::watched::Watchable for Mapping {
+    type Error = MappingError;
+    const WHAT: &'static str = "role mapping file";
+
+    fn parse(bytes: &[u8]) -> Result<Self, MappingError> {
+        parse_bytes(bytes)
+    }
+
+    fn read_error(source: io::Error) -> MappingError {
+        MappingError::Read {
+            origin: Origin(None),
+            source,
+        }
+    }
+
+    fn with_path(error: MappingError, path: &Path) -> MappingError {
+        error.with_path(path)
+    }
+
+    fn entries(&self) -> usize {
+        self.len()
+    }
+}
+
 mod source;
-mod watch;
 pub use source::CgroupSource;
-pub use watch::{MappingFile, ReloadOutcome};
 
 #[cfg(test)]
 mod tests;

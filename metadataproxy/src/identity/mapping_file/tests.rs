@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::*;
+use crate::watched::{ErrorChain as Chain, ReloadOutcome};
 
 /// A file in the temp dir, removed on drop.
 struct TempFile(PathBuf);

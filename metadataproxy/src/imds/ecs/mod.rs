@@ -187,7 +187,7 @@ impl Ecs {
             crate::refused!(INFO, &identity, peer = %conn.peer, container, "no role for caller");
             return error(StatusCode::NOT_FOUND, "NotFound", "no role for this caller");
         };
-        let (creds, resolution) = match iam.credentials(&caller).await {
+        let (creds, resolution) = match iam.credentials(&caller, conn).await {
             Ok(found) => found,
             Err(resp) => return resp,
         };
@@ -199,6 +199,7 @@ impl Ecs {
                 container,
                 role_arn = %resolution.arn,
                 session = %creds.assumed_role_arn.rsplit('/').next().unwrap_or_default(),
+                tags = resolution.key.context.as_deref().map(tracing::field::display),
                 access_key = %format_args!("…{}", creds.key_hint()),
                 source = source.as_str(),
                 imds = "ecs",
