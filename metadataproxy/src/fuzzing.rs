@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("docker_settings", docker_settings),
     ("account_map", account_map),
     ("config_env", config_env),
+    ("role_policy", role_policy),
 ];
 
 /// A request path: parsing never panics, a parsed path is canonical, and no path the router
@@ -197,6 +198,57 @@ pub fn mapping_file(data: &[u8]) {
         return;
     };
     let _ = mapping_file::parse(json);
+}
+
+/// `ROLE_POLICY_FILE` contents: parsing never panics, and a policy that parses never allows a
+/// role that an applying rule denies, nor one no applying rule allows, for a set of callers and
+/// roles built from the policy's own words.
+pub fn role_policy(data: &[u8]) {
+    let Ok(policy) = crate::policy::parse_bytes(data) else {
+        return;
+    };
+    let mut words: Vec<String> = vec!["web".into(), "payments".into(), "x".into()];
+    for rule in policy.rules() {
+        for g in [
+            &rule.selector.namespace,
+            &rule.selector.pod,
+            &rule.selector.container,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            words.push(g.as_str().replace(['*', '?'], "a"));
+        }
+    }
+    words.truncate(8);
+    let roles: Vec<RoleArn> = words
+        .iter()
+        .filter_map(|w| RoleArn::new(crate::role::Partition::Aws, "111111111111", "/", w).ok())
+        .collect();
+    for ns in &words {
+        let workload = crate::identity::Workload {
+            name: ns.clone(),
+            image: ns.clone(),
+            labels: HashMap::from([(crate::policy::NAMESPACE_LABEL.to_owned(), ns.clone())]),
+            ..crate::identity::Workload::default()
+        };
+        let subject = crate::policy::Subject {
+            assigned_by: crate::policy::AssignedBy::Workload,
+            workload: Some(&workload),
+            cgroup: Some("/system.slice/x.service"),
+        };
+        for arn in &roles {
+            let text = arn.to_string();
+            let decision = policy.decide(&subject, arn, &text);
+            let applying = policy.rules().iter().filter(|r| r.applies(&subject, arn));
+            let (mut denied, mut allowed) = (false, false);
+            for r in applying {
+                denied |= r.deny.iter().any(|p| p.matches(arn, &text));
+                allowed |= r.allow.iter().any(|p| p.matches(arn, &text));
+            }
+            assert_eq!(decision.is_allowed(), allowed && !denied, "{decision:?}");
+        }
+    }
 }
 
 /// `IMDSv2`: the TTL header (before the first `\n`) and a presented token (after it). A TTL that

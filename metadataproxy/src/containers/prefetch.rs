@@ -266,6 +266,70 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn roles_the_policy_refuses_are_not_prefetched() {
+        let (_, sts, _, prefetcher) = setup(Some("fallback"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.json");
+        std::fs::write(
+            &path,
+            r#"{"version": 1, "rules": [
+                {"match": {"labels": {"team": "web"}}, "allow": ["web"]},
+                {"match": {"assigned_by": ["default_role"]}, "allow": ["fallback"]}
+            ]}"#,
+        )
+        .unwrap();
+        let file = Arc::new(crate::policy::PolicyFile::load(&path).unwrap());
+        let prefetcher = prefetcher.with_policy(Gate::new(Some(file)));
+        let mut labelled = info("a", "172.17.0.2", &["IAM_ROLE=web"]);
+        labelled.labels.insert("team".into(), "web".into());
+        let allowed = Container::new(&labelled, None);
+        let unlabelled = Container::new(&info("b", "172.17.0.3", &["IAM_ROLE=web"]), None);
+        let admin = Container::new(&info("c", "172.17.0.4", &["IAM_ROLE=admin"]), None);
+        let plain = Container::new(&info("d", "172.17.0.5", &[]), None);
+        for c in [&allowed, &unlabelled, &admin, &plain] {
+            prefetcher.changed(&added(c));
+        }
+        settle().await;
+        // `web` for the labelled container and DEFAULT_ROLE for the plain one; nothing else.
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(prefetcher.held(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn containers_with_different_session_tags_never_share_credentials() {
+        let (_, sts, cache, prefetcher) = setup(None);
+        let tags = crate::role::TagsConfig {
+            tags: crate::role::TagsConfig::parse_tags("ns=Namespace,app=Labels:app").unwrap(),
+            transitive: Vec::new(),
+            source_identity: None,
+        };
+        let with = |id: &str, ns: &str| {
+            let mut i = info(id, "172.17.0.9", &["IAM_ROLE=web"]);
+            i.labels
+                .insert(crate::policy::NAMESPACE_LABEL.into(), ns.into());
+            i.labels.insert("app".into(), "api".into());
+            Container::with_tags(&i, None, &tags)
+        };
+        let (a, b, c) = (
+            with("a", "payments"),
+            with("b", "payments"),
+            with("c", "web"),
+        );
+        for x in [&a, &b, &c] {
+            prefetcher.changed(&added(x));
+        }
+        settle().await;
+        // a and b carry equal tags: one credential set; c's namespace differs: its own.
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.len(), 2);
+        let ContainerRole::Role(role) = &c.role else {
+            panic!("{:?}", c.role)
+        };
+        let context = role.context.as_deref().unwrap();
+        assert_eq!(context.to_string(), "ns=web,app=api");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn default_role_is_prefetched_for_containers_without_one_and_invalid_ones_are_not() {
         let (_, sts, _, prefetcher) = setup(Some("fallback"));
         let plain = Container::new(&info("p", "172.17.0.2", &[]), None);

@@ -175,6 +175,7 @@ pub async fn check(
         }
         return Report { findings };
     };
+    findings.extend(role_files(&config));
     findings.push(host::bpffs(sys, need, &config.ebpf.pin_dir));
     findings.push(host::capabilities(sys, need));
     findings.push(redirect_target(&config.ebpf, need).await);
@@ -189,6 +190,43 @@ pub async fn check(
     findings.push(credentials(&sts).await);
     findings.push(sts_reachable(&sts, env).await);
     Report { findings }
+}
+
+/// `ROLE_MAPPING_FILE` and `ROLE_POLICY_FILE`, read and parsed as the daemon would at start
+/// (it refuses to start with either broken).
+pub fn role_files(config: &Config) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    if let Some(path) = &config.role_mapping_file {
+        findings.push(
+            match crate::identity::mapping_file::MappingFile::load(path) {
+                Ok(file) => Finding::ok(
+                    "role mapping",
+                    format!("{}: {} entries", path.display(), file.current().len()),
+                ),
+                Err(e) => Finding::new(
+                    "role mapping",
+                    Verdict::Fail,
+                    crate::watched::ErrorChain(&e).to_string(),
+                )
+                .fix("correct the file (README: Role mapping file); the daemon will not start with it"),
+            },
+        );
+    }
+    if let Some(path) = &config.role_policy_file {
+        findings.push(match crate::policy::PolicyFile::load(path) {
+            Ok(file) => Finding::ok(
+                "role policy",
+                format!("{}: {} rules", path.display(), file.current().rules().len()),
+            ),
+            Err(e) => Finding::new(
+                "role policy",
+                Verdict::Fail,
+                crate::watched::ErrorChain(&e).to_string(),
+            )
+            .fix("correct the file (README: Role policy); the daemon will not start with it"),
+        });
+    }
+    findings
 }
 
 /// Where the redirect sends callers, and whether the default target's address is on `lo`.

@@ -86,6 +86,48 @@ impl System for FakeHost {
 }
 
 #[test]
+fn role_files_are_parsed_as_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    let mapping = dir.path().join("mapping.json");
+    std::fs::write(&mapping, r#"{"10.0.0.2": "web"}"#).unwrap();
+    std::fs::write(
+        &policy,
+        "{\"version\": 1,\n \"rules\": [{\"match\": {\"namespce\": \"x\"}, \"allow\": [\"*\"]}]}",
+    )
+    .unwrap();
+    let env = std::collections::HashMap::from([
+        ("ROLE_MAPPING_FILE", mapping.to_str().unwrap()),
+        ("ROLE_POLICY_FILE", policy.to_str().unwrap()),
+    ]);
+    let config = crate::config::Config::load(["metadataproxy"], &env).unwrap();
+    let found = crate::doctor::role_files(&config);
+    assert_eq!(found.len(), 2);
+    assert_eq!(found[0].verdict, Verdict::Ok, "{:?}", found[0]);
+    assert!(found[0].detail.ends_with("1 entries"), "{:?}", found[0]);
+    assert_eq!(found[1].name, "role policy");
+    assert_eq!(found[1].verdict, Verdict::Fail);
+    assert!(
+        found[1]
+            .detail
+            .contains("is invalid at line 2, column 32: unknown field `namespce`"),
+        "{:?}",
+        found[1]
+    );
+    std::fs::write(
+        &policy,
+        r#"{"version": 1, "rules": [{"match": {}, "allow": ["*"]}]}"#,
+    )
+    .unwrap();
+    let found = crate::doctor::role_files(&config);
+    assert_eq!(found[1].verdict, Verdict::Ok);
+    assert!(found[1].detail.ends_with("1 rules"), "{:?}", found[1]);
+    let none: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    let unset = crate::config::Config::load(["metadataproxy"], &none).unwrap();
+    assert!(crate::doctor::role_files(&unset).is_empty());
+}
+
+#[test]
 fn a_complete_host_passes() {
     let h = FakeHost::full();
     let pins = Path::new("/sys/fs/bpf/metadataproxy");

@@ -548,3 +548,6 @@ fn debug_of_secret_bearing_values_is_redacted() {
 
 #[path = "record_less_tests.rs"]
 mod record_less;
+
+#[path = "policy_tests.rs"]
+mod policy;

@@ -12,7 +12,7 @@ mod parse;
 mod pattern;
 
 pub use gate::{Gate, Refused};
-pub use parse::{PolicyError, parse};
+pub use parse::{PolicyError, parse, parse_bytes};
 pub use pattern::{CgroupPrefix, Glob, RolePattern};
 
 use std::collections::BTreeMap;
@@ -129,7 +129,8 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn applies(&self, s: &Subject<'_>, arn: &RoleArn) -> bool {
+    /// Whether the rule applies to the caller `s` asking for `arn`.
+    pub fn applies(&self, s: &Subject<'_>, arn: &RoleArn) -> bool {
         self.accounts
             .as_ref()
             .is_none_or(|a| a.iter().any(|id| id == arn.account_id()))
@@ -224,7 +225,7 @@ impl crate::watched::Watchable for Policy {
     const WHAT: &'static str = "role policy file";
 
     fn parse(bytes: &[u8]) -> Result<Self, PolicyError> {
-        parse::parse_bytes(bytes)
+        parse_bytes(bytes)
     }
 
     fn read_error(source: std::io::Error) -> PolicyError {

@@ -105,7 +105,8 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
     parse_bytes(text.as_bytes())
 }
 
-pub(super) fn parse_bytes(bytes: &[u8]) -> Result<Policy, PolicyError> {
+/// [`parse`], from bytes.
+pub fn parse_bytes(bytes: &[u8]) -> Result<Policy, PolicyError> {
     let doc: PolicyDoc = serde_json::from_slice(bytes).map_err(|e| PolicyError::Syntax {
         path: None,
         line: e.line(),
