@@ -43,6 +43,7 @@ const EXEC_TIMEOUT_SECS: i64 = 30;
 /// `CAP_SYS_RESOURCE`, which root lacks on some machines (this project's among them): runc then
 /// fails with "can't get final child's PID from pipe: EOF". Restricted, it is never below
 /// containerd's own. `disable_apparmor`: no profile to load (none is loaded on these machines).
+/// The CNI folders are the test's own, empty: no CNI config of the machine's is ever loaded.
 pub(crate) fn plugin_config(dir: &Path) -> String {
     let cni = dir.join("cni").display().to_string();
     format!(
@@ -286,6 +287,7 @@ impl Cri {
     pub async fn run_container(&mut self, pod: &Pod, name: &str, env: &[(&str, &str)]) -> String {
         let meta = pod.config.metadata.clone().unwrap_or_default();
         let mut labels = kubelet_labels(&meta.namespace, &meta.name, &meta.uid);
+        // kubelet's container labels (the CRI plugin copies them to containerd's record).
         labels.insert("io.kubernetes.container.name".to_owned(), name.to_owned());
         let config = ContainerConfig {
             metadata: Some(ContainerMetadata {
@@ -294,6 +296,7 @@ impl Cri {
             }),
             image: Some(image_spec()),
             command: vec!["/bin/sleep".to_owned(), "600".to_owned()],
+            // `KeyValue.value` is `bytes` in this cri-api (`string` before): the same on the wire.
             envs: env
                 .iter()
                 .map(|(key, value)| KeyValue {

@@ -3,7 +3,8 @@
 //! `RemovePodSandbox`) call `http://169.254.169.254/…`; the eBPF redirect brings them to the
 //! daemon, which serves a pod's container its pod's annotation `iam.amazonaws.com/role` (or its
 //! own `IAM_ROLE`), gives the pod's pause container nothing, and forgets the pod once it is
-//! stopped and removed. 169.254.169.254 is made local with a stand-in "real IMDS" that must see
+//! stopped and removed (a pod found by the daemon's first listing as well as one started while
+//! it runs). 169.254.169.254 is made local with a stand-in "real IMDS" that must see
 //! nothing. The helpers are `containerd_ebpf`'s: the same daemon, the same checks.
 //!
 //! Needs root, containerd (1.6, with its CRI plugin) and runc, and the daemon built with the eBPF
@@ -121,16 +122,19 @@ async fn a_stopped_and_removed_cri_pod_is_forgotten() {
     let bpffs = BpfFs::mount();
     let moto = Moto::start().await;
     moto.create_role("cri-gone", "/").await;
-    let daemon = daemon(&ctd, &moto, &bpffs).start().await;
-    daemon
-        .wait_for_log("containerd reachable; container index synchronised")
-        .await;
-
+    // The pod runs before the daemon starts: the daemon learns of it from its first listing.
     let mut cri = ctd.cri().await;
     let spec = PodSpec::new("shop", "gone-5f4", &uid("b2"))
         .annotation("iam.amazonaws.com/role", "cri-gone");
     let pod = cri.run_pod(&spec).await;
     let app = cri.run_container(&pod, "app", &[]).await;
+    let daemon = daemon(&ctd, &moto, &bpffs).start().await;
+    daemon
+        .wait_for_logs(&[
+            "containerd reachable; container index synchronised",
+            "container indexed container=shop/gone-5f4/app",
+        ])
+        .await;
     // A process placed in the container's cgroup by hand, like after the pod is gone below.
     let rel = pod.cgroup_of(&app);
     let call = format!("/bin/busybox wget -q -O - http://{METADATA_IP}{CREDS_PATH}");
