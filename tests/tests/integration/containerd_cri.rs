@@ -105,6 +105,23 @@ async fn cri_pod_containers_get_their_pods_annotation_role() {
             && l.contains(&format!("container_id=\"k8s.io/{app}\""))),
         "no audit line naming the CRI container:\n{logs}"
     );
+    // The real sandbox record was read (no "pod sandbox … not found / unreadable" warning); the
+    // index holds the pod's two containers, never its pause container, whose caller was refused.
+    assert!(
+        !logs.contains("pod sandbox"),
+        "the pod's sandbox record was not read:\n{logs}"
+    );
+    let indexed = logs
+        .lines()
+        .filter(|l| l.contains("container indexed"))
+        .count();
+    assert_eq!(indexed, 2, "indexed:\n{logs}");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("no followed container has it")
+                && l.contains(&format!("/{}", pod.id))),
+        "the pause container's caller was not refused:\n{logs}"
+    );
 
     let seen = metadata.standin.requests();
     assert!(
