@@ -21,12 +21,21 @@ const PROTOS: &[&str] = &[
     "github.com/containerd/containerd/api/events/task.proto",
 ];
 
+/// Kubernetes' CRI (`runtime.v1`), compiled only with the `cri` feature: the tests drive
+/// containerd's CRI plugin as kubelet does; the daemon never speaks it.
+const CRI_PROTOS: &[&str] = &["k8s.io/cri-api/pkg/apis/runtime/v1/api.proto"];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(ROOT);
     // The whole folder: an edited import is picked up as well as a listed file.
     println!("cargo::rerun-if-changed={ROOT}");
     println!("cargo::rerun-if-changed=build.rs");
-    let files: Vec<PathBuf> = PROTOS.iter().map(|p| root.join(p)).collect();
+    let cri = std::env::var_os("CARGO_FEATURE_CRI").is_some();
+    let files: Vec<PathBuf> = PROTOS
+        .iter()
+        .chain(if cri { CRI_PROTOS } else { &[] })
+        .map(|p| root.join(p))
+        .collect();
     let descriptors = protox::compile(&files, [root])
         .map_err(|e| format!("compiling the vendored .proto files: {e}"))?;
     tonic_prost_build::configure()

@@ -1,6 +1,6 @@
 //! The container runtimes' gRPC APIs that the daemon and its tests speak — containerd's containers,
 //! tasks and events services and its event types — and [`connect`], a gRPC channel over a unix
-//! socket.
+//! socket. With the `cri` feature (the tests' only), also Kubernetes' CRI, [`runtime::v1`].
 //!
 //! The code is generated at build time from the `.proto` files vendored in `proto/` (their origin,
 //! version and licences are in `proto/README.md`) by a protobuf compiler written in Rust: building
@@ -24,3 +24,5 @@ mod generated {
 }
 
 pub use generated::containerd;
+#[cfg(feature = "cri")]
+pub use generated::runtime;

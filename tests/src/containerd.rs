@@ -8,6 +8,9 @@
 //! holding the pod's config and annotations) created through containerd's API, and the pod's
 //! container run with the CRI spec annotations naming it.
 //!
+//! [`ContainerdD::start_cri`] starts one with the CRI plugin on instead, for pods made by the
+//! real CRI plugin (`cri.rs`).
+//!
 //! Needs root and `containerd`, `runc` (installed with `docker.io`). Without root the machine
 //! cannot run containerd: [`ContainerdD::start`] returns `None` and says why.
 
@@ -39,6 +42,8 @@ pub struct ContainerdD {
     /// `(namespace, id)` of every container made, for the cleanup.
     containers: Vec<(String, String)>,
     execs: AtomicU32,
+    /// Whether the CRI plugin is on (its pods' containers are removed at cleanup too).
+    cri: bool,
 }
 
 /// What `ctr task exec` reported: (success, stdout, stderr).
@@ -52,6 +57,11 @@ fn run(cmd: &mut Command) -> Output {
 impl ContainerdD {
     /// Starts containerd; `None` (with the reason printed) only when this machine cannot run it.
     pub fn start() -> Option<ContainerdD> {
+        Self::start_with(false)
+    }
+
+    /// Starts containerd, with its CRI plugin on when `cri` (configured by `cri.rs`).
+    pub(crate) fn start_with(cri: bool) -> Option<ContainerdD> {
         let euid = crate::effective_uid();
         if euid != "0" {
             eprintln!("SKIPPED: containerd needs root (effective uid {euid})");
@@ -75,6 +85,7 @@ impl ContainerdD {
             parent,
             containers: Vec::new(),
             execs: AtomicU32::new(0),
+            cri,
         };
         busybox_rootfs(&ctd.path("rootfs"));
         ctd.write_config();
@@ -86,7 +97,7 @@ impl ContainerdD {
         Some(ctd)
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
@@ -107,11 +118,11 @@ impl ContainerdD {
 
     fn write_config(&self) {
         let p = |name: &str| self.path(name).display().to_string();
-        let config = format!(
+        let mut config = format!(
             "version = 2\n\
              root = \"{root}\"\n\
              state = \"{state}\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.snapshotter.v1.aufs\", \
+             disabled_plugins = [{cri}\"io.containerd.snapshotter.v1.aufs\", \
              \"io.containerd.snapshotter.v1.btrfs\", \"io.containerd.snapshotter.v1.devmapper\", \
              \"io.containerd.snapshotter.v1.zfs\"]\n\
              [grpc]\n  address = \"{sock}\"\n\
@@ -121,7 +132,15 @@ impl ContainerdD {
             state = p("state"),
             sock = p("containerd.sock"),
             opt = p("opt"),
+            cri = if self.cri {
+                ""
+            } else {
+                "\"io.containerd.grpc.v1.cri\", "
+            },
         );
+        if self.cri {
+            config.push_str(&crate::cri::plugin_config(self.dir.path()));
+        }
         std::fs::write(self.path("config.toml"), config).expect("containerd config");
     }
 
@@ -383,6 +402,14 @@ impl ContainerdD {
             eprintln!("cannot restart containerd to remove the test's containers: {why}");
         }
         if self.child.is_some() {
+            if self.cri {
+                // The CRI plugin's pods: their sandboxes and containers, by containerd's own list.
+                let listed = run(&mut self.ctr(crate::cri::NAMESPACE, &["containers", "ls", "-q"]));
+                for id in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+                    self.containers
+                        .push((crate::cri::NAMESPACE.to_owned(), id.to_owned()));
+                }
+            }
             for (ns, id) in std::mem::take(&mut self.containers) {
                 let _ = run(&mut self.ctr(&ns, &["task", "kill", "--signal", "SIGKILL", &id]));
                 let _ = run(&mut self.ctr(&ns, &["task", "delete", "--force", &id]));

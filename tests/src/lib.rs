@@ -1,4 +1,5 @@
-//! Test harness shared by the integration tests: real peers (moto, an upstream IMDS stand-in, dockerd), the
+//! Test harness shared by the integration tests: real peers (moto, an upstream IMDS stand-in, dockerd,
+//! containerd and its CRI plugin), the
 //! daemon binary, and a byte-exact HTTP client that can pick its loopback source address.
 //!
 //! Run the suite with `cargo xtask test`: it provides `MOTO_SERVER`, `METADATAPROXY_BIN` and
@@ -7,6 +8,7 @@
 mod accept;
 mod containerd;
 mod creds;
+mod cri;
 mod daemon;
 mod delay;
 mod docker;
@@ -24,6 +26,7 @@ use std::path::PathBuf;
 
 pub use containerd::{ContainerdD, ExecResult};
 pub use creds::{ImdsCredentials, fetch_credentials, parse_time};
+pub use cri::{Cri, Pod, PodSpec};
 pub use daemon::{Daemon, DaemonBuilder, Exited};
 pub use delay::SlowRelay;
 pub use docker::{DockerD, IMAGE, cgroup2_mount};

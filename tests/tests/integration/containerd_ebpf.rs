@@ -25,13 +25,7 @@ fn v1(ctd: &ContainerdD, ns: &str, id: &str, path: &str) -> (bool, String) {
 
 /// IMDSv2 from inside container `id`: a token by PUT (busybox `nc`), then GET with it.
 fn v2(ctd: &ContainerdD, ns: &str, id: &str, path: &str) -> (bool, String) {
-    let script = format!(
-        "T=$( (printf 'PUT /latest/api/token HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\
-         X-aws-ec2-metadata-token-ttl-seconds: 60\\r\\n\\r\\n'; sleep 1) | nc {METADATA_IP} 80 \
-         | sed '1,/^\\r$/d'); test -n \"$T\" || exit 7; \
-         wget -q -O - --header \"X-aws-ec2-metadata-token: $T\" http://{METADATA_IP}{path}"
-    );
-    let (ok, out, err) = ctd.exec(ns, id, &script);
+    let (ok, out, err) = ctd.exec(ns, id, &v2_script(path));
     assert!(
         !out.contains(HOST_ACCESS_KEY_ID),
         "host credentials reached container {ns}/{id}: {out}"
@@ -39,15 +33,25 @@ fn v2(ctd: &ContainerdD, ns: &str, id: &str, path: &str) -> (bool, String) {
     (ok, if ok { out } else { err })
 }
 
+/// The busybox shell script of an IMDSv2 GET of `path`: a token by PUT (`nc`), then GET with it.
+pub(crate) fn v2_script(path: &str) -> String {
+    format!(
+        "T=$( (printf 'PUT /latest/api/token HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\
+         X-aws-ec2-metadata-token-ttl-seconds: 60\\r\\n\\r\\n'; sleep 1) | nc {METADATA_IP} 80 \
+         | sed '1,/^\\r$/d'); test -n \"$T\" || exit 7; \
+         wget -q -O - --header \"X-aws-ec2-metadata-token: $T\" http://{METADATA_IP}{path}"
+    )
+}
+
 /// The assumed-role ARN moto reports for the credentials document `body`.
-async fn identity(moto: &Moto, body: &str) -> String {
+pub(crate) async fn identity(moto: &Moto, body: &str) -> String {
     let creds: ImdsCredentials =
         serde_json::from_str(body).unwrap_or_else(|e| panic!("not credentials ({e}): {body}"));
     moto.caller_identity_arn(&creds.access_key_id, &creds.secret_access_key, &creds.token)
         .await
 }
 
-fn assumed(role: &str) -> String {
+pub(crate) fn assumed(role: &str) -> String {
     format!("arn:aws:sts::{ACCOUNT}:assumed-role/{role}/devproxyauth")
 }
 
@@ -58,7 +62,7 @@ fn cri_id(tag: char) -> String {
 }
 
 /// The daemon with the eBPF redirect on this test's cgroups and containerd followed.
-fn daemon(ctd: &ContainerdD, moto: &Moto, bpffs: &BpfFs) -> DaemonBuilder {
+pub(crate) fn daemon(ctd: &ContainerdD, moto: &Moto, bpffs: &BpfFs) -> DaemonBuilder {
     let port = free_port();
     Daemon::builder()
         .moto(moto)
@@ -121,7 +125,7 @@ async fn pod(ctd: &mut ContainerdD) -> (String, String) {
 }
 
 /// Waits (up to 10 s) until moto has answered an AssumeRole for each of `roles`.
-async fn prefetched(moto: &Moto, roles: &[&str]) {
+pub(crate) async fn prefetched(moto: &Moto, roles: &[&str]) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let arns: Vec<String> = moto

@@ -9,6 +9,7 @@ mod admin;
 mod audit;
 mod bad_input;
 mod config_errors;
+mod containerd_cri;
 mod containerd_ebpf;
 mod docker_containers;
 mod docker_ebpf;
