@@ -1,6 +1,7 @@
 //! A fault-injecting HTTP proxy in front of moto's STS: it answers a configurable share of requests
 //! with STS's `Throttling` error, a 503, a connection reset or a long delay, passes the rest on, and
-//! records every request it saw (when, which action and role) so tests can count STS attempts.
+//! records every request it saw (when, which action and role, every form parameter) so tests can
+//! count STS attempts and check exactly what the daemon sent.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -54,7 +55,31 @@ pub struct StsAttempt {
     pub action: String,
     /// The `RoleArn` parameter, decoded, if any.
     pub role_arn: Option<String>,
+    /// Every form parameter, decoded, in the order sent.
+    pub params: Vec<(String, String)>,
     pub outcome: Outcome,
+}
+
+impl StsAttempt {
+    /// The decoded value of the form parameter `name`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The parameters whose names start with `prefix` (`Tags.member.`), sorted by name.
+    pub fn params_starting(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut found: Vec<(String, String)> = self
+            .params
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        found.sort();
+        found
+    }
 }
 
 #[derive(Debug)]
@@ -264,6 +289,11 @@ async fn handle(mut inbound: TcpStream, target: SocketAddr, state: Arc<Mutex<Sta
             at: Instant::now(),
             action: form_param(&form, "Action").unwrap_or_default(),
             role_arn: form_param(&form, "RoleArn"),
+            params: form
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (form_decode(k), form_decode(v)))
+                .collect(),
             outcome,
         });
         outcome

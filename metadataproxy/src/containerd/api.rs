@@ -124,9 +124,9 @@ impl ContainerdConnection {
         .await?
         .and_then(|r| r.process)
         .is_some_and(|p| is_live(p.status()));
-        let pod_annotations = match spec::sandbox_id(&facts) {
-            Some(sandbox) => self.pod_annotations(ns, id, sandbox).await?,
-            None => HashMap::new(),
+        let (pod_annotations, pod_labels) = match spec::sandbox_id(&facts) {
+            Some(sandbox) => self.pod(ns, id, sandbox).await?,
+            None => (HashMap::new(), HashMap::new()),
         };
         Ok(Some(ContainerInfo {
             id: key(ns, id),
@@ -137,17 +137,20 @@ impl ContainerdConnection {
             labels: found.labels,
             cgroup: facts.cgroup,
             pod_annotations,
+            pod_labels,
             ..ContainerInfo::default()
         }))
     }
 
-    /// The annotations of the pod whose sandbox container is `sandbox`.
-    async fn pod_annotations(
+    /// The annotations and labels of the pod whose sandbox container is `sandbox` (the CRI
+    /// plugin gives the sandbox record the pod's labels; kubelet gives a pod's containers only
+    /// its own `io.kubernetes.*` labels).
+    async fn pod(
         &self,
         ns: &str,
         id: &str,
         sandbox: &str,
-    ) -> Result<HashMap<String, String>, ContainerdError> {
+    ) -> Result<(HashMap<String, String>, HashMap<String, String>), ContainerdError> {
         let mut containers = ContainersClient::new(self.channel.clone());
         let found = unary(
             "Containers.Get",
@@ -161,6 +164,16 @@ impl ContainerdConnection {
         )
         .await?
         .and_then(|r| r.container);
+        let labels: HashMap<String, String> = found
+            .as_ref()
+            .map(|s| {
+                s.labels
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with("io.cri-containerd."))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let metadata = found
             .as_ref()
             .and_then(|s| s.extensions.get(spec::SANDBOX_METADATA_EXTENSION));
@@ -171,12 +184,13 @@ impl ContainerdConnection {
                 sandbox,
                 "pod sandbox of a containerd container not found or without CRI metadata: the pod's annotations are not used"
             );
-            return Ok(HashMap::new());
+            return Ok((HashMap::new(), labels));
         };
-        Ok(spec::pod_annotations(&metadata.value).unwrap_or_else(|e| {
+        let annotations = spec::pod_annotations(&metadata.value).unwrap_or_else(|e| {
             tracing::warn!(namespace = ns, id, sandbox, error = %e, "pod sandbox metadata unreadable: the pod's annotations are not used");
             HashMap::new()
-        }))
+        });
+        Ok((annotations, labels))
     }
 }
 

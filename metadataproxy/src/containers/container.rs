@@ -39,6 +39,9 @@ pub struct ContainerInfo {
     pub cgroup: Option<String>,
     /// The annotations of its Kubernetes pod (containerd's CRI containers; empty otherwise).
     pub pod_annotations: HashMap<String, String>,
+    /// The labels of its Kubernetes pod (containerd's CRI containers; empty otherwise): what the
+    /// role policy and session tags see as its labels, under the container's own.
+    pub pod_labels: HashMap<String, String>,
     /// Its main process on this host (`State.Pid`), when the source reports it.
     pub pid: Option<u32>,
 }
@@ -62,6 +65,10 @@ impl fmt::Debug for ContainerInfo {
                 &format_args!("[{} annotations]", self.pod_annotations.len()),
             )
             .field("pid", &self.pid)
+            .field(
+                "pod_labels",
+                &format_args!("[{} labels]", self.pod_labels.len()),
+            )
             .finish()
     }
 }
@@ -131,10 +138,13 @@ impl Container {
         } else {
             format!("{}.{}", info.hostname, info.domainname)
         };
+        // A pod's labels, then the container's own (kubelet's `io.kubernetes.*` among them).
+        let mut labels = info.pod_labels.clone();
+        labels.extend(info.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         let context = tags.context_for(&WorkloadFacts {
             name: &info.name,
             image: &info.image,
-            labels: &info.labels,
+            labels: &labels,
             env: &info.env,
         });
         let role = settings::container_role_in_pod(
@@ -165,7 +175,7 @@ impl Container {
                 id: info.id.clone(),
                 name: info.name.clone(),
                 image: info.image.clone(),
-                labels: info.labels.clone(),
+                labels,
             }),
         }
     }

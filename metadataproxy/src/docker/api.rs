@@ -281,6 +281,7 @@ fn info(response: ContainerInspectResponse) -> ContainerInfo {
         ips,
         cgroup: None,
         pod_annotations: HashMap::new(),
+        pod_labels: HashMap::new(),
         pid: state
             .pid
             .and_then(|p| u32::try_from(p).ok())

@@ -11,8 +11,8 @@
 //! object.
 
 use metadataproxy_tests::{
-    BpfFs, CREDS_PATH, ContainerdD, Cri, HOST_ACCESS_KEY_ID, METADATA_IP, MetadataAddress, Moto,
-    PodSpec,
+    ACCOUNT, BpfFs, CREDS_PATH, ContainerdD, Cri, FaultySts, HOST_ACCESS_KEY_ID, METADATA_IP,
+    MetadataAddress, Moto, PodSpec,
 };
 
 use crate::containerd_ebpf::{assumed, daemon, identity, prefetched, v2_script};
@@ -190,5 +190,172 @@ async fn a_stopped_and_removed_cri_pod_is_forgotten() {
     assert!(
         seen.is_empty(),
         "the real IMDS stand-in was reached: {seen:?}"
+    );
+}
+
+/// Payments' pods may have `pay-*`, web's front tier `web-*`, nobody an `*-admin` role.
+const CRI_POLICY: &str = r#"{"version": 1, "rules": [
+            {"name": "payments", "match": {"namespace": "payments"}, "allow": ["pay-*"]},
+            {"name": "web", "match": {"namespace": "web", "labels": {"tier": "front"}}, "allow": ["web-*"]},
+            {"name": "no-admin", "match": {}, "deny": ["*-admin"]}
+        ]}"#;
+
+/// The role policy and session tags on pods the CRI plugin made: each pod's containers get only
+/// the roles its namespace's rule allows (a deny wins; another namespace gets 403 and an audit
+/// line naming the rule, with no AssumeRole for it), and every AssumeRole carries the pod's
+/// namespace, name, uid and a pod label as tags, the namespace transitive, the pod's name as
+/// `SourceIdentity` — checked on the wire by a recording relay in front of moto.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_role_policy_and_session_tags_follow_each_pod() {
+    let Some(ctd) = ContainerdD::start_cri() else {
+        return;
+    };
+    let metadata = MetadataAddress::start();
+    let bpffs = BpfFs::mount();
+    let moto = Moto::start().await;
+    for role in ["pay-api", "pay-admin", "web-front"] {
+        moto.create_role(role, "/").await;
+    }
+    let relay = FaultySts::start(moto.addr());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, CRI_POLICY).expect("write the policy");
+    let mut daemon = daemon(&ctd, &moto, &bpffs)
+        .env("AWS_ENDPOINT_URL_STS", relay.url())
+        .env("ROLE_POLICY_FILE", policy.display().to_string())
+        .env(
+            "SESSION_TAGS",
+            "kubernetes-namespace=Namespace,kubernetes-pod-name=PodName,kubernetes-pod-uid=PodUid,tier=Labels:tier",
+        )
+        .env("SESSION_TAGS_TRANSITIVE", "kubernetes-namespace")
+        .env("SOURCE_IDENTITY", "PodName")
+        .start()
+        .await;
+    daemon
+        .wait_for_log("containerd reachable; container index synchronised")
+        .await;
+
+    let mut cri = ctd.cri().await;
+    let pay_uid = uid("c3");
+    let pay = cri
+        .run_pod(
+            &PodSpec::new("payments", "api-6c8", &pay_uid)
+                .label("tier", "back")
+                .annotation("iam.amazonaws.com/role", "pay-api"),
+        )
+        .await;
+    let app = cri.run_container(&pay, "app", &[]).await;
+    let admin = cri
+        .run_container(&pay, "admin", &[("IAM_ROLE", "pay-admin")])
+        .await;
+    // A pod of another namespace asking for payments' role, and one with the web rule's label.
+    let intruder = cri
+        .run_pod(
+            &PodSpec::new("web", "sneaky-1", &uid("d4"))
+                .label("tier", "front")
+                .annotation("iam.amazonaws.com/role", "pay-api"),
+        )
+        .await;
+    let sneaky = cri.run_container(&intruder, "app", &[]).await;
+    let front = cri
+        .run_container(&intruder, "front", &[("IAM_ROLE", "web-front")])
+        .await;
+    assert!(daemon.is_running(), "the daemon exited:\n{}", daemon.logs());
+    prefetched(&moto, &["pay-api", "web-front"]).await;
+
+    let (ok, body) = v1(&mut cri, &app, &format!("{CREDS_PATH}pay-api")).await;
+    assert!(ok, "payments' app: {body}\n{}", daemon.logs());
+    assert_eq!(
+        identity(&moto, &body).await,
+        format!("arn:aws:sts::{ACCOUNT}:assumed-role/pay-api/devproxyauth")
+    );
+    let (ok, body) = v1(&mut cri, &front, &format!("{CREDS_PATH}web-front")).await;
+    assert!(ok, "web's labelled container: {body}");
+    for (id, role, what) in [
+        (&admin, "pay-admin", "denied by no-admin"),
+        (&sneaky, "pay-api", "another namespace's role"),
+    ] {
+        let (ok, err) = v1(&mut cri, id, &format!("{CREDS_PATH}{role}")).await;
+        assert!(!ok && err.contains("403"), "{what}: {err}");
+        let (ok, err) = v1(&mut cri, id, CREDS_PATH).await;
+        assert!(!ok && err.contains("403"), "{what}, listing: {err}");
+    }
+    let logs = daemon
+        .wait_for_logs(&[
+            "role refused by the role policy",
+            "rule=no-admin",
+            "reason=denied by rule `no-admin`",
+        ])
+        .await;
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("role refused by the role policy")
+                && l.contains("container_name=\"web/sneaky-1/app\"")
+                && l.contains("namespace=\"web\"")
+                && l.contains(&format!("role_arn=arn:aws:iam::{ACCOUNT}:role/pay-api"))
+                && l.contains("rule=(none)")),
+        "no audit line for the other namespace's refusal:\n{logs}"
+    );
+
+    check_wire(&relay, &pay_uid);
+    // The audit line of credentials served shows the tags sent.
+    assert!(
+        logs.lines().any(|l| l.contains("credentials served")
+            && l.contains("kubernetes-namespace=payments,kubernetes-pod-name=api-6c8")
+            && l.contains("source_identity=api-6c8")),
+        "no served line with the tags:\n{logs}"
+    );
+    let seen = metadata.standin.requests();
+    assert!(
+        seen.is_empty(),
+        "the real IMDS stand-in was reached: {seen:?}"
+    );
+}
+
+/// On the wire: no AssumeRole ever for the denied role; payments' role only with payments' tags
+/// (the other namespace's pod never got a session of it); the exact parameters.
+fn check_wire(relay: &FaultySts, pay_uid: &str) {
+    assert!(
+        relay
+            .assume_role_attempts(&format!("arn:aws:iam::{ACCOUNT}:role/pay-admin"))
+            .is_empty(),
+        "AssumeRole for a denied role"
+    );
+    let calls = relay.assume_role_attempts(&format!("arn:aws:iam::{ACCOUNT}:role/pay-api"));
+    assert!(!calls.is_empty(), "no AssumeRole for pay-api");
+    for call in &calls {
+        assert_eq!(
+            call.params_starting("Tags.member."),
+            [
+                ("Tags.member.1.Key", "kubernetes-namespace"),
+                ("Tags.member.1.Value", "payments"),
+                ("Tags.member.2.Key", "kubernetes-pod-name"),
+                ("Tags.member.2.Value", "api-6c8"),
+                ("Tags.member.3.Key", "kubernetes-pod-uid"),
+                ("Tags.member.3.Value", pay_uid),
+                ("Tags.member.4.Key", "tier"),
+                ("Tags.member.4.Value", "back"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+            "{:?}",
+            call.params
+        );
+        assert_eq!(
+            call.params_starting("TransitiveTagKeys."),
+            [(
+                "TransitiveTagKeys.member.1".to_owned(),
+                "kubernetes-namespace".to_owned()
+            )]
+        );
+        assert_eq!(call.param("SourceIdentity"), Some("api-6c8"));
+        assert_eq!(call.param("RoleSessionName"), Some("devproxyauth"));
+    }
+    let front_calls = relay.assume_role_attempts(&format!("arn:aws:iam::{ACCOUNT}:role/web-front"));
+    assert!(
+        front_calls
+            .iter()
+            .all(|c| c.param("SourceIdentity") == Some("sneaky-1")
+                && c.param("Tags.member.1.Value") == Some("web")),
+        "{front_calls:?}"
     );
 }

@@ -14,6 +14,7 @@ mod containerd_ebpf;
 mod docker_containers;
 mod docker_ebpf;
 mod docker_guard;
+mod docker_policy;
 mod docker_unreachable;
 mod doctor;
 mod ecs_endpoint;
