@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::caller::Identity;
-use crate::policy::AssignedBy;
 use crate::role::{RoleAssignment, Session};
 use futures_util::future::BoxFuture;
 
@@ -116,6 +115,29 @@ impl Source {
             Self::DockerIp => "docker_ip",
             Self::ContainerdCgroup => "containerd_cgroup",
             Self::ReverseDns => "reverse_dns",
+        }
+    }
+}
+
+/// Who chose the role a caller asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignedBy {
+    /// The workload itself: its container's `IAM_ROLE`, role label, or its pod's annotation.
+    Workload,
+    /// An entry of `ROLE_MAPPING_FILE` (an operator).
+    MappingFile,
+    /// `DEFAULT_ROLE` (an operator).
+    DefaultRole,
+}
+
+impl AssignedBy {
+    /// Stable lower-case name, as written in the policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Workload => "workload",
+            Self::MappingFile => "mapping_file",
+            Self::DefaultRole => "default_role",
         }
     }
 }

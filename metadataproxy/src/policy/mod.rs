@@ -21,35 +21,8 @@ use std::fmt;
 use crate::identity::Workload;
 use crate::role::RoleArn;
 
-/// The container label Kubernetes gives a pod's containers naming the pod's namespace.
-pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
-/// The container label Kubernetes gives a pod's containers naming the pod.
-pub const POD_NAME_LABEL: &str = "io.kubernetes.pod.name";
-/// The container label Kubernetes gives a pod's containers holding the pod's uid.
-pub const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
-
-/// Who chose the role a caller asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AssignedBy {
-    /// The workload itself: its container's `IAM_ROLE`, role label, or its pod's annotation.
-    Workload,
-    /// An entry of `ROLE_MAPPING_FILE` (an operator).
-    MappingFile,
-    /// `DEFAULT_ROLE` (an operator).
-    DefaultRole,
-}
-
-impl AssignedBy {
-    /// Stable lower-case name, as written in the policy.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Workload => "workload",
-            Self::MappingFile => "mapping_file",
-            Self::DefaultRole => "default_role",
-        }
-    }
-}
+pub use crate::identity::AssignedBy;
+pub use crate::role::{NAMESPACE_LABEL, POD_NAME_LABEL, POD_UID_LABEL};
 
 /// What the policy is asked about: the caller (as far as it is known) and who chose its role.
 #[derive(Debug, Clone, Copy)]

@@ -22,6 +22,6 @@ pub use resolve::{ResolveError, Resolved, resolve};
 pub use session::{MAX_SESSION_NAME_LEN, MIN_SESSION_NAME_LEN, SessionKey, SessionName};
 pub use spec::{AccountRef, RoleSpec, RoleSpecError};
 pub use tags::{
-    SessionContext, TagSpec, TagsConfig, TagsError, WorkloadFacts, WorkloadField, source_identity,
-    tag_value,
+    NAMESPACE_LABEL, POD_NAME_LABEL, POD_UID_LABEL, SessionContext, TagSpec, TagsConfig, TagsError,
+    WorkloadFacts, WorkloadField, source_identity, tag_value,
 };

@@ -9,6 +9,13 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+/// The container label Kubernetes gives a pod's containers naming the pod's namespace.
+pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+/// The container label Kubernetes gives a pod's containers naming the pod.
+pub const POD_NAME_LABEL: &str = "io.kubernetes.pod.name";
+/// The container label Kubernetes gives a pod's containers holding the pod's uid.
+pub const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
+
 /// Most session tags STS accepts on one call.
 pub const MAX_TAGS: usize = 50;
 /// Longest tag key STS accepts.
@@ -85,9 +92,9 @@ impl WorkloadField {
         match self {
             Self::Name => Some(w.name),
             Self::Image => Some(w.image),
-            Self::Namespace => label(crate::policy::NAMESPACE_LABEL),
-            Self::PodName => label(crate::policy::POD_NAME_LABEL),
-            Self::PodUid => label(crate::policy::POD_UID_LABEL),
+            Self::Namespace => label(NAMESPACE_LABEL),
+            Self::PodName => label(POD_NAME_LABEL),
+            Self::PodUid => label(POD_UID_LABEL),
             Self::Label(key) => label(key),
             Self::Env(key) => w
                 .env
