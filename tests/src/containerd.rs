@@ -3,13 +3,10 @@
 //! below a parent of their own, and everything removed again when dropped — tasks, containers,
 //! cgroups, files.
 //!
-//! Kubernetes pods are made in the shape containerd's CRI plugin gives them: a sandbox container
-//! record (label `io.cri-containerd.kind=sandbox`, extension `io.cri-containerd.sandbox.metadata`
-//! holding the pod's config and annotations) created through containerd's API, and the pod's
-//! container run with the CRI spec annotations naming it.
-//!
-//! [`ContainerdD::start_cri`] starts one with the CRI plugin on instead, for pods made by the
-//! real CRI plugin (`cri.rs`).
+//! Kubernetes pods are made by the real CRI plugin: [`ContainerdD::start_cri`] starts one with it
+//! on, driven through the CRI API (`cri.rs`). Record shapes the real plugin cannot give here
+//! (other containerd versions, the systemd cgroup driver, malformed metadata) are the daemon's
+//! unit tests' business.
 //!
 //! Needs root and `containerd`, `runc` (installed with `docker.io`). Without root the machine
 //! cannot run containerd: [`ContainerdD::start`] returns `None` and says why.
@@ -19,10 +16,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use metadataproxy_grpc::containerd::services::containers::v1::container::Runtime;
-use metadataproxy_grpc::containerd::services::containers::v1::containers_client::ContainersClient;
-use metadataproxy_grpc::containerd::services::containers::v1::{Container, CreateContainerRequest};
-use metadataproxy_grpc::tonic::Request;
 use tempfile::TempDir;
 
 use crate::docker::{busybox_rootfs, cgroup2_mount, terminate};
@@ -304,93 +297,6 @@ impl ContainerdD {
     /// Kills container `id`'s task (its init process exits; the container record stays).
     pub fn kill(&self, ns: &str, id: &str) {
         self.must(ns, &["task", "kill", "--signal", "SIGKILL", id]);
-    }
-
-    /// Creates the record of a pod's sandbox container as containerd's CRI plugin does: label
-    /// `io.cri-containerd.kind=sandbox`, the CRI spec annotations, and the extension
-    /// `io.cri-containerd.sandbox.metadata` holding the pod's config with `annotations`. No task
-    /// is started (a sandbox only runs `pause`).
-    pub async fn create_sandbox(
-        &mut self,
-        ns: &str,
-        id: &str,
-        pod: (&str, &str),
-        annotations: &serde_json::Value,
-    ) {
-        let (pod_ns, pod_name) = pod;
-        let spec = serde_json::json!({
-            "ociVersion": "1.0.2",
-            "process": {"args": ["/pause"], "cwd": "/", "env": []},
-            "root": {"path": "rootfs"},
-            "annotations": {
-                "io.kubernetes.cri.container-type": "sandbox",
-                "io.kubernetes.cri.sandbox-id": id,
-                "io.kubernetes.cri.sandbox-name": pod_name,
-                "io.kubernetes.cri.sandbox-namespace": pod_ns,
-            }
-        });
-        let metadata = serde_json::json!({
-            "Version": "v1",
-            "Metadata": {
-                "ID": id,
-                "Name": format!("{pod_name}_{pod_ns}_uid_0"),
-                "Config": {
-                    "metadata": {"name": pod_name, "uid": "uid", "namespace": pod_ns, "attempt": 0},
-                    "labels": {"io.kubernetes.pod.name": pod_name},
-                    "annotations": annotations,
-                },
-                "NetNSPath": "",
-                "RuntimeHandler": "",
-            }
-        });
-        let any = |type_url: &str, value: &serde_json::Value| prost_types::Any {
-            type_url: type_url.to_owned(),
-            value: serde_json::to_vec(value).expect("JSON"),
-        };
-        let container = Container {
-            id: id.to_owned(),
-            labels: [
-                ("io.cri-containerd.kind", "sandbox"),
-                ("io.kubernetes.pod.name", pod_name),
-                ("io.kubernetes.pod.namespace", pod_ns),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
-            runtime: Some(Runtime {
-                name: "io.containerd.runc.v2".to_owned(),
-                options: None,
-            }),
-            spec: Some(any(
-                "types.containerd.io/opencontainers/runtime-spec/1/Spec",
-                &spec,
-            )),
-            extensions: [(
-                "io.cri-containerd.sandbox.metadata".to_owned(),
-                any(
-                    "github.com/containerd/containerd/pkg/cri/store/sandbox/Metadata",
-                    &metadata,
-                ),
-            )]
-            .into_iter()
-            .collect(),
-            ..Container::default()
-        };
-        let channel = metadataproxy_grpc::connect(self.address())
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to containerd: {e}"));
-        let mut request = Request::new(CreateContainerRequest {
-            container: Some(container),
-        });
-        request.metadata_mut().insert(
-            "containerd-namespace",
-            ns.parse().expect("namespace as metadata"),
-        );
-        ContainersClient::new(channel)
-            .create(request)
-            .await
-            .unwrap_or_else(|e| panic!("creating sandbox {id} failed: {e}"));
-        self.containers.push((ns.to_owned(), id.to_owned()));
     }
 
     fn cleanup(&mut self) {

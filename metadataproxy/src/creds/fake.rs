@@ -19,6 +19,8 @@ pub struct FakeSts {
     in_flight: AtomicU64,
     /// The most calls that were in progress at once.
     pub max_in_flight: AtomicU64,
+    /// The role ARN of every `sts:AssumeRole` call, in order.
+    pub assumed: std::sync::Mutex<Vec<String>>,
     delay: Duration,
 }
 
@@ -31,6 +33,7 @@ impl FakeSts {
             failing: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
+            assumed: std::sync::Mutex::default(),
             delay,
         })
     }
@@ -44,6 +47,10 @@ impl Sts for FakeSts {
     ) -> BoxFuture<'a, Result<Credentials, StsError>> {
         Box::pin(async move {
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            self.assumed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(key.role_arn.to_string());
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_in_flight.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;

@@ -137,3 +137,67 @@ async fn a_reloaded_policy_is_in_force_and_a_broken_one_keeps_the_last_good() {
         StatusCode::FORBIDDEN
     );
 }
+
+fn pattern() -> impl proptest::strategy::Strategy<Value = &'static str> {
+    proptest::sample::select(vec![
+        "*",
+        "web*",
+        "*admin*",
+        "batch",
+        "?eb",
+        "arn:aws:iam::123456789012:role/b*",
+    ])
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Whatever the policy, a role it refuses a caller is never assumed for that caller: every
+    /// caller of a refused role gets 403 and STS never sees the role unless some caller may have
+    /// it; every allowed caller is served.
+    #[test]
+    fn a_refused_role_is_never_assumed(
+        allow in proptest::collection::vec(pattern(), 1..3),
+        deny in proptest::collection::vec(pattern(), 0..2),
+    ) {
+        let policy = serde_json::json!({"version": 1, "rules": [
+            {"match": {}, "allow": allow, "deny": deny},
+            {"match": {"assigned_by": ["default_role"]}, "deny": ["*"]}
+        ]});
+        let parsed = crate::policy::parse(&policy.to_string()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let entered = runtime.enter();
+        let (f, _dir) = with_policy(&policy.to_string());
+        drop(entered);
+        runtime.block_on(async {
+            for (ip, role) in [("10.0.0.2", "web"), ("10.0.0.3", "web-admin"), ("10.0.0.4", "batch")] {
+                let text = format!("arn:aws:iam::123456789012:role/{role}");
+                let arn = crate::role::RoleArn::parse(&text).unwrap();
+                let subject = crate::policy::Subject {
+                    assigned_by: crate::policy::AssignedBy::MappingFile,
+                    workload: None,
+                    cgroup: None,
+                };
+                let allowed = parsed.decide(&subject, &arn, &text).is_allowed();
+                let (status, body) = call(&f, ip, Method::GET, &format!("{CREDS}{role}"), &[]).await;
+                let want = if allowed { StatusCode::OK } else { StatusCode::FORBIDDEN };
+                assert_eq!(status, want, "{policy} {role}: {body}");
+            }
+            // Prefetches included: let them finish before looking at what STS saw.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        });
+        let assumed = f.sts.assumed.lock().unwrap().clone();
+        for arn_text in &assumed {
+            let arn = crate::role::RoleArn::parse(arn_text).unwrap();
+            let subject = crate::policy::Subject {
+                assigned_by: crate::policy::AssignedBy::MappingFile,
+                workload: None,
+                cgroup: None,
+            };
+            proptest::prop_assert!(
+                parsed.decide(&subject, &arn, arn_text).is_allowed(),
+                "{} assumed although refused by {}", arn_text, policy
+            );
+        }
+    }
+}
