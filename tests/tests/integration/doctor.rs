@@ -166,6 +166,41 @@ async fn an_invalid_setting_fails_and_skips_what_depends_on_it() {
 }
 
 #[tokio::test]
+async fn a_broken_role_policy_is_reported_where_it_breaks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, "{\"version\": 1, \"rules\": [{\"match\": {}}]}")
+        .expect("write the policy");
+    let path = policy.display().to_string();
+    let vars = [
+        ("EBPF", "off"),
+        ("DOCKER_URL", "off"),
+        ("ROLE_POLICY_FILE", path.as_str()),
+        ("AWS_ENDPOINT_URL_STS", NOWHERE),
+    ];
+    let (code, report) = doctor(&vars);
+    assert_ne!(code, Some(0), "{report}");
+    let found = line(&report, "role policy");
+    assert!(
+        found.starts_with("FAIL")
+            && found.contains(&format!("role policy file `{path}` has invalid rules"))
+            && found.contains("rule `rules[0]` neither allows nor denies a role"),
+        "{report}"
+    );
+    std::fs::write(
+        &policy,
+        r#"{"version": 1, "rules": [{"match": {}, "allow": ["*"]}]}"#,
+    )
+    .expect("write the policy");
+    let (_, report) = doctor(&vars);
+    let found = line(&report, "role policy");
+    assert!(
+        found.starts_with("ok") && found.ends_with("1 rules"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
 async fn ebpf_off_needs_no_kernel_features() {
     let (code, report) = doctor(&[
         ("EBPF", "off"),
