@@ -17,8 +17,11 @@ use crate::role::SessionContext;
 use futures_util::future::BoxFuture;
 
 /// What a credential set is for. Two callers share credentials only when all of it is equal.
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// Hashed once, when made: a cached-credentials request hashes one `u64`, not the strings.
+#[derive(Clone, PartialEq, Eq)]
 pub struct CacheKey {
+    /// The hash of the fields below (compared first: unequal keys differ there at once).
+    hash: u64,
     /// The role's ARN.
     pub role_arn: Arc<str>,
     /// `ExternalId` passed to `sts:AssumeRole`.
@@ -27,6 +30,40 @@ pub struct CacheKey {
     pub session_name: Arc<str>,
     /// `Tags`, `TransitiveTagKeys` and `SourceIdentity` (`SESSION_TAGS`, `SOURCE_IDENTITY`).
     pub context: Option<Arc<SessionContext>>,
+}
+
+impl CacheKey {
+    /// The key of a set of credentials for these `sts:AssumeRole` parameters.
+    pub fn new(
+        role_arn: Arc<str>,
+        external_id: Option<Arc<str>>,
+        session_name: Arc<str>,
+        context: Option<Arc<SessionContext>>,
+    ) -> Self {
+        use std::hash::BuildHasher as _;
+        // One seed for the process: equal keys must hash equal (each builder is seeded anew).
+        static HASHER: std::sync::LazyLock<hashbrown::DefaultHashBuilder> =
+            std::sync::LazyLock::new(hashbrown::DefaultHashBuilder::default);
+        let hash = HASHER.hash_one((
+            &role_arn,
+            &external_id,
+            &session_name,
+            &context,
+        ));
+        Self {
+            hash,
+            role_arn,
+            external_id,
+            session_name,
+            context,
+        }
+    }
+}
+
+impl std::hash::Hash for CacheKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
 }
 
 impl fmt::Debug for CacheKey {
@@ -39,7 +76,7 @@ impl fmt::Debug for CacheKey {
             )
             .field("session_name", &self.session_name)
             .field("context", &self.context)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

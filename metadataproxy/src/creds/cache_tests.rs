@@ -33,12 +33,12 @@ fn setup_with(
 }
 
 fn key(role: &str, ext: Option<&str>, session: &str) -> CacheKey {
-    CacheKey {
-        role_arn: format!("arn:aws:iam::123456789012:role/{role}").into(),
-        external_id: ext.map(Into::into),
-        session_name: session.into(),
-        context: None,
-    }
+    CacheKey::new(
+        format!("arn:aws:iam::123456789012:role/{role}").into(),
+        ext.map(Into::into),
+        session.into(),
+        None,
+    )
 }
 
 #[tokio::test]
@@ -254,6 +254,17 @@ async fn cache_is_bounded() {
         cache.get(&key(r, None, "s")).await.unwrap();
     }
     assert_eq!(cache.len(), 3);
+}
+
+#[test]
+fn equal_keys_made_apart_are_one_key() {
+    use std::hash::BuildHasher as _;
+    let (a, b) = (key("a", Some("x"), "s"), key("a", Some("x"), "s"));
+    assert_eq!(a, b);
+    let state = std::hash::RandomState::new();
+    assert_eq!(state.hash_one(&a), state.hash_one(&b));
+    assert_ne!(a, key("a", Some("x"), "t"));
+    assert_ne!(a, key("a", None, "s"));
 }
 
 #[test]

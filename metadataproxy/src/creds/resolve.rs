@@ -171,12 +171,12 @@ fn key_for(a: &RoleAssignment, arn: &RoleArn) -> CacheKey {
         .session_name
         .clone()
         .unwrap_or_else(SessionName::default_name);
-    CacheKey {
-        role_arn: arn.to_string().into(),
-        external_id: a.external_id.as_deref().map(Into::into),
-        session_name: session.as_str().into(),
-        context: a.context.clone(),
-    }
+    CacheKey::new(
+        arn.to_string().into(),
+        a.external_id.as_deref().map(Into::into),
+        session.as_str().into(),
+        a.context.clone(),
+    )
 }
 
 #[cfg(test)]

@@ -154,13 +154,13 @@ impl Imds {
                 .insert(http::header::ALLOW, HeaderValue::from_static("PUT"));
             return resp;
         }
-        if req.headers().contains_key("x-forwarded-for") {
+        if req.headers().contains_key(&X_FORWARDED_FOR) {
             return response::text(
                 StatusCode::FORBIDDEN,
                 "Forbidden: token requests must not be proxied\n",
             );
         }
-        let ttl = match token::parse_ttl(req.headers().get(token::TTL_HEADER)) {
+        let ttl = match token::parse_ttl(req.headers().get(&token::TTL)) {
             Ok(ttl) => ttl,
             Err(e) => {
                 return response::text(StatusCode::BAD_REQUEST, format!("Bad Request: {e}\n"));
@@ -170,7 +170,7 @@ impl Imds {
             Ok(t) => {
                 let mut resp = response::text(StatusCode::OK, t);
                 resp.headers_mut()
-                    .insert(token::TTL_HEADER, HeaderValue::from(ttl));
+                    .insert(token::TTL.clone(), HeaderValue::from(ttl));
                 resp
             }
             Err(e) => {
@@ -187,7 +187,7 @@ impl Imds {
         req: &Request<B>,
         identity: &Identity,
     ) -> Result<ImdsVersion, Response<Body>> {
-        let Some(value) = req.headers().get(token::TOKEN_HEADER) else {
+        let Some(value) = req.headers().get(&token::TOKEN) else {
             return if self.imdsv2_required {
                 Err(response::text(
                     StatusCode::UNAUTHORIZED,
@@ -267,6 +267,9 @@ fn needs_identity(category: &Category<'_>) -> bool {
 }
 
 /// Whether a request announces a body: any `Transfer-Encoding`, or a `Content-Length` other than 0.
+/// `X-Forwarded-For`: a token request carrying it came through a proxy.
+static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 fn has_body(headers: &http::HeaderMap) -> bool {
     headers.contains_key(http::header::TRANSFER_ENCODING)
         || headers

@@ -528,12 +528,12 @@ async fn debug_of_the_service_holding_secrets_is_redacted() {
 fn debug_of_secret_bearing_values_is_redacted() {
     use crate::creds::{CacheKey, Secret};
     let secret = Secret::new("s3cr3t-value".into());
-    let key = CacheKey {
-        role_arn: "arn:aws:iam::123456789012:role/a".into(),
-        external_id: Some("ext-id-sekrit".into()),
-        session_name: "devproxyauth".into(),
-        context: None,
-    };
+    let key = CacheKey::new(
+        "arn:aws:iam::123456789012:role/a".into(),
+        Some("ext-id-sekrit".into()),
+        "devproxyauth".into(),
+        None,
+    );
     for shown in [
         format!("{secret:?}"),
         format!("{:?}", Some(&secret)),

@@ -19,6 +19,10 @@ use crate::clock::Clock;
 pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 /// Request header carrying a token on metadata requests.
 pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+/// [`TTL_HEADER`] as a header name (a lookup by name, not by text to parse on every request).
+pub static TTL: http::HeaderName = http::HeaderName::from_static(TTL_HEADER);
+/// [`TOKEN_HEADER`] as a header name.
+pub static TOKEN: http::HeaderName = http::HeaderName::from_static(TOKEN_HEADER);
 /// Longest token lifetime IMDS grants, in seconds (6 hours).
 pub const MAX_TTL_SECS: u32 = 21_600;
 /// Tokens longer than this are refused without looking them up (ours are 43 characters).

@@ -1,19 +1,18 @@
-//! A connection's socket as the server uses it: answering 408 to a request head that does not
-//! arrive in time, and answering a refused connection before closing it.
+//! A connection's socket as the server uses it: read and written for hyper, watched for a
+//! request head that does not arrive in time, and answering a refused connection before closing.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Sent when a request head was begun but not finished within the header timeout.
-const TIMED_OUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n\
-connection: close\r\ncontent-length: 16\r\n\r\nRequest Timeout\n";
+use super::deadline::Watch;
+
 /// How long a refused connection's request is drained, so closing it does not reset the answer.
 const DRAIN: Duration = Duration::from_millis(500);
 
@@ -34,46 +33,12 @@ pub async fn refuse_draining(mut stream: TcpStream, answer: &'static [u8]) {
     .await;
 }
 
-/// The caller's socket as hyper's I/O, shared with the connection task so that it can still
-/// answer 408 after hyper gave up on a slow request head. Remembers whether request bytes
-/// arrived since the last response, which tells a slow request from an idle keep-alive.
+/// The caller's socket as hyper's I/O. It tells the listener's [`Deadlines`](super::deadline::Deadlines) when the
+/// connection starts waiting for a request head (at accept, and after each response) and
+/// whether request bytes arrived since (a slow request, answered 408, rather than an idle
+/// keep-alive, just closed).
 #[derive(Debug)]
-pub struct Tracked {
-    stream: Arc<TcpStream>,
-    partial: Arc<AtomicBool>,
-}
-
-/// The connection task's side of [`Tracked`].
-#[derive(Debug)]
-pub struct TrackedHandle {
-    stream: Arc<TcpStream>,
-    partial: Arc<AtomicBool>,
-}
-
-impl Tracked {
-    /// Wraps `stream`; the handle can answer 408 later.
-    pub fn new(stream: TcpStream) -> (Self, TrackedHandle) {
-        let stream = Arc::new(stream);
-        let partial = Arc::new(AtomicBool::new(false));
-        (
-            Self {
-                stream: Arc::clone(&stream),
-                partial: Arc::clone(&partial),
-            },
-            TrackedHandle { stream, partial },
-        )
-    }
-}
-
-impl TrackedHandle {
-    /// After a header timeout: answers 408 if a request was begun (an idle keep-alive connection
-    /// is just closed, as HTTP expects). Best effort, never waits.
-    pub fn request_timed_out(&self) {
-        if self.partial.load(Ordering::Relaxed) {
-            let _ = self.stream.try_write(TIMED_OUT);
-        }
-    }
-}
+pub struct Tracked(pub(super) Arc<Watch>);
 
 impl AsyncRead for Tracked {
     fn poll_read(
@@ -82,16 +47,30 @@ impl AsyncRead for Tracked {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            // Reads into the uninitialised part directly (no zeroing), and advances `buf`.
-            match self.stream.try_read_buf(buf) {
-                Ok(n) => {
-                    if n > 0 {
-                        self.partial.store(true, Ordering::Relaxed);
-                    }
+            let watch = &*self.0;
+            ready!(watch.stream.poll_read_ready(cx))?;
+            let room = buf.remaining();
+            let mut got = 0;
+            // As tokio's own `TcpStream::poll_read`: a read shorter than the room left means the
+            // socket is drained, so its readiness is cleared now (`try_io` clears it as of before
+            // the read: an arrival meanwhile is not lost) instead of by one more `recv` returning
+            // `EWOULDBLOCK` — a system call and a round of hyper's loop saved per request.
+            let read = watch.stream.try_io(Interest::READABLE, || {
+                // Reads into the uninitialised part directly (no zeroing), and advances `buf`.
+                got = watch.stream.try_read_buf(buf)?;
+                if got > 0 && got < room {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
+                }
+            });
+            match read {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got == 0 => {}
+                Ok(()) | Err(_) if got > 0 => {
+                    watch.partial.store(true, Ordering::Relaxed);
                     return Poll::Ready(Ok(()));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Ok(()) => return Poll::Ready(Ok(())),
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
@@ -104,11 +83,14 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let watch = &*self.0;
         loop {
-            ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write(buf) {
+            ready!(watch.stream.poll_write_ready(cx))?;
+            match watch.stream.try_write(buf) {
                 Ok(n) => {
-                    self.partial.store(false, Ordering::Relaxed);
+                    // A response went out: the next request's head is awaited from now.
+                    watch.partial.store(false, Ordering::Relaxed);
+                    watch.wait_for_head();
                     return Poll::Ready(Ok(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

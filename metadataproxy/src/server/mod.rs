@@ -1,9 +1,10 @@
-//! One server for every listener: the accept loop, HTTP/1.1 with a header timeout and a head-size
-//! bound, graceful shutdown. What a listener serves is a [`Site`]: the IMDS API (`imds/site.rs`,
+//! One server for every listener: the accept loop, HTTP/1.1 with a request-head deadline
+//! (`deadline.rs`) and a head-size bound, graceful shutdown. What a listener serves is a [`Site`]: the IMDS API (`imds/site.rs`,
 //! on `HOST:PORT` and every redirect target it does not cover) and the admin endpoints
 //! (`admin/`, on `ADMIN_LISTEN`). A site admits or refuses each connection (its limits), and
 //! answers each request.
 
+mod deadline;
 mod io;
 mod listen;
 
@@ -19,7 +20,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 /// A response body (the whole of it, in memory).
@@ -86,6 +87,8 @@ pub async fn serve<S: Site>(
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let bounds = site.bounds();
+    let deadlines = deadline::Deadlines::new(bounds.header_timeout);
+    let sweeper = tokio::spawn(Arc::clone(&deadlines).run());
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -116,32 +119,33 @@ pub async fn serve<S: Site>(
         };
         let _ = stream.set_nodelay(true);
         let site = Arc::clone(&site);
+        let watch = deadlines.watch(stream);
+        let io = Tracked(Arc::clone(&watch));
         let service = service_fn(move |req| {
+            // The head is in: no deadline while it is answered (the response restarts it).
+            watch.head_arrived();
             let (site, conn) = (Arc::clone(&site), conn.clone());
             async move { Ok::<_, Infallible>(site.handle(req, &conn).await) }
         });
-        let (io, handle) = Tracked::new(stream);
         let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(bounds.header_timeout)
             .max_buf_size(bounds.max_head_bytes)
             .serve_connection(TokioIo::new(io), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(e) = connection.await {
-                if e.is_timeout() {
-                    handle.request_timed_out();
-                }
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }
         });
     }
     tracing::info!(addr = ?listener.local_addr().ok(), "shutting down: no new connections; waiting for in-flight requests");
+    // Idle keep-alive connections still end at their deadline while in-flight requests finish.
+    let sweeping = sweeper;
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests did not finish in time");
     }
+    sweeping.abort();
 }

@@ -161,8 +161,9 @@ impl fmt::Display for ListBad<'_> {
 /// A parsed mapping: who gets which role.
 #[derive(Debug, Default)]
 pub struct Mapping {
-    ips: HashMap<IpAddr, Arc<RoleAssignment>>,
-    cgroups: HashMap<String, Arc<RoleAssignment>>,
+    // foldhash: looked up on every request of a mapped caller (SipHash cost more than the rest).
+    ips: hashbrown::HashMap<IpAddr, Arc<RoleAssignment>>,
+    cgroups: hashbrown::HashMap<String, Arc<RoleAssignment>>,
 }
 
 impl Mapping {
