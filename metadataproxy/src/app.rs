@@ -229,6 +229,7 @@ fn credentials(
             threshold: config.expiration_threshold,
             session_duration: config.role_session_duration,
             idle_after: config.role_session_duration * 2,
+            max_calls_per_second: config.sts_max_calls_per_second,
         },
     );
     cache.spawn_refresher(REFRESH_TICK);

@@ -26,6 +26,9 @@ fn build(env: &[(&str, &str)], docker: &FakeRuntime) -> (Arc<Imds>, Arc<FakeSts>
         .collect();
     env.insert("DEFAULT_ACCOUNT_ID".into(), "123456789012".into());
     env.insert("METADATA_URL".into(), "http://127.0.0.1:9".into());
+    // These tests are about wiring, not the STS budget: calls are not held up by the cap.
+    env.entry("STS_MAX_CALLS_PER_SECOND".into())
+        .or_insert_with(|| "10000".into());
     let config = Config::load(["metadataproxy"], &env).unwrap();
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
     let sts = FakeSts::new(&clock, Duration::ZERO);

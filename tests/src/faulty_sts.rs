@@ -1,8 +1,10 @@
 //! A fault-injecting HTTP proxy in front of moto's STS: it answers a configurable share of requests
-//! with STS's `Throttling` error, a 503, a connection reset or a long delay, passes the rest on, and
-//! records every request it saw (when, which action and role, every form parameter) so tests can
-//! count STS attempts and check exactly what the daemon sent.
+//! with STS's `Throttling` error, a 503, a connection reset or a long delay — or, as AWS does,
+//! `Throttling` for every `AssumeRole` beyond a rate ([`FaultySts::limit_rate`]) — passes the rest
+//! on, and records every request it saw (when, which action and role, every form parameter) so
+//! tests can count STS attempts and check exactly what the daemon sent.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -89,6 +91,10 @@ struct State {
     share: f64,
     /// Deterministic share: a request is faulted each time this reaches 1.
     credit: f64,
+    /// Most `AssumeRole` requests passed within any second; more get `Throttling`.
+    rate: Option<usize>,
+    /// When the `AssumeRole` requests of the last second were passed.
+    passed: VecDeque<Instant>,
     attempts: Vec<StsAttempt>,
 }
 
@@ -109,6 +115,8 @@ impl FaultySts {
             fault: Fault::Throttle,
             share: 0.0,
             credit: 0.0,
+            rate: None,
+            passed: VecDeque::new(),
             attempts: Vec::new(),
         }));
         let shared = Arc::clone(&state);
@@ -135,6 +143,16 @@ impl FaultySts {
     /// Passes every request again.
     pub fn heal(&self) {
         self.set(Fault::Throttle, 0.0);
+        self.lock().rate = None;
+    }
+
+    /// From now on, an `AssumeRole` request that finds `per_second` others passed within the
+    /// last second is answered `Throttling` (a sliding window, as a rate limit; faults set with
+    /// [`Self::set`] still apply to the requests it passes). `None` lifts the limit.
+    pub fn limit_rate(&self, per_second: Option<usize>) {
+        let mut st = self.lock();
+        st.rate = per_second;
+        st.passed.clear();
     }
 
     /// Every request received so far, oldest first.
@@ -276,18 +294,38 @@ async fn handle(mut inbound: TcpStream, target: SocketAddr, state: Arc<Mutex<Sta
         return;
     };
     let form = String::from_utf8_lossy(&body).into_owned();
+    let action = form_param(&form, "Action").unwrap_or_default();
     let outcome = {
         let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let over_rate = match st.rate {
+            Some(limit) if action == "AssumeRole" => {
+                while st
+                    .passed
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+                {
+                    st.passed.pop_front();
+                }
+                st.passed.len() >= limit
+            }
+            _ => false,
+        };
         st.credit += st.share;
-        let outcome = if st.credit >= 1.0 - 1e-9 {
+        let outcome = if over_rate {
+            Outcome::Faulted(Fault::Throttle)
+        } else if st.credit >= 1.0 - 1e-9 {
             st.credit -= 1.0;
             Outcome::Faulted(st.fault)
         } else {
+            if st.rate.is_some() && action == "AssumeRole" {
+                st.passed.push_back(now);
+            }
             Outcome::Passed
         };
         st.attempts.push(StsAttempt {
-            at: Instant::now(),
-            action: form_param(&form, "Action").unwrap_or_default(),
+            at: now,
+            action,
             role_arn: form_param(&form, "RoleArn"),
             params: form
                 .split('&')

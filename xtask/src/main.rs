@@ -70,7 +70,7 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         baseline: Option<std::path::PathBuf>,
     },
-    /// Soak: mixed load for N minutes with credentials rotating every 25-40 s; fails unless there
+    /// Soak: mixed load for N minutes with credentials rotating every 5-40 s; fails unless there
     /// were no errors, memory stayed flat and STS was called only at refresh points. Not for CI.
     Soak {
         /// How long to run.

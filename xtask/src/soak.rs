@@ -4,8 +4,9 @@
 //!
 //! Credentials: `ROLE_SESSION_DURATION=900` (STS's minimum) and `ROLE_EXPIRATION_THRESHOLD=14`
 //! minutes, so callers must always get more than 840 s left and a set is due for renewal 60 s
-//! after issue; the background refresher (every 15 s, a margin of 20 s + 15 s) renews it 25–40 s
-//! after issue, before any caller could need it.
+//! after issue; each set's refresh point is drawn 20–40 s before that (one to two thirds of the
+//! 60 s room), i.e. 20–40 s after issue, and the background refresher (every 15 s, one tick
+//! ahead) renews it 5–40 s after issue, before any caller could need it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -26,7 +27,7 @@ const CALLERS: usize = 8;
 const SESSION_SECS: u64 = 900;
 const THRESHOLD_MINUTES: u64 = 14;
 /// The refresher renews a set this long after issue at the earliest and latest (see the top).
-const REFRESH_EARLIEST: Duration = Duration::from_secs(25);
+const REFRESH_EARLIEST: Duration = Duration::from_secs(5);
 const REFRESH_LATEST: Duration = Duration::from_secs(40);
 /// Pause between one caller's operations (the machine is shared; this is about time, not rate).
 const PAUSE: Duration = Duration::from_millis(5);
@@ -65,7 +66,7 @@ pub fn run(minutes: u64) -> Result<()> {
     let bin = repo::daemon_bin()?;
     let moto = venv.join("bin").join("moto_server");
     step(&format!(
-        "soak: {minutes} min, {CALLERS} callers, {ROLES} roles, credentials rotating every 25-40 s"
+        "soak: {minutes} min, {CALLERS} callers, {ROLES} roles, credentials rotating every 5-40 s"
     ));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -178,7 +179,7 @@ async fn report(
         gaps.iter().max().copied().unwrap_or_default(),
     );
     let secs = elapsed.as_secs();
-    // Each role: its first call, then one per 25-40 s (±1 for where the run cuts a period).
+    // Each role: its first call, then one per 5-40 s (±1 for where the run cuts a period).
     let fewest = ROLES * usize::try_from(secs / REFRESH_LATEST.as_secs()).unwrap_or(0);
     let most =
         ROLES * (usize::try_from(secs.div_ceil(REFRESH_EARLIEST.as_secs())).unwrap_or(0) + 2);
@@ -203,7 +204,7 @@ async fn report(
         "  credentials: {served} distinct keys served, each its caller's own role (moto); every caller saw at least {min_keys}"
     );
     println!(
-        "  STS AssumeRole: {calls} calls for {ROLES} roles (expected {fewest}-{most}); gaps between a role's calls {min_gap:?}-{max_gap:?} (refresh points 25-40 s after issue)"
+        "  STS AssumeRole: {calls} calls for {ROLES} roles (expected {fewest}-{most}); gaps between a role's calls {min_gap:?}-{max_gap:?} (renewed 5-40 s after issue)"
     );
     println!(
         "  RSS: first {} KiB, min {} KiB, max {} KiB, last {} KiB; second-quarter median {second} KiB, last-quarter median {last} KiB ({growth:+}‰, limit +{RSS_TOLERANCE_PERMILLE}‰)",

@@ -36,6 +36,7 @@ fn admin(index: &Arc<ContainerIndex>) -> Admin {
             threshold: Duration::from_secs(900),
             session_duration: Duration::from_secs(3600),
             idle_after: Duration::from_secs(7200),
+            max_calls_per_second: std::num::NonZeroU32::new(10_000).unwrap(),
         },
     );
     let health = Arc::new(StsHealth::default());

@@ -144,6 +144,8 @@ pub struct Config {
     pub role_session_duration: Duration,
     /// `CREDENTIAL_CACHE_SIZE`.
     pub credential_cache_size: usize,
+    /// `STS_MAX_CALLS_PER_SECOND`.
+    pub sts_max_calls_per_second: std::num::NonZeroU32,
     /// `TOKEN_MAX_TOTAL`.
     pub token_max_total: usize,
     /// `TOKEN_MAX_PER_CALLER`.

@@ -272,6 +272,12 @@ where
     let upstream_timeout = r.parse(s::UPSTREAM_TIMEOUT, integer(1, 300));
     let session_duration = r.parse(s::ROLE_SESSION_DURATION, integer(900, 43_200));
     let credential_cache_size = r.parse(s::CREDENTIAL_CACHE_SIZE, usize_in(1, 10_000_000));
+    let sts_max_calls_per_second = r.parse(s::STS_MAX_CALLS_PER_SECOND, |v| {
+        integer(1, 10_000)(v).map(|n| {
+            std::num::NonZeroU32::new(u32::try_from(n).unwrap_or(1))
+                .unwrap_or(std::num::NonZeroU32::MIN)
+        })
+    });
     let token_max_total = r.parse(s::TOKEN_MAX_TOTAL, usize_in(1, 10_000_000));
     let token_max_per_caller = r.parse(s::TOKEN_MAX_PER_CALLER, usize_in(1, 100_000));
     let reload = r.parse(s::ROLE_MAPPING_RELOAD_INTERVAL, integer(1, 3600));
@@ -334,6 +340,7 @@ where
         Some(upstream_timeout),
         Some(session_duration),
         Some(credential_cache_size),
+        Some(sts_max_calls_per_second),
         Some(token_max_total),
         Some(token_max_per_caller),
         Some(reload),
@@ -354,6 +361,7 @@ where
         upstream_timeout,
         session_duration,
         credential_cache_size,
+        sts_max_calls_per_second,
         token_max_total,
         token_max_per_caller,
         reload,
@@ -398,6 +406,7 @@ where
         upstream_timeout: Duration::from_secs(upstream_timeout),
         role_session_duration: Duration::from_secs(session_duration),
         credential_cache_size,
+        sts_max_calls_per_second,
         token_max_total,
         token_max_per_caller,
         mapping_reload_interval: Duration::from_secs(reload),

@@ -98,6 +98,7 @@ pub const PROXY_ALLOWED_PATHS: &str = "PROXY_ALLOWED_PATHS";
 pub const UPSTREAM_TIMEOUT: &str = "UPSTREAM_TIMEOUT";
 pub const ROLE_SESSION_DURATION: &str = "ROLE_SESSION_DURATION";
 pub const CREDENTIAL_CACHE_SIZE: &str = "CREDENTIAL_CACHE_SIZE";
+pub const STS_MAX_CALLS_PER_SECOND: &str = "STS_MAX_CALLS_PER_SECOND";
 pub const TOKEN_MAX_TOTAL: &str = "TOKEN_MAX_TOTAL";
 pub const TOKEN_MAX_PER_CALLER: &str = "TOKEN_MAX_PER_CALLER";
 pub const ROLE_MAPPING_RELOAD_INTERVAL: &str = "ROLE_MAPPING_RELOAD_INTERVAL";
@@ -307,6 +308,13 @@ pub const SETTINGS: &[Setting] = &[
         Some("4096"),
         Kind::Value,
         "most credential sets kept (least recently used are dropped)",
+    ),
+    ours(
+        STS_MAX_CALLS_PER_SECOND,
+        "sts-max-calls-per-second",
+        Some("10"),
+        Kind::Value,
+        "most sts:AssumeRole calls the daemon starts per second (1 to 10000), spaced evenly; a caller waiting for credentials goes before prefetches and background refreshes. The account's STS quota is shared by every node: keep nodes × this below it",
     ),
     ours(
         TOKEN_MAX_TOTAL,

@@ -171,6 +171,30 @@ fn threshold_must_be_shorter_than_the_session() {
 }
 
 #[test]
+fn sts_call_cap_is_a_whole_number_from_1_to_10000() {
+    let c = load(&[], &[]).unwrap();
+    assert_eq!(c.sts_max_calls_per_second.get(), 10);
+    let c = load(&[("STS_MAX_CALLS_PER_SECOND", "250")], &[]).unwrap();
+    assert_eq!(c.sts_max_calls_per_second.get(), 250);
+    let c = load(&[], &["--sts-max-calls-per-second", "3"]).unwrap();
+    assert_eq!(c.sts_max_calls_per_second.get(), 3);
+    for (value, why) in [
+        ("0", "must be between 1 and 10000"),
+        ("10001", "must be between 1 and 10000"),
+        ("2.5", "not a whole number (expected 1 to 10000)"),
+        ("fast", "not a whole number (expected 1 to 10000)"),
+    ] {
+        let errors = invalid(&[("STS_MAX_CALLS_PER_SECOND", value)]);
+        assert_eq!(errors.len(), 1, "{value}: {errors:?}");
+        let text = ConfigErrors::Invalid(errors).to_string();
+        assert!(
+            text.contains(&format!("STS_MAX_CALLS_PER_SECOND=\"{value}\": {why}")),
+            "{value}: {text}"
+        );
+    }
+}
+
+#[test]
 fn empty_values_fall_back_to_defaults() {
     let c = load(
         &[("PORT", ""), ("DEFAULT_ROLE", ""), ("AWS_ACCOUNT_MAP", "")],

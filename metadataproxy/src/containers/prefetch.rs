@@ -194,6 +194,7 @@ mod tests {
                 threshold: Duration::from_secs(15 * 60),
                 session_duration: Duration::from_secs(3600),
                 idle_after: Duration::from_secs(7200),
+                max_calls_per_second: std::num::NonZeroU32::new(10_000).unwrap(),
             },
         );
         let resolver = Arc::new(Resolver::new(

@@ -53,7 +53,11 @@ impl AwsSts {
         }
         let config = loader.load().await;
         Self {
-            sts: aws_sdk_sts::Client::new(&config),
+            sts: aws_sdk_sts::Client::from_conf(
+                aws_sdk_sts::config::Builder::from(&config)
+                    .retry_classifier(super::no_throttle_retry::NoRetryOnThrottling)
+                    .build(),
+            ),
             iam: aws_sdk_iam::Client::new(&config),
             clock,
             credentials: config.credentials_provider(),
@@ -118,7 +122,7 @@ where
             let e = service.err();
             let code = e.code().map(str::to_owned);
             let kind = match code.as_deref() {
-                Some("Throttling" | "ThrottlingException" | "RequestLimitExceeded") => {
+                Some(c) if super::no_throttle_retry::THROTTLING_CODES.contains(&c) => {
                     StsErrorKind::Throttled
                 }
                 Some("InternalFailure" | "ServiceUnavailable" | "InternalError") => {

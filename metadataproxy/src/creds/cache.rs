@@ -1,17 +1,21 @@
 //! The credential cache: one slot per (role ARN, external id, session name), single flight,
-//! refreshed ahead of expiry, still-valid credentials kept when STS fails, failures backed off.
+//! refreshed ahead of expiry at a point drawn at random for each credential set, still-valid
+//! credentials kept when STS fails, failures backed off, every STS call within the budget
+//! (`STS_MAX_CALLS_PER_SECOND`, callers first).
 
 use std::fmt;
-use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
 use futures_util::future::Shared;
 use lru::LruCache;
 
-use super::{Credentials, Sts, StsError};
+use super::budget::{StsBudget, Ticket};
+use super::throttling::ThrottleLog;
+use super::{Credentials, Sts, StsError, StsErrorKind};
 use crate::clock::Clock;
 use crate::role::SessionContext;
 use futures_util::future::BoxFuture;
@@ -44,12 +48,7 @@ impl CacheKey {
         // One seed for the process: equal keys must hash equal (each builder is seeded anew).
         static HASHER: std::sync::LazyLock<hashbrown::DefaultHashBuilder> =
             std::sync::LazyLock::new(hashbrown::DefaultHashBuilder::default);
-        let hash = HASHER.hash_one((
-            &role_arn,
-            &external_id,
-            &session_name,
-            &context,
-        ));
+        let hash = HASHER.hash_one((&role_arn, &external_id, &session_name, &context));
         Self {
             hash,
             role_arn,
@@ -91,6 +90,8 @@ pub struct CredentialCacheConfig {
     pub session_duration: Duration,
     /// Slots not used for this long are no longer refreshed in the background.
     pub idle_after: Duration,
+    /// Most `sts:AssumeRole` calls started per second (`STS_MAX_CALLS_PER_SECOND`).
+    pub max_calls_per_second: NonZeroU32,
 }
 
 type Flight = Shared<BoxFuture<'static, Result<Arc<Credentials>, StsError>>>;
@@ -99,6 +100,10 @@ type Flight = Shared<BoxFuture<'static, Result<Arc<Credentials>, StsError>>>;
 struct SlotState {
     current: Option<Arc<Credentials>>,
     flight: Option<Flight>,
+    /// The priority of the flight, raised when a caller starts waiting for it.
+    ticket: Option<Arc<Ticket>>,
+    /// When the background refresher renews `current`: drawn for each credential set.
+    refresh_at: Option<SystemTime>,
     last_used: Option<Instant>,
     /// How many running containers hold this slot: held slots are always kept refreshed.
     holders: u32,
@@ -130,9 +135,11 @@ const BACKGROUND_STS_CALLS: usize = 16;
 /// Whether a caller is waiting for an STS call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Urgency {
-    /// A request waits on it: it never queues behind background work.
+    /// A request waits on it: it never queues behind background work, and takes the budget's
+    /// next token before any background call.
     Caller,
-    /// Prefetch or refresh: bounded by [`BACKGROUND_STS_CALLS`].
+    /// Prefetch or refresh: bounded by [`BACKGROUND_STS_CALLS`], and served by the budget after
+    /// every caller.
     Background,
 }
 
@@ -151,6 +158,10 @@ pub struct CredentialCache {
     config: CredentialCacheConfig,
     sts_calls: AtomicU64,
     background: Arc<tokio::sync::Semaphore>,
+    budget: Arc<StsBudget>,
+    /// Flights waiting for their turn (the budget, or a background permit).
+    queued: AtomicUsize,
+    throttling: ThrottleLog,
 }
 
 impl fmt::Debug for CredentialCache {
@@ -197,6 +208,9 @@ impl CredentialCache {
             config,
             sts_calls: AtomicU64::new(0),
             background: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_STS_CALLS)),
+            budget: StsBudget::new(config.max_calls_per_second),
+            queued: AtomicUsize::new(0),
+            throttling: ThrottleLog::default(),
         })
     }
 
@@ -291,6 +305,11 @@ impl CredentialCache {
             .clone()
             .filter(|c| c.remaining(now) > Duration::ZERO);
         if let Some(flight) = &st.flight {
+            if urgency == Urgency::Caller
+                && let Some(ticket) = &st.ticket
+            {
+                ticket.promote();
+            }
             return Plan::Wait(flight.clone(), valid);
         }
         if st.retry_after.is_some_and(|t| self.clock.monotonic() < t) {
@@ -313,39 +332,58 @@ impl CredentialCache {
         urgency: Urgency,
     ) -> Flight {
         self.sts_calls.fetch_add(1, Ordering::Relaxed);
+        let ticket = Ticket::new(urgency == Urgency::Caller);
+        st.ticket = Some(Arc::clone(&ticket));
+        crate::metrics::sts_queued(self.queued.fetch_add(1, Ordering::Relaxed) + 1);
         let this = Arc::clone(self);
         let key = key.clone();
         let slot_ref = Arc::clone(slot);
         let task = tokio::spawn(async move {
             // Background calls (prefetch, refresh) share a few permits, so a start-up with
-            // thousands of roles does not open thousands of STS connections at once.
-            let _permit = match urgency {
-                Urgency::Background => Arc::clone(&this.background).acquire_owned().await.ok(),
-                Urgency::Caller => None,
+            // thousands of roles does not open thousands of STS connections at once; one a
+            // caller starts waiting for needs none.
+            let _permit = if ticket.is_urgent() {
+                None
+            } else {
+                let permits = Arc::clone(&this.background);
+                tokio::select! {
+                    permit = permits.acquire_owned() => permit.ok(),
+                    () = ticket.promoted() => None,
+                }
             };
+            let delayed = this.budget.acquire(&ticket).await;
+            crate::metrics::sts_queued(this.queued.fetch_sub(1, Ordering::Relaxed) - 1);
+            if delayed {
+                crate::metrics::sts_delayed(ticket.is_urgent());
+            }
             let result = this
                 .sts
                 .assume_role(&key, this.config.session_duration)
                 .await
                 .map(Arc::new);
-            let mut st = slot_ref.lock();
-            st.flight = None;
-            match &result {
-                Ok(c) => {
-                    tracing::debug!(role = %key.role_arn, session = %key.session_name, tags = key.context.as_deref().map(tracing::field::display), key_hint = c.key_hint(), "credentials obtained");
-                    st.current = Some(Arc::clone(c));
-                    st.failures = 0;
-                    st.retry_after = None;
-                    st.last_error = None;
+            let wait = {
+                let mut st = slot_ref.lock();
+                st.flight = None;
+                st.ticket = None;
+                match &result {
+                    Ok(c) => {
+                        st.current = Some(Arc::clone(c));
+                        st.refresh_at = Some(this.refresh_point(c, random_u32()));
+                        st.failures = 0;
+                        st.retry_after = None;
+                        st.last_error = None;
+                        None
+                    }
+                    Err(e) => {
+                        st.failures = st.failures.saturating_add(1);
+                        let wait = backoff(st.failures, random_u32());
+                        st.retry_after = Some(this.clock.monotonic() + wait);
+                        st.last_error = Some(e.clone());
+                        Some(wait)
+                    }
                 }
-                Err(e) => {
-                    st.failures = st.failures.saturating_add(1);
-                    let wait = backoff(st.failures, random_u32());
-                    st.retry_after = Some(this.clock.monotonic() + wait);
-                    st.last_error = Some(e.clone());
-                    tracing::error!(role = %key.role_arn, session = %key.session_name, tags = key.context.as_deref().map(tracing::field::display), error = %e, retry_in = ?wait, "sts:AssumeRole failed");
-                }
-            }
+            };
+            this.log_outcome(&key, &result, wait);
             result
         });
         let flight: BoxFuture<'static, _> = Box::pin(async move {
@@ -361,6 +399,67 @@ impl CredentialCache {
         let flight = flight.shared();
         st.flight = Some(flight.clone());
         flight
+    }
+
+    /// The log lines of one flight's outcome: throttling is one line per episode, not per call.
+    fn log_outcome(
+        &self,
+        key: &CacheKey,
+        result: &Result<Arc<Credentials>, StsError>,
+        wait: Option<Duration>,
+    ) {
+        let tags = key.context.as_deref().map(tracing::field::display);
+        match result {
+            Ok(c) => {
+                tracing::debug!(role = %key.role_arn, session = %key.session_name, tags, key_hint = c.key_hint(), "credentials obtained");
+                self.throttling.succeeded();
+            }
+            Err(e) if e.kind == StsErrorKind::Throttled => {
+                tracing::debug!(role = %key.role_arn, session = %key.session_name, tags, error = %e, retry_in = ?wait.unwrap_or_default(), "sts:AssumeRole failed");
+                self.throttling.throttled(
+                    &key.role_arn,
+                    self.budget.per_second().get(),
+                    self.queued.load(Ordering::Relaxed),
+                );
+            }
+            Err(e) => {
+                tracing::error!(role = %key.role_arn, session = %key.session_name, tags, error = %e, retry_in = ?wait.unwrap_or_default(), "sts:AssumeRole failed");
+            }
+        }
+    }
+
+    /// How far ahead of the threshold credential sets are refreshed: between one and two times
+    /// this (5 minutes, less for short sessions), plus the refresher's tick.
+    fn refresh_spread(&self) -> Duration {
+        let room = self
+            .config
+            .session_duration
+            .saturating_sub(self.config.threshold);
+        Duration::from_secs(300).min(room / 3)
+    }
+
+    /// When the background refresher renews `c`: at a point drawn (`random`) between one and two
+    /// spreads before the threshold, so sets obtained together are not renewed together.
+    fn refresh_point(&self, c: &Credentials, random: u32) -> SystemTime {
+        let spread = self.refresh_spread();
+        let ahead = spread + spread.mul_f64(f64::from(random) / f64::from(u32::MAX));
+        c.expiration
+            .checked_sub(self.config.threshold + ahead)
+            .unwrap_or(c.last_updated)
+    }
+
+    /// Most refreshes one tick of `every` starts: half the budget of a tick, so callers keep
+    /// the other half.
+    fn refreshes_per_tick(&self, every: Duration) -> usize {
+        let budget = f64::from(self.config.max_calls_per_second.get()) * every.as_secs_f64();
+        // Truncation is intended: a whole number of calls, at least one.
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a small positive count"
+        )]
+        let half = (budget / 2.0).ceil() as usize;
+        half.max(1)
     }
 
     /// Starts fetching credentials for `key` in the background unless fresh ones are cached.
@@ -397,10 +496,11 @@ impl CredentialCache {
         }
     }
 
-    /// One pass of the background refresher: every slot held, or used within `idle_after` (and
-    /// since its last release), whose credentials have less than `threshold + margin` left
-    /// starts a refresh. Returns how many.
-    pub fn refresh_due(self: &Arc<Self>, margin: Duration) -> usize {
+    /// One pass of the background refresher, which runs every `every`: every slot held, or
+    /// used within `idle_after` (and since its last release), whose refresh point falls before
+    /// the next pass starts a refresh — the most overdue first, at most
+    /// [`Self::refreshes_per_tick`]; the rest wait for the next pass. Returns how many started.
+    pub fn refresh_due(self: &Arc<Self>, every: Duration) -> usize {
         let entries: Vec<(CacheKey, Arc<Slot>)> = {
             let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
             slots
@@ -408,45 +508,64 @@ impl CredentialCache {
                 .map(|(k, s)| (k.clone(), Arc::clone(s)))
                 .collect()
         };
-        let now = self.clock.now();
+        let horizon = self.clock.now() + every;
         let mono = self.clock.monotonic();
-        let mut started = 0;
+        let mut due: Vec<(SystemTime, CacheKey, Arc<Slot>)> = Vec::new();
         for (key, slot) in entries {
-            let mut st = slot.lock();
+            let st = slot.lock();
             let recently_used = st.last_used.is_some_and(|t| {
                 mono.saturating_duration_since(t) < self.config.idle_after
                     && st.released_at.is_none_or(|r| t > r)
             });
             let wanted = st.holders > 0 || recently_used;
-            let due = st
-                .current
-                .as_ref()
-                .is_some_and(|c| !is_fresh(c, now, self.config.threshold + margin));
             let idle = st.flight.is_none() && st.retry_after.is_none_or(|t| mono >= t);
-            if wanted && due && idle {
-                drop(self.start_flight(&key, &slot, &mut st, Urgency::Background));
+            let at = st.current.as_ref().map(|c| {
+                st.refresh_at
+                    .unwrap_or_else(|| c.expiration - self.config.threshold)
+            });
+            if let Some(at) = at.filter(|at| *at <= horizon)
+                && wanted
+                && idle
+            {
+                drop(st);
+                due.push((at, key, slot));
+            }
+        }
+        due.sort_by_key(|(at, _, _)| *at);
+        let most = self.refreshes_per_tick(every);
+        let mut started = 0;
+        for (_, key, slot) in &due {
+            if started == most {
+                break;
+            }
+            let mut st = slot.lock();
+            if st.flight.is_none() {
+                drop(self.start_flight(key, slot, &mut st, Urgency::Background));
                 started += 1;
             }
+        }
+        if due.len() > started {
+            tracing::debug!(
+                started,
+                deferred = due.len() - started,
+                "background refreshes beyond this tick's share wait for the next"
+            );
         }
         crate::metrics::cache_refreshes(started);
         started
     }
 
-    /// Runs [`Self::refresh_due`] forever, every `every`, refreshing ahead of the threshold by a
-    /// margin of up to 5 minutes (less for short sessions) plus jitter.
+    /// Runs [`Self::refresh_due`] forever, every `every`. Each credential set is renewed at its
+    /// own point, drawn between 5 and 10 minutes (a third and two thirds of the room between
+    /// the session and the threshold, for short sessions) before the threshold.
     pub fn spawn_refresher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let this = Arc::clone(self);
-        let room = this
-            .config
-            .session_duration
-            .saturating_sub(this.config.threshold);
-        let margin = Duration::from_secs(300).min(room / 3) + every;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let n = this.refresh_due(margin);
+                let n = this.refresh_due(every);
                 if n > 0 {
                     tracing::debug!(count = n, "background credential refresh started");
                 }
@@ -458,3 +577,7 @@ impl CredentialCache {
 #[cfg(test)]
 #[path = "cache_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "cache_budget_tests.rs"]
+mod budget_tests;

@@ -17,6 +17,16 @@ fn setup_with(
     delay: Duration,
     capacity: usize,
 ) -> (ManualClock, Arc<FakeSts>, Arc<CredentialCache>) {
+    setup_capped(delay, capacity, 10_000)
+}
+
+/// A cache of `capacity` slots over a fake STS answering after `delay`, making at most
+/// `per_second` STS calls a second.
+pub(super) fn setup_capped(
+    delay: Duration,
+    capacity: usize,
+    per_second: u32,
+) -> (ManualClock, Arc<FakeSts>, Arc<CredentialCache>) {
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
     let sts = FakeSts::new(&clock, delay);
     let cache = CredentialCache::new(
@@ -27,12 +37,13 @@ fn setup_with(
             threshold: Duration::from_secs(15 * 60),
             session_duration: Duration::from_secs(3600),
             idle_after: Duration::from_secs(3600),
+            max_calls_per_second: NonZeroU32::new(per_second).unwrap(),
         },
     );
     (clock, sts, cache)
 }
 
-fn key(role: &str, ext: Option<&str>, session: &str) -> CacheKey {
+pub(super) fn key(role: &str, ext: Option<&str>, session: &str) -> CacheKey {
     CacheKey::new(
         format!("arn:aws:iam::123456789012:role/{role}").into(),
         ext.map(Into::into),

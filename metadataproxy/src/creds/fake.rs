@@ -1,4 +1,5 @@
-//! A fake STS for unit tests: counts calls, can be made slow or failing; credentials name their session.
+//! A fake STS for unit tests: counts and times calls, can be made slow, failing or throttling;
+//! credentials name their session.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,6 +17,10 @@ pub struct FakeSts {
     pub calls: AtomicU64,
     /// When set, every call fails as if STS were unreachable.
     pub failing: AtomicBool,
+    /// When set, every call is answered `Throttling`.
+    pub throttling: AtomicBool,
+    /// When each call started (tokio's clock, which tests may pause), in order.
+    pub started: std::sync::Mutex<Vec<tokio::time::Instant>>,
     in_flight: AtomicU64,
     /// The most calls that were in progress at once.
     pub max_in_flight: AtomicU64,
@@ -31,6 +36,8 @@ impl FakeSts {
             clock: clock.clone(),
             calls: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            throttling: AtomicBool::new(false),
+            started: std::sync::Mutex::default(),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
             assumed: std::sync::Mutex::default(),
@@ -51,10 +58,22 @@ impl Sts for FakeSts {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .push(key.role_arn.to_string());
+            self.started
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(tokio::time::Instant::now());
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_in_flight.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if self.throttling.load(Ordering::SeqCst) {
+                return Err(StsError {
+                    operation: "sts:AssumeRole",
+                    kind: StsErrorKind::Throttled,
+                    code: Some("Throttling".into()),
+                    message: "Rate exceeded".into(),
+                });
+            }
             if self.failing.load(Ordering::SeqCst) {
                 return Err(StsError {
                     operation: "sts:AssumeRole",

@@ -2,15 +2,18 @@
 //! metrics), role assignments resolved to cache keys, and the single-flight cache.
 
 pub mod aws;
+mod budget;
 mod cache;
 mod delivery;
 pub mod ecs_patch;
 #[cfg(test)]
 pub mod fake;
 mod metered;
+mod no_throttle_retry;
 mod resolve;
 mod secret;
 pub mod sts;
+mod throttling;
 
 pub use cache::{CacheKey, CredentialCache, CredentialCacheConfig};
 pub use delivery::Delivery;

@@ -60,6 +60,11 @@ struct StreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PriorityLabels {
+    priority: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -143,6 +148,9 @@ pub struct Metrics {
     sts_calls: Family<OperationLabels, Counter>,
     sts_errors: Family<StsErrorLabels, Counter>,
     sts_seconds: HistogramFamily<OperationLabels>,
+    sts_throttled: Counter,
+    sts_queued: Gauge,
+    sts_delayed: Family<PriorityLabels, Counter>,
     identifications: Family<SourceLabels, Counter>,
     containers: Gauge,
     docker_synchronised: Gauge,
@@ -226,6 +234,27 @@ impl Metrics {
             Unit::Seconds,
             sts_seconds.clone(),
         );
+        let sts_throttled = Counter::default();
+        registry.register(
+            "sts_throttled",
+            "Calls to AWS answered with a throttling error (Throttling, ThrottlingException, RequestLimitExceeded)",
+            sts_throttled.clone(),
+        );
+        let sts_queued = Gauge::default();
+        registry.register(
+            "sts_calls_queued",
+            "sts:AssumeRole calls waiting for their turn (STS_MAX_CALLS_PER_SECOND, or the bound on background calls at once)",
+            sts_queued.clone(),
+        );
+        let sts_delayed = Family::<PriorityLabels, Counter>::default();
+        registry.register(
+            "sts_calls_delayed",
+            "sts:AssumeRole calls that waited for STS_MAX_CALLS_PER_SECOND, by priority (`caller`: a request waited for it; `background`: prefetch or refresh)",
+            sts_delayed.clone(),
+        );
+        for priority in ["caller", "background"] {
+            let _ = sts_delayed.get_or_create(&PriorityLabels { priority });
+        }
         let identifications = Family::<SourceLabels, Counter>::default();
         registry.register(
             "identifications",
@@ -304,6 +333,9 @@ impl Metrics {
             sts_calls,
             sts_errors,
             sts_seconds,
+            sts_throttled,
+            sts_queued,
+            sts_delayed,
             identifications,
             containers,
             docker_synchronised,
@@ -383,6 +415,9 @@ impl Metrics {
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
         if let Some(kind) = error {
+            if kind == "throttled" {
+                self.sts_throttled.inc();
+            }
             self.sts_errors
                 .get_or_create(&StsErrorLabels { operation, kind })
                 .inc();
@@ -470,6 +505,20 @@ pub fn cache_refreshes(n: usize) {
     global()
         .cache_refreshes
         .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+}
+
+/// `n` sts:AssumeRole calls wait for their turn.
+pub fn sts_queued(n: usize) {
+    global().sts_queued.set(gauge(n));
+}
+
+/// An sts:AssumeRole call waited for the cap; `urgent`: a caller waited for it.
+pub fn sts_delayed(urgent: bool) {
+    let priority = if urgent { "caller" } else { "background" };
+    global()
+        .sts_delayed
+        .get_or_create(&PriorityLabels { priority })
+        .inc();
 }
 
 /// A log line of `stream` (`audit`, `other`) was dropped: its queue was full.

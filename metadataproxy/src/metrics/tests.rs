@@ -18,6 +18,15 @@ fn known_events_give_exact_samples() {
     m.request(Route::Token, 405, Duration::from_micros(50));
     m.sts_call("sts:AssumeRole", None, Duration::from_millis(30));
     m.sts_call("sts:AssumeRole", Some("denied"), Duration::from_millis(30));
+    m.sts_call(
+        "sts:AssumeRole",
+        Some("throttled"),
+        Duration::from_millis(3),
+    );
+    m.sts_queued.set(4);
+    m.sts_delayed
+        .get_or_create(&PriorityLabels { priority: "caller" })
+        .inc();
     m.set_state(&State {
         cache_entries: 3,
         docker: Some((7, true)),
@@ -33,7 +42,12 @@ fn known_events_give_exact_samples() {
         r#"metadataproxy_requests_total{route="token",status="405"} 1"#,
         r#"metadataproxy_request_duration_seconds_count{route="iam_credentials"} 2"#,
         r#"metadataproxy_request_duration_seconds_bucket{le="0.0001",route="iam_credentials"} 1"#,
-        r#"metadataproxy_sts_calls_total{operation="sts:AssumeRole"} 2"#,
+        r#"metadataproxy_sts_calls_total{operation="sts:AssumeRole"} 3"#,
+        r#"metadataproxy_sts_errors_total{operation="sts:AssumeRole",kind="throttled"} 1"#,
+        "metadataproxy_sts_throttled_total 1",
+        "metadataproxy_sts_calls_queued 4",
+        r#"metadataproxy_sts_calls_delayed_total{priority="caller"} 1"#,
+        r#"metadataproxy_sts_calls_delayed_total{priority="background"} 0"#,
         r#"metadataproxy_sts_errors_total{operation="sts:AssumeRole",kind="denied"} 1"#,
         "metadataproxy_credential_cache_entries 3",
         "metadataproxy_docker_containers 7",

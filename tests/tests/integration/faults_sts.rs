@@ -83,7 +83,8 @@ fn most_flights(window: Duration) -> usize {
 /// How long the AWS SDKs wait for an IMDS answer by default (aws-sdk-rust, botocore).
 const SDK_IMDS_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// aws-sdk's standard retry mode makes up to this many HTTP attempts per AssumeRole flight.
+/// aws-sdk's standard retry mode makes up to this many HTTP attempts per AssumeRole flight
+/// (a throttled one is never retried by the SDK: the cache backs off instead).
 const SDK_ATTEMPTS: usize = 3;
 
 /// The `retry_in` durations the daemon logged for failed AssumeRole calls of `role`, in order.
@@ -217,6 +218,9 @@ async fn throttled_sts_serves_still_valid_credentials_and_backs_off_with_jitter(
         .env("AWS_ENDPOINT_URL_STS", proxy.url())
         .env("ROLE_SESSION_DURATION", SESSION)
         .env("ROLE_EXPIRATION_THRESHOLD", THRESHOLD_MINUTES)
+        // A throttled call is a DEBUG line (the episode is one WARN line): the backoffs are
+        // read from them.
+        .env("LOG_LEVEL", "info,metadataproxy::creds=debug")
         .mapping(&mapping)
         .default_account()
         .start()

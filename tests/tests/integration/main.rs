@@ -21,6 +21,7 @@ mod ecs_endpoint;
 mod faults_docker;
 mod faults_mapping;
 mod faults_sts;
+mod faults_sts_cap;
 mod getrole_fallback;
 mod harness;
 mod hostile_http;
