@@ -6,7 +6,7 @@
 //! cached-credentials path then builds no ARN string and allocates nothing here.
 
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
@@ -29,6 +29,9 @@ const MEMO_CAPACITY: usize = 4096;
 
 /// A cached `iam:GetRole` answer and when it was obtained.
 type Lookup = (Result<RoleArn, ResolveFailure>, Instant);
+
+/// A shared assignment (held weakly, so its address stays its own) and its resolution.
+type Remembered = (Weak<RoleAssignment>, Arc<Resolution>);
 
 /// An assignment resolved: the cache key of its credentials and its role ARN.
 #[derive(Debug)]
@@ -65,6 +68,11 @@ pub struct Resolver {
     /// Static resolutions (no `iam:GetRole` involved), by assignment; foldhash, because an
     /// assignment is hashed on every request and `SipHash` cost more than the rest of the lookup.
     memo: RwLock<HashMap<RoleAssignment, Arc<Resolution>>>,
+    /// The same, by the address of a shared assignment (a container's or a mapping entry's,
+    /// asked for on every request): one `usize` hashed instead of the assignment. Each entry
+    /// holds a `Weak` of its assignment, so its address cannot be reused by another while the
+    /// entry exists.
+    by_address: RwLock<HashMap<usize, Remembered>>,
 }
 
 impl Resolver {
@@ -86,6 +94,7 @@ impl Resolver {
                 NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
             )),
             memo: RwLock::new(HashMap::new()),
+            by_address: RwLock::new(HashMap::new()),
         }
     }
 
@@ -155,6 +164,42 @@ impl Resolver {
         Ok(resolution)
     }
 
+    /// [`Resolver::resolve`] for a shared assignment, remembered by its address as well.
+    pub async fn resolve_shared(
+        &self,
+        a: &Arc<RoleAssignment>,
+    ) -> Result<Arc<Resolution>, ResolveFailure> {
+        let address = Arc::as_ptr(a) as usize;
+        if let Some((_, found)) = self
+            .by_address
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&address)
+        {
+            return Ok(Arc::clone(found));
+        }
+        let resolution = self.resolve(a).await?;
+        // Only static resolutions, and only assignments held elsewhere too (not one made for
+        // this request alone, which would only churn the map).
+        let remembered = self
+            .memo
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&**a)
+            .is_some_and(|m| Arc::ptr_eq(m, &resolution));
+        if remembered && Arc::strong_count(a) > 1 {
+            let mut by_address = self
+                .by_address
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if by_address.len() >= MEMO_CAPACITY {
+                by_address.clear();
+            }
+            by_address.insert(address, (Arc::downgrade(a), Arc::clone(&resolution)));
+        }
+        Ok(resolution)
+    }
+
     /// The cache key for an assignment, and its role ARN.
     pub async fn cache_key(
         &self,
@@ -212,6 +257,29 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &again));
         let other = r.resolve(&assignment("batch")).await.unwrap();
         assert_eq!(&*other.key.role_arn, "arn:aws:iam::123456789012:role/batch");
+    }
+
+    #[tokio::test]
+    async fn shared_assignments_are_remembered_by_address_and_only_they() {
+        let r = resolver(Some("123456789012"));
+        let shared = Arc::new(assignment("web"));
+        let _held_by_the_index = Arc::clone(&shared);
+        let first = r.resolve_shared(&shared).await.unwrap();
+        assert_eq!(r.by_address.read().unwrap().len(), 1);
+        let again = r.resolve_shared(&shared).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        // An assignment made for one request only is resolved (by content) but not remembered
+        // by its address.
+        let once = Arc::new(assignment("batch"));
+        let batch = r.resolve_shared(&once).await.unwrap();
+        assert_eq!(&*batch.key.role_arn, "arn:aws:iam::123456789012:role/batch");
+        assert_eq!(r.by_address.read().unwrap().len(), 1);
+        // A resolution needing iam:GetRole is never remembered.
+        let lookups = resolver(None);
+        let shared = Arc::new(assignment("web"));
+        let _held = Arc::clone(&shared);
+        lookups.resolve_shared(&shared).await.unwrap();
+        assert!(lookups.by_address.read().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -148,7 +148,7 @@ impl Iam {
         let Some((assignment, _)) = &caller.assignment else {
             return Err(not_found());
         };
-        let resolution = self.resolver.resolve(assignment).await.map_err(|e| {
+        let resolution = self.resolver.resolve_shared(assignment).await.map_err(|e| {
             let id = RequestId::new();
             crate::refused!(WARN, &caller.identity, request_id = %id, role = %assignment.role, error = %e, "cannot resolve the caller's role");
             let now = self.clock.now();

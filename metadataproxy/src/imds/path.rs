@@ -184,7 +184,14 @@ pub fn parse(raw: &str) -> Result<ImdsPath<'_>, PathError> {
     let Some(rest) = raw.strip_prefix('/') else {
         return Err(PathError::NotAbsolute);
     };
-    let seen = raw.bytes().fold(0, |seen, b| seen | FLAGS[usize::from(b)]);
+    // One pass: the byte classes seen, and whether two slashes meet (an empty segment).
+    let (mut seen, mut slashes, mut prev) = (0, 0_u8, 0_u8);
+    for &b in raw.as_bytes() {
+        seen |= FLAGS[usize::from(b)];
+        slashes |= u8::from(prev == b'/') & u8::from(b == b'/');
+        prev = b;
+    }
+    let double_slash = slashes != 0;
     if seen & (PERCENT | FORBIDDEN) != 0 {
         return Err(first_bad_byte(raw));
     }
@@ -206,11 +213,18 @@ pub fn parse(raw: &str) -> Result<ImdsPath<'_>, PathError> {
     if body.is_empty() {
         return Err(PathError::EmptySegment);
     }
-    for seg in Segments::of(body) {
-        if seg.is_empty() {
+    if plain {
+        // `raw` is `/`, the body, and at most one more `/`: an empty segment anywhere in the
+        // body (first, last or inner) is two slashes meeting in `raw`; and no dot, no dot
+        // segment.
+        if double_slash {
             return Err(PathError::EmptySegment);
         }
-        if !plain {
+    } else {
+        for seg in Segments::of(body) {
+            if seg.is_empty() {
+                return Err(PathError::EmptySegment);
+            }
             // Judge the segment as an upstream that drops `;…` path parameters would see it.
             let stem = seg.split(';').next().unwrap_or(seg);
             if stem.is_empty() {
@@ -221,7 +235,10 @@ pub fn parse(raw: &str) -> Result<ImdsPath<'_>, PathError> {
             }
         }
     }
-    let (first, after) = body.split_once('/').unwrap_or((body, ""));
+    let (first, after) = match body.bytes().position(|b| b == b'/') {
+        Some(at) => (&body[..at], &body[at + 1..]),
+        None => (body, ""),
+    };
     let (version, rest) = if is_version(first) {
         (Some(first), after)
     } else {

@@ -270,12 +270,13 @@ fn needs_identity(category: &Category<'_>) -> bool {
 /// `X-Forwarded-For`: a token request carrying it came through a proxy.
 static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
+/// Whether the request has a body: `Transfer-Encoding`, or a `Content-Length` other than 0 (one
+/// pass over the few headers a metadata request has, not two hashed lookups).
 fn has_body(headers: &http::HeaderMap) -> bool {
-    headers.contains_key(http::header::TRANSFER_ENCODING)
-        || headers
-            .get_all(http::header::CONTENT_LENGTH)
-            .iter()
-            .any(|v| v.as_bytes().iter().any(|&b| b != b'0'))
+    headers.iter().any(|(name, value)| {
+        name == http::header::TRANSFER_ENCODING
+            || (name == http::header::CONTENT_LENGTH && value.as_bytes().iter().any(|&b| b != b'0'))
+    })
 }
 
 #[cfg(test)]
