@@ -3,7 +3,7 @@
 //! The HTTP layer answers every [`TokenError`] with the same 401 and the same body, so a caller
 //! cannot tell another caller's valid token from a made-up one.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -114,11 +114,15 @@ impl Held {
     }
 }
 
+// foldhash, not SipHash: hashing 43-character tokens twice per IMDSv2 request was the largest
+// part of the token store's cost. What is stored is the daemon's own random tokens and the
+// callers it identified; a caller chooses only what it looks up, which cannot make stored keys
+// collide.
 struct Inner {
     /// Every live token.
-    tokens: HashMap<String, Entry>,
+    tokens: hashbrown::HashMap<String, Entry>,
     /// Each caller's tokens.
-    by_caller: HashMap<Identity, Held>,
+    by_caller: hashbrown::HashMap<Identity, Held>,
     /// Callers by how many tokens they hold (the last holds the most), for max-min fair eviction.
     by_count: BTreeSet<(usize, Identity)>,
     /// The next issue number.
@@ -244,8 +248,8 @@ impl TokenStore {
     pub fn new(max_total: usize, max_per_caller: usize, clock: Arc<dyn Clock>) -> Self {
         Self {
             inner: Mutex::new(Inner {
-                tokens: HashMap::new(),
-                by_caller: HashMap::new(),
+                tokens: hashbrown::HashMap::new(),
+                by_caller: hashbrown::HashMap::new(),
                 by_count: BTreeSet::new(),
                 next_seq: 0,
             }),
