@@ -141,6 +141,11 @@ impl FakeDocker {
         n
     }
 
+    /// How many containers it serves.
+    pub fn containers(&self) -> usize {
+        self.shared.containers
+    }
+
     /// (`/containers/json` answered, `/containers/{id}/json` answered) so far.
     pub fn calls(&self) -> (u64, u64) {
         (

@@ -64,7 +64,10 @@ impl Scale {
              Container *i* has the address 127.1.x.y on `lo` and `IAM_ROLE` one of {} roles. Load: \
              {WORKERS} closed-loop workers, a new connection per request (identification runs once \
              per connection), each from a random container's address (the client socket bound to \
-             it) asking for that container's role's credentials; {} round(s) of {} s, the daemons \
+             it) asking for that container's role's credentials, the client closing with a reset \
+             (`SO_LINGER` 0: with its source address bound, the kernel picks the client's port \
+             at `bind()` past that address's `TIME_WAIT`s, which would slow 10 addresses more \
+             than 10,000 and bias the ratio); {} round(s) of {} s, the daemons \
              interleaved in each round (order rotating). \"× fewest\" is the median of same-round \
              ratios to the daemon with the fewest containers. Start → synchronised: daemon spawn \
              to its log line `container index synchronised containers=N` (every container \
@@ -83,17 +86,14 @@ impl Scale {
         };
         for f in &self.fleets {
             let (rps, p50, p99) = medians(&f.rounds);
-            let resync = if f.resyncs.is_empty() {
+            let took: Vec<Duration> = f.resyncs.iter().map(|r| r.took).collect();
+            let resync = if took.is_empty() {
                 "—".to_owned()
             } else {
                 format!(
                     "{} ({})",
-                    ms(median(&f.resyncs)),
-                    f.resyncs
-                        .iter()
-                        .map(|d| ms(*d))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    ms(median(&took)),
+                    took.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ")
                 )
             };
             let _ = writeln!(
@@ -114,24 +114,28 @@ impl Scale {
             );
         }
         if let Some(largest) = self.fleets.last() {
-            let flat = ratio(largest, fewest, |s| s.rps);
-            let _ = write!(
+            for r in &largest.resyncs {
+                let _ = writeln!(
+                    t,
+                    "\nResync with {} containers: {} — {} container inspections, {:.2} s of the \
+                     daemon's CPU, {} log lines.",
+                    largest.containers,
+                    ms(r.took),
+                    r.inspects,
+                    r.cpu_s,
+                    r.log_lines
+                );
+            }
+            let _ = writeln!(
                 t,
-                "\nTargets: RSS with {} containers indexed {} (goal ≤ {RSS_TARGET_MIB} MiB at \
-                 10,000: {}); identification flat from {} to {} containers: {:.2}× the \
-                 throughput (goal ≈ 1×: {}).\n",
-                largest.containers,
-                mib(largest.rss_after_load_kib.max(largest.rss_synced_kib)),
-                if largest.rss_after_load_kib.max(largest.rss_synced_kib) <= RSS_TARGET_MIB * 1024 {
-                    "met"
-                } else {
-                    "**not met**"
-                },
-                fewest.containers,
-                largest.containers,
-                flat,
-                if flat >= 0.9 { "met" } else { "**not met**" },
+                "\nLog lines from start to the end of the load runs: {}.",
+                self.fleets
+                    .iter()
+                    .map(|f| format!("{} ({} containers)", f.log_lines_at_start, f.containers))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
+            t.push_str(&targets(fewest, largest));
         }
         t
     }
@@ -167,6 +171,30 @@ impl Scale {
         rows(&mut t, b);
         t
     }
+}
+
+/// The item's targets: RSS with the most containers, and identification flat as they grow.
+fn targets(fewest: &Fleet, largest: &Fleet) -> String {
+    let mut t = String::new();
+    let flat = ratio(largest, fewest, |s| s.rps);
+    let _ = write!(
+        t,
+        "\nTargets: RSS with {} containers indexed {} (goal ≤ {RSS_TARGET_MIB} MiB at \
+         10,000: {}); identification flat from {} to {} containers: {:.2}× the \
+         throughput (goal ≈ 1×: {}).\n",
+        largest.containers,
+        mib(largest.rss_after_load_kib.max(largest.rss_synced_kib)),
+        if largest.rss_after_load_kib.max(largest.rss_synced_kib) <= RSS_TARGET_MIB * 1024 {
+            "met"
+        } else {
+            "**not met**"
+        },
+        fewest.containers,
+        largest.containers,
+        flat,
+        if flat >= 0.9 { "met" } else { "**not met**" },
+    );
+    t
 }
 
 fn rows(t: &mut String, b: &BurstRun) {

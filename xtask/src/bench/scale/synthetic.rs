@@ -41,8 +41,51 @@ pub struct Fleet {
     pub cache_misses: u64,
     /// AssumeRole calls during the load runs (0 expected).
     pub sts_during_load: usize,
+    /// Lines the daemon logged from its start to the end of the load runs.
+    pub log_lines_at_start: usize,
+    /// Each forced resynchronisation.
+    pub resyncs: Vec<Resync>,
+}
+
+/// One resynchronisation after the event stream ended.
+#[derive(Debug, Default, Clone)]
+pub struct Resync {
     /// Event stream ended → the log line saying the index is synchronised again.
-    pub resyncs: Vec<Duration>,
+    pub took: Duration,
+    /// `/containers/{id}/json` calls the daemon made for it.
+    pub inspects: u64,
+    /// Daemon CPU time and log lines from the end of the stream to the line.
+    pub cpu_s: f64,
+    pub log_lines: usize,
+}
+
+/// Ends the fake's event stream and waits for the daemon to be synchronised again.
+async fn resync(fake: &FakeDocker, server: &Server) -> Result<Resync> {
+    let log = DaemonLog::of(server);
+    let lines = || std::fs::read_to_string(server.proc.log_path()).map_or(0, |t| t.lines().count());
+    let seen = log.count(SYNCED);
+    let (_, inspects) = fake.calls();
+    let (cpu, before) = (server.proc.cpu_seconds(), lines());
+    let ended = SystemTime::now();
+    ensure!(fake.end_event_streams() > 0, "no event stream to end");
+    let again = log
+        .wait_for(SYNCED, seen + 1, Duration::from_secs(300))
+        .await?;
+    let r = Resync {
+        took: again.at.duration_since(ended).unwrap_or_default(),
+        inspects: fake.calls().1 - inspects,
+        cpu_s: server.proc.cpu_seconds() - cpu,
+        log_lines: lines().saturating_sub(before),
+    };
+    println!(
+        "  {} containers: event stream ended → synchronised again in {:?} ({} inspections, {:.2} s CPU, {} log lines)",
+        fake.containers(),
+        r.took,
+        r.inspects,
+        r.cpu_s,
+        r.log_lines
+    );
+    Ok(r)
 }
 
 /// Runs item 4 with every container count of `size`; `roles` already exist in moto.
@@ -85,25 +128,14 @@ pub async fn run(programs: &Programs, moto: &Moto, size: &Size) -> Result<Vec<Fl
         }
     }
 
+    let largest = size.synthetic.iter().copied().max().unwrap_or(0);
     for (fleet, fake, server, _) in &mut running {
         fleet.rss_after_load_kib = server.proc.rss_kib()?;
-        if fleet.containers == size.synthetic.iter().copied().max().unwrap_or(0) {
-            let log = DaemonLog::of(server);
+        fleet.log_lines_at_start =
+            std::fs::read_to_string(server.proc.log_path()).map_or(0, |t| t.lines().count());
+        if fleet.containers == largest {
             for _ in 0..size.reconnects {
-                let seen = log.count(SYNCED);
-                let ended = SystemTime::now();
-                ensure!(fake.end_event_streams() > 0, "no event stream to end");
-                let again = log
-                    .wait_for(SYNCED, seen + 1, Duration::from_secs(300))
-                    .await?;
-                fleet
-                    .resyncs
-                    .push(again.at.duration_since(ended).unwrap_or_default());
-                println!(
-                    "  {} containers: event stream ended → synchronised again in {:?}",
-                    fleet.containers,
-                    fleet.resyncs.last().copied().unwrap_or_default()
-                );
+                fleet.resyncs.push(resync(fake, server).await?);
             }
         }
         server.proc.check_running()?;
@@ -221,6 +253,9 @@ async fn load(
 
 async fn once(source: std::net::Ipv4Addr, addr: SocketAddr, path: &str) -> Result<()> {
     let mut conn = Conn::open(Some(source), addr).await?;
+    // A bound source address makes the kernel pick the port at bind(), searching past this
+    // address's TIME_WAITs: 10 addresses would pay more for it than 10,000.
+    conn.reset_on_close()?;
     let resp = conn.send("GET", path, &[], b"").await?;
     ensure!(
         resp.status == 200 && resp.text().contains("AccessKeyId"),
