@@ -33,6 +33,8 @@ pub struct Size {
     pub duration: Duration,
     /// Forced reconnections of the largest synthetic daemon.
     pub reconnects: usize,
+    /// Idle time after them before the largest fleet's RSS is read again.
+    pub settle: Duration,
     /// Real containers started in the burst, and their distinct roles.
     pub burst: usize,
     pub burst_roles: usize,
@@ -44,6 +46,7 @@ pub const FULL: Size = Size {
     rounds: 3,
     duration: Duration::from_secs(5),
     reconnects: 3,
+    settle: Duration::from_secs(25),
     burst: 200,
     burst_roles: 50,
 };
@@ -55,6 +58,7 @@ pub const QUICK: Size = Size {
     rounds: 1,
     duration: Duration::from_secs(1),
     reconnects: 1,
+    settle: Duration::ZERO,
     burst: 6,
     burst_roles: 3,
 };

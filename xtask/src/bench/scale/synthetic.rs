@@ -33,6 +33,8 @@ pub struct Fleet {
     /// RSS once synchronised and prefetched, before any request; after the load runs.
     pub rss_synced_kib: u64,
     pub rss_after_load_kib: u64,
+    /// The largest fleet only: RSS after its resyncs and `Size::settle` more.
+    pub rss_settled_kib: Option<u64>,
     /// Daemon CPU time from spawn until synchronised and prefetched.
     pub cpu_start_s: f64,
     /// One sample per round.
@@ -137,6 +139,9 @@ pub async fn run(programs: &Programs, moto: &Moto, size: &Size) -> Result<Vec<Fl
             for _ in 0..size.reconnects {
                 fleet.resyncs.push(resync(fake, server).await?);
             }
+            // The liveness check lists every container every 10 s (DOCKER_PING_INTERVAL).
+            tokio::time::sleep(size.settle).await;
+            fleet.rss_settled_kib = Some(server.proc.rss_kib()?);
         }
         server.proc.check_running()?;
     }
