@@ -3,6 +3,7 @@
 //! daemon through its real Docker client and identified by source address (`EBPF=off`).
 
 pub mod burst;
+mod control;
 mod fake_docker;
 mod report;
 pub mod synthetic;
@@ -70,6 +71,8 @@ pub struct Scale {
     pub load_at_start: String,
     pub load_at_end: String,
     pub fleets: Vec<Fleet>,
+    /// The bare server under the same load from the smallest and largest address pools.
+    pub control: control::Control,
     pub burst: Burst,
 }
 
@@ -84,7 +87,7 @@ pub async fn run(programs: &Programs, moto: &Moto, size: Size) -> Result<Scale> 
         "scale: {:?} synthetic containers over {} roles behind a fake Docker API",
         size.synthetic, size.roles
     ));
-    let fleets = synthetic::run(programs, moto, &size).await?;
+    let (fleets, control) = synthetic::run(programs, moto, &size).await?;
     crate::step(&format!(
         "scale: {} real containers over {} roles started in a burst on a private dockerd",
         size.burst, size.burst_roles
@@ -95,6 +98,7 @@ pub async fn run(programs: &Programs, moto: &Moto, size: Size) -> Result<Scale> 
         load_at_start,
         load_at_end: machine::load_average(),
         fleets,
+        control,
         burst,
     })
 }

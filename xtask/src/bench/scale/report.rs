@@ -136,8 +136,30 @@ impl Scale {
                     .join(", ")
             );
             t.push_str(&targets(&self.fleets, self.size.settle));
+            t.push_str(&self.control_line());
         }
         t
+    }
+
+    /// The control: how the bare server's throughput changes between the same address pools.
+    fn control_line(&self) -> String {
+        let c = &self.control;
+        if c.rounds.is_empty() {
+            return String::new();
+        }
+        let small: Vec<Sample> = c.rounds.iter().map(|(s, _)| s.clone()).collect();
+        let large: Vec<Sample> = c.rounds.iter().map(|(_, l)| l.clone()).collect();
+        let r = stats::median(c.rounds.iter().map(|(s, l)| l.rps / s.rps));
+        format!(
+            "\nControl, in the same rounds: the bench's bare hyper server (no identification) \
+             under the same load from {} addresses {:.0} req/s, from {} addresses {:.0} req/s: \
+             {r:.2}× (median of same-round ratios), the part of the change above that is the \
+             kernel's and the client's, not the daemon's.\n",
+            c.small,
+            medians(&small).0,
+            c.large,
+            medians(&large).0,
+        )
     }
 
     fn burst_section(&self) -> String {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, ensure};
 
+use super::control::{Bare, Control};
 use super::fake_docker::{FakeDocker, container_ip, role};
 use super::{DaemonLog, Size, cache_misses, start_daemon};
 use crate::bench::client::Conn;
@@ -91,11 +92,17 @@ async fn resync(fake: &FakeDocker, server: &Server) -> Result<Resync> {
 }
 
 /// Runs item 4 with every container count of `size`; `roles` already exist in moto.
-pub async fn run(programs: &Programs, moto: &Moto, size: &Size) -> Result<Vec<Fleet>> {
+pub async fn run(programs: &Programs, moto: &Moto, size: &Size) -> Result<(Vec<Fleet>, Control)> {
     let mut running = Vec::new();
     for &n in size.synthetic {
         running.push(start_fleet(programs, moto, size, n).await?);
     }
+    let bare = Bare::start(programs)?;
+    let mut control = Control {
+        small: size.synthetic.iter().copied().min().unwrap_or(1),
+        large: size.synthetic.iter().copied().max().unwrap_or(1),
+        rounds: Vec::new(),
+    };
 
     for round in 0..size.rounds {
         for k in 0..running.len() {
@@ -128,6 +135,10 @@ pub async fn run(programs: &Programs, moto: &Moto, size: &Size) -> Result<Vec<Fl
             );
             fleet.rounds.push(sample);
         }
+        let pools = (control.small, control.large);
+        control
+            .rounds
+            .push(bare.round(pools, size.roles, size.duration, round).await?);
     }
 
     let largest = size.synthetic.iter().copied().max().unwrap_or(0);
@@ -145,7 +156,10 @@ pub async fn run(programs: &Programs, moto: &Moto, size: &Size) -> Result<Vec<Fl
         }
         server.proc.check_running()?;
     }
-    Ok(running.into_iter().map(|(fleet, ..)| fleet).collect())
+    Ok((
+        running.into_iter().map(|(fleet, ..)| fleet).collect(),
+        control,
+    ))
 }
 
 /// Starts a fake dockerd with `n` containers and a daemon following it; waits until it is
@@ -208,7 +222,7 @@ async fn start_fleet(
 
 /// New connection per request, each from a random container's address asking for its role's
 /// credentials, [`WORKERS`] at a time for `duration`.
-async fn load(
+pub(super) async fn load(
     addr: SocketAddr,
     containers: usize,
     roles: usize,
