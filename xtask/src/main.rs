@@ -69,6 +69,10 @@ enum Command {
         /// by side with ours in the same run, through the redirect too.
         #[arg(long, value_name = "PATH")]
         baseline: Option<std::path::PathBuf>,
+        /// Only the scale scenarios (issue 15: real containers in a burst, 10,000 synthetic ones);
+        /// writes target/bench/BENCHMARKS-scale.md (with --quick: their small version).
+        #[arg(long)]
+        scale: bool,
     },
     /// Soak: mixed load for N minutes with credentials rotating every 5-40 s; fails unless there
     /// were no errors, memory stayed flat and STS was called only at refresh points. Not for CI.
@@ -131,7 +135,11 @@ fn main() -> ExitCode {
         Command::BuildEbpf => ebpf::run(),
         Command::TestPrivileged { args } => privileged::run(&args, false),
         Command::BenchRedirect => privileged::run(&[], true),
-        Command::Bench { quick, baseline } => bench::run(quick, baseline.as_deref()),
+        Command::Bench {
+            quick,
+            baseline,
+            scale,
+        } => bench::run(quick, scale, baseline.as_deref()),
         Command::Soak { minutes } => soak::run(minutes),
         Command::Fuzz {
             seconds,
@@ -173,7 +181,9 @@ mod tests {
 
     fn bench(args: &[&str]) -> (bool, Option<PathBuf>) {
         match parse(args) {
-            Ok(Command::Bench { quick, baseline }) => (quick, baseline),
+            Ok(Command::Bench {
+                quick, baseline, ..
+            }) => (quick, baseline),
             other => panic!("{args:?} parsed as {other:?}"),
         }
     }
@@ -182,6 +192,22 @@ mod tests {
     fn bench_without_baseline_is_todays_bench() {
         assert_eq!(bench(&["bench"]), (false, None));
         assert_eq!(bench(&["bench", "--quick"]), (true, None));
+    }
+
+    #[test]
+    fn bench_scale_runs_the_scale_scenarios_alone() {
+        assert!(matches!(
+            parse(&["bench", "--scale", "--quick"]),
+            Ok(Command::Bench {
+                quick: true,
+                scale: true,
+                baseline: None
+            })
+        ));
+        assert!(matches!(
+            parse(&["bench"]),
+            Ok(Command::Bench { scale: false, .. })
+        ));
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::containers::fake::{FakeRuntime, full_id, info};
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
 
 /// Records every change it is told of, as `+name` / `-name`.
 #[derive(Debug, Default)]
@@ -253,4 +255,67 @@ async fn no_reconnection_while_every_event_arrives() {
         "reconnected although no event was missed"
     );
     task.abort();
+}
+
+/// A connection listing many containers that counts the inspections in existence at once.
+#[derive(Debug, Default)]
+struct CountingConnection {
+    alive: Arc<std::sync::atomic::AtomicUsize>,
+    most: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One inspection in existence (made, not yet dropped).
+struct Alive(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Connection for CountingConnection {
+    fn events(&self, _: std::time::SystemTime) -> BoxStream<'static, Result<Event, SourceError>> {
+        futures_util::stream::pending().boxed()
+    }
+
+    fn running(&self) -> BoxFuture<'_, Result<Vec<String>, SourceError>> {
+        Box::pin(async { Ok((0..1000).map(|n| full_id(&format!("{n:04x}"))).collect()) })
+    }
+
+    fn inspect<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ContainerInfo>, SourceError>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.alive.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        let alive = Alive(Arc::clone(&self.alive));
+        Box::pin(async move {
+            let _alive = alive;
+            tokio::task::yield_now().await;
+            Ok(Some(info(&id[..4], "172.17.0.2", &["IAM_ROLE=r"])))
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, SourceError>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+#[tokio::test]
+async fn a_full_listing_makes_only_the_inspections_it_runs_at_once() {
+    let conn = CountingConnection::default();
+    let syncer = Syncer::new(
+        Arc::new(FakeRuntime::default()),
+        ContainerIndex::new(),
+        Arc::new(NoListener),
+        SyncConfig::default(),
+    );
+    syncer.resync(&conn).await.unwrap();
+    assert_eq!(syncer.index.len(), 1000);
+    let most = conn.most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        most <= INSPECT_CONCURRENCY,
+        "{most} inspections existed at once for 1000 containers"
+    );
 }

@@ -54,6 +54,11 @@ impl Conn {
         })
     }
 
+    /// Closes with a reset (`SO_LINGER` 0) when dropped: no `TIME_WAIT` is left on this side.
+    pub fn reset_on_close(&self) -> Result<()> {
+        Ok(self.stream.get_ref().set_zero_linger()?)
+    }
+
     /// Whether the server said it closes the connection after the last response.
     pub fn closed(&self) -> bool {
         self.closed

@@ -139,7 +139,7 @@ pub async fn run(
 }
 
 /// The daemon's count of credential requests that waited for STS, from its `/metrics`.
-async fn cache_misses(admin: SocketAddr) -> Result<u64> {
+pub(crate) async fn cache_misses(admin: SocketAddr) -> Result<u64> {
     const NAME: &str = "metadataproxy_credential_cache_misses_total ";
     let resp = client::once(None, admin, "GET", "/metrics", &[], b"").await?;
     ensure!(resp.status == 200, "GET /metrics: {}", resp.status);

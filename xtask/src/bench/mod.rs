@@ -13,6 +13,7 @@ mod many;
 mod moto;
 mod proc;
 mod report;
+mod scale;
 mod scenarios;
 mod servers;
 mod stats;
@@ -42,6 +43,8 @@ struct Size {
     added_callers: usize,
     /// Rounds of the eBPF path, each way (alternating which goes first).
     ebpf_rounds: usize,
+    /// The scale scenarios (issue 15).
+    scale: scale::Size,
 }
 
 const FULL: Size = Size {
@@ -54,6 +57,7 @@ const FULL: Size = Size {
     callers: 1000,
     added_callers: 20,
     ebpf_rounds: 5,
+    scale: scale::FULL,
 };
 
 /// A smoke run: everything runs once, briefly (CI checks it works, never how fast).
@@ -67,24 +71,29 @@ const QUICK: Size = Size {
     callers: 50,
     added_callers: 3,
     ebpf_rounds: 1,
+    scale: scale::QUICK,
 };
 
-/// Runs the benchmark; `quick` for the short smoke version; `baseline`, an earlier build of the
-/// daemon to measure beside ours. Fails only when something could not run.
+/// Runs the benchmark; `quick` for the short smoke version; `scale_only`, only the scale scenarios;
+/// `baseline`, an earlier build of the daemon to measure beside ours. Fails only when something
+/// could not run.
 ///
 /// `cargo xtask` is a debug build; the load generator and the bare server must not be slowed by that
 /// (they share the cores with the server under test), so a debug build re-runs itself in release.
-pub fn run(quick: bool, baseline: Option<&Path>) -> Result<()> {
+pub fn run(quick: bool, scale_only: bool, baseline: Option<&Path>) -> Result<()> {
     let ours_bin = repo::target_dir()?.join("release").join("metadataproxy");
     // Checked before anything is built: a wrong path fails at once.
     let baseline = baseline
         .map(|path| baseline::validate(path, &ours_bin))
         .transpose()?;
     if cfg!(debug_assertions) {
-        return rerun_in_release(quick, baseline.as_deref());
+        return rerun_in_release(quick, scale_only, baseline.as_deref());
     }
     let size = if quick { QUICK } else { FULL };
-    let command = command_line(quick, baseline.as_deref());
+    let command = command_line(quick, scale_only, baseline.as_deref());
+    if scale_only {
+        return run_scale(quick, size.scale, &command);
+    }
     let machine = Machine::describe();
     println!(
         "{} CPUs ({}), kernel {}, load average {}",
@@ -162,8 +171,68 @@ pub fn run(quick: bool, baseline: Option<&Path>) -> Result<()> {
     failures(&results)
 }
 
+/// `--scale`: moto, the daemon, and only the scale scenarios; the report goes to
+/// `target/bench/BENCHMARKS-scale.md` (`BENCHMARKS-scale-quick.md` with `--quick`).
+fn run_scale(quick: bool, size: scale::Size, command: &str) -> Result<()> {
+    let machine = Machine::describe();
+    println!(
+        "{} CPUs ({}), kernel {}, load average {}",
+        machine.cpus, machine.model, machine.kernel, machine.load_at_start
+    );
+    let venv = setup::run()?;
+    step("build: cargo build --release -p metadataproxy");
+    process::run(
+        Command::new(repo::cargo())
+            .args(["build", "--release", "-p", "metadataproxy"])
+            .current_dir(repo::root()),
+    )?;
+    let bench_dir = repo::target_dir()?.join("bench");
+    let work = bench_dir.join(if quick { "scale-quick" } else { "scale" });
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    println!("logs: {}", work.display());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let section = runtime.block_on(async {
+        let mut moto = Moto::start(&venv, &work)?;
+        let programs = Programs {
+            daemon: repo::target_dir()?.join("release").join("metadataproxy"),
+            lyft_venv: std::path::PathBuf::new(),
+            xtask: std::env::current_exe()?,
+            moto: moto.endpoint(),
+            dir: work.clone(),
+            baseline: None,
+        };
+        let scale = scale::run(&programs, &moto, size).await?;
+        moto.check_running()?;
+        anyhow::Ok(scale.markdown())
+    })?;
+    let text = format!(
+        "# Benchmarks: scale scenarios only\n\nRegenerate with:\n\n```sh\n{command}\n```\n\n\
+         {} CPUs ({}), kernel {}, memory {}, load average at start {}, taken {}.\n\n{section}",
+        machine.cpus,
+        machine.model,
+        machine.kernel,
+        machine.memory,
+        machine.load_at_start,
+        machine.date
+    );
+    step("results");
+    println!("{section}");
+    let out = bench_dir.join(if quick {
+        "BENCHMARKS-scale-quick.md"
+    } else {
+        "BENCHMARKS-scale.md"
+    });
+    std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
 /// Builds the release xtask and runs this same bench with it.
-fn rerun_in_release(quick: bool, baseline: Option<&Path>) -> Result<()> {
+fn rerun_in_release(quick: bool, scale_only: bool, baseline: Option<&Path>) -> Result<()> {
     step("build: cargo build --release -p xtask (the load generator and the bare server)");
     process::run(
         Command::new(repo::cargo())
@@ -176,6 +245,9 @@ fn rerun_in_release(quick: bool, baseline: Option<&Path>) -> Result<()> {
     if quick {
         cmd.arg("--quick");
     }
+    if scale_only {
+        cmd.arg("--scale");
+    }
     if let Some(path) = baseline {
         // Absolute already: the release run works in the repository's root.
         cmd.arg("--baseline").arg(path);
@@ -184,10 +256,13 @@ fn rerun_in_release(quick: bool, baseline: Option<&Path>) -> Result<()> {
 }
 
 /// The command that regenerates this run's figures, for the report.
-fn command_line(quick: bool, baseline: Option<&Path>) -> String {
+fn command_line(quick: bool, scale_only: bool, baseline: Option<&Path>) -> String {
     let mut command = String::from("cargo xtask bench");
     if quick {
         command.push_str(" --quick");
+    }
+    if scale_only {
+        command.push_str(" --scale");
     }
     if let Some(path) = baseline {
         command.push_str(" --baseline ");
@@ -265,6 +340,8 @@ async fn measure(
     ));
     let many = many::run(&programs, &moto, size.callers, size.added_callers, &body).await?;
     moto.check_running()?;
+    let scale = scale::run(&programs, &moto, size.scale).await?;
+    moto.check_running()?;
 
     Ok(Results {
         baseline,
@@ -278,6 +355,7 @@ async fn measure(
         cold,
         many,
         ebpf,
+        scale,
     })
 }
 
@@ -357,10 +435,11 @@ mod tests {
 
     #[test]
     fn the_report_names_the_command_that_regenerates_it() {
-        assert_eq!(command_line(false, None), "cargo xtask bench");
-        assert_eq!(command_line(true, None), "cargo xtask bench --quick");
+        assert_eq!(command_line(false, false, None), "cargo xtask bench");
+        assert_eq!(command_line(true, false, None), "cargo xtask bench --quick");
+        assert_eq!(command_line(false, true, None), "cargo xtask bench --scale");
         assert_eq!(
-            command_line(true, Some(Path::new("/work/baseline/mp-old"))),
+            command_line(true, false, Some(Path::new("/work/baseline/mp-old"))),
             "cargo xtask bench --quick --baseline /work/baseline/mp-old"
         );
     }

@@ -89,6 +89,30 @@ impl Moto {
         Ok(data["sts"]["AssumedRole"].as_array().map_or(0, Vec::len))
     }
 
+    /// Every AssumeRole call moto has answered: (role ARN, external id, session name).
+    pub async fn assumed_roles(&self) -> Result<Vec<(String, String, String)>> {
+        let resp = once(None, self.addr, "GET", "/moto-api/data.json", &[], b"").await?;
+        ensure!(resp.status == 200, "moto data.json: {}", resp.status);
+        let data: serde_json::Value =
+            serde_json::from_slice(&resp.body).context("parsing moto's data.json")?;
+        let text = |r: &serde_json::Value, k: &str| r[k].as_str().unwrap_or_default().to_owned();
+        Ok(data["sts"]["AssumedRole"]
+            .as_array()
+            .map(|records| {
+                records
+                    .iter()
+                    .map(|r| {
+                        (
+                            text(r, "role_arn"),
+                            text(r, "external_id"),
+                            text(r, "session_name"),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// Waits until moto has answered at least `count` AssumeRole calls in all.
     pub async fn wait_assume_roles(&self, count: usize, timeout: Duration) -> Result<usize> {
         let deadline = Instant::now() + timeout;

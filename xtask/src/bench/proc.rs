@@ -70,6 +70,11 @@ impl Proc {
         }
     }
 
+    /// Where its stdout and stderr go.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// The last lines of its log, for error messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -184,4 +189,28 @@ fn vm_rss_kib(pid: u32) -> Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .context("no VmRSS line")?;
     Ok(line.trim().trim_end_matches("kB").trim().parse()?)
+}
+
+impl Proc {
+    /// CPU time (user + system) the process and its descendants have used so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let ticks: u64 = tree(self.pid()).into_iter().filter_map(cpu_ticks).sum();
+        #[expect(clippy::cast_precision_loss, reason = "clock ticks")]
+        let ticks = ticks as f64;
+        ticks / CLOCK_TICKS
+    }
+}
+
+/// `sysconf(_SC_CLK_TCK)`: 100 on every Linux this runs on.
+const CLOCK_TICKS: f64 = 100.0;
+
+/// `utime + stime` from `/proc/<pid>/stat`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After the command: state(0) ppid(1) … utime(11) stime(12).
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }

@@ -44,6 +44,7 @@ impl Results {
              ## Throughput and latency\n\n{}\n\
              ## Memory, cold start, STS calls\n\n{}\n\
              ## eBPF redirect\n\n{}\n\n\
+             {}\n\
              ## Targets (issue 5)\n\n{}\n\
              Everything above is written by `cargo xtask bench`; regenerate it rather than edit it.\n\n{notes}",
             if self.baseline.is_some() {
@@ -70,6 +71,7 @@ impl Results {
             self.table(),
             self.other_table(),
             self.ebpf_section(),
+            self.scale.markdown(),
             self.targets_table(),
         )
     }

@@ -30,6 +30,8 @@ pub struct Results {
     pub ebpf: EbpfPath,
     /// With `--baseline`: the earlier build measured beside ours.
     pub baseline: Option<BaselineRun>,
+    /// Issue 15's scale scenarios.
+    pub scale: super::scale::Scale,
 }
 
 /// The earlier build measured beside ours, and the settings of ours it ran without in the load
