@@ -24,7 +24,7 @@ boto3.client('iam', endpoint_url='http://127.0.0.1:$moto_port', region_name='us-
 echo '{"127.0.0.1": "web"}' > "$work/map.json"
 printf '{\n  "Code" : "Success",\n  "LastUpdated" : "2026-12-05T22:30:00Z",\n  "Type" : "AWS-HMAC",\n  "AccessKeyId" : "ASIAEXAMPLEEXAMPLE12",\n  "SecretAccessKey" : "secretsecretsecretsecretsecretsecretsecr",\n  "Token" : "%s",\n  "Expiration" : "2026-12-05T23:30:00Z"\n}' "$(head -c 600 /dev/zero | tr '\0' 'T')" > "$work/body.json"
 
-# Total instructions of SERVER (daemon|bare) after CLIENT ran N sequences.
+# Total instructions of SERVER (daemon|bare) after N sequences of MODE (get|v2).
 total() {
   local server=$1 client=$2 count=$3 out="$work/cg.$1.$2.$3"
   if [ "$server" = daemon ]; then
@@ -43,12 +43,12 @@ total() {
     sleep 0.2
   done
   sleep 1
-  python3 "$here/$client" 127.0.0.1 $port $path 200 "$count"
+  python3 "$here/client.py" "$client" 127.0.0.1 $port $path 200 "$count"
   kill -TERM $pid; wait $pid 2>/dev/null || true
   awk '/^summary:/ {print $2}' "$out"
 }
 
-for client in get_loop.py v2_loop.py; do
+for client in get v2; do
   for server in bare daemon; do
     zero=$(total $server $client 0); many=$(total $server $client "$n")
     echo "$server $client $(( (many - zero) / n )) instructions per sequence"
