@@ -7,6 +7,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+/// The message of a caught panic (`String` or `&str` payload), empty otherwise.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default()
+}
+
 /// Prints `cmd` and runs it to completion, failing on a non-zero exit.
 pub fn run(cmd: &mut Command) -> Result<()> {
     println!("$ {}", describe(cmd));

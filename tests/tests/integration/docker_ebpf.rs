@@ -13,7 +13,7 @@ use metadataproxy_tests::{
 };
 
 /// IMDSv1 at the metadata address from inside container `id`: (ok, body or error).
-fn v1(docker: &DockerD, id: &str, path: &str) -> (bool, String) {
+pub(crate) fn v1(docker: &DockerD, id: &str, path: &str) -> (bool, String) {
     let (ok, out, err) = docker.exec(id, &format!("wget -q -O - http://{METADATA_IP}{path}"));
     assert!(
         !out.contains(HOST_ACCESS_KEY_ID),

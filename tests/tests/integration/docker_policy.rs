@@ -10,20 +10,10 @@
 
 use std::time::{Duration, Instant};
 
+use crate::docker_ebpf::v1;
 use metadataproxy_tests::{
-    ACCOUNT, BpfFs, CREDS_PATH, Daemon, DockerD, FaultySts, HOST_ACCESS_KEY_ID, IMAGE, METADATA_IP,
-    MetadataAddress, Moto,
+    ACCOUNT, BpfFs, CREDS_PATH, Daemon, DockerD, FaultySts, IMAGE, MetadataAddress, Moto,
 };
-
-/// IMDSv1 at the metadata address from inside container `id`: (ok, body or error).
-fn v1(docker: &DockerD, id: &str, path: &str) -> (bool, String) {
-    let (ok, out, err) = docker.exec(id, &format!("wget -q -O - http://{METADATA_IP}{path}"));
-    assert!(
-        !out.contains(HOST_ACCESS_KEY_ID),
-        "host credentials reached container {id}: {out}"
-    );
-    (ok, if ok { out } else { err })
-}
 
 fn arn(role: &str) -> String {
     format!("arn:aws:iam::{ACCOUNT}:role/{role}")

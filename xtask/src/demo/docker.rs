@@ -39,11 +39,7 @@ pub fn run(venv: &Path, bin: &Path) -> Result<()> {
     let summary = match outcome {
         Ok(result) => result?,
         Err(panic) => {
-            let why = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default();
+            let why = crate::process::panic_message(&*panic);
             bail!("the demo failed (everything it started was cleaned up): {why}");
         }
     };

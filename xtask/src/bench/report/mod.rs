@@ -65,13 +65,15 @@ fn p99(s: &Sample) -> f64 {
     s.p99_us
 }
 
-fn mib(kib: u64) -> String {
+/// `kib` as MiB with one decimal.
+pub(in crate::bench) fn mib(kib: u64) -> String {
     #[expect(clippy::cast_precision_loss, reason = "memory sizes")]
     let m = kib as f64 / 1024.0;
     format!("{m:.1} MiB")
 }
 
-fn ms(d: Duration) -> String {
+/// `d` in whole milliseconds.
+pub(in crate::bench) fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 

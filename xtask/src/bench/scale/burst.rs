@@ -76,11 +76,7 @@ pub async fn run(programs: &Programs, moto: &Moto, size: &Size) -> Result<Burst>
         Ok(Some(d)) => d,
         Ok(None) => return Ok(Burst::NotMeasured("dockerd cannot run here".into())),
         Err(panic) => {
-            let why = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default();
+            let why = crate::process::panic_message(&*panic);
             return Ok(Burst::NotMeasured(format!("dockerd did not start: {why}")));
         }
     };

@@ -6,20 +6,11 @@ use std::time::Duration;
 use super::burst::{Burst, BurstRun, PARALLEL_RUNS};
 use super::synthetic::{Fleet, WORKERS};
 use super::{Scale, median};
+use crate::bench::report::{mib, ms};
 use crate::bench::stats::{self, Sample};
 
 /// RSS target with 10,000 containers indexed.
 const RSS_TARGET_MIB: u64 = 64;
-
-fn mib(kib: u64) -> String {
-    #[expect(clippy::cast_precision_loss, reason = "memory sizes")]
-    let m = kib as f64 / 1024.0;
-    format!("{m:.1} MiB")
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
-}
 
 /// The `p`th percentile of millisecond values.
 fn pct(values: &[f64], p: f64) -> f64 {
