@@ -25,19 +25,23 @@ fn setting(name: &str, default: u64) -> u64 {
 /// The loop each container runs: wait for `/sig/go`, then for `secs` seconds list the role and
 /// fetch its credentials, odd rounds IMDSv1 and even rounds IMDSv2 (one token, from a raw `PUT`
 /// through busybox `nc`); one line per round on stdout: `OK <v> <role> <json>` or `ERR <v> <what>`.
+/// Every request gives up after 10 s (`timeout`: busybox 1.35's own `wget -T` crashes), so one that
+/// is never answered is an `ERR` line saying how long it took, not a container that outlives the
+/// test's deadline.
 fn script(secs: u64) -> String {
     format!(
         r#"while [ ! -e /sig/go ]; do usleep 100000; done
 M=http://{METADATA_IP}/latest/meta-data/iam/security-credentials/
-tok() {{ (printf 'PUT /latest/api/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600\r\n\r\n'; sleep 1) | nc {METADATA_IP} 80 | sed '1,/^\r$/d'; }}
+tok() {{ (printf 'PUT /latest/api/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600\r\n\r\n'; sleep 1) | nc -w 10 {METADATA_IP} 80 | sed '1,/^\r$/d'; }}
 T=$(tok)
 end=$(( $(date +%s) + {secs} ))
 i=0
 while [ "$(date +%s)" -lt "$end" ]; do
   i=$((i+1))
   if [ $((i % 2)) = 0 ]; then v=v2; H="X-aws-ec2-metadata-token: $T"; else v=v1; H="X-Round: $i"; fi
-  if ! R=$(wget -q -O - --header "$H" "$M" 2>&1); then echo "ERR $v list $R" | tr -d '\n'; echo; T=$(tok); continue; fi
-  if ! B=$(wget -q -O - --header "$H" "$M$R" 2>&1); then echo "ERR $v creds $B" | tr -d '\n'; echo; continue; fi
+  s=$(date +%s)
+  if ! R=$(timeout 10 wget -q -O - --header "$H" "$M" 2>&1); then echo "ERR $v list after $(( $(date +%s) - s )) s: $R" | tr -d '\n'; echo; T=$(tok); continue; fi
+  if ! B=$(timeout 10 wget -q -O - --header "$H" "$M$R" 2>&1); then echo "ERR $v creds after $(( $(date +%s) - s )) s: $B" | tr -d '\n'; echo; continue; fi
   echo "OK $v $R $B" | tr -d '\n'; echo
   usleep 20000
 done
@@ -137,6 +141,31 @@ fn start_containers(docker: &DockerD, roles: &[String], mount: &str, script: &st
     })
 }
 
+/// What each container in `running` is doing: its processes and its last output lines.
+fn stuck(docker: &DockerD, ids: &[String], roles: &[String], running: &str) -> String {
+    ids.iter()
+        .zip(roles)
+        .filter(|(id, _)| running.lines().any(|r| r.starts_with(id.as_str())))
+        .map(|(id, role)| {
+            let top = docker.command(&["top", id]).output().expect("docker top");
+            let logs = docker.command(&["logs", id]).output().expect("docker logs");
+            format!(
+                "{role} ({}):\n{}{}",
+                &id[..12.min(id.len())],
+                String::from_utf8_lossy(&top.stdout),
+                last_lines(&String::from_utf8_lossy(&logs.stdout), 3)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The last `n` lines of `text`.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// The daemon following `docker`, with the eBPF redirect on its containers' cgroup parent.
 async fn start_daemon(docker: &DockerD, moto: &Moto, bpffs: &BpfFs) -> Daemon {
     Daemon::builder()
@@ -173,13 +202,17 @@ async fn fifty_containers_under_load_only_ever_get_their_own_roles() {
     std::fs::write(signal.path().join("go"), "").expect("go signal");
     let load = Instant::now();
     let deadline = load + Duration::from_secs(secs + 120);
-    while !docker
-        .must(&["ps", "-q", "--filter", "status=running"])
-        .is_empty()
-    {
+    loop {
+        let running = docker.must(&["ps", "-q", "--no-trunc", "--filter", "status=running"]);
+        if running.is_empty() {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
-            "containers still running {secs} s + 120 s after the start"
+            "containers still running {secs} s + 120 s after the start:\n{}\n\
+             --- the daemon's last log lines ---\n{}",
+            stuck(&docker, &ids, &roles, &running),
+            last_lines(&daemon.logs(), 80)
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
