@@ -264,6 +264,25 @@ impl ContainerIndex {
         self.matching(|_| true)
     }
 
+    /// The ids in `running` that are not indexed and the indexed ids not in `running`, compared
+    /// in place (no copy of every indexed id).
+    pub fn differences(&self, running: Vec<String>) -> std::collections::HashSet<String> {
+        let running: std::collections::HashSet<String> = running.into_iter().collect();
+        let state = self.read();
+        let gone = state
+            .by_id
+            .keys()
+            .filter(|id| !running.contains(id.as_str()))
+            .cloned();
+        let mut differ: std::collections::HashSet<String> = gone.collect();
+        differ.extend(
+            running
+                .into_iter()
+                .filter(|id| !state.by_id.contains_key(id.as_str())),
+        );
+        differ
+    }
+
     /// How many running containers are indexed.
     pub fn len(&self) -> usize {
         self.read().by_id.len()

@@ -203,3 +203,15 @@ fn a_cgroup_claimed_by_two_containers_identifies_neither() {
     assert!(index.in_cgroup("/shared").is_none());
     assert!(index.in_cgroup("/moved").is_some());
 }
+
+#[test]
+fn differences_are_the_ids_on_one_side_only() {
+    let index = ContainerIndex::new();
+    index.upsert(container("a", "172.17.0.2", &[]));
+    index.upsert(container("b", "172.17.0.3", &[]));
+    let (a, b, c) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+    assert!(index.differences(vec![a.clone(), b.clone()]).is_empty());
+    let differ = index.differences(vec![a, c.clone()]);
+    assert_eq!(differ, [b, c].into_iter().collect());
+    assert_eq!(index.differences(Vec::new()).len(), 2);
+}

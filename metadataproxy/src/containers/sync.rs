@@ -185,9 +185,7 @@ impl Syncer {
 
     /// The ids running but not indexed, or indexed but not running.
     fn differences(&self, running: Vec<String>) -> HashSet<String> {
-        let running: HashSet<String> = running.into_iter().collect();
-        let indexed: HashSet<String> = self.index.all().iter().map(|c| c.id.clone()).collect();
-        running.symmetric_difference(&indexed).cloned().collect()
+        self.index.differences(running)
     }
 
     /// Lists and inspects every running container and makes the index exactly that.

@@ -3,13 +3,11 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bollard::errors::Error as BollardError;
-use bollard::models::{
-    ContainerInspectResponse, ContainerSummaryStateEnum, EventMessage, EventMessageTypeEnum,
-};
-use bollard::query_parameters::{EventsOptions, ListContainersOptions};
+use bollard::models::{ContainerInspectResponse, EventMessage, EventMessageTypeEnum};
+use bollard::query_parameters::EventsOptions;
 use bollard::{ClientVersion, Docker};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
@@ -110,7 +108,10 @@ impl ContainerSource for DockerApi {
                 .map_err(|e| SourceError::Connect(e.into()))?;
             let version = docker.client_version();
             tracing::debug!(api = %format_args!("{}.{}", version.major_version, version.minor_version), "Docker API version negotiated");
-            Ok(Box::new(BollardConnection { docker }) as Box<dyn Connection>)
+            Ok(Box::new(BollardConnection {
+                docker,
+                endpoint: self.endpoint.clone(),
+            }) as Box<dyn Connection>)
         })
     }
 }
@@ -119,6 +120,8 @@ impl ContainerSource for DockerApi {
 #[derive(Debug)]
 struct BollardConnection {
     docker: Docker,
+    /// Where `docker` connects: the listing makes its own request there.
+    endpoint: Endpoint,
 }
 
 impl Connection for BollardConnection {
@@ -159,25 +162,16 @@ impl Connection for BollardConnection {
 
     fn running(&self) -> BoxFuture<'_, Result<Vec<String>, SourceError>> {
         Box::pin(async move {
-            let options = ListContainersOptions {
-                all: false,
-                ..ListContainersOptions::default()
-            };
-            let list = self
-                .docker
-                .list_containers(Some(options))
-                .await
-                .map_err(|source| SourceError::Api {
-                    call: "GET /containers/json",
-                    source: source.into(),
-                })?;
-            // Docker counts a container waiting to be restarted as running; it has no process
-            // (and its `die` took it out of the index), so it is not listed here either.
-            Ok(list
-                .into_iter()
-                .filter(|c| c.state != Some(ContainerSummaryStateEnum::RESTARTING))
-                .filter_map(|c| c.id)
-                .collect())
+            super::listing::running_ids(
+                &self.endpoint,
+                self.docker.client_version(),
+                Duration::from_secs(CALL_TIMEOUT_SECS),
+            )
+            .await
+            .map_err(|source| SourceError::Api {
+                call: "GET /containers/json",
+                source: source.into(),
+            })
         })
     }
 

@@ -6,6 +6,7 @@
 mod api;
 pub mod cgroup;
 mod identify;
+mod listing;
 
 pub use api::DockerApi;
 pub use identify::{
