@@ -20,6 +20,7 @@ pub mod fuzzing;
 pub mod identity;
 pub mod imds;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod role;

@@ -193,20 +193,25 @@ impl Syncer {
         let ids = conn.running().await?;
         // Each inspection is made when its turn comes: a boxed request future is kilobytes, so
         // making them all first held megabytes per thousand containers at once.
-        let infos: Vec<Result<Option<ContainerInfo>, SourceError>> =
+        // Each inspection becomes its index entry as it arrives, so the inspections (every
+        // variable, label and network of a container) are never all held at once.
+        let entries: Vec<Result<Option<Container>, SourceError>> =
             futures_util::stream::iter(0..ids.len())
                 .map(|i| conn.inspect(&ids[i]))
                 .buffer_unordered(INSPECT_CONCURRENCY)
+                .map(|info| Ok(info?.filter(|i| i.running).map(|i| self.entry(&i))))
                 .collect()
                 .await;
-        let mut containers = Vec::with_capacity(infos.len());
-        for info in infos {
-            if let Some(info) = info?.filter(|i| i.running) {
-                containers.push(self.entry(&info));
-            }
+        let mut containers = Vec::with_capacity(entries.len());
+        for entry in entries {
+            containers.extend(entry?);
         }
         let change = self.index.replace_all(containers);
         self.notify(&change);
+        drop(change);
+        // The old index and the listing are free now; give their pages back to the system
+        // rather than keep the peak for good.
+        crate::memory::release_free_pages();
         Ok(())
     }
 
