@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer as _, SeqAccess, Visitor};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::{StreamReader, SyncIoBridge};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::Endpoint;
 
@@ -44,6 +45,9 @@ pub enum ListError {
     /// The body is not a JSON array of container summaries with string `Id`s.
     #[error("not a container listing: {0}")]
     Json(#[from] serde_json::Error),
+    /// The thread parsing the body failed (a panic).
+    #[error("the listing's parser failed: {0}")]
+    Parser(tokio::task::JoinError),
     /// No complete answer in time.
     #[error("no complete answer within {0:?}")]
     Timeout(Duration),
@@ -97,8 +101,10 @@ where
 {
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    // Ends with the exchange (the request asks to close) or when the listing is dropped.
-    let driver = tokio::spawn(connection);
+    // Ends with the exchange (the request asks to close), or is aborted when the listing ends or
+    // is dropped (its timeout): the body then fails, so the parser's thread never waits on a
+    // stalled dockerd.
+    let _driver = AbortOnDropHandle::new(tokio::spawn(connection));
     let request = Request::get(path)
         .header(hyper::header::HOST, "docker")
         .header(hyper::header::CONNECTION, "close")
@@ -110,7 +116,6 @@ where
     if status != StatusCode::OK {
         let bytes = body.collect().await?.to_bytes();
         let text = String::from_utf8_lossy(&bytes[..bytes.len().min(ERROR_BODY_LIMIT)]);
-        driver.abort();
         return Err(ListError::Status {
             status,
             message: text.trim().to_owned(),
@@ -120,11 +125,9 @@ where
         .try_filter_map(|frame| std::future::ready(Ok(frame.into_data().ok())))
         .map_err(io::Error::other);
     let reader = SyncIoBridge::new(StreamReader::new(chunks));
-    let parsed = tokio::task::spawn_blocking(move || parse(io::BufReader::new(reader)))
+    tokio::task::spawn_blocking(move || parse(io::BufReader::new(reader)))
         .await
-        .map_err(|e| ListError::Connect(io::Error::other(e)))?;
-    driver.abort();
-    parsed
+        .map_err(ListError::Parser)?
 }
 
 /// The running ids in a listing read from `reader`.
@@ -200,7 +203,8 @@ mod tests {
     }
 
     /// A dockerd stand-in on a unix socket that answers one connection with `answer`, written in
-    /// pieces of `piece` bytes; returns the socket's endpoint and what was asked.
+    /// pieces of `piece` bytes, and keeps it open until the client closes it; returns the
+    /// socket's endpoint and what was asked.
     fn serve_once(
         dir: &std::path::Path,
         answer: Vec<u8>,
@@ -217,6 +221,8 @@ mod tests {
                 s.write_all(chunk).await.unwrap();
                 tokio::task::yield_now().await;
             }
+            // Open until the client closes: an answer cut short stalls rather than ends.
+            let _ = s.read(&mut [0; 1]).await;
             String::from_utf8_lossy(&head[..n]).into_owned()
         });
         (Endpoint::Unix(path), asked)
@@ -278,6 +284,20 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().starts_with("cannot connect: "), "{e}");
+
+        let stalled = dir.path().join("stalled");
+        std::fs::create_dir(&stalled).unwrap();
+        let head = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n[{\"Id\":\"a\"},";
+        let (endpoint, server) = serve_once(&stalled, head.as_bytes().to_vec(), 64);
+        let e = running_ids(&endpoint, V, Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "no complete answer within 300ms");
+        // The connection is closed at the timeout, not left to a parser waiting for the rest.
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the listing's connection closed at its timeout")
+            .unwrap();
 
         let mute = dir.path().join("mute.sock");
         let _listener = tokio::net::UnixListener::bind(&mute).unwrap();
