@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::container::{Container, ContainerInfo, short};
 use super::index::{Change, ContainerIndex};
@@ -191,21 +191,19 @@ impl Syncer {
     /// Lists and inspects every running container and makes the index exactly that.
     async fn resync(&self, conn: &dyn Connection) -> Result<(), SourceError> {
         let ids = conn.running().await?;
-        // Each inspection is made when its turn comes: a boxed request future is kilobytes, so
-        // making them all first held megabytes per thousand containers at once.
-        // Each inspection becomes its index entry as it arrives, so the inspections (every
-        // variable, label and network of a container) are never all held at once.
-        let entries: Vec<Result<Option<Container>, SourceError>> =
-            futures_util::stream::iter(0..ids.len())
-                .map(|i| conn.inspect(&ids[i]))
-                .buffer_unordered(INSPECT_CONCURRENCY)
-                .map(|info| Ok(info?.filter(|i| i.running).map(|i| self.entry(&i))))
-                .collect()
-                .await;
-        let mut containers = Vec::with_capacity(entries.len());
-        for entry in entries {
-            containers.extend(entry?);
-        }
+        // Each inspection is made when its turn comes (a boxed request future is kilobytes:
+        // making them all first held megabytes per thousand containers) and becomes its index
+        // entry as it arrives, so the inspections themselves are never all held at once. The
+        // first failure ends the resync.
+        let containers: Vec<Container> = futures_util::stream::iter(0..ids.len())
+            .map(|i| conn.inspect(&ids[i]))
+            .buffer_unordered(INSPECT_CONCURRENCY)
+            .try_filter_map(|info| {
+                let entry = info.filter(|i| i.running).map(|i| self.entry(&i));
+                std::future::ready(Ok(entry))
+            })
+            .try_collect()
+            .await?;
         let change = self.index.replace_all(containers);
         self.notify(&change);
         drop(change);
