@@ -204,16 +204,9 @@ impl Inner {
     }
 
     /// Marks a token used (it moves to its caller's used ones).
-    fn mark_used(&mut self, token: &str) {
-        let Some(entry) = self.tokens.get_mut(token) else {
-            return;
-        };
-        if entry.used {
-            return;
-        }
-        entry.used = true;
-        let (caller, seq) = (entry.caller.clone(), entry.seq);
-        if let Some(held) = self.by_caller.get_mut(&caller)
+    /// Moves the token `seq` of `caller` (just presented for the first time) to its used ones.
+    fn mark_used(&mut self, caller: &Identity, seq: u64) {
+        if let Some(held) = self.by_caller.get_mut(caller)
             && let Some(t) = held.unused.remove(&seq)
         {
             held.used.insert(seq, t);
@@ -289,18 +282,15 @@ impl TokenStore {
 
     /// Checks that `token` is live and was issued to `caller`.
     pub fn validate(&self, token: &str, caller: &Identity) -> Result<(), TokenError> {
-        // Refuse without taking the lock what we could never have issued.
-        if token.is_empty()
-            || token.len() > MAX_TOKEN_LEN
-            || !token
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        // Refuse without taking the lock what we could never have issued. Any other string is
+        // only looked up (never stored), so its bytes need no check of their own.
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Unknown);
         }
         let now = self.clock.monotonic();
         let mut inner = self.lock();
-        let Some(entry) = inner.tokens.get(token) else {
+        // One lookup for the check and the mark.
+        let Some(entry) = inner.tokens.get_mut(token) else {
             return Err(TokenError::Unknown);
         };
         if entry.caller != *caller {
@@ -311,7 +301,11 @@ impl TokenStore {
             inner.remove(token);
             return Err(TokenError::Expired);
         }
-        inner.mark_used(token);
+        if !entry.used {
+            entry.used = true;
+            let seq = entry.seq;
+            inner.mark_used(caller, seq);
+        }
         Ok(())
     }
 
