@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bollard::ClientVersion;
 use futures_util::TryStreamExt as _;
-use http_body_util::{BodyExt as _, BodyStream, Empty};
+use http_body_util::{BodyStream, Empty};
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -114,7 +114,17 @@ where
     let status = response.status();
     let body = response.into_body();
     if status != StatusCode::OK {
-        let bytes = body.collect().await?.to_bytes();
+        // Only the start is kept, so only the start is read: an error answer of any size costs
+        // at most this much.
+        let mut bytes = Vec::new();
+        let mut frames = BodyStream::new(body);
+        while bytes.len() < ERROR_BODY_LIMIT
+            && let Some(frame) = frames.try_next().await?
+        {
+            if let Ok(data) = frame.into_data() {
+                bytes.extend_from_slice(&data);
+            }
+        }
         let text = String::from_utf8_lossy(&bytes[..bytes.len().min(ERROR_BODY_LIMIT)]);
         return Err(ListError::Status {
             status,
@@ -278,6 +288,22 @@ mod tests {
             e.to_string(),
             r#"dockerd answered 500 Internal Server Error: {"message":"containerd is not running"}"#
         );
+
+        // Only the start of an error answer is read: a huge (here, never finished) one is not
+        // waited for.
+        let huge = dir.path().join("huge");
+        std::fs::create_dir(&huge).unwrap();
+        let answer = format!(
+            "HTTP/1.1 404 Not Found\r\ncontent-length: 10000000\r\n\r\n{}",
+            "x".repeat(1000)
+        );
+        let (endpoint, _server) = serve_once(&huge, answer.into_bytes(), 100);
+        let e = running_ids(&endpoint, V, Duration::from_secs(10))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("dockerd answered 404 Not Found: xxx"), "{e}");
+        assert!(e.len() < ERROR_BODY_LIMIT + 100, "{} bytes", e.len());
 
         let gone = Endpoint::Unix(dir.path().join("no.sock"));
         let e = running_ids(&gone, V, Duration::from_secs(10))
