@@ -31,7 +31,7 @@ use crate::imds::mock::MockTree;
 use crate::imds::proxy::{AllowList, Upstream};
 use crate::imds::service::{Imds, Passthrough};
 use crate::imds::site::ImdsSite;
-use crate::imds::token::TokenStore;
+use crate::imds::token::Tokens;
 use crate::policy::{AssignedBy, Gate, PolicyError, PolicyFile, Subject};
 use crate::role::RoleAssignment;
 use crate::server;
@@ -54,6 +54,9 @@ pub enum AppError {
     /// The listen address cannot be bound.
     #[error(transparent)]
     Bind(#[from] server::BindError),
+    /// The key that seals `IMDSv2` tokens cannot be drawn.
+    #[error(transparent)]
+    TokenKey(#[from] crate::imds::token::KeyError),
 }
 
 /// What the IMDS API is built on besides the configuration: AWS, time, and where callers and
@@ -189,7 +192,7 @@ pub fn build(config: &Config, peers: Peers) -> Result<Parts, AppError> {
         policy,
         cgroups,
     };
-    let imds = imds(config, iam, clock, caller_container);
+    let imds = imds(config, iam, clock, caller_container)?;
     Ok(Parts {
         imds,
         cache,
@@ -242,7 +245,7 @@ fn imds(
     iam: Iam,
     clock: Arc<dyn Clock>,
     caller_container: CallerContainer,
-) -> Arc<Imds> {
+) -> Result<Arc<Imds>, AppError> {
     let passthrough = if config.mock_api {
         Passthrough::Mock(MockTree::new(&config.mocked_instance_id))
     } else {
@@ -252,20 +255,16 @@ fn imds(
             allow_list(&config.proxy_allowed_paths),
         )))
     };
-    Arc::new(Imds {
+    Ok(Arc::new(Imds {
         iam,
-        tokens: TokenStore::new(
-            config.token_max_total,
-            config.token_max_per_caller,
-            Arc::clone(&clock),
-        ),
+        tokens: Tokens::new(Arc::clone(&clock))?,
         passthrough,
         imdsv2_required: config.imdsv2_required,
         ecs: config
             .ecs_endpoint
             .then(|| Ecs::new(Arc::new(caller_container))),
         clock,
-    })
+    }))
 }
 
 /// What proxy mode forwards, from `PROXY_ALLOWED_PATHS`.
@@ -507,6 +506,12 @@ impl Prefetch {
 
 /// Runs the daemon until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+    for name in &config.retired {
+        tracing::warn!(
+            setting = name,
+            "retired setting ignored: IMDSv2 tokens are sealed (they carry their expiry and a tag binding them to their caller) and the daemon stores none, so there is nothing for it to bound"
+        );
+    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let sts = AwsSts::load(
         config.aws_region.clone(),

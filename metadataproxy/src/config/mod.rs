@@ -146,10 +146,8 @@ pub struct Config {
     pub credential_cache_size: usize,
     /// `STS_MAX_CALLS_PER_SECOND`.
     pub sts_max_calls_per_second: std::num::NonZeroU32,
-    /// `TOKEN_MAX_TOTAL`.
-    pub token_max_total: usize,
-    /// `TOKEN_MAX_PER_CALLER`.
-    pub token_max_per_caller: usize,
+    /// Retired settings that were set: they are ignored, with a warning at start.
+    pub retired: Vec<&'static str>,
     /// `ROLE_MAPPING_RELOAD_INTERVAL`.
     pub mapping_reload_interval: Duration,
     /// `DOCKER_PING_INTERVAL`.

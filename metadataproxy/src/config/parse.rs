@@ -278,8 +278,13 @@ where
                 .unwrap_or(std::num::NonZeroU32::MIN)
         })
     });
-    let token_max_total = r.parse(s::TOKEN_MAX_TOTAL, usize_in(1, 10_000_000));
-    let token_max_per_caller = r.parse(s::TOKEN_MAX_PER_CALLER, usize_in(1, 100_000));
+    // Accepted so configurations that set them still start; the daemon warns that they are
+    // ignored (IMDSv2 tokens are sealed, not stored, so there is nothing left to bound).
+    let retired: Vec<&'static str> = s::RETIRED
+        .iter()
+        .copied()
+        .filter(|name| r.optional(name).is_some())
+        .collect();
     let reload = r.parse(s::ROLE_MAPPING_RELOAD_INTERVAL, integer(1, 3600));
     let docker_ping = r.parse(s::DOCKER_PING_INTERVAL, integer(1, 3600));
     let admin_listen = r.parse(s::ADMIN_LISTEN, admin_listen);
@@ -341,8 +346,6 @@ where
         Some(session_duration),
         Some(credential_cache_size),
         Some(sts_max_calls_per_second),
-        Some(token_max_total),
-        Some(token_max_per_caller),
         Some(reload),
         Some(docker_ping),
         Some(admin_listen),
@@ -362,8 +365,6 @@ where
         session_duration,
         credential_cache_size,
         sts_max_calls_per_second,
-        token_max_total,
-        token_max_per_caller,
         reload,
         docker_ping,
         admin_listen,
@@ -407,8 +408,7 @@ where
         role_session_duration: Duration::from_secs(session_duration),
         credential_cache_size,
         sts_max_calls_per_second,
-        token_max_total,
-        token_max_per_caller,
+        retired,
         mapping_reload_interval: Duration::from_secs(reload),
         docker_ping_interval: Duration::from_secs(docker_ping),
         admin_listen,

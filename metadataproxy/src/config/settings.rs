@@ -101,6 +101,9 @@ pub const CREDENTIAL_CACHE_SIZE: &str = "CREDENTIAL_CACHE_SIZE";
 pub const STS_MAX_CALLS_PER_SECOND: &str = "STS_MAX_CALLS_PER_SECOND";
 pub const TOKEN_MAX_TOTAL: &str = "TOKEN_MAX_TOTAL";
 pub const TOKEN_MAX_PER_CALLER: &str = "TOKEN_MAX_PER_CALLER";
+/// Settings that no longer do anything: accepted (so configurations that set them still start)
+/// and named in a warning at start.
+pub const RETIRED: &[&str] = &[TOKEN_MAX_TOTAL, TOKEN_MAX_PER_CALLER];
 pub const ROLE_MAPPING_RELOAD_INTERVAL: &str = "ROLE_MAPPING_RELOAD_INTERVAL";
 pub const ROLE_POLICY_FILE: &str = "ROLE_POLICY_FILE";
 pub const SESSION_TAGS: &str = "SESSION_TAGS";
@@ -319,16 +322,16 @@ pub const SETTINGS: &[Setting] = &[
     ours(
         TOKEN_MAX_TOTAL,
         "token-max-total",
-        Some("65536"),
+        None,
         Kind::Value,
-        "most live IMDSv2 tokens; when full, the caller holding the most loses one (its oldest already-used token first, else its oldest), so no caller can flush another's",
+        "retired, ignored with a warning: IMDSv2 tokens are sealed (they carry their expiry and a keyed tag binding them to their caller) and the daemon stores none, so there is no count to bound",
     ),
     ours(
         TOKEN_MAX_PER_CALLER,
         "token-max-per-caller",
-        Some("128"),
+        None,
         Kind::Value,
-        "most live IMDSv2 tokens per caller; at the limit its oldest already-used token is dropped first, else its oldest",
+        "retired, ignored with a warning: as TOKEN_MAX_TOTAL, no token is stored, so no caller's tokens can crowd out another's",
     ),
     ours(
         HTTP_HEADER_TIMEOUT,

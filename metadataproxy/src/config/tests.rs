@@ -133,7 +133,7 @@ fn every_bad_value_is_reported_by_name_at_once() {
         ("LOG_FORMAT", "xml"),
         ("DEFAULT_ROLE", "@123"),
         ("DOCKER_URL", "/var/run/docker.sock"),
-        ("TOKEN_MAX_PER_CALLER", "0"),
+        ("CREDENTIAL_CACHE_SIZE", "0"),
     ]);
     let names: Vec<&str> = errors.iter().map(|e| e.name).collect();
     for expected in [
@@ -148,7 +148,7 @@ fn every_bad_value_is_reported_by_name_at_once() {
         "LOG_FORMAT",
         "DEFAULT_ROLE",
         "DOCKER_URL",
-        "TOKEN_MAX_PER_CALLER",
+        "CREDENTIAL_CACHE_SIZE",
     ] {
         assert!(
             names.contains(&expected),

@@ -11,7 +11,7 @@ use super::path::{self, Category, ImdsPath};
 use super::proxy::Upstream;
 use super::response::{self, Body, ImdsVersion, not_found};
 use super::route;
-use super::token::{self, TokenStore};
+use super::token::{self, Tokens};
 use crate::caller::Identity;
 use crate::clock::Clock;
 use crate::identity::{ConnInfo, refusal};
@@ -32,7 +32,7 @@ pub struct Imds {
     /// Answers the IAM routes.
     pub iam: Iam,
     /// Issues and checks session tokens.
-    pub tokens: TokenStore,
+    pub tokens: Tokens,
     /// Non-IAM routes.
     pub passthrough: Passthrough,
     /// `IMDSV2_REQUIRED`.
@@ -166,18 +166,10 @@ impl Imds {
                 return response::text(StatusCode::BAD_REQUEST, format!("Bad Request: {e}\n"));
             }
         };
-        match self.tokens.issue(identity, ttl) {
-            Ok(t) => {
-                let mut resp = response::text(StatusCode::OK, t);
-                resp.headers_mut()
-                    .insert(token::TTL.clone(), HeaderValue::from(ttl));
-                resp
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot issue a session token");
-                response::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
-            }
-        }
+        let mut resp = response::text(StatusCode::OK, self.tokens.issue(identity, ttl));
+        resp.headers_mut()
+            .insert(token::TTL.clone(), HeaderValue::from(ttl));
+        resp
     }
 
     /// Checks the session token, if any. Without one, v1 is allowed unless `IMDSV2_REQUIRED`.

@@ -106,8 +106,6 @@ async fn many_loopback_sources_cannot_take_a_redirected_callers_connections_or_t
     let _daemon = world.daemon(&[
         // The attacker connects straight to the daemon: opted in, or it would get no token.
         ("EBPF_DIRECT_CALLERS", "127.0.0.0/8"),
-        ("TOKEN_MAX_TOTAL", "16"),
-        ("TOKEN_MAX_PER_CALLER", "8"),
         ("HTTP_MAX_CONNECTIONS", "24"),
         ("HTTP_MAX_CONNECTIONS_PER_CALLER", "8"),
     ]);
