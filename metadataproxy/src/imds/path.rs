@@ -254,6 +254,45 @@ pub fn parse(raw: &str) -> Result<ImdsPath<'_>, PathError> {
     })
 }
 
+/// [`parse`] and [`classify`] together, with the two paths nearly every request takes — the
+/// token route and one role's credentials, spelled as every SDK spells them — recognised by
+/// comparison first. The result is exactly what the general parse would give
+/// (`path_props.rs` checks it on hostile paths).
+pub fn route(raw: &str) -> Result<(ImdsPath<'_>, Category<'_>), PathError> {
+    if let Some(known) = common(raw) {
+        return Ok(known);
+    }
+    let p = parse(raw)?;
+    Ok((p, classify(&p)))
+}
+
+/// `/latest/api/token` and `/latest/meta-data/iam/security-credentials/<role>` where the role
+/// name is made only of letters, digits and `_+=,@-` (no `.`, so the path is plain); else `None`.
+fn common(raw: &str) -> Option<(ImdsPath<'_>, Category<'_>)> {
+    const TOKEN: &str = "/latest/api/token";
+    const CREDENTIALS: &str = "/latest/meta-data/iam/security-credentials/";
+    const VERSION: std::ops::Range<usize> = 1..7;
+    let category = if raw == TOKEN {
+        Category::Token
+    } else {
+        let role = raw.strip_prefix(CREDENTIALS)?;
+        let plain_role = |b: u8| b.is_ascii_alphanumeric() || b"_+=,@-".contains(&b);
+        if role.is_empty() || raw.len() > MAX_PATH_LEN || !role.bytes().all(plain_role) {
+            return None;
+        }
+        Category::IamCredentials(role)
+    };
+    let path = ImdsPath {
+        raw,
+        body: raw.get(1..)?,
+        rest: raw.get(VERSION.end + 1..)?,
+        version: raw.get(VERSION),
+        trailing_slash: false,
+        plain: true,
+    };
+    Some((path, category))
+}
+
 /// The error for the first percent sign or forbidden byte of `raw`.
 fn first_bad_byte(raw: &str) -> PathError {
     raw.bytes()

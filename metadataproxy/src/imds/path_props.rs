@@ -1,9 +1,10 @@
-//! Property: no path the router forwards upstream (proxy mode) reaches an IAM route, however the
-//! upstream server rewrites it (see `fuzzing::upstream_views`).
+//! Properties: no path the router forwards upstream (proxy mode) reaches an IAM route, however the
+//! upstream server rewrites it (see `fuzzing::upstream_views`); and the common paths' shortcut
+//! (`route`) gives exactly what the general parse gives.
 
 use proptest::prelude::*;
 
-use super::{classify, parse};
+use super::{classify, parse, route};
 use crate::fuzzing::{forwarded, reaches_iam, upstream_views};
 
 /// Pieces of paths that attacks are made of.
@@ -77,8 +78,43 @@ fn hostile_path() -> impl Strategy<Value = String> {
         })
 }
 
+/// Paths near the two the shortcut knows: its prefixes, with role names of every byte class.
+fn near_common_path() -> impl Strategy<Value = String> {
+    (
+        proptest::sample::select(
+            &[
+                "/latest/meta-data/iam/security-credentials/",
+                "/latest/meta-data/iam/security-credentials",
+                "/latest/meta-data/iam/",
+                "/latest/api/token",
+                "/latest/api/",
+                "/Latest/meta-data/iam/security-credentials/",
+                "/2021-07-15/meta-data/iam/security-credentials/",
+            ][..],
+        ),
+        "[a-zA-Z0-9_+=,@.;%/~:!$&'()* -]{0,12}",
+        0..3_usize,
+    )
+        .prop_map(|(prefix, tail, long)| {
+            let mut p = format!("{prefix}{tail}");
+            // Around the length limit, too.
+            if long > 0 {
+                p.push_str(&"r".repeat(1024 - p.len().min(1024) - 1 + long));
+            }
+            p
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_shortcut_routes_exactly_as_the_general_parse(
+        raw in prop_oneof![near_common_path(), hostile_path()],
+    ) {
+        let general = parse(&raw).map(|p| (p, classify(&p)));
+        prop_assert_eq!(route(&raw), general, "{:?}", raw);
+    }
 
     #[test]
     fn no_forwarded_path_reaches_iam_under_any_upstream_normalisation(raw in hostile_path()) {

@@ -56,8 +56,7 @@ impl Imds {
         req: &Request<B>,
         conn: &ConnInfo,
     ) -> (Response<Body>, Route) {
-        let raw_path = req.uri().path();
-        let routed = path::parse(raw_path).map(|p| (p, path::classify(&p)));
+        let routed = path::route(req.uri().path());
         let route = route::of(routed.as_ref().ok().map(|(_, category)| category));
         (self.respond(req, conn, routed).await, route)
     }
@@ -68,7 +67,8 @@ impl Imds {
         conn: &ConnInfo,
         routed: Result<(ImdsPath<'_>, Category<'_>), path::PathError>,
     ) -> Response<Body> {
-        if has_body(req.headers()) {
+        let heads = Heads::of(req.headers());
+        if heads.body {
             // No IMDS request has a body; never read one (and close, so it is not parsed either).
             crate::refused!(INFO, conn.identity(), peer = %conn.peer, "refused a request with a body");
             let mut resp = response::text(
@@ -115,9 +115,9 @@ impl Imds {
         }
         let identity = conn.identity().clone();
         if category == Category::Token {
-            return self.token(req, &identity);
+            return self.token(req.method(), &heads, &identity);
         }
-        let version = match self.check_token(req, &identity) {
+        let version = match self.check_token(&heads, &identity) {
             Ok(v) => v,
             Err(resp) => return resp,
         };
@@ -144,8 +144,8 @@ impl Imds {
         }
     }
 
-    fn token<B>(&self, req: &Request<B>, identity: &Identity) -> Response<Body> {
-        if req.method() != Method::PUT {
+    fn token(&self, method: &Method, heads: &Heads<'_>, identity: &Identity) -> Response<Body> {
+        if method != Method::PUT {
             let mut resp = response::text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "Method Not Allowed: use PUT for a token\n",
@@ -154,13 +154,13 @@ impl Imds {
                 .insert(http::header::ALLOW, HeaderValue::from_static("PUT"));
             return resp;
         }
-        if req.headers().contains_key(&X_FORWARDED_FOR) {
+        if heads.forwarded {
             return response::text(
                 StatusCode::FORBIDDEN,
                 "Forbidden: token requests must not be proxied\n",
             );
         }
-        let ttl = match token::parse_ttl(req.headers().get(&token::TTL)) {
+        let ttl = match token::parse_ttl(heads.ttl) {
             Ok(ttl) => ttl,
             Err(e) => {
                 return response::text(StatusCode::BAD_REQUEST, format!("Bad Request: {e}\n"));
@@ -174,12 +174,12 @@ impl Imds {
 
     /// Checks the session token, if any. Without one, v1 is allowed unless `IMDSV2_REQUIRED`.
     #[expect(clippy::result_large_err, reason = "the error is the response to send")]
-    fn check_token<B>(
+    fn check_token(
         &self,
-        req: &Request<B>,
+        heads: &Heads<'_>,
         identity: &Identity,
     ) -> Result<ImdsVersion, Response<Body>> {
-        let Some(value) = req.headers().get(&token::TOKEN) else {
+        let Some(value) = heads.token else {
             return if self.imdsv2_required {
                 Err(response::text(
                     StatusCode::UNAUTHORIZED,
@@ -258,17 +258,42 @@ fn needs_identity(category: &Category<'_>) -> bool {
     }
 }
 
-/// Whether a request announces a body: any `Transfer-Encoding`, or a `Content-Length` other than 0.
 /// `X-Forwarded-For`: a token request carrying it came through a proxy.
 static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
-/// Whether the request has a body: `Transfer-Encoding`, or a `Content-Length` other than 0 (one
-/// pass over the few headers a metadata request has, not two hashed lookups).
-fn has_body(headers: &http::HeaderMap) -> bool {
-    headers.iter().any(|(name, value)| {
-        name == http::header::TRANSFER_ENCODING
-            || (name == http::header::CONTENT_LENGTH && value.as_bytes().iter().any(|&b| b != b'0'))
-    })
+/// The request headers the API looks at, found in one pass over the few headers a metadata
+/// request has (not one hashed lookup each).
+#[derive(Debug, Default)]
+struct Heads<'r> {
+    /// The request announces a body: any `Transfer-Encoding`, or a `Content-Length` other than 0.
+    body: bool,
+    /// The first `X-aws-ec2-metadata-token`.
+    token: Option<&'r HeaderValue>,
+    /// The first `X-aws-ec2-metadata-token-ttl-seconds`.
+    ttl: Option<&'r HeaderValue>,
+    /// An `X-Forwarded-For` is present.
+    forwarded: bool,
+}
+
+impl<'r> Heads<'r> {
+    fn of(headers: &'r http::HeaderMap) -> Self {
+        let mut heads = Self::default();
+        for (name, value) in headers {
+            if *name == http::header::TRANSFER_ENCODING
+                || (*name == http::header::CONTENT_LENGTH
+                    && value.as_bytes().iter().any(|&b| b != b'0'))
+            {
+                heads.body = true;
+            } else if *name == token::TOKEN {
+                heads.token.get_or_insert(value);
+            } else if *name == token::TTL {
+                heads.ttl.get_or_insert(value);
+            } else if *name == X_FORWARDED_FOR {
+                heads.forwarded = true;
+            }
+        }
+        heads
+    }
 }
 
 #[cfg(test)]

@@ -551,3 +551,54 @@ mod record_less;
 
 #[path = "policy_tests.rs"]
 mod policy;
+
+#[test]
+fn the_headers_pass_finds_what_the_hashed_lookups_found() {
+    use http::HeaderMap;
+
+    use crate::imds::token;
+    use http::header::HeaderValue;
+
+    let map = |pairs: &[(&'static str, &'static str)]| {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(*k, HeaderValue::from_static(v));
+        }
+        m
+    };
+    let cases: &[&[(&str, &str)]] = &[
+        &[],
+        &[("content-length", "0")],
+        &[("content-length", "000")],
+        &[("content-length", "1")],
+        &[("content-length", "0"), ("content-length", "5")],
+        &[("transfer-encoding", "chunked")],
+        &[("Transfer-Encoding", "")],
+        &[
+            ("x-aws-ec2-metadata-token", "a"),
+            ("X-AWS-EC2-Metadata-Token", "b"),
+        ],
+        &[
+            ("x-aws-ec2-metadata-token-ttl-seconds", "60"),
+            ("x-aws-ec2-metadata-token-ttl-seconds", "1"),
+        ],
+        &[("x-forwarded-for", "1.2.3.4"), ("host", "x")],
+        &[("x-aws-ec2-metadata-token-ttl", "60"), ("x-forwarded", "y")],
+    ];
+    for pairs in cases {
+        let m = map(pairs);
+        let heads = super::Heads::of(&m);
+        let body = m.contains_key(http::header::TRANSFER_ENCODING)
+            || m.get_all(http::header::CONTENT_LENGTH)
+                .iter()
+                .any(|v| v.as_bytes().iter().any(|&b| b != b'0'));
+        assert_eq!(heads.body, body, "{pairs:?}");
+        assert_eq!(heads.token, m.get(&token::TOKEN), "{pairs:?}");
+        assert_eq!(heads.ttl, m.get(&token::TTL), "{pairs:?}");
+        assert_eq!(
+            heads.forwarded,
+            m.contains_key("x-forwarded-for"),
+            "{pairs:?}"
+        );
+    }
+}
