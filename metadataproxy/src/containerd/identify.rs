@@ -11,8 +11,7 @@ use std::sync::Arc;
 use super::key;
 use crate::cgroup::{CgroupPaths, container_of, named_ids};
 use crate::containers::{Container, ContainerIndex, START_GRACE};
-use crate::identity::{Answer, ConnInfo, Found, Identify, Source, refusal};
-use futures_util::future::BoxFuture;
+use crate::identity::{Answer, ConnInfo, Found, Identify, Lookup, Source, refusal};
 
 /// Finds the caller's containerd container by its cgroup.
 #[derive(Debug, Clone)]
@@ -63,8 +62,8 @@ impl ContainerdCgroup {
 
 impl Identify for ContainerdCgroup {
     /// Also names the container (`namespace/id` and its name), for the audit line.
-    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
-        Box::pin(async move {
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> Lookup<'a> {
+        Lookup::later(async move {
             let kernel = conn.kernel?;
             let path = conn.cgroup_path(&self.paths).await?;
             let found = if let Some(found) = self.find(&path) {

@@ -18,7 +18,7 @@ use regex::Regex;
 use crate::cgroup::{CgroupPaths, container_of, named_ids};
 use crate::containers::{Container, ContainerIndex, START_GRACE, short};
 use crate::identity::refusal::NamedContainer;
-use crate::identity::{Answer, ConnInfo, Found, Identify, Source, refusal};
+use crate::identity::{Answer, ConnInfo, Found, Identify, Lookup, Source, refusal};
 use futures_util::future::BoxFuture;
 
 /// How long a reverse lookup may take (clients give IMDS about a second in all).
@@ -49,8 +49,12 @@ impl DockerIp {
 }
 
 impl Identify for DockerIp {
-    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
-        Box::pin(async move {
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> Lookup<'a> {
+        // A container the index already holds needs no waiting.
+        if let Some(found) = self.index.by_ip(conn.peer.ip().to_canonical()) {
+            return Lookup::Ready(Some(found.found(Source::DockerIp, conn)));
+        }
+        Lookup::later(async move {
             let found = self.container(conn).await?;
             Some(found.found(Source::DockerIp, conn))
         })
@@ -168,8 +172,16 @@ impl DockerCgroup {
 }
 
 impl Identify for DockerCgroup {
-    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
-        Box::pin(async move {
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> Lookup<'a> {
+        // An earlier request on this connection looked its cgroup up, and the caller is in a
+        // container the index holds: what `lookup` would find first, without waiting.
+        if conn.kernel.is_some()
+            && let Some(path) = conn.cgroup_path_known()
+            && let Some(found) = self.index.in_cgroup(&path)
+        {
+            return Lookup::Ready(Some(found.found(Source::DockerCgroup, conn)));
+        }
+        Lookup::later(async move {
             match self.lookup(conn).await {
                 CgroupMatch::In(found) => Some(found.found(Source::DockerCgroup, conn)),
                 CgroupMatch::Refused => Some(Found::new(Answer::Refused, Source::DockerCgroup)),
@@ -292,8 +304,8 @@ impl ReverseDns {
 }
 
 impl Identify for ReverseDns {
-    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
-        Box::pin(async move {
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> Lookup<'a> {
+        Lookup::later(async move {
             if self.index.is_empty() {
                 return None;
             }

@@ -503,3 +503,38 @@ async fn a_container_cgroup_is_refused_while_docker_is_not_followed() {
         "fallback@default_role"
     );
 }
+
+/// The second request on a connection takes the shortcut (its cgroup path already looked up):
+/// it must find what the first found, and nothing once the container is gone.
+#[tokio::test]
+async fn a_connections_later_requests_find_the_same_container_and_not_a_removed_one() {
+    let id = "d".repeat(64);
+    let tree = Tree::new(&[&format!("docker/{id}")]);
+    let index = index(&[in_cgroup(
+        "d",
+        Some(&format!("/docker/{id}")),
+        &["IAM_ROLE=role-d"],
+    )]);
+    let source = DockerCgroup::new(Arc::clone(&index), tree.paths());
+    let conn = kernel_conn(tree.ino(&format!("docker/{id}")));
+    assert!(
+        matches!(source.identify(&conn), Lookup::Later(_)),
+        "the first request looks the cgroup path up"
+    );
+    let first = source.identify(&conn).get().await.map(|f| f.source);
+    assert_eq!(first, Some(Source::DockerCgroup));
+    let again = source.identify(&conn);
+    assert!(matches!(again, Lookup::Ready(Some(_))), "{again:?}");
+    let workload = again.get().await.and_then(|f| f.workload);
+    assert_eq!(workload.map(|w| w.id.clone()), Some(id.clone()));
+    index.remove(&id);
+    let gone = source.identify(&conn);
+    assert!(!matches!(gone, Lookup::Ready(Some(_))), "{gone:?}");
+    // Its cgroup still names a Docker container: refused (fail closed), never its old role.
+    let gone = gone.get().await;
+    assert!(
+        gone.as_ref()
+            .is_none_or(|f| matches!(f.answer, Answer::Refused) && f.workload.is_none()),
+        "a removed container was found: {gone:?}"
+    );
+}

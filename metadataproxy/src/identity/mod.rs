@@ -63,6 +63,12 @@ impl ConnInfo {
 
     /// The path of the cgroup the kernel recorded for this connection (`None`: no record, or the
     /// cgroup is gone), resolved with `paths` at most once per connection.
+    /// The path of the kernel-recorded cgroup if an earlier request on this connection already
+    /// looked it up (`None`: not yet, or no record).
+    pub fn cgroup_path_known(&self) -> Option<Arc<str>> {
+        self.cgroup.get().cloned().flatten()
+    }
+
     pub async fn cgroup_path(&self, paths: &crate::cgroup::CgroupPaths) -> Option<Arc<str>> {
         let kernel = self.kernel?;
         self.cgroup
@@ -216,7 +222,39 @@ pub enum Answer {
 /// One way of finding the role of a connection.
 pub trait Identify: Send + Sync + fmt::Debug {
     /// What this source knows of the caller on this connection; `None`: ask the next source.
-    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>>;
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> Lookup<'a>;
+}
+
+/// A source's answer: known at once, or after waiting.
+pub enum Lookup<'a> {
+    /// Known at once: nothing allocated, nothing awaited (an index or a mapping looked up).
+    Ready(Option<Found>),
+    /// Known after waiting: a cgroup path to read, a runtime to hear from, a name to resolve.
+    Later(BoxFuture<'a, Option<Found>>),
+}
+
+impl<'a> Lookup<'a> {
+    /// An answer that needs waiting for.
+    pub fn later(answer: impl Future<Output = Option<Found>> + Send + 'a) -> Self {
+        Self::Later(Box::pin(answer))
+    }
+
+    /// The answer.
+    pub async fn get(self) -> Option<Found> {
+        match self {
+            Self::Ready(found) => found,
+            Self::Later(found) => found.await,
+        }
+    }
+}
+
+impl fmt::Debug for Lookup<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ready(found) => f.debug_tuple("Ready").field(found).finish(),
+            Self::Later(_) => f.write_str("Later(..)"),
+        }
+    }
 }
 
 /// Which connections without a kernel record (callers that reached the daemon straight, not
@@ -295,7 +333,7 @@ impl Chain {
                 answer,
                 source: by,
                 workload,
-            }) = source.identify(conn).await
+            }) = source.identify(conn).get().await
             {
                 let (assignment, assigned_by) = match answer {
                     Answer::Role(role) => (Some((role, by)), assigned_by(by)),
@@ -344,7 +382,7 @@ fn assigned_by(source: Source) -> AssignedBy {
 
 /// A shared source is a source (the same one may also be held by its reloader).
 impl<T: Identify + ?Sized> Identify for Arc<T> {
-    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> Lookup<'a> {
         (**self).identify(conn)
     }
 }

@@ -36,9 +36,9 @@ struct Knows {
 }
 
 impl Identify for Knows {
-    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> Lookup<'a> {
         let known = self.only.is_none_or(|p| p == conn.peer);
-        Box::pin(std::future::ready(known.then(|| self.found.clone())))
+        Lookup::Ready(known.then(|| self.found.clone()))
     }
 }
 

@@ -3,11 +3,9 @@
 
 use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
-
 use super::MappingFile;
 use crate::cgroup::{CgroupPaths, ancestors};
-use crate::identity::{Answer, ConnInfo, Found, Identify, Source};
+use crate::identity::{Answer, ConnInfo, Found, Identify, Lookup, Source};
 
 /// Identification by cgroup path: the `cgroup:/…` entries of the mapping file, matched against the
 /// kernel-attested cgroup of the caller and then its ancestors, deepest first: a key covers its
@@ -25,8 +23,8 @@ pub struct CgroupSource {
 }
 
 impl Identify for CgroupSource {
-    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
-        Box::pin(async move {
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> Lookup<'a> {
+        Lookup::later(async move {
             let path = conn.cgroup_path(&self.paths).await?;
             let mapping = self.mapping.current();
             let found = ancestors(&path).find_map(|p| mapping.lookup_cgroup(p))?;
@@ -38,11 +36,11 @@ impl Identify for CgroupSource {
 /// [`MappingFile`] as an identification source: by the caller's IP address.
 impl Identify for MappingFile {
     /// Known at once.
-    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> BoxFuture<'a, Option<Found>> {
+    fn identify<'a>(&'a self, conn: &'a ConnInfo) -> Lookup<'a> {
         let found = self
             .by_ip(conn)
             .map(|(answer, source)| Found::new(answer, source));
-        Box::pin(std::future::ready(found))
+        Lookup::Ready(found)
     }
 }
 
