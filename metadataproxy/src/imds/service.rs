@@ -167,8 +167,17 @@ impl Imds {
             }
         };
         let mut resp = response::text(StatusCode::OK, self.tokens.issue(identity, ttl));
-        resp.headers_mut()
-            .insert(token::TTL.clone(), HeaderValue::from(ttl));
+        // The caller's own value when it is already the number's plain spelling (no copy).
+        let echo = match heads.ttl {
+            Some(v)
+                if v.as_bytes().first() != Some(&b'0')
+                    && v.as_bytes().iter().all(u8::is_ascii_digit) =>
+            {
+                v.clone()
+            }
+            _ => HeaderValue::from(ttl),
+        };
+        resp.headers_mut().insert(token::TTL.clone(), echo);
         resp
     }
 

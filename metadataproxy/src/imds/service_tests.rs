@@ -602,3 +602,25 @@ fn the_headers_pass_finds_what_the_hashed_lookups_found() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_ttl_is_echoed_as_its_plain_number() {
+    let f = fixture(&[], None);
+    for (sent, echoed) in [("21600", "21600"), ("0060", "60"), ("1", "1"), (" 300 ", "300")] {
+        let req = Request::builder()
+            .method(Method::PUT)
+            .uri("/latest/api/token")
+            .header("x-aws-ec2-metadata-token-ttl-seconds", sent)
+            .body(())
+            .unwrap();
+        let resp = f.imds.handle(&req, &conn("10.0.0.2")).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{sent:?}");
+        assert_eq!(
+            resp.headers()
+                .get("x-aws-ec2-metadata-token-ttl-seconds")
+                .map(http::HeaderValue::as_bytes),
+            Some(echoed.as_bytes()),
+            "{sent:?}"
+        );
+    }
+}

@@ -10,8 +10,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use subtle::ConstantTimeEq as _;
 use thiserror::Error;
 
@@ -28,8 +26,8 @@ pub static TTL: http::HeaderName = http::HeaderName::from_static(TTL_HEADER);
 pub static TOKEN: http::HeaderName = http::HeaderName::from_static(TOKEN_HEADER);
 /// Longest token lifetime IMDS grants, in seconds (6 hours).
 pub const MAX_TTL_SECS: u32 = 21_600;
-/// Characters of every token: [`SEALED`] bytes in URL-safe base64 without padding.
-pub const TOKEN_LEN: usize = 32;
+/// Characters of every token: [`SEALED`] bytes in hex.
+pub const TOKEN_LEN: usize = 2 * SEALED;
 
 /// The expiry field's bytes.
 const FIELD: usize = 8;
@@ -87,7 +85,7 @@ pub fn parse_ttl(value: Option<&http::HeaderValue>) -> Result<u32, TtlError> {
 
 /// Issues and checks `IMDSv2` tokens.
 ///
-/// A token is `field ‖ tag`, base64url: `field` is the expiry, in nanoseconds of the monotonic
+/// A token is `field ‖ tag`, in hex: `field` is the expiry, in nanoseconds of the monotonic
 /// clock from a secret random origin (so a token tells nothing of the daemon's uptime), and
 /// `tag` is the first 128 bits of `BLAKE3-keyed(key, caller ‖ field)`. The 256-bit key is drawn
 /// at start and never leaves memory: a token is valid only for the identity it was issued to,
@@ -144,17 +142,14 @@ impl Tokens {
         let mut sealed = [0_u8; SEALED];
         sealed[..FIELD].copy_from_slice(&field);
         sealed[FIELD..].copy_from_slice(&self.tag(caller, field));
-        URL_SAFE_NO_PAD.encode(sealed)
+        const_hex::encode(sealed)
     }
 
     /// Checks that `token` was issued to `caller` by this daemon and has not expired.
     pub fn validate(&self, token: &str, caller: &Identity) -> Result<(), TokenError> {
         let mut sealed = [0_u8; SEALED];
-        // Only the canonical encoding decodes to exactly `SEALED` bytes, so one sealed value has
-        // one spelling.
-        if token.len() != TOKEN_LEN
-            || URL_SAFE_NO_PAD.decode_slice(token, &mut sealed) != Ok(SEALED)
-        {
+        // Hex digits of either case: another spelling of a caller's own token is that token.
+        if token.len() != TOKEN_LEN || const_hex::decode_to_slice(token, &mut sealed).is_err() {
             return Err(TokenError::Unknown);
         }
         let (field, tag) = sealed.split_at(FIELD);
