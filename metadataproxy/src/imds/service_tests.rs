@@ -606,7 +606,12 @@ fn the_headers_pass_finds_what_the_hashed_lookups_found() {
 #[tokio::test]
 async fn the_ttl_is_echoed_as_its_plain_number() {
     let f = fixture(&[], None);
-    for (sent, echoed) in [("21600", "21600"), ("0060", "60"), ("1", "1"), (" 300 ", "300")] {
+    for (sent, echoed) in [
+        ("21600", "21600"),
+        ("0060", "60"),
+        ("1", "1"),
+        (" 300 ", "300"),
+    ] {
         let req = Request::builder()
             .method(Method::PUT)
             .uri("/latest/api/token")

@@ -4,8 +4,13 @@
 //! an eighth of the timeout, ends every connection that has waited longer — with `408` when a
 //! head was begun (slowloris), silently when it was an idle keep-alive. A per-request timer
 //! (hyper's `header_read_timeout`) cost an allocation and two timer-wheel updates per request.
+//!
+//! The same list drains the listener at shutdown ([`Deadlines::drain`]): idle connections are
+//! closed, and a connection being answered has its read side shut, so it ends after its response.
+//! A per-connection shutdown watch (hyper-util's graceful shutdown) was polled on every wake of
+//! every connection, about 150 instructions a request.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -30,6 +35,12 @@ pub struct Deadlines {
     now_ms: AtomicU64,
     /// Every connection since the last sweep dropped the ones that ended.
     watched: Mutex<Vec<Weak<Watch>>>,
+    /// Shutting down: sweeps also close idle connections and shut the read side of busy ones.
+    draining: AtomicBool,
+    /// Connections whose [`Watch`] is alive (their task has not ended).
+    open: AtomicUsize,
+    /// Told when `open` reaches 0.
+    all_closed: tokio::sync::Notify,
 }
 
 /// One connection as its deadline sees it.
@@ -42,7 +53,17 @@ pub struct Watch {
     /// The coarse time (plus one) since which a request head is awaited; 0: a request is being
     /// answered.
     waiting_since: AtomicU64,
+    /// Its read side was shut by a drain.
+    read_shut: AtomicBool,
     deadlines: Arc<Deadlines>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if self.deadlines.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.deadlines.all_closed.notify_waiters();
+        }
+    }
 }
 
 impl Watch {
@@ -66,6 +87,9 @@ impl Deadlines {
             epoch: Instant::now(),
             now_ms: AtomicU64::new(0),
             watched: Mutex::new(Vec::new()),
+            draining: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+            all_closed: tokio::sync::Notify::new(),
         })
     }
 
@@ -75,8 +99,10 @@ impl Deadlines {
             stream,
             partial: AtomicBool::new(false),
             waiting_since: AtomicU64::new(0),
+            read_shut: AtomicBool::new(false),
             deadlines: Arc::clone(self),
         });
+        self.open.fetch_add(1, Ordering::AcqRel);
         watch.wait_for_head();
         self.lock().push(Arc::downgrade(&watch));
         watch
@@ -99,21 +125,43 @@ impl Deadlines {
         let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.now_ms.store(now, Ordering::Relaxed);
         let limit = u64::try_from(self.limit.as_millis()).unwrap_or(u64::MAX);
+        let draining = self.draining.load(Ordering::Relaxed);
         let mut ended = 0;
         self.lock().retain(|weak| {
             let Some(watch) = weak.upgrade() else {
                 return false;
             };
             let since = watch.waiting_since.load(Ordering::Relaxed);
-            if since != 0 && now + 1 >= since.saturating_add(limit) {
+            let idle = since != 0 && !watch.partial.load(Ordering::Relaxed);
+            if (since != 0 && now + 1 >= since.saturating_add(limit)) || (draining && idle) {
                 watch.waiting_since.store(0, Ordering::Relaxed);
                 end(&watch);
                 ended += 1;
                 return false;
             }
+            if draining && since == 0 && !watch.read_shut.swap(true, Ordering::Relaxed) {
+                // Being answered: its response goes out, then hyper reads the end and closes.
+                // (A head only begun is left to finish, or to its deadline.)
+                shut_read(&watch);
+            }
             true
         });
         ended
+    }
+
+    /// Shutdown: from now on every sweep closes idle connections and lets busy ones end after
+    /// their response; returns once no connection is left (the caller bounds the wait).
+    pub async fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        loop {
+            let closed = self.all_closed.notified();
+            self.sweep();
+            if self.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            // Woken when the last one ends; sweeps again for heads that arrived meanwhile.
+            let _ = tokio::time::timeout(self.tick(), closed).await;
+        }
     }
 
     /// Sweeps every tick until the task is aborted.
@@ -136,6 +184,13 @@ fn end(watch: &Watch) {
         let _ = watch.stream.try_write(TIMED_OUT);
     }
     let _ = nix::sys::socket::shutdown(watch.stream.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+}
+
+/// Shuts the read side of a connection being answered: hyper writes the response, then reads
+/// the end and closes the connection.
+fn shut_read(watch: &Watch) {
+    use std::os::fd::AsRawFd as _;
+    let _ = nix::sys::socket::shutdown(watch.stream.as_raw_fd(), nix::sys::socket::Shutdown::Read);
 }
 
 #[cfg(test)]

@@ -85,7 +85,6 @@ pub async fn serve<S: Site>(
     site: Arc<S>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let bounds = site.bounds();
     let deadlines = deadline::Deadlines::new(bounds.header_timeout);
     let sweeper = tokio::spawn(Arc::clone(&deadlines).run());
@@ -136,7 +135,6 @@ pub async fn serve<S: Site>(
             // by the credential and upstream timeouts, finishes first.
             .half_close(true)
             .serve_connection(TokioIo::new(io), service);
-        let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(e) = connection.await {
@@ -147,7 +145,7 @@ pub async fn serve<S: Site>(
     tracing::info!(addr = ?listener.local_addr().ok(), "shutting down: no new connections; waiting for in-flight requests");
     // Idle keep-alive connections still end at their deadline while in-flight requests finish.
     let sweeping = sweeper;
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    if tokio::time::timeout(SHUTDOWN_GRACE, deadlines.drain())
         .await
         .is_err()
     {
@@ -155,3 +153,6 @@ pub async fn serve<S: Site>(
     }
     sweeping.abort();
 }
+
+#[cfg(test)]
+mod tests;
