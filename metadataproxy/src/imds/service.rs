@@ -269,6 +269,10 @@ fn needs_identity(category: &Category<'_>) -> bool {
 
 /// `X-Forwarded-For`: a token request carrying it came through a proxy.
 static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+/// Lengths of the names [`Heads::of`] looks for.
+const XFF_LEN: usize = "x-forwarded-for".len();
+const TE_LEN: usize = "transfer-encoding".len();
+const CL_LEN: usize = "content-length".len();
 
 /// The request headers the API looks at, found in one pass over the few headers a metadata
 /// request has (not one hashed lookup each).
@@ -288,16 +292,18 @@ impl<'r> Heads<'r> {
     fn of(headers: &'r http::HeaderMap) -> Self {
         let mut heads = Self::default();
         for (name, value) in headers {
-            if *name == http::header::TRANSFER_ENCODING
-                || (*name == http::header::CONTENT_LENGTH
-                    && value.as_bytes().iter().any(|&b| b != b'0'))
-            {
+            // The name's length first: most headers (`Host`, `User-Agent`, `Accept`) are then
+            // passed over with one comparison.
+            let len = name.as_str().len();
+            if len == TE_LEN && *name == http::header::TRANSFER_ENCODING {
                 heads.body = true;
-            } else if *name == token::TOKEN {
+            } else if len == CL_LEN && *name == http::header::CONTENT_LENGTH {
+                heads.body |= value.as_bytes().iter().any(|&b| b != b'0');
+            } else if len == token::TOKEN_HEADER.len() && *name == token::TOKEN {
                 heads.token.get_or_insert(value);
-            } else if *name == token::TTL {
+            } else if len == token::TTL_HEADER.len() && *name == token::TTL {
                 heads.ttl.get_or_insert(value);
-            } else if *name == X_FORWARDED_FOR {
+            } else if len == XFF_LEN && *name == X_FORWARDED_FOR {
                 heads.forwarded = true;
             }
         }
