@@ -117,14 +117,16 @@ pub async fn serve<S: Site>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let site = Arc::clone(&site);
+        // One shared handle per connection: each request clones one `Arc`, not the site's and
+        // the connection's each.
+        let served = Arc::new((Arc::clone(&site), conn));
         let watch = deadlines.watch(stream);
         let io = Tracked(Arc::clone(&watch));
         let service = service_fn(move |req| {
             // The head is in: no deadline while it is answered (the response restarts it).
             watch.head_arrived();
-            let (site, conn) = (Arc::clone(&site), conn.clone());
-            async move { Ok::<_, Infallible>(site.handle(req, &conn).await) }
+            let served = Arc::clone(&served);
+            async move { Ok::<_, Infallible>(served.0.handle(req, &served.1).await) }
         });
         let connection = http1::Builder::new()
             .max_buf_size(bounds.max_head_bytes)
