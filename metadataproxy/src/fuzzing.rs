@@ -264,7 +264,7 @@ pub fn imds_token(data: &[u8]) {
         assert!((1..=token::MAX_TTL_SECS).contains(&secs), "{ttl:?}");
     }
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH);
-    let store = Tokens::with_key([7; 32], 0, Arc::new(clock.clone()));
+    let store = Tokens::with_key([7; 16], 0, Arc::new(clock.clone()));
     let (me, other) = (Identity::Cgroup(1), Identity::Cgroup(2));
     let issued = store.issue(&me, 1);
     let presented = String::from_utf8_lossy(presented);

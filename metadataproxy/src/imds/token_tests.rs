@@ -15,10 +15,10 @@ fn ip(last: u8) -> Identity {
 }
 
 fn tokens() -> (Tokens, ManualClock) {
-    tokens_with([7; 32], 0)
+    tokens_with([7; 16], 0)
 }
 
-fn tokens_with(key: [u8; 32], origin: u64) -> (Tokens, ManualClock) {
+fn tokens_with(key: [u8; 16], origin: u64) -> (Tokens, ManualClock) {
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH);
     (
         Tokens::with_key(key, origin, Arc::new(clock.clone())),
@@ -123,7 +123,7 @@ fn expiry_is_exact_at_the_boundary() {
 fn expiry_holds_across_the_origins_wrap() {
     // The field is origin + nanoseconds, wrapping: an origin just below the top must not turn
     // a live token into an expired one, or an expired one into a live one.
-    let (s, clock) = tokens_with([9; 32], u64::MAX - 5);
+    let (s, clock) = tokens_with([9; 16], u64::MAX - 5);
     let t = s.issue(&ip(1), 1);
     assert_eq!(s.validate(&t, &ip(1)), Ok(()));
     clock.advance(Duration::from_secs(1));
@@ -286,7 +286,7 @@ fn concurrent_issue_and_validate() {
 
 #[test]
 fn debug_output_shows_no_key() {
-    let (s, _) = tokens_with([0xab; 32], 0);
+    let (s, _) = tokens_with([0xab; 16], 0);
     let shown = format!("{s:?}");
     assert!(!shown.contains("171"), "{shown}");
     assert!(!shown.to_lowercase().contains("abab"), "{shown}");
@@ -322,7 +322,7 @@ proptest! {
     /// presented by the caller it was issued to, before issue + lifetime.
     #[test]
     fn a_token_is_accepted_only_by_its_caller_before_its_expiry(
-        key in any::<[u8; 32]>(),
+        key in any::<[u8; 16]>(),
         origin in any::<u64>(),
         owner in identity(),
         presenter in identity(),
