@@ -86,7 +86,9 @@ impl Imds {
                     refusal::record_less(conn.identity(), conn.peer, "ecs");
                     super::ecs::record_less()
                 }
-                Some(ecs) => ecs.handle(&self.iam, req, conn).await,
+                // Boxed, as the proxy's forward below: their futures are large, and every
+                // request's future would otherwise be as large and copied as such.
+                Some(ecs) => Box::pin(ecs.handle(&self.iam, req, conn)).await,
                 None => not_found(),
             };
         }
@@ -231,7 +233,7 @@ impl Imds {
                         "Forbidden: path not allowed by PROXY_ALLOWED_PATHS\n",
                     );
                 }
-                match upstream.forward(method, p, query).await {
+                match Box::pin(upstream.forward(method, p, query)).await {
                     Ok(resp) => resp,
                     Err(e) => {
                         crate::refused!(WARN, caller, path = %p.as_path(), error = %e, "upstream metadata service failed");

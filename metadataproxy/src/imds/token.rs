@@ -71,13 +71,14 @@ pub struct KeyError(#[source] getrandom::Error);
 /// Parses `X-aws-ec2-metadata-token-ttl-seconds`: a decimal integer in `1..=21600`, surrounding
 /// whitespace allowed, no sign, no fraction, no hex.
 pub fn parse_ttl(value: Option<&http::HeaderValue>) -> Result<u32, TtlError> {
-    let value = value.ok_or(TtlError::Missing)?;
-    let text = value.to_str().map_err(|_| TtlError::NotANumber)?.trim();
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+    // A header value holds no whitespace but spaces and tabs.
+    let digits = value.ok_or(TtlError::Missing)?.as_bytes().trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return Err(TtlError::NotANumber);
     }
-    // Only digits remain, so the one possible parse failure is overflow.
-    let n: u64 = text.parse().unwrap_or(u64::MAX);
+    let n = digits.iter().fold(0_u64, |n, &d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    });
     match u32::try_from(n) {
         Ok(secs @ 1..=MAX_TTL_SECS) => Ok(secs),
         _ => Err(TtlError::OutOfRange(n)),
