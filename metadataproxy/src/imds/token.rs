@@ -1,6 +1,7 @@
 //! `IMDSv2` session tokens, sealed rather than stored: a token carries its own expiry and a
-//! keyed tag (SipHash-2-4, 128 bits) binding that expiry to the caller's identity. The daemon keeps no state per
-//! token, so no number of tokens costs memory, and no caller can flush another's.
+//! keyed tag (SipHash-2-4, 128 bits) binding that expiry to the caller's identity. The daemon
+//! keeps no state per token, so no number of tokens costs memory, and no caller can flush
+//! another's.
 //!
 //! The HTTP layer answers every [`TokenError`] with the same 401 and the same body, so a caller
 //! cannot tell another caller's valid token from a made-up one.
