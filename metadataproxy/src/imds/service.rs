@@ -86,9 +86,7 @@ impl Imds {
                     refusal::record_less(conn.identity(), conn.peer, "ecs");
                     super::ecs::record_less()
                 }
-                // Boxed, as the proxy's forward below: their futures are large, and every
-                // request's future would otherwise be as large and copied as such.
-                Some(ecs) => Box::pin(ecs.handle(&self.iam, req, conn)).await,
+                Some(ecs) => ecs.handle(&self.iam, req, conn).await,
                 None => not_found(),
             };
         }
@@ -200,11 +198,7 @@ impl Imds {
                 Ok(ImdsVersion::V1)
             };
         };
-        let valid = value
-            .to_str()
-            .map_err(|_| token::TokenError::Unknown)
-            .and_then(|t| self.tokens.validate(t, identity));
-        match valid {
+        match self.tokens.validate(value.as_bytes(), identity) {
             Ok(()) => Ok(ImdsVersion::V2),
             Err(e) => {
                 crate::refused!(INFO, identity, error = %e, "refused session token");
@@ -233,7 +227,7 @@ impl Imds {
                         "Forbidden: path not allowed by PROXY_ALLOWED_PATHS\n",
                     );
                 }
-                match Box::pin(upstream.forward(method, p, query)).await {
+                match upstream.forward(method, p, query).await {
                     Ok(resp) => resp,
                     Err(e) => {
                         crate::refused!(WARN, caller, path = %p.as_path(), error = %e, "upstream metadata service failed");

@@ -154,8 +154,10 @@ impl Tokens {
         const_hex::encode(sealed)
     }
 
-    /// Checks that `token` was issued to `caller` by this daemon and has not expired.
-    pub fn validate(&self, token: &str, caller: &Identity) -> Result<(), TokenError> {
+    /// Checks that `token` (the header's bytes) was issued to `caller` by this daemon and has
+    /// not expired.
+    pub fn validate(&self, token: impl AsRef<[u8]>, caller: &Identity) -> Result<(), TokenError> {
+        let token = token.as_ref();
         let mut sealed = [0_u8; SEALED];
         // Hex digits of either case: another spelling of a caller's own token is that token.
         if token.len() != TOKEN_LEN || const_hex::decode_to_slice(token, &mut sealed).is_err() {

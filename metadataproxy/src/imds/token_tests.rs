@@ -243,6 +243,10 @@ fn malformed_and_oversized_tokens_are_unknown() {
             "{bad:.40?}"
         );
     }
+    // A header's bytes need not be text.
+    let mut raw = t.into_bytes();
+    raw[0] = 0xff;
+    assert_eq!(s.validate(&raw, &ip(1)), Err(TokenError::Unknown));
 }
 
 #[test]
