@@ -121,16 +121,11 @@ impl fmt::Debug for Tokens {
 impl Tokens {
     /// Tokens sealed with a new random key.
     pub fn new(clock: Arc<dyn Clock>) -> Result<Self, KeyError> {
-        let mut secret = [0_u8; 24];
-        getrandom::fill(&mut secret).map_err(KeyError)?;
-        let (key, origin) = secret.split_at(16);
-        let mut field = [0_u8; FIELD];
-        field.copy_from_slice(origin);
-        Ok(Self::with_key(
-            key.try_into().unwrap_or([0; 16]),
-            u64::from_le_bytes(field),
-            clock,
-        ))
+        let mut key = [0_u8; 16];
+        let mut origin = [0_u8; FIELD];
+        getrandom::fill(&mut key).map_err(KeyError)?;
+        getrandom::fill(&mut origin).map_err(KeyError)?;
+        Ok(Self::with_key(key, u64::from_le_bytes(origin), clock))
     }
 
     /// Tokens sealed with `key`, their expiry fields counted from `origin` (tests).

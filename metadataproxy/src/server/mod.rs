@@ -56,7 +56,7 @@ pub enum Refusal {
 /// What a listener serves.
 pub trait Site: Send + Sync + 'static {
     /// What an admitted connection carries into each of its requests.
-    type Conn: Clone + Send + Sync + 'static;
+    type Conn: Send + Sync + 'static;
     /// What an admitted connection holds while it is open (its place in the site's limits).
     type Permit: Send + 'static;
 
