@@ -17,6 +17,7 @@ pub mod ebpf;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod generation;
 pub mod identity;
 pub mod imds;
 pub mod logging;

@@ -167,6 +167,8 @@ impl<T: Watchable> WatchedFile<T> {
             Ok(parsed) => {
                 let entries = parsed.entries();
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(parsed);
+                // A mapping or a policy changed: what connections remembered may no longer hold.
+                crate::generation::bump();
                 state.applied = bytes;
                 state.failed = false;
                 tracing::info!(path = %self.path.display(), entries, "{} reloaded", T::WHAT);

@@ -229,3 +229,65 @@ mod tests {
         assert_eq!((r.status, r.body.as_str()), (404, "gone"));
     }
 }
+
+/// One keep-alive connection from a chosen source address: requests go one after the other over
+/// the same socket (as the AWS SDKs' IMDS clients do).
+#[derive(Debug)]
+pub struct KeepAlive {
+    stream: tokio::net::TcpStream,
+    src: Ipv4Addr,
+}
+
+impl KeepAlive {
+    /// Connects from `src` to `dst`; panics with context on failure.
+    pub async fn connect(src: Ipv4Addr, dst: SocketAddr) -> Self {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::from((src, 0)))
+            .unwrap_or_else(|e| panic!("bind {src}: {e}"));
+        let stream = tokio::time::timeout(TIMEOUT, socket.connect(dst))
+            .await
+            .unwrap_or_else(|_| panic!("connect from {src} to {dst}: timed out"))
+            .unwrap_or_else(|e| panic!("connect from {src} to {dst}: {e}"));
+        Self { stream, src }
+    }
+
+    /// `GET path` on this connection, which stays open; panics unless a whole response comes
+    /// back and the daemon keeps the connection.
+    pub async fn get(&mut self, path: &str) -> Response {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n");
+        let exchange = async {
+            self.stream
+                .write_all(req.as_bytes())
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            let mut buf = Vec::new();
+            loop {
+                let mut chunk = [0_u8; 8192];
+                let n = self
+                    .stream
+                    .read(&mut chunk)
+                    .await
+                    .map_err(|e| format!("read: {e}"))?;
+                if n == 0 {
+                    return Err(format!(
+                        "the daemon closed the keep-alive connection: {:?}",
+                        String::from_utf8_lossy(&buf)
+                    ));
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(response) = parse(&buf, false)? {
+                    return Ok(response);
+                }
+            }
+        };
+        match tokio::time::timeout(TIMEOUT, exchange).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => panic!("GET {path} from {} (keep-alive): {e}", self.src),
+            Err(elapsed) => panic!(
+                "GET {path} from {} (keep-alive): no response ({elapsed})",
+                self.src
+            ),
+        }
+    }
+}

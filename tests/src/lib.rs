@@ -35,7 +35,7 @@ pub use faulty_sts::{
     StsAttempt,
 };
 pub use freeze::FreezableRelay;
-pub use http::{Response, get, put_token, raw_http, request, token};
+pub use http::{KeepAlive, Response, get, put_token, raw_http, request, token};
 pub use kernel::{
     BpfFs, ECS_IP, ECS_IP6, METADATA_ADDRESS_LOCK, METADATA_IP, MetadataAddress,
     hold_metadata_address, ipv6_unavailable,

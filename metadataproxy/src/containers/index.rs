@@ -161,6 +161,8 @@ impl ContainerIndex {
 
     fn bump(&self) {
         self.generation.send_modify(|g| *g = g.wrapping_add(1));
+        // What a connection remembered of its caller may no longer hold.
+        crate::generation::bump();
     }
 
     /// `find(self)`, waiting up to `grace` for the index to change until it finds something.

@@ -215,3 +215,31 @@ fn differences_are_the_ids_on_one_side_only() {
     assert_eq!(differ, [b, c].into_iter().collect());
     assert_eq!(index.differences(Vec::new()).len(), 2);
 }
+
+/// What a connection remembered of its caller stops holding at every change of the index (a
+/// container started, stopped, a resynchronisation, Docker followed or not).
+#[test]
+fn every_change_forgets_what_connections_remembered() {
+    let index = ContainerIndex::new();
+    let changes: [(&str, &dyn Fn()); 4] = [
+        ("upsert", &|| {
+            index.upsert(container("a", "172.17.0.2", &["IAM_ROLE=ra"]));
+        }),
+        ("remove", &|| {
+            index.remove(&"a".repeat(64));
+        }),
+        ("replace_all", &|| {
+            index.replace_all(vec![container("b", "172.17.0.3", &[])]);
+        }),
+        ("set_live", &|| index.set_live(true)),
+    ];
+    for (name, change) in changes {
+        let noted = crate::generation::current();
+        change();
+        assert_ne!(
+            crate::generation::current(),
+            noted,
+            "{name} left the count of changes as it was"
+        );
+    }
+}

@@ -227,6 +227,11 @@ impl CredentialCache {
         self.len() == 0
     }
 
+    /// Credentials are handed out only with more than this left.
+    pub fn threshold(&self) -> Duration {
+        self.config.threshold
+    }
+
     /// How many `sts:AssumeRole` calls were started.
     pub fn sts_calls(&self) -> u64 {
         self.sts_calls.load(Ordering::Relaxed)

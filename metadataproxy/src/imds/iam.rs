@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use serde::Serialize;
 
+use super::memo::{Memo, Noted};
 use super::path::Category;
 use super::response::{self, Body, ImdsVersion, RequestId, not_found};
 use crate::cgroup::CgroupPaths;
@@ -58,13 +59,34 @@ pub struct Iam {
 }
 
 impl Iam {
-    /// Answers one IAM route for the caller on `conn`.
+    /// Answers one IAM route for the caller on `conn`; its credentials from `memo` when what
+    /// the connection remembers still holds.
     pub async fn handle(
         &self,
         route: &Category<'_>,
         conn: &ConnInfo,
         version: ImdsVersion,
+        memo: Option<&Memo>,
     ) -> Response<Body> {
+        if let (Category::IamCredentials(asked), Some(memo)) = (route, memo) {
+            let recalled = memo.recall(
+                asked,
+                self.clock.now(),
+                self.cache.threshold(),
+                |creds, source| {
+                    crate::metrics::identified(Some(source));
+                    crate::metrics::cache_lookup(true);
+                    tracing::debug!(caller = %conn.identity(), access_key = %format_args!("…{}", creds.key_hint()), imds = version.as_str(), "credentials served again");
+                    credentials_response(creds)
+                },
+            );
+            if let Some(resp) = recalled {
+                return resp;
+            }
+        }
+        // Before anything is looked up: what is remembered of this answer holds only while
+        // nothing it depends on changes from here.
+        let noted = Noted::now();
         let caller = self.chain.identify(conn).await;
         crate::metrics::identified(caller.assignment.as_ref().map(|(_, source)| *source));
         let Some((assignment, source)) = &caller.assignment else {
@@ -115,6 +137,9 @@ impl Iam {
                     );
                 } else {
                     tracing::debug!(caller = %caller.identity, access_key = %format_args!("…{}", creds.key_hint()), imds = version.as_str(), "credentials served again");
+                }
+                if let Some(memo) = memo {
+                    memo.remember(noted, self.clock.now(), role_name, *source, &creds);
                 }
                 credentials_response(&creds)
             }

@@ -3,6 +3,7 @@
 pub mod conn;
 pub mod ecs;
 pub mod iam;
+pub mod memo;
 pub mod mock;
 pub mod path;
 pub mod proxy;

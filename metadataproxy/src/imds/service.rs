@@ -6,6 +6,7 @@ use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
 
 use super::iam::Iam;
+use super::memo::Memo;
 use super::mock::MockTree;
 use super::path::{self, Category, ImdsPath};
 use super::proxy::Upstream;
@@ -46,19 +47,20 @@ pub struct Imds {
 impl Imds {
     /// Handles one request from the connection `conn`.
     pub async fn handle<B>(&self, req: &Request<B>, conn: &ConnInfo) -> Response<Body> {
-        self.handle_routed(req, conn).await.0
+        self.handle_routed(req, conn, None).await.0
     }
 
     /// [`Self::handle`], also naming the request's route for the metrics (the path is parsed
-    /// and classified once, for both).
+    /// and classified once, for both); `memo`: the connection's memory of its last credentials.
     pub async fn handle_routed<B>(
         &self,
         req: &Request<B>,
         conn: &ConnInfo,
+        memo: Option<&Memo>,
     ) -> (Response<Body>, Route) {
         let routed = path::route(req.uri().path());
         let route = route::of(routed.as_ref().ok().map(|(_, category)| category));
-        (self.respond(req, conn, routed).await, route)
+        (self.respond(req, conn, routed, memo).await, route)
     }
 
     async fn respond<B>(
@@ -66,6 +68,7 @@ impl Imds {
         req: &Request<B>,
         conn: &ConnInfo,
         routed: Result<(ImdsPath<'_>, Category<'_>), path::PathError>,
+        memo: Option<&Memo>,
     ) -> Response<Body> {
         let heads = Heads::of(req.headers());
         if heads.body {
@@ -131,7 +134,7 @@ impl Imds {
             Category::IamListing
             | Category::IamInfo
             | Category::IamCredentialsList
-            | Category::IamCredentials(_) => self.iam.handle(&category, conn, version).await,
+            | Category::IamCredentials(_) => self.iam.handle(&category, conn, version, memo).await,
             Category::IamOther | Category::HostIdentityCredentials => {
                 crate::refused!(INFO, &identity, peer = %conn.peer, path = %parsed.as_path(), "refused IAM path");
                 not_found()

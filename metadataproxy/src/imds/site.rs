@@ -9,6 +9,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::conn::{BUSY, ConnLimits, ConnPermit};
+use super::memo::Memo;
 use super::response::Body;
 use super::service::Imds;
 use crate::config::HttpLimits;
@@ -29,8 +30,17 @@ pub struct ImdsSite {
     pub limits: Arc<ConnLimits>,
 }
 
+/// An admitted connection: what the socket layer knows of it, and its last credentials.
+#[derive(Debug)]
+pub struct ImdsConn {
+    /// The caller as the socket layer knows it.
+    pub info: ConnInfo,
+    /// What it was last given.
+    pub memo: Memo,
+}
+
 impl Site for ImdsSite {
-    type Conn = ConnInfo;
+    type Conn = ImdsConn;
     type Permit = ConnPermit;
 
     fn bounds(&self) -> HttpBounds {
@@ -45,12 +55,18 @@ impl Site for ImdsSite {
         &self,
         peer: SocketAddr,
         local: SocketAddr,
-    ) -> Result<(ConnInfo, ConnPermit), Refusal> {
+    ) -> Result<(ImdsConn, ConnPermit), Refusal> {
         let kernel = self.table.as_ref().and_then(|t| t.take(peer, local));
         let conn = ConnInfo::new(peer, local, kernel);
         let caller = conn.identity().clone();
         match self.limits.try_acquire(caller.clone()) {
-            Ok(permit) => Ok((conn, permit)),
+            Ok(permit) => Ok((
+                ImdsConn {
+                    info: conn,
+                    memo: Memo::default(),
+                },
+                permit,
+            )),
             Err(hit) => {
                 crate::refused!(WARN, &caller, peer = %peer, limit = %hit, "connection refused with 503");
                 Err(Refusal::Drained(BUSY))
@@ -58,9 +74,12 @@ impl Site for ImdsSite {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+    async fn handle(&self, req: Request<Incoming>, conn: &ImdsConn) -> Response<Body> {
         let started = Instant::now();
-        let (resp, route) = self.imds.handle_routed(&req, conn).await;
+        let (resp, route) = self
+            .imds
+            .handle_routed(&req, &conn.info, Some(&conn.memo))
+            .await;
         crate::metrics::request(route, resp.status(), started.elapsed());
         resp
     }
