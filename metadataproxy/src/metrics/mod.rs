@@ -14,6 +14,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+mod sharded;
+
+use sharded::{LatencyHistogram, ShardedCounter};
+
 /// The `Content-Type` of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -125,8 +129,8 @@ pub const SOURCES: usize = 8;
 /// so the exposition does not change).
 #[derive(Debug)]
 struct RouteOk {
-    requests: Counter,
-    seconds: Histogram,
+    requests: ShardedCounter,
+    seconds: LatencyHistogram,
 }
 
 /// Request latencies: 100 µs to about 6.5 s (cached answers are well under a millisecond; an
@@ -139,9 +143,9 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    request_seconds: HistogramFamily<RouteLabels>,
-    cache_hits: Counter,
+    requests: Family<RequestLabels, ShardedCounter>,
+    request_seconds: Family<RouteLabels, LatencyHistogram>,
+    cache_hits: ShardedCounter,
     cache_misses: Counter,
     cache_refreshes: Counter,
     cache_entries: Gauge,
@@ -151,7 +155,7 @@ pub struct Metrics {
     sts_throttled: Counter,
     sts_queued: Gauge,
     sts_delayed: Family<PriorityLabels, Counter>,
-    identifications: Family<SourceLabels, Counter>,
+    identifications: Family<SourceLabels, ShardedCounter>,
     containers: Gauge,
     docker_synchronised: Gauge,
     ebpf_entries: Family<MapLabels, Gauge>,
@@ -162,7 +166,7 @@ pub struct Metrics {
     ebpf_refused: Family<FamilyLabels, Counter>,
     policy_refusals: Family<ReasonLabels, Counter>,
     route_ok: [OnceLock<RouteOk>; ROUTES],
-    identified_by: [OnceLock<Counter>; SOURCES],
+    identified_by: [OnceLock<ShardedCounter>; SOURCES],
 }
 
 impl Default for Metrics {
@@ -176,21 +180,20 @@ impl Metrics {
     #[expect(clippy::too_many_lines, reason = "one registration per metric")]
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("metadataproxy");
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests = Family::<RequestLabels, ShardedCounter>::default();
         registry.register(
             "requests",
             "IMDS requests answered, by route category and HTTP status",
             requests.clone(),
         );
-        let request_seconds: HistogramFamily<RouteLabels> =
-            Family::new_with_constructor(latency_histogram);
+        let request_seconds = Family::<RouteLabels, LatencyHistogram>::default();
         registry.register_with_unit(
             "request_duration",
             "Time to answer an IMDS request, by route category",
             Unit::Seconds,
             request_seconds.clone(),
         );
-        let cache_hits = Counter::default();
+        let cache_hits = ShardedCounter::default();
         registry.register(
             "credential_cache_hits",
             "Credential requests answered from the cache without waiting for STS",
@@ -255,7 +258,7 @@ impl Metrics {
         for priority in ["caller", "background"] {
             let _ = sts_delayed.get_or_create(&PriorityLabels { priority });
         }
-        let identifications = Family::<SourceLabels, Counter>::default();
+        let identifications = Family::<SourceLabels, ShardedCounter>::default();
         registry.register(
             "identifications",
             "Callers of the IAM routes identified, by source (`none`: no role)",
@@ -377,7 +380,7 @@ impl Metrics {
                     .clone(),
             });
             ok.requests.inc();
-            ok.seconds.observe(took.as_secs_f64());
+            ok.seconds.observe(took);
             return;
         }
         self.requests
@@ -388,7 +391,7 @@ impl Metrics {
             .inc();
         self.request_seconds
             .get_or_create(&RouteLabels { route: label })
-            .observe(took.as_secs_f64());
+            .observe(took);
     }
 
     /// One caller of the IAM routes identified, by `source` (`None`: no role).
@@ -403,7 +406,7 @@ impl Metrics {
             Some(slot) => slot.get_or_init(series).inc(),
             // A source added without growing `SOURCES`: counted all the same, a little slower.
             None => series().inc(),
-        };
+        }
     }
 
     /// One call to AWS finished.
@@ -494,10 +497,10 @@ pub fn request(route: Route, status: http::StatusCode, took: Duration) {
 pub fn cache_lookup(hit: bool) {
     let m = global();
     if hit {
-        m.cache_hits.inc()
+        m.cache_hits.inc();
     } else {
-        m.cache_misses.inc()
-    };
+        m.cache_misses.inc();
+    }
 }
 
 /// `n` background refreshes were started.
