@@ -49,7 +49,7 @@ struct Size {
 
 const FULL: Size = Size {
     plan: Plan {
-        rounds: 3,
+        rounds: 5,
         duration: Duration::from_secs(5),
     },
     cold_ours: 5,
