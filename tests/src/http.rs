@@ -59,6 +59,16 @@ async fn exchange(src: Ipv4Addr, dst: SocketAddr, request: &[u8]) -> Result<Resp
         .connect(dst)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    send_and_read(&mut stream, request, false).await
+}
+
+/// Writes `request` on `stream` and reads one response. `keep_open`: the daemon must keep the
+/// connection (its closing is an error); otherwise the body may run to the end of the stream.
+async fn send_and_read(
+    stream: &mut tokio::net::TcpStream,
+    request: &[u8],
+    keep_open: bool,
+) -> Result<Response, String> {
     stream
         .write_all(request)
         .await
@@ -71,6 +81,12 @@ async fn exchange(src: Ipv4Addr, dst: SocketAddr, request: &[u8]) -> Result<Resp
             .await
             .map_err(|e| format!("read: {e}"))?;
         buf.extend_from_slice(&chunk[..n]);
+        if n == 0 && keep_open {
+            return Err(format!(
+                "the daemon closed the keep-alive connection: {:?}",
+                String::from_utf8_lossy(&buf)
+            ));
+        }
         if let Some(response) = parse(&buf, n == 0)? {
             return Ok(response);
         }
@@ -256,31 +272,7 @@ impl KeepAlive {
     /// back and the daemon keeps the connection.
     pub async fn get(&mut self, path: &str) -> Response {
         let req = format!("GET {path} HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n");
-        let exchange = async {
-            self.stream
-                .write_all(req.as_bytes())
-                .await
-                .map_err(|e| format!("write: {e}"))?;
-            let mut buf = Vec::new();
-            loop {
-                let mut chunk = [0_u8; 8192];
-                let n = self
-                    .stream
-                    .read(&mut chunk)
-                    .await
-                    .map_err(|e| format!("read: {e}"))?;
-                if n == 0 {
-                    return Err(format!(
-                        "the daemon closed the keep-alive connection: {:?}",
-                        String::from_utf8_lossy(&buf)
-                    ));
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(response) = parse(&buf, false)? {
-                    return Ok(response);
-                }
-            }
-        };
+        let exchange = send_and_read(&mut self.stream, req.as_bytes(), true);
         match tokio::time::timeout(TIMEOUT, exchange).await {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => panic!("GET {path} from {} (keep-alive): {e}", self.src),

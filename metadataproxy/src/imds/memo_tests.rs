@@ -57,57 +57,45 @@ fn the_same_role_within_its_second_is_recalled() {
     );
 }
 
+/// Each way a remembered answer stops holding, against the one case above that holds.
 #[test]
-fn another_role_is_not_recalled() {
-    let got = remembered_then_recalled(Duration::from_secs(3600), Source::DockerIp, "db", start());
-    assert_eq!(got, None);
-}
-
-#[test]
-fn nothing_is_recalled_after_its_second() {
-    let got = remembered_then_recalled(
-        Duration::from_secs(3600),
-        Source::MappingFile,
-        "web",
-        start() + TTL,
-    );
-    assert_eq!(got, None);
-}
-
-#[test]
-fn nothing_is_recalled_when_the_clock_went_back() {
-    let got = remembered_then_recalled(
-        Duration::from_secs(3600),
-        Source::MappingFile,
-        "web",
-        start() - Duration::from_millis(1),
-    );
-    assert_eq!(got, None);
-}
-
-#[test]
-fn credentials_due_for_refresh_are_not_recalled() {
-    // As the cache: strictly more than the threshold left, or the full path.
-    let got = remembered_then_recalled(THRESHOLD, Source::MappingFile, "web", start());
-    assert_eq!(got, None);
-    let got = remembered_then_recalled(
-        THRESHOLD + Duration::from_millis(1),
-        Source::MappingFile,
-        "web",
-        start(),
-    );
-    assert!(got.is_some());
-}
-
-#[test]
-fn reverse_dns_is_never_remembered() {
-    let got = remembered_then_recalled(
-        Duration::from_secs(3600),
-        Source::ReverseDns,
-        "web",
-        start(),
-    );
-    assert_eq!(got, None);
+fn what_no_longer_holds_is_not_recalled() {
+    let hour = Duration::from_secs(3600);
+    let cases = [
+        ("another role", hour, Source::DockerIp, "db", start()),
+        (
+            "after its second",
+            hour,
+            Source::MappingFile,
+            "web",
+            start() + TTL,
+        ),
+        (
+            "the clock went back",
+            hour,
+            Source::MappingFile,
+            "web",
+            start() - Duration::from_millis(1),
+        ),
+        // As the cache: strictly more than the threshold left, or the full path.
+        (
+            "due for refresh",
+            THRESHOLD,
+            Source::MappingFile,
+            "web",
+            start(),
+        ),
+        ("reverse DNS", hour, Source::ReverseDns, "web", start()),
+    ];
+    for (why, left, source, asked, at) in cases {
+        assert_eq!(
+            remembered_then_recalled(left, source, asked, at),
+            None,
+            "recalled although {why}"
+        );
+    }
+    let just_fresh = THRESHOLD + Duration::from_millis(1);
+    assert!(remembered_then_recalled(just_fresh, Source::MappingFile, "web", start()).is_some());
 }
 
 #[test]
