@@ -15,7 +15,7 @@ mod secret;
 pub mod sts;
 mod throttling;
 
-pub use cache::{CacheKey, CredentialCache, CredentialCacheConfig, is_fresh};
+pub use cache::{CacheKey, CredentialCache, CredentialCacheConfig};
 pub use delivery::Delivery;
 pub use metered::{MeteredSts, StsHealth, StsOutcome};
 pub use resolve::{Resolution, ResolveFailure, Resolver};

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use serde::Serialize;
 
-use super::memo::{Memo, Noted};
+use super::memo::{Noted, Recall};
 use super::path::Category;
 use super::response::{self, Body, ImdsVersion, RequestId, not_found};
 use crate::cgroup::CgroupPaths;
@@ -59,34 +59,37 @@ pub struct Iam {
 }
 
 impl Iam {
-    /// Answers one IAM route for the caller on `conn`; its credentials from `memo` when what
-    /// the connection remembers still holds.
+    /// The caller's credentials from its connection's memory, when the route asks for them and
+    /// what the connection remembers still holds (no lookup, no lock but the connection's own).
+    pub fn recall(
+        route: &Category<'_>,
+        conn: &ConnInfo,
+        version: ImdsVersion,
+        recall: Recall<'_>,
+    ) -> Option<Response<Body>> {
+        let Category::IamCredentials(asked) = route else {
+            return None;
+        };
+        recall.memo.recall(asked, recall.began, |creds, source| {
+            crate::metrics::identified(Some(source));
+            crate::metrics::cache_lookup(true);
+            tracing::debug!(caller = %conn.identity(), access_key = %format_args!("…{}", creds.key_hint()), imds = version.as_str(), "credentials served again");
+            credentials_response(creds)
+        })
+    }
+
+    /// Answers one IAM route for the caller on `conn` by identifying it and looking its role and
+    /// credentials up; with `recall`, the credentials are remembered by the connection.
     pub async fn handle(
         &self,
         route: &Category<'_>,
         conn: &ConnInfo,
         version: ImdsVersion,
-        memo: Option<&Memo>,
+        recall: Option<Recall<'_>>,
     ) -> Response<Body> {
-        if let (Category::IamCredentials(asked), Some(memo)) = (route, memo) {
-            let recalled = memo.recall(
-                asked,
-                self.clock.now(),
-                self.cache.threshold(),
-                |creds, source| {
-                    crate::metrics::identified(Some(source));
-                    crate::metrics::cache_lookup(true);
-                    tracing::debug!(caller = %conn.identity(), access_key = %format_args!("…{}", creds.key_hint()), imds = version.as_str(), "credentials served again");
-                    credentials_response(creds)
-                },
-            );
-            if let Some(resp) = recalled {
-                return resp;
-            }
-        }
         // Before anything is looked up: what is remembered of this answer holds only while
         // nothing it depends on changes from here.
-        let noted = Noted::now();
+        let noted = recall.map(|r| Noted::now(r.began));
         let caller = self.chain.identify(conn).await;
         crate::metrics::identified(caller.assignment.as_ref().map(|(_, source)| *source));
         let Some((assignment, source)) = &caller.assignment else {
@@ -138,8 +141,15 @@ impl Iam {
                 } else {
                     tracing::debug!(caller = %caller.identity, access_key = %format_args!("…{}", creds.key_hint()), imds = version.as_str(), "credentials served again");
                 }
-                if let Some(memo) = memo {
-                    memo.remember(noted, self.clock.now(), role_name, *source, &creds);
+                if let (Some(recall), Some(noted)) = (recall, noted) {
+                    recall.memo.remember(
+                        noted,
+                        self.clock.now(),
+                        self.cache.threshold(),
+                        role_name,
+                        *source,
+                        &creds,
+                    );
                 }
                 credentials_response(&creds)
             }

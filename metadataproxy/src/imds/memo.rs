@@ -11,9 +11,9 @@
 //! (keeping the cache's use times and its LRU order current).
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::creds::{Credentials, is_fresh};
+use crate::creds::Credentials;
 use crate::identity::Source;
 
 /// Longest an answer is remembered.
@@ -23,21 +23,40 @@ pub const TTL: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct Memo(Mutex<Option<Remembered>>);
 
-/// The count of changes, read before the lookups whose result is to be remembered.
+/// A request's use of its connection's memory: the memory, and when the request began (the one
+/// clock read that also times the request, so a recall reads no clock of its own).
 #[derive(Debug, Clone, Copy)]
-pub struct Noted(u64);
+pub struct Recall<'a> {
+    /// The connection's memory.
+    pub memo: &'a Memo,
+    /// When the request began.
+    pub began: Instant,
+}
+
+/// The count of changes, read before the lookups whose result is to be remembered, and when the
+/// request that looks them up began.
+#[derive(Debug, Clone, Copy)]
+pub struct Noted {
+    count: u64,
+    began: Instant,
+}
 
 impl Noted {
-    /// Notes the count now: call before identifying the caller.
-    pub fn now() -> Self {
-        Self(crate::generation::current())
+    /// Notes the count now, for a request that began at `began`: call before identifying the
+    /// caller.
+    pub fn now(began: Instant) -> Self {
+        Self {
+            count: crate::generation::current(),
+            began,
+        }
     }
 }
 
 #[derive(Debug)]
 struct Remembered {
     noted: u64,
-    at: SystemTime,
+    /// Recalled only before this: within [`TTL`], and while the credentials are fresh.
+    until: Instant,
     role: Box<str>,
     source: Source,
     creds: Arc<Credentials>,
@@ -48,22 +67,18 @@ impl Memo {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Answers with `answer` from what was remembered, if it still holds at `now`: the same role
-    /// `asked`, no change since it was noted, within [`TTL`], credentials with more than
-    /// `threshold` left.
+    /// Answers with `answer` from what was remembered, if it still holds for a request that
+    /// began at `now`: the same role `asked`, no change since it was noted, before its end
+    /// (within [`TTL`] and the credentials' freshness).
     pub fn recall<R>(
         &self,
         asked: &str,
-        now: SystemTime,
-        threshold: Duration,
+        now: Instant,
         answer: impl FnOnce(&Credentials, Source) -> R,
     ) -> Option<R> {
         let mut memo = self.lock();
         let holds = memo.as_ref().is_some_and(|r| {
-            r.noted == crate::generation::current()
-                && now.duration_since(r.at).is_ok_and(|age| age < TTL)
-                && *r.role == *asked
-                && is_fresh(&r.creds, now, threshold)
+            r.noted == crate::generation::current() && now < r.until && *r.role == *asked
         });
         if !holds {
             // Stale: forget it at once (its credentials are not kept alive by the connection).
@@ -74,11 +89,14 @@ impl Memo {
     }
 
     /// Remembers that the caller, identified by `source` after `noted`, was given `creds` for
-    /// `role` at `now`.
+    /// `role`, the wall clock reading `wall` since: recalled for [`TTL`] from when the request
+    /// began, and no longer than the credentials keep more than `threshold` left (as the cache
+    /// serves them; both counted from when the request began, so never too late).
     pub fn remember(
         &self,
         noted: Noted,
-        now: SystemTime,
+        wall: SystemTime,
+        threshold: Duration,
         role: &str,
         source: Source,
         creds: &Arc<Credentials>,
@@ -86,9 +104,13 @@ impl Memo {
         if matches!(source, Source::ReverseDns) {
             return;
         }
+        let fresh = creds.remaining(wall).saturating_sub(threshold);
+        if fresh.is_zero() {
+            return;
+        }
         *self.lock() = Some(Remembered {
-            noted: noted.0,
-            at: now,
+            noted: noted.count,
+            until: noted.began + fresh.min(TTL),
             role: role.into(),
             source,
             creds: Arc::clone(creds),

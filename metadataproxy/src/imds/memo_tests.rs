@@ -6,7 +6,8 @@ use crate::creds::{Delivery, Secret};
 
 const THRESHOLD: Duration = Duration::from_secs(300);
 
-fn start() -> SystemTime {
+/// The wall clock when the request began.
+fn wall() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)
 }
 
@@ -15,41 +16,45 @@ fn creds(left: Duration) -> Arc<Credentials> {
         access_key_id: "ASIAMEMOTEST0001".into(),
         secret_access_key: Secret::new("very-secret-key".into()),
         session_token: Secret::new("very-secret-token".into()),
-        expiration: start() + left,
-        last_updated: start(),
+        expiration: wall() + left,
+        last_updated: wall(),
         assumed_role_arn: "arn:aws:sts::123456789012:assumed-role/web/s".into(),
         assumed_role_id: "AROAEXAMPLE:s".into(),
         delivery: Delivery::default(),
     })
 }
 
-/// Remembers `creds` for `web` at `start()` and recalls `asked` at `at`. Other tests bump the
-/// shared count at any time: a recall that found it moved is tried again (and must then hold).
+/// A request that began at `began` remembers `creds(left)` for `web` after a lookup of `took`,
+/// and a later one asks for `asked` `after` the first began. Other tests bump the shared count
+/// at any time: a recall that found it moved is tried again (and must then hold).
 fn remembered_then_recalled(
-    left: Duration,
+    (left, took): (Duration, Duration),
     source: Source,
     asked: &str,
-    at: SystemTime,
+    after: Duration,
 ) -> Option<(String, Source)> {
     for _ in 0..100 {
         let memo = Memo::default();
-        let noted = Noted::now();
-        memo.remember(noted, start(), "web", source, &creds(left));
-        let got = memo.recall(asked, at, THRESHOLD, |c, s| (c.access_key_id.clone(), s));
-        if noted.0 == crate::generation::current() {
+        let began = Instant::now();
+        let noted = Noted::now(began);
+        memo.remember(noted, wall() + took, THRESHOLD, "web", source, &creds(left));
+        let got = memo.recall(asked, began + after, |c, s| (c.access_key_id.clone(), s));
+        if noted.count == crate::generation::current() {
             return got;
         }
     }
     panic!("the count of changes never stood still for one recall");
 }
 
+const HOUR: (Duration, Duration) = (Duration::from_secs(3600), Duration::ZERO);
+
 #[test]
 fn the_same_role_within_its_second_is_recalled() {
     let got = remembered_then_recalled(
-        Duration::from_secs(3600),
+        HOUR,
         Source::DockerCgroup,
         "web",
-        start() + Duration::from_millis(999),
+        Duration::from_millis(999),
     );
     assert_eq!(
         got,
@@ -57,59 +62,80 @@ fn the_same_role_within_its_second_is_recalled() {
     );
 }
 
-/// Each way a remembered answer stops holding, against the one case above that holds.
+/// Each way a remembered answer stops holding, against the cases beside them that hold.
 #[test]
 fn what_no_longer_holds_is_not_recalled() {
-    let hour = Duration::from_secs(3600);
+    let ms = Duration::from_millis;
+    // Due for refresh 500 ms after the request began, found by a lookup of 300 ms: the freshness
+    // is counted from when the request began, so the memory ends at 200 ms, not later.
+    let due_soon = (THRESHOLD + ms(500), ms(300));
     let cases = [
-        ("another role", hour, Source::DockerIp, "db", start()),
+        ("another role", HOUR, Source::DockerIp, "db", ms(0), false),
         (
             "after its second",
-            hour,
+            HOUR,
             Source::MappingFile,
             "web",
-            start() + TTL,
-        ),
-        (
-            "the clock went back",
-            hour,
-            Source::MappingFile,
-            "web",
-            start() - Duration::from_millis(1),
+            TTL,
+            false,
         ),
         // As the cache: strictly more than the threshold left, or the full path.
         (
             "due for refresh",
-            THRESHOLD,
+            (THRESHOLD, Duration::ZERO),
             Source::MappingFile,
             "web",
-            start(),
+            ms(0),
+            false,
         ),
-        ("reverse DNS", hour, Source::ReverseDns, "web", start()),
+        ("reverse DNS", HOUR, Source::ReverseDns, "web", ms(0), false),
+        (
+            "due later",
+            due_soon,
+            Source::MappingFile,
+            "web",
+            ms(199),
+            true,
+        ),
+        (
+            "due by then",
+            due_soon,
+            Source::MappingFile,
+            "web",
+            ms(200),
+            false,
+        ),
+        (
+            "just fresh",
+            (THRESHOLD + ms(1), Duration::ZERO),
+            Source::MappingFile,
+            "web",
+            ms(0),
+            true,
+        ),
     ];
-    for (why, left, source, asked, at) in cases {
+    for (why, creds, source, asked, after, recalled) in cases {
         assert_eq!(
-            remembered_then_recalled(left, source, asked, at),
-            None,
-            "recalled although {why}"
+            remembered_then_recalled(creds, source, asked, after).is_some(),
+            recalled,
+            "{why}"
         );
     }
-    let just_fresh = THRESHOLD + Duration::from_millis(1);
-    assert!(remembered_then_recalled(just_fresh, Source::MappingFile, "web", start()).is_some());
 }
 
 #[test]
 fn a_change_anywhere_forgets_it() {
     let memo = Memo::default();
     memo.remember(
-        Noted::now(),
-        start(),
+        Noted::now(Instant::now()),
+        wall(),
+        THRESHOLD,
         "web",
         Source::DockerIp,
         &creds(Duration::from_secs(3600)),
     );
     crate::generation::bump();
-    assert_eq!(memo.recall("web", start(), THRESHOLD, |_, s| s), None);
+    assert_eq!(memo.recall("web", Instant::now(), |_, s| s), None);
     // Forgotten, not only refused: the connection no longer holds the credentials.
     assert!(memo.0.lock().unwrap().is_none());
 }
@@ -118,24 +144,26 @@ fn a_change_anywhere_forgets_it() {
 fn a_change_during_the_lookup_is_not_missed() {
     // The count is noted before the lookup: a change while it ran leaves the answer unremembered.
     let memo = Memo::default();
-    let noted = Noted::now();
+    let noted = Noted::now(Instant::now());
     crate::generation::bump();
     memo.remember(
         noted,
-        start(),
+        wall(),
+        THRESHOLD,
         "web",
         Source::DockerCgroup,
         &creds(Duration::from_secs(3600)),
     );
-    assert_eq!(memo.recall("web", start(), THRESHOLD, |_, s| s), None);
+    assert_eq!(memo.recall("web", Instant::now(), |_, s| s), None);
 }
 
 #[test]
 fn debug_shows_no_secret() {
     let memo = Memo::default();
     memo.remember(
-        Noted::now(),
-        start(),
+        Noted::now(Instant::now()),
+        wall(),
+        THRESHOLD,
         "web",
         Source::DockerIp,
         &creds(Duration::from_secs(3600)),

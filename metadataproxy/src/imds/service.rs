@@ -1,12 +1,14 @@
 //! The request handler: routes a request to the token, IAM, mock or passthrough handler.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
 
 use super::iam::Iam;
-use super::memo::Memo;
+use super::memo::Recall;
 use super::mock::MockTree;
 use super::path::{self, Category, ImdsPath};
 use super::proxy::Upstream;
@@ -46,30 +48,39 @@ pub struct Imds {
 
 impl Imds {
     /// Handles one request from the connection `conn`.
-    pub async fn handle<B>(&self, req: &Request<B>, conn: &ConnInfo) -> Response<Body> {
+    pub async fn handle<B: Sync>(&self, req: &Request<B>, conn: &ConnInfo) -> Response<Body> {
         self.handle_routed(req, conn, None).await.0
     }
 
     /// [`Self::handle`], also naming the request's route for the metrics (the path is parsed
-    /// and classified once, for both); `memo`: the connection's memory of its last credentials.
-    pub async fn handle_routed<B>(
+    /// and classified once, for both); `recall`: the connection's memory of its last
+    /// credentials, and when the request began.
+    ///
+    /// What waits (identification and lookups, the upstream, the container-credentials route)
+    /// runs in a future of its own, boxed: the common answers, ready at once, do not carry the
+    /// size of the rare ones, and hyper moves this future a few times per request.
+    pub async fn handle_routed<B: Sync>(
         &self,
         req: &Request<B>,
         conn: &ConnInfo,
-        memo: Option<&Memo>,
+        recall: Option<Recall<'_>>,
     ) -> (Response<Body>, Route) {
         let routed = path::route(req.uri().path());
         let route = route::of(routed.as_ref().ok().map(|(_, category)| category));
-        (self.respond(req, conn, routed, memo).await, route)
+        let resp = match self.respond(req, conn, routed, recall) {
+            Answer::Now(resp) => resp,
+            Answer::Later(waiting) => waiting.await,
+        };
+        (resp, route)
     }
 
-    async fn respond<B>(
-        &self,
-        req: &Request<B>,
-        conn: &ConnInfo,
-        routed: Result<(ImdsPath<'_>, Category<'_>), path::PathError>,
-        memo: Option<&Memo>,
-    ) -> Response<Body> {
+    fn respond<'a, B: Sync>(
+        &'a self,
+        req: &'a Request<B>,
+        conn: &'a ConnInfo,
+        routed: Result<(ImdsPath<'a>, Category<'a>), path::PathError>,
+        recall: Option<Recall<'a>>,
+    ) -> Answer<'a> {
         let heads = Heads::of(req.headers());
         if heads.body {
             // No IMDS request has a body; never read one (and close, so it is not parsed either).
@@ -80,17 +91,17 @@ impl Imds {
             );
             resp.headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-            return resp;
+            return Answer::Now(resp);
         }
         let raw_path = req.uri().path();
         if raw_path == super::ecs::PATH {
             return match &self.ecs {
                 Some(_) if !self.iam.chain.may_identify(conn) => {
                     refusal::record_less(conn.identity(), conn.peer, "ecs");
-                    super::ecs::record_less()
+                    Answer::Now(super::ecs::record_less())
                 }
-                Some(ecs) => ecs.handle(&self.iam, req, conn).await,
-                None => not_found(),
+                Some(ecs) => Answer::Later(Box::pin(ecs.handle(&self.iam, req, conn))),
+                None => Answer::Now(not_found()),
             };
         }
         let (parsed, category) = match routed {
@@ -102,7 +113,7 @@ impl Imds {
                 } else {
                     StatusCode::BAD_REQUEST
                 };
-                return response::text(status, format!("Bad Request: {e}\n"));
+                return Answer::Now(response::text(status, format!("Bad Request: {e}\n")));
             }
         };
         if needs_identity(&category) && !self.iam.chain.may_identify(conn) {
@@ -111,38 +122,46 @@ impl Imds {
                 conn.peer,
                 route::of(Some(&category)).label(),
             );
-            return response::text(
+            return Answer::Now(response::text(
                 StatusCode::FORBIDDEN,
                 "Forbidden: this route needs the caller's identity; connect to 169.254.169.254, not to the daemon's own address\n",
-            );
+            ));
         }
-        let identity = conn.identity().clone();
+        let identity = conn.identity();
         if category == Category::Token {
-            return self.token(req.method(), &heads, &identity);
+            return Answer::Now(self.token(req.method(), &heads, identity));
         }
-        let version = match self.check_token(&heads, &identity) {
+        let version = match self.check_token(&heads, identity) {
             Ok(v) => v,
-            Err(resp) => return resp,
+            Err(resp) => return Answer::Now(resp),
         };
         if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut resp = response::text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
             resp.headers_mut()
                 .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return resp;
+            return Answer::Now(resp);
         }
         match category {
             Category::IamListing
             | Category::IamInfo
             | Category::IamCredentialsList
-            | Category::IamCredentials(_) => self.iam.handle(&category, conn, version, memo).await,
+            | Category::IamCredentials(_) => {
+                if let Some(resp) =
+                    recall.and_then(|recall| Iam::recall(&category, conn, version, recall))
+                {
+                    return Answer::Now(resp);
+                }
+                Answer::Later(Box::pin(async move {
+                    self.iam.handle(&category, conn, version, recall).await
+                }))
+            }
             Category::IamOther | Category::HostIdentityCredentials => {
-                crate::refused!(INFO, &identity, peer = %conn.peer, path = %parsed.as_path(), "refused IAM path");
-                not_found()
+                crate::refused!(INFO, identity, peer = %conn.peer, path = %parsed.as_path(), "refused IAM path");
+                Answer::Now(not_found())
             }
             // Token paths were answered above; listed here so the match stays exhaustive.
             Category::Token | Category::Root | Category::VersionRoot | Category::Other => {
-                self.passthrough(req.method(), &parsed, req.uri().query(), &identity)
-                    .await
+                self.passthrough(req.method(), parsed, req.uri().query(), identity)
             }
         }
     }
@@ -210,43 +229,51 @@ impl Imds {
         }
     }
 
-    async fn passthrough(
-        &self,
-        method: &Method,
-        p: &ImdsPath<'_>,
-        query: Option<&str>,
-        caller: &Identity,
-    ) -> Response<Body> {
+    fn passthrough<'a>(
+        &'a self,
+        method: &'a Method,
+        p: ImdsPath<'a>,
+        query: Option<&'a str>,
+        caller: &'a Identity,
+    ) -> Answer<'a> {
         match &self.passthrough {
-            Passthrough::Mock(tree) => match tree.get(p) {
+            Passthrough::Mock(tree) => Answer::Now(match tree.get(&p) {
                 Some(a) => response::with_type(StatusCode::OK, a.body, a.content_type),
                 None => not_found(),
-            },
+            }),
             Passthrough::Proxy(upstream) => {
-                if !upstream.allows(p) {
+                if !upstream.allows(&p) {
                     crate::refused!(INFO, caller, path = %p.as_path(), "refused path: not in PROXY_ALLOWED_PATHS");
-                    return response::text(
+                    return Answer::Now(response::text(
                         StatusCode::FORBIDDEN,
                         "Forbidden: path not allowed by PROXY_ALLOWED_PATHS\n",
-                    );
+                    ));
                 }
-                match upstream.forward(method, p, query).await {
-                    Ok(resp) => resp,
-                    Err(e) => {
-                        crate::refused!(WARN, caller, path = %p.as_path(), error = %e, "upstream metadata service failed");
-                        let status = super::proxy_status(&e);
-                        response::text(
-                            status,
-                            format!(
-                                "{}: upstream metadata service: {e}\n",
-                                status.canonical_reason().unwrap_or("Error")
-                            ),
-                        )
+                Answer::Later(Box::pin(async move {
+                    match upstream.forward(method, &p, query).await {
+                        Ok(resp) => resp,
+                        Err(e) => {
+                            crate::refused!(WARN, caller, path = %p.as_path(), error = %e, "upstream metadata service failed");
+                            let status = super::proxy_status(&e);
+                            response::text(
+                                status,
+                                format!(
+                                    "{}: upstream metadata service: {e}\n",
+                                    status.canonical_reason().unwrap_or("Error")
+                                ),
+                            )
+                        }
                     }
-                }
+                }))
             }
         }
     }
+}
+
+/// A request's answer: ready at once, or a boxed future of its own.
+enum Answer<'a> {
+    Now(Response<Body>),
+    Later(Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>>),
 }
 
 /// Whether answering `category` depends on who the caller is (refused to callers that may not

@@ -9,7 +9,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::conn::{BUSY, ConnLimits, ConnPermit};
-use super::memo::Memo;
+use super::memo::{Memo, Recall};
 use super::response::Body;
 use super::service::Imds;
 use crate::config::HttpLimits;
@@ -76,9 +76,13 @@ impl Site for ImdsSite {
 
     async fn handle(&self, req: Request<Incoming>, conn: &ImdsConn) -> Response<Body> {
         let started = Instant::now();
+        let recall = Recall {
+            memo: &conn.memo,
+            began: started,
+        };
         let (resp, route) = self
             .imds
-            .handle_routed(&req, &conn.info, Some(&conn.memo))
+            .handle_routed(&req, &conn.info, Some(recall))
             .await;
         crate::metrics::request(route, resp.status(), started.elapsed());
         resp
