@@ -47,10 +47,14 @@ struct Size {
     scale: scale::Size,
 }
 
+/// Many short rounds rather than a few long ones: on a shared machine the load drifts over
+/// seconds, and servers measured seconds apart in one round compare more fairly than servers
+/// measured tens of seconds apart; the median of 9 same-round ratios is less at the mercy of
+/// one odd round than that of 5.
 const FULL: Size = Size {
     plan: Plan {
-        rounds: 5,
-        duration: Duration::from_secs(5),
+        rounds: 9,
+        duration: Duration::from_secs(3),
     },
     cold_ours: 5,
     cold_lyft: 3,
