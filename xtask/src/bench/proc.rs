@@ -192,6 +192,21 @@ fn vm_rss_kib(pid: u32) -> Result<u64> {
 }
 
 impl Proc {
+    /// Waits (up to `limit`) until the process and its descendants used no CPU for a tenth of a
+    /// second: the work a load run left queued is done.
+    pub async fn settle(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut last = self.cpu_seconds();
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = self.cpu_seconds();
+            if now - last < 1.0 / CLOCK_TICKS {
+                return;
+            }
+            last = now;
+        }
+    }
+
     /// CPU time (user + system) the process and its descendants have used so far, in seconds.
     pub fn cpu_seconds(&self) -> f64 {
         let ticks: u64 = tree(self.pid()).into_iter().filter_map(cpu_ticks).sum();

@@ -91,6 +91,9 @@ pub struct Plan {
     pub duration: Duration,
 }
 
+/// Longest wait for a server to go quiet after its load run.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
 /// Runs every scenario: round by round, each server in turn (the order rotates every round).
 pub async fn run(servers: &[Server], wrk: &Wrk, moto: &Moto, plan: Plan) -> Result<Vec<Measured>> {
     let mut all = Vec::new();
@@ -106,6 +109,9 @@ pub async fn run(servers: &[Server], wrk: &Wrk, moto: &Moto, plan: Plan) -> Resu
                 let before = moto.assume_role_count().await?;
                 let sample = drive(&servers[i], scenario, wrk, plan.duration).await?;
                 sts_calls[i] += moto.assume_role_count().await? - before;
+                // The next server's run starts on quiet cores: a server that fell behind (Lyft's
+                // p99 is near a second at 64 connections) still answers what it queued.
+                servers[i].proc.settle(SETTLE_LIMIT).await;
                 println!(
                     "  round {}: {:<34} {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us{}",
                     round + 1,
@@ -138,7 +144,8 @@ async fn drive(
     wrk: &Wrk,
     duration: Duration,
 ) -> Result<Sample> {
-    let sample = match scenario.driver {
+    let cpu_before = server.proc.cpu_seconds();
+    let mut sample = match scenario.driver {
         Driver::Wrk(connections) => wrk.run(server.addr, scenario.path, connections, duration)?,
         Driver::Gen(pattern, concurrency) => {
             loadgen::run(&Load {
@@ -152,6 +159,10 @@ async fn drive(
             .await?
         }
     };
+    let cpu = server.proc.cpu_seconds() - cpu_before;
+    #[expect(clippy::cast_precision_loss, reason = "a count of requests")]
+    let ops = sample.ops as f64;
+    sample.cpu_us_per_op = cpu * 1e6 / ops.max(1.0);
     if sample.ops == 0 {
         bail!(
             "{} answered nothing in \"{}\": {}",

@@ -19,6 +19,9 @@ pub struct Sample {
     pub first_error: Option<String>,
     /// IMDSv2 sequences where the server refused the token `PUT` (the SDK then falls back to IMDSv1).
     pub token_refused: u64,
+    /// The server's CPU time (user + system, all its threads and processes) per completed
+    /// operation, microseconds.
+    pub cpu_us_per_op: f64,
 }
 
 impl Sample {

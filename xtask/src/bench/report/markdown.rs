@@ -39,6 +39,9 @@ impl Results {
              are medians of same-round ratios.\n\
              - The load generators share the 2 cores with the server under test, as in the issue's reference figures.\n\
              - RSS is `VmRSS` from `/proc/<pid>/status`, summed over gunicorn's master and workers.\n\
+             - CPU per request: the server's user + system time over the load run (`/proc/<pid>/stat`, every \
+             thread, summed over gunicorn's processes; 10 ms ticks) divided by the requests it answered; \
+             what an operator pays for each request, whatever the throughput the shared cores allowed.\n\
              - Cold start: process spawn until a polling client (connect + GET every 2 ms) gets credentials.\n\
              - STS calls are counted from moto's own record (`/moto-api/data.json`).\n{}\n\
              ## Throughput and latency\n\n{}\n\

@@ -65,6 +65,20 @@ fn p99(s: &Sample) -> f64 {
     s.p99_us
 }
 
+fn cpu(s: &Sample) -> f64 {
+    s.cpu_us_per_op
+}
+
+/// `kind`'s CPU time per request (median over rounds) and, beside the bare server's, the median
+/// of the same-round ratios to it.
+fn cpu_cell(m: &Measured, kind: Kind) -> String {
+    let mut cell = format!("{:.1} µs", median(m.of(kind).into_iter().map(cpu)));
+    if kind != Kind::Bare && m.kinds.contains(&Kind::Bare) {
+        let _ = write!(cell, " ({:.2}×)", ratio(m, kind, Kind::Bare, cpu));
+    }
+    cell
+}
+
 /// `kib` as MiB with one decimal.
 pub(in crate::bench) fn mib(kib: u64) -> String {
     #[expect(clippy::cast_precision_loss, reason = "memory sizes")]
@@ -86,9 +100,9 @@ impl Results {
     /// a baseline, ours also gets its throughput and p99 over the baseline's.
     pub fn table(&self) -> String {
         let mut t = String::from(if self.baseline.is_some() {
-            "| scenario | server | req/s | p50 | p99 | × Lyft | × bare hyper | × baseline | p99 × baseline |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+            "| scenario | server | req/s | p50 | p99 | CPU per request (× bare) | × Lyft | × bare hyper | × baseline | p99 × baseline |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
         } else {
-            "| scenario | server | req/s | p50 | p99 | × Lyft | × bare hyper |\n|---|---|---:|---:|---:|---:|---:|\n"
+            "| scenario | server | req/s | p50 | p99 | CPU per request (× bare) | × Lyft | × bare hyper |\n|---|---|---:|---:|---:|---:|---:|---:|\n"
         });
         for m in &self.measured {
             for &kind in &m.kinds {
@@ -109,9 +123,10 @@ impl Results {
                 if refused > 0 {
                     name.push_str(" (no IMDSv2: token PUT refused, GET without token)");
                 }
+                let cpu_cell = cpu_cell(m, kind);
                 let _ = write!(
                     t,
-                    "| {} | {name} | {:.0} | {:.2} ms | {:.2} ms | {} | {} |",
+                    "| {} | {name} | {:.0} | {:.2} ms | {:.2} ms | {cpu_cell} | {} | {} |",
                     m.scenario.title,
                     median(samples.iter().map(|s| s.rps)),
                     median(samples.iter().map(|s| s.p50_us)) / 1000.0,
@@ -385,5 +400,33 @@ impl Results {
             );
         }
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_per_request_is_a_median_and_a_same_round_ratio_to_bare() {
+        let sample = |cpu_us_per_op| Sample {
+            ops: 1,
+            cpu_us_per_op,
+            ..Sample::default()
+        };
+        // Round by round, ours over bare: 1.10, 1.20, 1.50 (median 1.20), though the medians of
+        // each alone (8.8 and 8.0) would give 1.10.
+        let m = Measured {
+            scenario: super::super::scenarios::ALL[0],
+            kinds: vec![Kind::Ours, Kind::Bare],
+            rounds: vec![
+                vec![sample(8.8), sample(8.0)],
+                vec![sample(6.0), sample(5.0)],
+                vec![sample(15.0), sample(10.0)],
+            ],
+            sts_calls: vec![0, 0],
+        };
+        assert_eq!(cpu_cell(&m, Kind::Ours), "8.8 µs (1.20×)");
+        assert_eq!(cpu_cell(&m, Kind::Bare), "8.0 µs");
     }
 }
