@@ -75,12 +75,28 @@ impl Measured {
             .map_or(0, |i| self.sts_calls[i])
     }
 
-    /// The samples of `kind`, one per round.
+    /// The samples of `kind`, one per round kept (see [`Self::kept`]).
     pub fn of(&self, kind: Kind) -> Vec<&Sample> {
         let Some(i) = self.kinds.iter().position(|k| *k == kind) else {
             return Vec::new();
         };
-        self.rounds.iter().map(|r| &r[i]).collect()
+        self.kept().into_iter().map(|r| &r[i]).collect()
+    }
+
+    /// The rounds the figures use: those in which the host took no more than [`STEAL_LIMIT`] of
+    /// the CPUs' time from any server's run, when at least [`MIN_ROUNDS`] are left; else every
+    /// round. A whole round goes or stays, so same-round ratios stay same-round.
+    pub fn kept(&self) -> Vec<&Vec<Sample>> {
+        let calm: Vec<_> = self
+            .rounds
+            .iter()
+            .filter(|r| r.iter().all(|s| s.stolen <= STEAL_LIMIT))
+            .collect();
+        if calm.len() >= MIN_ROUNDS || calm.len() == self.rounds.len() {
+            calm
+        } else {
+            self.rounds.iter().collect()
+        }
     }
 }
 
@@ -90,6 +106,11 @@ pub struct Plan {
     pub rounds: usize,
     pub duration: Duration,
 }
+
+/// Most of the CPUs' time the host may take (steal) during a run whose round is kept.
+pub const STEAL_LIMIT: f64 = 0.05;
+/// Fewest rounds a scenario's figures rest on when disturbed rounds are left out.
+pub const MIN_ROUNDS: usize = 3;
 
 /// Longest wait for a server to go quiet after its load run.
 const SETTLE_LIMIT: Duration = Duration::from_secs(5);
@@ -145,6 +166,7 @@ async fn drive(
     duration: Duration,
 ) -> Result<Sample> {
     let cpu_before = server.proc.cpu_seconds();
+    let (ticks_before, steal_before) = super::machine::cpu_and_steal();
     let mut sample = match scenario.driver {
         Driver::Wrk(connections) => wrk.run(server.addr, scenario.path, connections, duration)?,
         Driver::Gen(pattern, concurrency) => {
@@ -160,6 +182,11 @@ async fn drive(
         }
     };
     let cpu = server.proc.cpu_seconds() - cpu_before;
+    let (ticks, steal) = super::machine::cpu_and_steal();
+    #[expect(clippy::cast_precision_loss, reason = "clock ticks")]
+    let stolen = steal.saturating_sub(steal_before) as f64
+        / ticks.saturating_sub(ticks_before).max(1) as f64;
+    sample.stolen = stolen;
     #[expect(clippy::cast_precision_loss, reason = "a count of requests")]
     let ops = sample.ops as f64;
     sample.cpu_us_per_op = cpu * 1e6 / ops.max(1.0);
@@ -172,4 +199,50 @@ async fn drive(
         );
     }
     Ok(sample)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(stolen: &[f64]) -> Vec<Sample> {
+        stolen
+            .iter()
+            .map(|&stolen| Sample {
+                ops: 1,
+                stolen,
+                ..Sample::default()
+            })
+            .collect()
+    }
+
+    fn measured(rounds: Vec<Vec<Sample>>) -> Measured {
+        Measured {
+            scenario: ALL[0],
+            kinds: vec![Kind::Ours, Kind::Bare],
+            sts_calls: vec![0, 0],
+            rounds,
+        }
+    }
+
+    #[test]
+    fn rounds_the_host_disturbed_are_left_out_whole_while_three_remain() {
+        let m = measured(vec![
+            round(&[0.01, 0.0]),
+            round(&[0.0, 0.30]),
+            round(&[0.05, 0.02]),
+            round(&[0.0, 0.0]),
+        ]);
+        let kept: Vec<f64> = m.kept().iter().map(|r| r[0].stolen).collect();
+        assert_eq!(kept, [0.01, 0.05, 0.0], "the round with 30 % stolen goes");
+        assert_eq!(m.of(Kind::Bare).len(), 3);
+        // Two calm rounds of four are too few: every round counts, disturbed or not.
+        let m = measured(vec![
+            round(&[0.2, 0.0]),
+            round(&[0.0, 0.0]),
+            round(&[0.0, 0.0]),
+            round(&[0.0, 0.1]),
+        ]);
+        assert_eq!(m.kept().len(), 4);
+    }
 }

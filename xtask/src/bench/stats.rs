@@ -22,6 +22,8 @@ pub struct Sample {
     /// The server's CPU time (user + system, all its threads and processes) per completed
     /// operation, microseconds.
     pub cpu_us_per_op: f64,
+    /// The share of the machine's CPU time the host gave to others during the run (steal).
+    pub stolen: f64,
 }
 
 impl Sample {

@@ -95,6 +95,7 @@ fn parse(stdout: &str) -> Result<Sample> {
             .then(|| format!("wrk: {socket_errors} socket errors, {non2xx} non-2xx/3xx responses")),
         token_refused: 0,
         cpu_us_per_op: 0.0,
+        stolen: 0.0,
     })
 }
 

@@ -9,6 +9,7 @@ impl Results {
     /// The whole of `BENCHMARKS.md`.
     pub fn markdown(&self, notes: &str) -> String {
         let m = &self.machine;
+        let stolen = super::steal_summary(&self.measured);
         let load_note = if self
             .machine
             .load_at_start
@@ -27,7 +28,8 @@ impl Results {
              Our daemon against Lyft's metadataproxy 2.2.0{} a bare hyper server (the limit){}, \
              measured side by side in one run. Regenerate with:\n\n```sh\n{}\n```\n\n\
              ## Machine\n\n\
-             - {} CPUs: {}\n- kernel {}\n- memory {}\n- load average at start {} (1, 5, 15 min), at end {}\n- taken {}\n\n{load_note}\n\n\
+             - {} CPUs: {}\n- kernel {}\n- memory {}\n- load average at start {} (1, 5, 15 min), at end {}\n- CPU time taken by the host \
+             during the load runs (steal): median {:.1} %, largest {:.1} %\n- taken {}\n\n{load_note}\n\n\
              ## Method\n\n\
              - Servers, all on 127.0.0.1: moto_server (STS and IAM); our daemon (release build, mapping-file \
              identification, `MOCK_API`); Lyft 2.2.0 under `gunicorn metadataproxy:app --workers=2 -k gevent` \
@@ -39,6 +41,9 @@ impl Results {
              are medians of same-round ratios.\n\
              - The load generators share the 2 cores with the server under test, as in the issue's reference figures.\n\
              - RSS is `VmRSS` from `/proc/<pid>/status`, summed over gunicorn's master and workers.\n\
+             - A round in which the host (hypervisor) took more than 5 % of the CPUs' time (steal, \
+             `/proc/stat`) during any server's run is left out of that scenario's figures, as a whole round, when \
+             at least 3 rounds are left; the table names the scenarios that left rounds out.\n\
              - CPU per request: the server's user + system time over the load run (`/proc/<pid>/stat`, every \
              thread, summed over gunicorn's processes; 10 ms ticks) divided by the requests it answered; \
              what an operator pays for each request, whatever the throughput the shared cores allowed.\n\
@@ -67,6 +72,8 @@ impl Results {
             m.memory,
             m.load_at_start,
             self.load_at_end,
+            stolen.0,
+            stolen.1,
             m.date,
             self.plan.duration.as_secs(),
             self.plan.rounds,

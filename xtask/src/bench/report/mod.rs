@@ -69,6 +69,19 @@ fn cpu(s: &Sample) -> f64 {
     s.cpu_us_per_op
 }
 
+/// The host's steal over every load run: median and largest share, in percent.
+fn steal_summary(measured: &[Measured]) -> (f64, f64) {
+    let all: Vec<f64> = measured
+        .iter()
+        .flat_map(|m| m.rounds.iter().flatten())
+        .map(|s| s.stolen * 100.0)
+        .collect();
+    (
+        median(all.iter().copied()),
+        all.iter().copied().fold(0.0, f64::max),
+    )
+}
+
 /// `kind`'s CPU time per request (median over rounds) and, beside the bare server's, the median
 /// of the same-round ratios to it.
 fn cpu_cell(m: &Measured, kind: Kind) -> String {
@@ -124,10 +137,14 @@ impl Results {
                     name.push_str(" (no IMDSv2: token PUT refused, GET without token)");
                 }
                 let cpu_cell = cpu_cell(m, kind);
+                let (kept, all) = (m.kept().len(), m.rounds.len());
+                let mut title = m.scenario.title.to_owned();
+                if kept < all {
+                    let _ = write!(title, " ({kept} of {all} rounds)");
+                }
                 let _ = write!(
                     t,
-                    "| {} | {name} | {:.0} | {:.2} ms | {:.2} ms | {cpu_cell} | {} | {} |",
-                    m.scenario.title,
+                    "| {title} | {name} | {:.0} | {:.2} ms | {:.2} ms | {cpu_cell} | {} | {} |",
                     median(samples.iter().map(|s| s.rps)),
                     median(samples.iter().map(|s| s.p50_us)) / 1000.0,
                     median(samples.iter().map(|s| s.p99_us)) / 1000.0,
