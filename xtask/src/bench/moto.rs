@@ -18,6 +18,8 @@ pub const ACCOUNT: &str = "123456789012";
 const TRUST_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"sts:AssumeRole"}]}"#;
 /// Parallel connections used to create roles.
 const CREATE_WORKERS: usize = 4;
+/// How many times a `CreateRole` that moto answered with a 5xx is sent again.
+const CREATE_RETRIES: u32 = 3;
 
 /// A running `moto_server` on loopback.
 #[derive(Debug)]
@@ -64,10 +66,27 @@ impl Moto {
                             "Action=CreateRole&Version=2010-05-08&RoleName={name}&AssumeRolePolicyDocument={}",
                             form_encode(TRUST_POLICY)
                         );
-                        let resp = conn.send("POST", "/", &IAM_HEADERS, body.as_bytes()).await?;
-                        ensure!(resp.status == 200, "moto CreateRole {name}: {} {}", resp.status, resp.text());
-                        if conn.closed() {
-                            conn = Conn::open(None, addr).await?;
+                        // moto's threaded server now and then answers a concurrent call with a
+                        // bare 500 (no error document): asked again, the role is made, or was.
+                        let mut attempt = 0;
+                        loop {
+                            let resp =
+                                conn.send("POST", "/", &IAM_HEADERS, body.as_bytes()).await?;
+                            if conn.closed() {
+                                conn = Conn::open(None, addr).await?;
+                            }
+                            let made_before = attempt > 0 && resp.status == 409;
+                            if resp.status == 200 || made_before {
+                                break;
+                            }
+                            ensure!(
+                                resp.status >= 500 && attempt < CREATE_RETRIES,
+                                "moto CreateRole {name}: {} {}",
+                                resp.status,
+                                resp.text()
+                            );
+                            attempt += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         }
                     }
                     anyhow::Ok(())
