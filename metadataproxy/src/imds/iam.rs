@@ -89,7 +89,7 @@ impl Iam {
     ) -> Response<Body> {
         // Before anything is looked up: what is remembered of this answer holds only while
         // nothing it depends on changes from here.
-        let noted = recall.map(|r| Noted::now(r.began));
+        let remember = recall.map(|r| (r.memo, Noted::now(r.began)));
         let caller = self.chain.identify(conn).await;
         crate::metrics::identified(caller.assignment.as_ref().map(|(_, source)| *source));
         let Some((assignment, source)) = &caller.assignment else {
@@ -141,8 +141,8 @@ impl Iam {
                 } else {
                     tracing::debug!(caller = %caller.identity, access_key = %format_args!("…{}", creds.key_hint()), imds = version.as_str(), "credentials served again");
                 }
-                if let (Some(recall), Some(noted)) = (recall, noted) {
-                    recall.memo.remember(
+                if let Some((memo, noted)) = remember {
+                    memo.remember(
                         noted,
                         self.clock.now(),
                         self.cache.threshold(),

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use super::Results;
 use crate::bench::ebpf_path::{self, BaselineLeg, EbpfPath};
+use crate::bench::scenarios::{MIN_ROUNDS, STEAL_LIMIT};
 
 impl Results {
     /// The whole of `BENCHMARKS.md`.
@@ -41,9 +42,9 @@ impl Results {
              are medians of same-round ratios.\n\
              - The load generators share the 2 cores with the server under test, as in the issue's reference figures.\n\
              - RSS is `VmRSS` from `/proc/<pid>/status`, summed over gunicorn's master and workers.\n\
-             - A round in which the host (hypervisor) took more than 5 % of the CPUs' time (steal, \
+             - A round in which the host (hypervisor) took more than {:.0} % of the CPUs' time (steal, \
              `/proc/stat`) during any server's run is left out of that scenario's figures, as a whole round, when \
-             at least 3 rounds are left; the table names the scenarios that left rounds out.\n\
+             at least {} rounds are left; the table names the scenarios that left rounds out.\n\
              - CPU per request: the server's user + system time over the load run (`/proc/<pid>/stat`, every \
              thread, summed over gunicorn's processes; 10 ms ticks) divided by the requests it answered; \
              what an operator pays for each request, whatever the throughput the shared cores allowed.\n\
@@ -77,6 +78,8 @@ impl Results {
             m.date,
             self.plan.duration.as_secs(),
             self.plan.rounds,
+            STEAL_LIMIT * 100.0,
+            MIN_ROUNDS,
             self.baseline_method(),
             self.table(),
             self.other_table(),
