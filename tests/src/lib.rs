@@ -12,6 +12,7 @@ mod cri;
 mod daemon;
 mod delay;
 mod docker;
+mod docker_faults;
 mod faulty_sts;
 mod freeze;
 mod http;
@@ -30,6 +31,7 @@ pub use cri::{Cri, Pod, PodSpec};
 pub use daemon::{Daemon, DaemonBuilder, Exited};
 pub use delay::SlowRelay;
 pub use docker::{DockerD, IMAGE, cgroup2_mount};
+pub use docker_faults::FaultyDockerRelay;
 pub use faulty_sts::{
     DENIED_CALLER_ACCOUNT, DENIED_CALLER_ARN, DENIED_CALLER_INSTANCE, Fault, FaultySts, Outcome,
     StsAttempt,

@@ -93,11 +93,15 @@ impl Admin {
             Some(occupancy) => occupancy.get().await,
             None => None,
         };
-        let docker = self
-            .readiness
-            .docker
-            .as_deref()
-            .map(|i: &ContainerIndex| (i.len(), i.is_live()));
+        let docker =
+            self.readiness
+                .docker
+                .as_deref()
+                .map(|i: &ContainerIndex| metrics::IndexState {
+                    containers: i.len(),
+                    synchronised: i.is_live(),
+                    unreadable: i.unreadable(),
+                });
         State {
             cache_entries: self.cache.len(),
             docker,

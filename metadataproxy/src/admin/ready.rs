@@ -152,7 +152,11 @@ pub fn docker_check(index: Option<&ContainerIndex>, endpoint: Option<&Endpoint>)
         Some(i) if i.is_live() => Check::new(
             "docker",
             true,
-            format!("container index synchronised ({} running)", i.len()),
+            format!(
+                "container index synchronised ({} running{})",
+                i.len(),
+                left_out(i.unreadable())
+            ),
         ),
         Some(i) => Check::new(
             "docker",
@@ -163,6 +167,17 @@ pub fn docker_check(index: Option<&ContainerIndex>, endpoint: Option<&Endpoint>)
             ),
         ),
         None => Check::new("docker", false, format!("DOCKER_URL {docker_url} unusable")),
+    }
+}
+
+/// What the readiness line adds for running containers left out: they get no credentials.
+fn left_out(unreadable: usize) -> String {
+    if unreadable == 0 {
+        String::new()
+    } else {
+        format!(
+            "; {unreadable} more that Docker cannot describe are left out and get no credentials"
+        )
     }
 }
 

@@ -23,6 +23,10 @@ struct Inner {
     hung: bool,
     /// Streams that get nothing any more but stay open.
     silenced: Vec<Sender>,
+    /// Containers whose inspection fails (dockerd answers an error about them alone).
+    unreadable: std::collections::HashSet<String>,
+    /// Inspections asked for, by id.
+    inspections: HashMap<String, usize>,
 }
 
 /// The fake daemon. Cloning shares it.
@@ -116,6 +120,22 @@ impl FakeRuntime {
         inner.silenced.extend(streams);
     }
 
+    /// Makes the inspection of container `id` fail (`true`), as a dockerd answering a 500 about
+    /// it alone, or succeed again.
+    pub fn set_unreadable(&self, id: &str, unreadable: bool) {
+        let mut inner = self.lock();
+        if unreadable {
+            inner.unreadable.insert(id.to_owned());
+        } else {
+            inner.unreadable.remove(id);
+        }
+    }
+
+    /// How many times container `id` was inspected.
+    pub fn inspections(&self, id: &str) -> usize {
+        self.lock().inspections.get(id).copied().unwrap_or(0)
+    }
+
     /// How many connections were attempted.
     pub fn connects(&self) -> usize {
         self.lock().connects
@@ -187,8 +207,18 @@ impl Connection for FakeConnection {
         &'a self,
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<ContainerInfo>, SourceError>> {
-        let found = self.docker.lock().containers.get(id).cloned();
-        Box::pin(std::future::ready(Ok(found)))
+        let mut inner = self.docker.lock();
+        *inner.inspections.entry(id.to_owned()).or_insert(0) += 1;
+        let result = if inner.unreadable.contains(id) {
+            Err(SourceError::Unreadable {
+                call: "GET /containers/{id}/json",
+                id: id.to_owned(),
+                source: "Docker responded with status code 500: injected".into(),
+            })
+        } else {
+            Ok(inner.containers.get(id).cloned())
+        };
+        Box::pin(std::future::ready(result))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, SourceError>> {

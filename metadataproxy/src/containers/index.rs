@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -130,6 +130,8 @@ pub struct ContainerIndex {
     generation: watch::Sender<u64>,
     /// Whether the index follows Docker's events right now.
     live: AtomicBool,
+    /// Running containers the runtime could not describe, left out (for `/metrics`).
+    unreadable: AtomicUsize,
 }
 
 impl Default for ContainerIndex {
@@ -138,6 +140,7 @@ impl Default for ContainerIndex {
             state: RwLock::default(),
             generation: watch::Sender::new(0),
             live: AtomicBool::new(false),
+            unreadable: AtomicUsize::new(0),
         }
     }
 }
@@ -157,6 +160,16 @@ impl ContainerIndex {
     pub fn set_live(&self, live: bool) {
         self.live.store(live, Ordering::Release);
         self.bump();
+    }
+
+    /// How many running containers the runtime could not describe (left out of the index).
+    pub fn unreadable(&self) -> usize {
+        self.unreadable.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`Self::unreadable`].
+    pub fn set_unreadable(&self, count: usize) {
+        self.unreadable.store(count, Ordering::Relaxed);
     }
 
     fn bump(&self) {

@@ -14,6 +14,7 @@ mod prefetch;
 pub(crate) mod settings;
 mod source;
 mod sync;
+mod unreadable;
 
 pub use container::{Container, ContainerInfo, RANCHER_IP_LABEL, short};
 pub use index::{Change, ContainerIndex, START_GRACE};

@@ -64,6 +64,25 @@ pub enum SourceError {
     /// The runtime failed in a way of its own (containerd's gRPC status, …).
     #[error(transparent)]
     Runtime(RuntimeError),
+    /// The runtime answered about one container, but not with something usable: an error status
+    /// other than "no such container", or a description that does not decode. The connection is
+    /// fine; only that container cannot be identified (and so gets nothing) until it can.
+    #[error("{call} for container {} failed: {source}", super::short(.id))]
+    Unreadable {
+        /// Which call.
+        call: &'static str,
+        /// The container's id.
+        id: String,
+        /// What the runtime said, or why its answer could not be read.
+        source: RuntimeError,
+    },
+}
+
+impl SourceError {
+    /// Whether it concerns one container only (the connection and the other containers are fine).
+    pub fn is_about_one_container(&self) -> bool {
+        matches!(self, Self::Unreadable { .. })
+    }
 }
 
 /// One connection to a container runtime.

@@ -7,11 +7,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 
 use super::container::{Container, ContainerInfo, short};
 use super::index::{Change, ContainerIndex};
 use super::source::{Connection, ContainerSource, Event, SourceError};
+use super::unreadable::Unreadable;
 use crate::role::{SessionKey, TagsConfig};
 
 /// How far back events are replayed on subscribing (covers the listing, and clock rounding).
@@ -135,14 +136,17 @@ impl Syncer {
             .checked_sub(REPLAY)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let mut events = conn.events(since);
-        if let Err(e) = self.resync(conn.as_ref()).await {
+        // Running containers this connection could not describe: left out, asked about again at
+        // every liveness check. A new connection lists and inspects everything anew.
+        let mut unreadable = Unreadable::default();
+        if let Err(e) = self.resync(conn.as_ref(), &mut unreadable).await {
             return e;
         }
         *synced = true;
         self.index.set_live(true);
         let again = if after_failures { " again" } else { "" };
         let runtime = self.source.runtime();
-        tracing::info!(runtime, url = %self.source.describe(), containers = self.index.len(), "{runtime} reachable{again}; container index synchronised");
+        tracing::info!(runtime, url = %self.source.describe(), containers = self.index.len(), unreadable = unreadable.len(), "{runtime} reachable{again}; container index synchronised");
         // An idle stream looks the same whether the connection is alive or silently dead (a
         // half-open TCP connection, a hung dockerd): ask for a ping now and then.
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -154,21 +158,28 @@ impl Syncer {
                     None => return SourceError::StreamEnded,
                     Some(Err(e)) => return e,
                     Some(Ok(event)) => {
-                        if let Err(e) = self.apply(conn.as_ref(), event).await {
+                        if let Err(e) = self.apply(conn.as_ref(), event, &mut unreadable).await {
                             return e;
                         }
                     }
                 },
                 _ = ping.tick() => match tokio::time::timeout(every, conn.ping()).await {
-                    Ok(Ok(None)) => {}
-                    Ok(Ok(Some(running))) => {
-                        // An event on its way makes a difference once; a missed one, every time.
-                        let now = self.differences(running);
-                        let kept = now.intersection(&suspects).count();
-                        if kept > 0 {
-                            return SourceError::Drifted(kept);
+                    Ok(Ok(running)) => {
+                        if let Some(running) = running {
+                            // An event on its way makes a difference once; a missed one, every
+                            // time. The unreadable run but are left out on purpose.
+                            let now = self.differences(running, &unreadable);
+                            let kept = now.intersection(&suspects).count();
+                            if kept > 0 {
+                                return SourceError::Drifted(kept);
+                            }
+                            suspects = now;
                         }
-                        suspects = now;
+                        match tokio::time::timeout(every, self.retry(conn.as_ref(), &mut unreadable)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => return e,
+                            Err(_) => return SourceError::Unresponsive(every),
+                        }
                     }
                     // Refused or failed at once: dockerd is shutting down or restarting, and the
                     // stream may still bring the last events (a graceful stop's `die`s) before it
@@ -183,27 +194,42 @@ impl Syncer {
         }
     }
 
-    /// The ids running but not indexed, or indexed but not running.
-    fn differences(&self, running: Vec<String>) -> HashSet<String> {
-        self.index.differences(running)
+    /// The ids running but not indexed, or indexed but not running, leaving out those known
+    /// to be running undescribed.
+    fn differences(&self, running: Vec<String>, unreadable: &Unreadable) -> HashSet<String> {
+        let mut differ = self.index.differences(running);
+        differ.retain(|id| !unreadable.contains(id));
+        differ
     }
 
-    /// Lists and inspects every running container and makes the index exactly that.
-    async fn resync(&self, conn: &dyn Connection) -> Result<(), SourceError> {
+    /// Lists and inspects every running container and makes the index exactly that, less the
+    /// containers the runtime could not describe (noted in `unreadable`).
+    async fn resync(
+        &self,
+        conn: &dyn Connection,
+        unreadable: &mut Unreadable,
+    ) -> Result<(), SourceError> {
         let ids = conn.running().await?;
+        let runtime = self.source.runtime();
         // Each inspection is made when its turn comes (a boxed request future is kilobytes:
         // making them all first held megabytes per thousand containers) and becomes its index
-        // entry as it arrives, so the inspections themselves are never all held at once. The
-        // first failure ends the resync.
-        let containers: Vec<Container> = futures_util::stream::iter(0..ids.len())
-            .map(|i| conn.inspect(&ids[i]))
-            .buffer_unordered(INSPECT_CONCURRENCY)
-            .try_filter_map(|info| {
-                let entry = info.filter(|i| i.running).map(|i| self.entry(&i));
-                std::future::ready(Ok(entry))
-            })
-            .try_collect()
-            .await?;
+        // entry as it arrives, so the inspections themselves are never all held at once. A
+        // failed connection ends the resync; a container the runtime cannot describe is left out.
+        let ids = &ids;
+        let mut inspections = futures_util::stream::iter(0..ids.len())
+            .map(|i| async move { (i, conn.inspect(&ids[i]).await) })
+            .buffer_unordered(INSPECT_CONCURRENCY);
+        let mut containers: Vec<Container> = Vec::new();
+        while let Some((i, inspected)) = inspections.next().await {
+            match inspected {
+                Ok(Some(info)) if info.running => containers.push(self.entry(&info)),
+                Ok(_) => {}
+                Err(e) if e.is_about_one_container() => unreadable.note(runtime, &ids[i], &e),
+                Err(e) => return Err(e),
+            }
+        }
+        drop(inspections);
+        self.index.set_unreadable(unreadable.len());
         let change = self.index.replace_all(containers);
         self.notify(&change);
         drop(change);
@@ -214,15 +240,20 @@ impl Syncer {
     }
 
     /// Applies one event. Only a failure to reach Docker is an error.
-    async fn apply(&self, conn: &dyn Connection, event: Event) -> Result<(), SourceError> {
+    async fn apply(
+        &self,
+        conn: &dyn Connection,
+        event: Event,
+        unreadable: &mut Unreadable,
+    ) -> Result<(), SourceError> {
         let change = match &event {
-            Event::Die(id) | Event::Destroy(id) => self.index.remove(id),
-            Event::Start(id) | Event::Changed(id) => match conn.inspect(id).await? {
-                Some(info) if info.running => self.index.upsert(self.entry(&info)),
-                // Gone or stopped by the time we asked: it must not be served.
-                _ => self.index.remove(id),
-            },
+            Event::Die(id) | Event::Destroy(id) => {
+                unreadable.forget(self.source.runtime(), id, false);
+                self.index.remove(id)
+            }
+            Event::Start(id) | Event::Changed(id) => self.describe(conn, id, unreadable).await?,
         };
+        self.index.set_unreadable(unreadable.len());
         tracing::debug!(
             ?event,
             containers = self.index.len(),
@@ -230,6 +261,50 @@ impl Syncer {
             "container event applied"
         );
         self.notify(&change);
+        Ok(())
+    }
+
+    /// Inspects `id` and indexes what it is now: running, indexed; gone or stopped, forgotten
+    /// (it must not be served); not describable, forgotten too (its old description may no
+    /// longer hold) and noted in `unreadable`. Only a failure to reach the runtime is an error.
+    async fn describe(
+        &self,
+        conn: &dyn Connection,
+        id: &str,
+        unreadable: &mut Unreadable,
+    ) -> Result<Change, SourceError> {
+        let runtime = self.source.runtime();
+        Ok(match conn.inspect(id).await {
+            Ok(Some(info)) if info.running => {
+                unreadable.forget(runtime, id, true);
+                self.index.upsert(self.entry(&info))
+            }
+            Ok(_) => {
+                unreadable.forget(runtime, id, false);
+                self.index.remove(id)
+            }
+            Err(e) if e.is_about_one_container() => {
+                unreadable.note(runtime, id, &e);
+                self.index.remove(id)
+            }
+            Err(e) => return Err(e),
+        })
+    }
+
+    /// Asks again about every container that could not be described.
+    async fn retry(
+        &self,
+        conn: &dyn Connection,
+        unreadable: &mut Unreadable,
+    ) -> Result<(), SourceError> {
+        if unreadable.is_empty() {
+            return Ok(());
+        }
+        for id in unreadable.ids() {
+            let change = self.describe(conn, &id, unreadable).await?;
+            self.notify(&change);
+        }
+        self.index.set_unreadable(unreadable.len());
         Ok(())
     }
 

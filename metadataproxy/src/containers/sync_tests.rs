@@ -311,11 +311,126 @@ async fn a_full_listing_makes_only_the_inspections_it_runs_at_once() {
         Arc::new(NoListener),
         SyncConfig::default(),
     );
-    syncer.resync(&conn).await.unwrap();
+    syncer
+        .resync(&conn, &mut Unreadable::default())
+        .await
+        .unwrap();
     assert_eq!(syncer.index.len(), 1000);
     let most = conn.most.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
         most <= INSPECT_CONCURRENCY,
         "{most} inspections existed at once for 1000 containers"
     );
+}
+
+#[tokio::test]
+async fn a_container_docker_cannot_describe_is_left_out_alone_and_asked_about_again() {
+    let docker = FakeRuntime::default();
+    let b = full_id("b");
+    docker.put(info("a", "172.17.0.2", &["IAM_ROLE=ra"]));
+    docker.put(info("b", "172.17.0.3", &["IAM_ROLE=rb"]));
+    docker.set_unreadable(&b, true);
+    let (index, _recorder, task) = start(&docker);
+    eventually("the index is live", || index.is_live()).await;
+    // The other container is served; the one Docker cannot describe is not, and is counted.
+    assert_eq!(role_at(&index, "172.17.0.2").as_deref(), Some("ra"));
+    assert_eq!(role_at(&index, "172.17.0.3"), None);
+    assert_eq!(index.unreadable(), 1);
+    // It is asked about again at the liveness checks, and it running undescribed is no drift:
+    // the connection is kept.
+    let asked = docker.inspections(&b);
+    eventually("b is asked about again", || {
+        docker.inspections(&b) >= asked + 3
+    })
+    .await;
+    assert_eq!(
+        docker.connects(),
+        1,
+        "an undescribable container ended the connection"
+    );
+    assert_eq!(role_at(&index, "172.17.0.3"), None);
+    // Once Docker describes it, it is indexed.
+    docker.set_unreadable(&b, false);
+    eventually("b is indexed", || role_at(&index, "172.17.0.3").is_some()).await;
+    assert_eq!(role_at(&index, "172.17.0.3").as_deref(), Some("rb"));
+    assert_eq!(index.unreadable(), 0);
+    assert_eq!(docker.connects(), 1);
+    task.abort();
+}
+
+#[tokio::test]
+async fn an_event_about_a_container_docker_cannot_describe_forgets_it() {
+    let docker = FakeRuntime::default();
+    let c = full_id("c");
+    let (index, _recorder, task) = start(&docker);
+    eventually("the index is live", || index.is_live()).await;
+    docker.start(info("c", "172.17.0.4", &["IAM_ROLE=rc"]));
+    eventually("c is indexed", || role_at(&index, "172.17.0.4").is_some()).await;
+    // Docker changes it (say, a network connected) but cannot describe it now: its old
+    // description may no longer hold, so it is no longer served; the connection is kept.
+    docker.set_unreadable(&c, true);
+    docker.emit(&Event::Changed(c.clone()));
+    eventually("c is forgotten", || role_at(&index, "172.17.0.4").is_none()).await;
+    assert_eq!(index.unreadable(), 1);
+    assert_eq!(docker.connects(), 1);
+    // It dies while undescribable: nothing is left to ask about.
+    docker.stop(&c);
+    eventually("nothing is unreadable", || index.unreadable() == 0).await;
+    assert!(index.is_live());
+    // A new container that starts undescribable is not served, then is once describable.
+    let d = full_id("d");
+    docker.set_unreadable(&d, true);
+    docker.start(info("d", "172.17.0.5", &["IAM_ROLE=rd"]));
+    eventually("d is noted", || index.unreadable() == 1).await;
+    assert_eq!(role_at(&index, "172.17.0.5"), None);
+    docker.set_unreadable(&d, false);
+    eventually("d is indexed", || role_at(&index, "172.17.0.5").is_some()).await;
+    assert_eq!(docker.connects(), 1);
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_failed_connection_during_the_listing_still_ends_the_resync() {
+    let docker = FakeRuntime::default();
+    let syncer = Syncer::new(
+        Arc::new(docker.clone()),
+        ContainerIndex::new(),
+        Arc::new(NoListener),
+        SyncConfig::default(),
+    );
+    let conn = BrokenInspections;
+    let mut unreadable = Unreadable::default();
+    let e = syncer.resync(&conn, &mut unreadable).await.unwrap_err();
+    assert!(matches!(e, SourceError::Api { .. }), "{e}");
+    assert!(unreadable.is_empty());
+}
+
+/// A connection whose inspections fail as a dropped connection does.
+#[derive(Debug)]
+struct BrokenInspections;
+
+impl Connection for BrokenInspections {
+    fn events(&self, _: std::time::SystemTime) -> BoxStream<'static, Result<Event, SourceError>> {
+        futures_util::stream::pending().boxed()
+    }
+
+    fn running(&self) -> BoxFuture<'_, Result<Vec<String>, SourceError>> {
+        Box::pin(async { Ok(vec![full_id("e")]) })
+    }
+
+    fn inspect<'a>(
+        &'a self,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ContainerInfo>, SourceError>> {
+        Box::pin(async {
+            Err(SourceError::Api {
+                call: "GET /containers/{id}/json",
+                source: "connection reset".into(),
+            })
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, SourceError>> {
+        Box::pin(async { Ok(None) })
+    }
 }

@@ -188,19 +188,37 @@ impl Connection for BollardConnection {
                     }
                     Ok(Some(info))
                 }
-                Err(BollardError::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => Ok(None),
-                Err(source) => Err(SourceError::Api {
-                    call: "GET /containers/{id}/json",
-                    source: source.into(),
-                }),
+                Err(e) => inspect_failed(id, e),
             }
         })
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<Option<Vec<String>>, SourceError>> {
         Box::pin(async move { self.running().await.map(Some) })
+    }
+}
+
+/// What a failed inspection means: `None` when the container no longer exists; an error about
+/// that container alone when dockerd answered, but with an error or a description that does not
+/// decode (the connection works: the other containers are served); otherwise the connection
+/// failed.
+fn inspect_failed(id: &str, e: BollardError) -> Result<Option<ContainerInfo>, SourceError> {
+    const CALL: &str = "GET /containers/{id}/json";
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code: 404, ..
+        } => Ok(None),
+        BollardError::DockerResponseServerError { .. }
+        | BollardError::JsonDataError { .. }
+        | BollardError::JsonSerdeError { .. } => Err(SourceError::Unreadable {
+            call: CALL,
+            id: id.to_owned(),
+            source: e.into(),
+        }),
+        e => Err(SourceError::Api {
+            call: CALL,
+            source: e.into(),
+        }),
     }
 }
 
@@ -338,6 +356,43 @@ mod tests {
         assert_eq!(ips, ["172.17.0.2", "172.20.0.3", "fd00::3"]);
         assert_eq!(i.env, ["IAM_ROLE=r"]);
         assert_eq!(i.pid, Some(4242));
+    }
+
+    #[test]
+    fn an_inspection_error_about_one_container_leaves_the_connection_alone() {
+        let id = "f".repeat(64);
+        let server = |status_code| BollardError::DockerResponseServerError {
+            status_code,
+            message: "boom".into(),
+        };
+        assert!(matches!(inspect_failed(&id, server(404)), Ok(None)));
+        for (e, why) in [
+            (server(500), "an error answer about it"),
+            (
+                BollardError::JsonDataError {
+                    message: "invalid type: string, expected u16".into(),
+                    column: 7,
+                },
+                "a description that does not decode",
+            ),
+        ] {
+            let err = inspect_failed(&id, e).unwrap_err();
+            assert!(err.is_about_one_container(), "{why}: {err}");
+            assert!(err.to_string().contains("ffffffffffff"), "{err}");
+        }
+        let err = inspect_failed(&id, BollardError::RequestTimeoutError).unwrap_err();
+        assert!(
+            !err.is_about_one_container(),
+            "a timeout is the connection's: {err}"
+        );
+        let err = inspect_failed(
+            &id,
+            BollardError::IOError {
+                err: std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+            },
+        )
+        .unwrap_err();
+        assert!(!err.is_about_one_container(), "{err}");
     }
 
     #[test]

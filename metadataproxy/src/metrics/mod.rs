@@ -157,6 +157,7 @@ pub struct Metrics {
     sts_delayed: Family<PriorityLabels, Counter>,
     identifications: Family<SourceLabels, ShardedCounter>,
     containers: Gauge,
+    containers_unreadable: Gauge,
     docker_synchronised: Gauge,
     ebpf_entries: Family<MapLabels, Gauge>,
     ebpf_capacity: Gauge,
@@ -270,6 +271,12 @@ impl Metrics {
             "Running Docker containers in the container index",
             containers.clone(),
         );
+        let containers_unreadable = Gauge::default();
+        registry.register(
+            "docker_containers_unreadable",
+            "Running Docker containers that Docker could not describe (an error answer, or a description that does not decode): left out of the index, so their callers get no credentials; asked about again every DOCKER_PING_INTERVAL",
+            containers_unreadable.clone(),
+        );
         let docker_synchronised = Gauge::default();
         registry.register(
             "docker_synchronised",
@@ -341,6 +348,7 @@ impl Metrics {
             sts_delayed,
             identifications,
             containers,
+            containers_unreadable,
             docker_synchronised,
             ebpf_entries,
             ebpf_capacity,
@@ -439,9 +447,10 @@ impl Metrics {
     /// The state of things owned elsewhere, set just before a scrape.
     pub fn set_state(&self, state: &State) {
         self.cache_entries.set(gauge(state.cache_entries));
-        if let Some((containers, synchronised)) = state.docker {
-            self.containers.set(gauge(containers));
-            self.docker_synchronised.set(i64::from(synchronised));
+        if let Some(docker) = &state.docker {
+            self.containers.set(gauge(docker.containers));
+            self.docker_synchronised.set(i64::from(docker.synchronised));
+            self.containers_unreadable.set(gauge(docker.unreadable));
         }
         if let Some(ebpf) = &state.ebpf {
             self.ebpf_capacity.set(gauge(ebpf.capacity));
@@ -460,10 +469,21 @@ impl Metrics {
 pub struct State {
     /// Credential sets cached.
     pub cache_entries: usize,
-    /// Containers indexed, and whether the index follows Docker; `None` without Docker.
-    pub docker: Option<(usize, bool)>,
+    /// Docker's container index; `None` without Docker.
+    pub docker: Option<IndexState>,
     /// eBPF connection map occupancy; `None` in IP-only mode.
     pub ebpf: Option<MapOccupancy>,
+}
+
+/// What a container index holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IndexState {
+    /// Containers indexed.
+    pub containers: usize,
+    /// Whether the index follows the runtime's events.
+    pub synchronised: bool,
+    /// Running containers the runtime could not describe, left out of the index.
+    pub unreadable: usize,
 }
 
 /// Entries of the eBPF connection maps.

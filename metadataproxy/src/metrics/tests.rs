@@ -29,7 +29,11 @@ fn known_events_give_exact_samples() {
         .inc();
     m.set_state(&State {
         cache_entries: 3,
-        docker: Some((7, true)),
+        docker: Some(IndexState {
+            containers: 7,
+            synchronised: true,
+            unreadable: 2,
+        }),
         ebpf: Some(MapOccupancy {
             v4: 2,
             v6: 0,
@@ -52,6 +56,7 @@ fn known_events_give_exact_samples() {
         "metadataproxy_credential_cache_entries 3",
         "metadataproxy_docker_containers 7",
         "metadataproxy_docker_synchronised 1",
+        "metadataproxy_docker_containers_unreadable 2",
         r#"metadataproxy_ebpf_connection_entries{map="conn4"} 2"#,
         "metadataproxy_ebpf_connection_capacity 65536",
     ] {

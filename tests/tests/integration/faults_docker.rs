@@ -9,6 +9,11 @@
 //! connection went silent while dockerd answers new ones is caught by comparing its listing with
 //! the index.
 //!
+//! A container dockerd cannot describe (a relay answers `500` to its inspection) is left out
+//! alone: the others are served, it gets nothing, the connection is kept, it is asked about again
+//! at every liveness check, and it is served once dockerd describes it; logs, `/readyz` and
+//! `/metrics` say so.
+//!
 //! Needs root and a real dockerd (IP mode: containers call the daemon at their gateway).
 
 use std::net::Ipv4Addr;
@@ -17,7 +22,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use metadataproxy_tests::{
-    CREDS_PATH, Daemon, DockerD, FreezableRelay, IMAGE, Moto, SRC_1, free_port, get, loopback,
+    CREDS_PATH, Daemon, DockerD, FaultyDockerRelay, FreezableRelay, IMAGE, Moto, SRC_1, free_port,
+    get, loopback,
 };
 
 /// The pids of dockerd and of the containerd it started, from their pid files.
@@ -421,4 +427,145 @@ async fn a_crash_looping_container_is_not_taken_for_missed_events() {
         !logs.contains("lost Docker"),
         "the liveness check reconnected although no event was missed:\n{logs}"
     );
+}
+
+/// The value of the unlabelled metric `name` in the daemon's `/metrics`.
+async fn metric(admin: std::net::SocketAddr, name: &str) -> String {
+    let resp = get(SRC_1, admin, "/metrics", &[]).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let prefix = format!("{name} ");
+    resp.body
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{}", resp.body))
+        .to_owned()
+}
+
+/// Polls (up to 20 s) until `cond` holds.
+async fn until(daemon: &Daemon, what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "never {what}:\n{}",
+            daemon.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls (up to 20 s) until `/metrics` counts `want` containers Docker cannot describe.
+async fn until_unreadable(admin: std::net::SocketAddr, want: &str, daemon: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = metric(admin, "metadataproxy_docker_containers_unreadable").await;
+        if now == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{now} containers counted undescribed, not {want}:\n{}",
+            daemon.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_dockerd_cannot_describe_is_left_out_alone_until_it_can() {
+    let Some(mut docker) = DockerD::start() else {
+        return;
+    };
+    let moto = Moto::start().await;
+    for role in ["seen", "blind", "late"] {
+        moto.create_role(role, "/").await;
+    }
+    let relay = FaultyDockerRelay::start(PathBuf::from(docker.url().trim_start_matches("unix://")));
+    let (net, gw) = docker.create_network();
+    let ip = |n: u8| Ipv4Addr::new(gw.octets()[0], gw.octets()[1], gw.octets()[2], n).to_string();
+    let seen = docker.run_detached(&["--network", &net, "--ip", &ip(20), "-e", "IAM_ROLE=seen"]);
+    let blind = docker.run_detached(&["--network", &net, "--ip", &ip(21), "-e", "IAM_ROLE=blind"]);
+    // dockerd cannot describe it from before the daemon starts: the first listing meets it.
+    relay.break_inspection(&blind, true);
+    let admin = loopback(free_port());
+    let daemon = Daemon::builder()
+        .moto(&moto)
+        .default_account()
+        .env("HOST", "0.0.0.0")
+        .env("DOCKER_URL", relay.url())
+        .env("DOCKER_PING_INTERVAL", "1")
+        .env("ADMIN_LISTEN", admin.to_string())
+        .start()
+        .await;
+    until_listing(
+        &docker,
+        &daemon,
+        &seen,
+        gw,
+        Some("seen"),
+        "the other container",
+    )
+    .await;
+    until_listing(&docker, &daemon, &blind, gw, None, "undescribed").await;
+    let ready = docker_readiness(admin, "docker: ok", &daemon).await;
+    assert!(
+        ready.contains("1 more that Docker cannot describe are left out"),
+        "{ready}"
+    );
+    until_unreadable(admin, "1", &daemon).await;
+    assert_logged(
+        &daemon,
+        &[
+            "runs a container it cannot describe",
+            &blind[..12],
+            "status code 500",
+        ],
+        "why the container gets nothing",
+    );
+    // Asked about again at the liveness checks (every second here), on the same connection: an
+    // undescribed container running is not taken for missed events.
+    let asked = relay.inspections(&blind);
+    until(&daemon, "asked about again", || {
+        relay.inspections(&blind) >= asked + 3
+    })
+    .await;
+    until_listing(&docker, &daemon, &blind, gw, None, "still undescribed").await;
+    assert!(
+        !daemon.logs().contains("lost Docker"),
+        "the connection was dropped:\n{}",
+        daemon.logs()
+    );
+
+    // A container started while dockerd cannot describe it gets nothing either.
+    let late = docker.must(&[
+        "create",
+        "--network",
+        &net,
+        "--ip",
+        &ip(22),
+        "-e",
+        "IAM_ROLE=late",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    relay.break_inspection(&late, true);
+    docker.must(&["start", &late]);
+    until_unreadable(admin, "2", &daemon).await;
+    until_listing(&docker, &daemon, &late, gw, None, "started undescribed").await;
+
+    // Once dockerd describes them, they are served, without a new connection.
+    relay.break_inspection(&blind, false);
+    relay.break_inspection(&late, false);
+    until_listing(&docker, &daemon, &blind, gw, Some("blind"), "described").await;
+    until_listing(&docker, &daemon, &late, gw, Some("late"), "described").await;
+    until_unreadable(admin, "0", &daemon).await;
+    assert_logged(
+        &daemon,
+        &["container described after all", &blind[..12]],
+        "the recovery",
+    );
+    assert!(!daemon.logs().contains("lost Docker"), "{}", daemon.logs());
+    let ready = docker_readiness(admin, "docker: ok", &daemon).await;
+    assert!(!ready.contains("cannot describe"), "{ready}");
 }
