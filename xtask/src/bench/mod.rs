@@ -6,6 +6,7 @@ mod baseline;
 pub(crate) mod client;
 mod coldstart;
 mod ebpf_path;
+mod instructions;
 mod loadgen;
 mod lyft;
 mod machine;
@@ -45,6 +46,8 @@ struct Size {
     ebpf_rounds: usize,
     /// The scale scenarios (issue 15).
     scale: scale::Size,
+    /// Sequences counted under callgrind, per server and sequence.
+    instructions: usize,
 }
 
 /// Many short rounds rather than a few long ones: on a shared machine the load drifts over
@@ -62,6 +65,7 @@ const FULL: Size = Size {
     added_callers: 20,
     ebpf_rounds: 5,
     scale: scale::FULL,
+    instructions: 2000,
 };
 
 /// A smoke run: everything runs once, briefly (CI checks it works, never how fast).
@@ -76,6 +80,7 @@ const QUICK: Size = Size {
     added_callers: 3,
     ebpf_rounds: 1,
     scale: scale::QUICK,
+    instructions: 100,
 };
 
 /// Runs the benchmark; `quick` for the short smoke version; `scale_only`, only the scale scenarios;
@@ -323,6 +328,14 @@ async fn measure(
         .collect::<Result<Vec<_>>>()?;
     drop(servers);
 
+    step("instructions per request: each server under callgrind, the same client");
+    let mut counted = vec![Kind::Ours, Kind::Bare];
+    if programs.baseline.is_some() {
+        counted.insert(1, Kind::Baseline);
+    }
+    let instructions =
+        instructions::measure(&programs, &counted, &mapping, &body, size.instructions).await?;
+
     step("eBPF path: new connections through the redirect vs straight to the daemon");
     let ebpf = ebpf_path::measure(&programs, &body, size.ebpf_rounds, size.plan.duration).await?;
 
@@ -360,6 +373,7 @@ async fn measure(
         many,
         ebpf,
         scale,
+        instructions,
     })
 }
 

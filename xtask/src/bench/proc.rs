@@ -114,6 +114,26 @@ impl Proc {
             .sum()
     }
 
+    /// Stops it with `SIGTERM` to its group and waits up to `timeout` for it to exit (a server
+    /// under valgrind writes its counts on the way out); its exit status.
+    pub fn stop(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        signal("TERM", &format!("-{}", self.pid()));
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not exit within {timeout:?} of SIGTERM; its log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// How many processes it is (gunicorn: master + workers).
     pub fn process_count(&self) -> usize {
         tree(self.pid()).len()

@@ -54,7 +54,9 @@ impl Results {
              ## Memory, cold start, STS calls\n\n{}\n\
              ## eBPF redirect\n\n{}\n\n\
              {}\n\
+             {}\n\
              ## Targets (issue 5)\n\n{}\n\
+             ## Targets (issue 15: the request path)\n\n{}\n\
              Everything above is written by `cargo xtask bench`; regenerate it rather than edit it.\n\n{notes}",
             if self.baseline.is_some() {
                 ", against"
@@ -85,7 +87,9 @@ impl Results {
             self.other_table(),
             self.ebpf_section(),
             self.scale.markdown(),
+            self.instructions.markdown(),
             self.targets_table(),
+            self.issue15_targets_table(),
         )
     }
 

@@ -32,6 +32,8 @@ pub struct Results {
     pub baseline: Option<BaselineRun>,
     /// Issue 15's scale scenarios.
     pub scale: super::scale::Scale,
+    /// Instructions per request under callgrind (issue 15, item 2).
+    pub instructions: super::instructions::Instructions,
 }
 
 /// The earlier build measured beside ours, and the settings of ours it ran without in the load
@@ -401,23 +403,80 @@ impl Results {
         out
     }
 
-    /// The targets as a Markdown table.
-    pub fn targets_table(&self) -> String {
-        let mut t = String::from("| target | goal | measured | met |\n|---|---|---|---|\n");
-        for target in self.targets() {
-            let met = match target.met {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "—",
-            };
-            let _ = writeln!(
-                t,
-                "| {} | {} | {} | {met} |",
-                target.what, target.goal, target.measured
-            );
+    /// Issue 15's goals for the request path: 64 keep-alive connections at the limit (item 1),
+    /// instructions per request (item 2).
+    fn issue15_targets(&self) -> Vec<Target> {
+        let mut out = Vec::new();
+        let title = "cached credentials, 64 keep-alive connections (wrk)";
+        if let Some(m) = self.measured.iter().find(|m| m.scenario.title == title) {
+            out.extend(at_the_limit(m));
         }
-        t
+        for (what, goal, measured, met) in self.instructions.targets() {
+            out.push(Target {
+                what,
+                goal,
+                measured,
+                met,
+            });
+        }
+        out
     }
+
+    /// The targets of issue 5 as a Markdown table.
+    pub fn targets_table(&self) -> String {
+        render(self.targets())
+    }
+
+    /// The targets of issue 15 (the request path) as a Markdown table.
+    pub fn issue15_targets_table(&self) -> String {
+        render(self.issue15_targets())
+    }
+}
+
+/// Issue 15, item 1, on the 64 keep-alive scenario `m`: throughput ≥ 0.9× and p99 ≤ 1.2× the
+/// bare server's, both medians of at least 3 same-round ratios.
+fn at_the_limit(m: &Measured) -> [Target; 2] {
+    // Fewer rounds (a quick run) judge nothing.
+    let enough = m.kept().len() >= 3;
+    let rounds = if enough {
+        format!("median of {} same-round ratios", m.kept().len())
+    } else {
+        format!("{} round(s): too few to judge", m.kept().len())
+    };
+    let vs_bare = ratio(m, Kind::Ours, Kind::Bare, rps);
+    let p = ratio(m, Kind::Ours, Kind::Bare, p99);
+    [
+        Target {
+            what: "cached credentials throughput vs bare hyper (64 keep-alive connections)".into(),
+            goal: "≥ 0.9×".into(),
+            measured: format!("{vs_bare:.2}× ({rounds})"),
+            met: enough.then_some(vs_bare >= 0.9),
+        },
+        Target {
+            what: "cached credentials p99 vs bare hyper p99 (64 keep-alive connections)".into(),
+            goal: "≤ 1.2×".into(),
+            measured: format!("{p:.2}× ({rounds})"),
+            met: enough.then_some(p <= 1.2),
+        },
+    ]
+}
+
+/// Targets as a Markdown table.
+fn render(targets: Vec<Target>) -> String {
+    let mut t = String::from("| target | goal | measured | met |\n|---|---|---|---|\n");
+    for target in targets {
+        let met = match target.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "—",
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {met} |",
+            target.what, target.goal, target.measured
+        );
+    }
+    t
 }
 
 #[cfg(test)]
@@ -445,5 +504,39 @@ mod tests {
         };
         assert_eq!(cpu_cell(&m, Kind::Ours), "8.8 µs (1.20×)");
         assert_eq!(cpu_cell(&m, Kind::Bare), "8.0 µs");
+    }
+
+    #[test]
+    fn the_limit_at_64_connections_needs_three_rounds_and_both_ratios() {
+        let sample = |rps: f64, p99_us: f64| Sample {
+            ops: 1,
+            rps,
+            p99_us,
+            ..Sample::default()
+        };
+        let measured = |rounds: Vec<(f64, f64)>| Measured {
+            scenario: super::super::scenarios::ALL[1],
+            kinds: vec![Kind::Ours, Kind::Bare],
+            rounds: rounds
+                .into_iter()
+                .map(|(r, p)| vec![sample(r, p), sample(100.0, 1000.0)])
+                .collect(),
+            sts_calls: vec![0, 0],
+        };
+        let met = |t: [Target; 2]| [t[0].met, t[1].met];
+        let good = at_the_limit(&measured(vec![
+            (95.0, 1100.0),
+            (89.0, 900.0),
+            (97.0, 1000.0),
+        ]));
+        assert_eq!(good[0].measured, "0.95× (median of 3 same-round ratios)");
+        assert_eq!(met(good), [Some(true), Some(true)]);
+        let slow = measured(vec![(85.0, 1000.0), (89.0, 1000.0), (97.0, 1000.0)]);
+        assert_eq!(met(at_the_limit(&slow)), [Some(false), Some(true)]);
+        let late = measured(vec![(95.0, 1300.0), (95.0, 1250.0), (95.0, 1000.0)]);
+        assert_eq!(met(at_the_limit(&late)), [Some(true), Some(false)]);
+        let once = at_the_limit(&measured(vec![(99.0, 1000.0)]));
+        assert_eq!(once[0].measured, "0.99× (1 round(s): too few to judge)");
+        assert_eq!(met(once), [None, None]);
     }
 }
