@@ -155,7 +155,7 @@ pub fn docker_check(index: Option<&ContainerIndex>, endpoint: Option<&Endpoint>)
             format!(
                 "container index synchronised ({} running{})",
                 i.len(),
-                left_out(i.unreadable())
+                left_out("Docker", i.unreadable())
             ),
         ),
         Some(i) => Check::new(
@@ -171,12 +171,12 @@ pub fn docker_check(index: Option<&ContainerIndex>, endpoint: Option<&Endpoint>)
 }
 
 /// What the readiness line adds for running containers left out: they get no credentials.
-fn left_out(unreadable: usize) -> String {
+fn left_out(runtime: &str, unreadable: usize) -> String {
     if unreadable == 0 {
         String::new()
     } else {
         format!(
-            "; {unreadable} more that Docker cannot describe are left out and get no credentials"
+            "; {unreadable} more that {runtime} cannot describe are left out and get no credentials"
         )
     }
 }
@@ -187,7 +187,11 @@ pub fn containerd_check(index: &ContainerIndex, address: &str) -> Check {
         Check::new(
             "containerd",
             true,
-            format!("container index synchronised ({} running)", index.len()),
+            format!(
+                "container index synchronised ({} running{})",
+                index.len(),
+                left_out("containerd", index.unreadable())
+            ),
         )
     } else {
         Check::new(

@@ -74,6 +74,16 @@ fn docker_follows_the_index() {
         docker_check(Some(&index), Some(&sock())),
         Check::new("docker", true, "container index synchronised (0 running)")
     );
+    // Containers Docker cannot describe are left out: still ready, and said.
+    index.set_unreadable(2);
+    assert_eq!(
+        docker_check(Some(&index), Some(&sock())),
+        Check::new(
+            "docker",
+            true,
+            "container index synchronised (0 running; 2 more that Docker cannot describe are left out and get no credentials)"
+        )
+    );
     index.set_live(false);
     assert!(!docker_check(Some(&index), Some(&sock())).ok);
 }
@@ -150,4 +160,13 @@ fn docker_off_is_ready_and_containerd_is_checked_when_followed() {
     );
     index.set_live(true);
     assert!(containerd_check(&index, "x").ok);
+    index.set_unreadable(1);
+    let c = containerd_check(&index, "x");
+    assert!(c.ok, "{c:?}");
+    assert!(
+        c.detail.ends_with(
+            "; 1 more that containerd cannot describe are left out and get no credentials)"
+        ),
+        "{c:?}"
+    );
 }

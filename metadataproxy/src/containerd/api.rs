@@ -219,10 +219,11 @@ impl Connection for ContainerdConnection {
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<ContainerInfo>, SourceError>> {
         Box::pin(async move {
-            let Some((ns, id)) = split_key(id) else {
+            let key = id;
+            let Some((ns, id)) = split_key(key) else {
                 return Ok(None);
             };
-            Ok(self.read(ns, id).await?)
+            self.read(ns, id).await.map_err(|e| e.describing(key))
         })
     }
 

@@ -68,8 +68,75 @@ pub(super) fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+impl ContainerdError {
+    /// The error of describing container `id` (its key): about that container alone when
+    /// containerd answered with a status of its own (`Internal`, `FailedPrecondition`, …), the
+    /// connection's when the transport failed or gave up (`Unavailable`, `Unknown`, `Cancelled`,
+    /// `DeadlineExceeded`, a timeout).
+    pub(super) fn describing(self, id: &str) -> crate::containers::SourceError {
+        use tonic::Code;
+        match &self {
+            Self::Api { call, code, .. }
+                if !matches!(
+                    code,
+                    Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+                ) =>
+            {
+                crate::containers::SourceError::Unreadable {
+                    call,
+                    id: id.to_owned(),
+                    source: Box::new(self),
+                }
+            }
+            _ => self.into(),
+        }
+    }
+}
+
 impl From<ContainerdError> for crate::containers::SourceError {
     fn from(e: ContainerdError) -> Self {
         Self::Runtime(Box::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_about_one_container_leaves_the_connection_alone() {
+        let api = |code| ContainerdError::Api {
+            call: "Tasks.Get",
+            namespace: "k8s.io".into(),
+            code,
+            message: "boom".into(),
+        };
+        let key = "k8s.io/0123456789abcdef";
+        for code in [
+            tonic::Code::Internal,
+            tonic::Code::FailedPrecondition,
+            tonic::Code::DataLoss,
+        ] {
+            let e = api(code).describing(key);
+            assert!(e.is_about_one_container(), "{code:?}: {e}");
+            assert!(e.to_string().contains("Tasks.Get"), "{e}");
+        }
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::Unknown,
+            tonic::Code::Cancelled,
+            tonic::Code::DeadlineExceeded,
+        ] {
+            assert!(
+                !api(code).describing(key).is_about_one_container(),
+                "{code:?}"
+            );
+        }
+        let timeout = ContainerdError::Timeout {
+            call: "Containers.Get",
+            namespace: "k8s.io".into(),
+            secs: 10,
+        };
+        assert!(!timeout.describing(key).is_about_one_container());
     }
 }
