@@ -18,6 +18,7 @@ mod scale;
 mod scenarios;
 mod servers;
 mod stats;
+mod throttle;
 mod wrk;
 
 use std::path::Path;
@@ -48,6 +49,8 @@ struct Size {
     scale: scale::Size,
     /// Sequences counted under callgrind, per server and sequence.
     instructions: usize,
+    /// Callers holding credentials and new callers while STS throttles (issue 15).
+    throttle: throttle::Size,
 }
 
 /// Many short rounds rather than a few long ones: on a shared machine the load drifts over
@@ -66,6 +69,7 @@ const FULL: Size = Size {
     ebpf_rounds: 5,
     scale: scale::FULL,
     instructions: 2000,
+    throttle: throttle::FULL,
 };
 
 /// A smoke run: everything runs once, briefly (CI checks it works, never how fast).
@@ -81,6 +85,7 @@ const QUICK: Size = Size {
     ebpf_rounds: 1,
     scale: scale::QUICK,
     instructions: 100,
+    throttle: throttle::QUICK,
 };
 
 /// Runs the benchmark; `quick` for the short smoke version; `scale_only`, only the scale scenarios;
@@ -357,6 +362,11 @@ async fn measure(
     ));
     let many = many::run(&programs, &moto, size.callers, size.added_callers, &body).await?;
     moto.check_running()?;
+    step(
+        "when STS throttles: callers holding credentials and new callers, STS behind a throttling relay",
+    );
+    let throttle = throttle::run(&programs, &moto, size.throttle).await?;
+    moto.check_running()?;
     let scale = scale::run(&programs, &moto, size.scale).await?;
     moto.check_running()?;
 
@@ -374,6 +384,7 @@ async fn measure(
         ebpf,
         scale,
         instructions,
+        throttle,
     })
 }
 

@@ -55,8 +55,9 @@ impl Results {
              ## eBPF redirect\n\n{}\n\n\
              {}\n\
              {}\n\
+             {}\n\
              ## Targets (issue 5)\n\n{}\n\
-             ## Targets (issue 15: the request path)\n\n{}\n\
+             ## Targets (issue 15)\n\n{}\n\
              Everything above is written by `cargo xtask bench`; regenerate it rather than edit it.\n\n{notes}",
             if self.baseline.is_some() {
                 ", against"
@@ -88,6 +89,7 @@ impl Results {
             self.ebpf_section(),
             self.scale.markdown(),
             self.instructions.markdown(),
+            self.throttle.markdown(),
             self.targets_table(),
             self.issue15_targets_table(),
         )
