@@ -322,7 +322,14 @@ async fn measure(
     }
     let rss_idle = servers
         .iter()
-        .map(|s| Ok((s.kind, s.proc.rss_kib()?, s.proc.process_count())))
+        .map(|s| {
+            Ok((
+                s.kind,
+                s.proc.rss_kib()?,
+                s.proc.rss_anon_kib()?,
+                s.proc.process_count(),
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
 
     step("load: every scenario, servers interleaved");

@@ -108,9 +108,23 @@ impl Proc {
 
     /// Resident memory of the process and all its descendants, in KiB.
     pub fn rss_kib(&self) -> Result<u64> {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The anonymous part of [`Self::rss_kib`] (the rest is files mapped from the page cache:
+    /// the executable and its libraries, shared and evictable), in KiB.
+    pub fn rss_anon_kib(&self) -> Result<u64> {
+        self.status_kib("RssAnon:")
+    }
+
+    /// The `field` of `/proc/<pid>/status`, summed over the process and its descendants.
+    fn status_kib(&self, field: &str) -> Result<u64> {
         tree(self.pid())
             .into_iter()
-            .map(|pid| vm_rss_kib(pid).with_context(|| format!("RSS of {} (pid {pid})", self.name)))
+            .map(|pid| {
+                status_kib(pid, field)
+                    .with_context(|| format!("{field} of {} (pid {pid})", self.name))
+            })
             .sum()
     }
 
@@ -201,13 +215,13 @@ fn parent_of(pid: u32) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// `VmRSS` from `/proc/<pid>/status`, KiB.
-fn vm_rss_kib(pid: u32) -> Result<u64> {
+/// `field` (`VmRSS:`, `RssAnon:`) from `/proc/<pid>/status`, KiB.
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .context("no VmRSS line")?;
+        .find_map(|l| l.strip_prefix(field))
+        .with_context(|| format!("no {field} line"))?;
     Ok(line.trim().trim_end_matches("kB").trim().parse()?)
 }
 

@@ -41,7 +41,11 @@ impl Results {
              the servers interleaved within each round (order rotating); figures are medians over rounds, ratios \
              are medians of same-round ratios.\n\
              - The load generators share the 2 cores with the server under test, as in the issue's reference figures.\n\
-             - RSS is `VmRSS` from `/proc/<pid>/status`, summed over gunicorn's master and workers.\n\
+             - RSS is `VmRSS` from `/proc/<pid>/status`, summed over gunicorn's master and workers; \
+             the idle rows also give its anonymous part (`RssAnon`): the rest is the executable and \
+             libraries mapped from the page cache, shared and evictable, and how much of them is \
+             mapped varies with the page cache (a just-built binary sits in large folios, and more \
+             of it is mapped).\n\
              - A round in which the host (hypervisor) took more than {:.0} % of the CPUs' time (steal, \
              `/proc/stat`) during any server's run is left out of that scenario's figures, as a whole round, when \
              at least {} rounds are left; the table names the scenarios that left rounds out.\n\

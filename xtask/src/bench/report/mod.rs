@@ -21,8 +21,9 @@ pub struct Results {
     pub command: String,
     pub plan: Plan,
     pub measured: Vec<Measured>,
-    /// RSS right after start (and one verified credentials request), KiB, and process count.
-    pub rss_idle: Vec<(Kind, u64, usize)>,
+    /// RSS right after start (and one verified credentials request) and its anonymous part, KiB,
+    /// and the process count.
+    pub rss_idle: Vec<(Kind, u64, u64, usize)>,
     /// RSS after the whole load matrix, KiB.
     pub rss_loaded: Vec<(Kind, u64)>,
     pub cold: Vec<(Kind, Vec<Duration>)>,
@@ -176,13 +177,14 @@ impl Results {
     /// Memory, cold start and STS calls (Markdown).
     pub fn other_table(&self) -> String {
         let mut t = String::from("| measure | server | value |\n|---|---|---:|\n");
-        for (kind, kib, procs) in &self.rss_idle {
+        for (kind, kib, anon, procs) in &self.rss_idle {
             let _ = writeln!(
                 t,
-                "| RSS idle after start ({procs} process{}) | {} | {} |",
+                "| RSS idle after start ({procs} process{}) | {} | {} ({} anonymous) |",
                 if *procs == 1 { "" } else { "es" },
                 kind.name(),
-                mib(*kib)
+                mib(*kib),
+                mib(*anon)
             );
         }
         for (kind, kib) in &self.rss_loaded {
@@ -350,11 +352,11 @@ impl Results {
             measured: ebpf.0,
             met: ebpf.1,
         });
-        if let Some((_, kib, _)) = self.rss_idle.iter().find(|(k, _, _)| *k == Kind::Ours) {
+        if let Some((_, kib, anon, _)) = self.rss_idle.iter().find(|(k, ..)| *k == Kind::Ours) {
             out.push(Target {
                 what: "RSS idle".into(),
                 goal: "≤ 15 MiB".into(),
-                measured: mib(*kib),
+                measured: format!("{} ({} anonymous)", mib(*kib), mib(*anon)),
                 met: Some(*kib <= 15 * 1024),
             });
         }
