@@ -75,7 +75,7 @@ fn docker_follows_the_index() {
         Check::new("docker", true, "container index synchronised (0 running)")
     );
     // Containers Docker cannot describe are left out: still ready, and said.
-    index.set_unreadable(2);
+    index.set_unreadable(["a".repeat(64), "b".repeat(64)]);
     assert_eq!(
         docker_check(Some(&index), Some(&sock())),
         Check::new(
@@ -160,7 +160,7 @@ fn docker_off_is_ready_and_containerd_is_checked_when_followed() {
     );
     index.set_live(true);
     assert!(containerd_check(&index, "x").ok);
-    index.set_unreadable(1);
+    index.set_unreadable(["c".repeat(64)]);
     let c = containerd_check(&index, "x");
     assert!(c.ok, "{c:?}");
     assert!(

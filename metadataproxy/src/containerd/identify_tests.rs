@@ -347,3 +347,24 @@ fn containerd_shaped_paths() {
         assert_eq!(s.is_containerd_path(&path), want, "{path}");
     }
 }
+
+#[tokio::test]
+async fn a_containerd_cgroup_unknown_while_containerd_cannot_describe_some_is_refused() {
+    let pod = format!("/kubepods/besteffort/pod2/{CRI_ID}");
+    let s = setup(&[&pod, "/system.slice/cron.service"], Some("fallback")).await;
+    // containerd runs a container it cannot describe (its cgroup unknown too): a containerd
+    // cgroup no followed container has may be that one, so it gets nothing, not DEFAULT_ROLE.
+    s.index.set_unreadable([format!("k8s.io/{CRI_ID}")]);
+    assert_eq!(who(&s.chain, s.tree.ino(&pod)).await, "none");
+    assert_eq!(
+        who(&s.chain, s.tree.ino("/system.slice/cron.service")).await,
+        "fallback@default_role",
+        "host callers are not containerd's business"
+    );
+    // Nothing left undescribed: such a cgroup is no claim, as before.
+    s.index.set_unreadable([]);
+    assert_eq!(
+        who(&s.chain, s.tree.ino(&pod)).await,
+        "fallback@default_role"
+    );
+}

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -130,8 +130,9 @@ pub struct ContainerIndex {
     generation: watch::Sender<u64>,
     /// Whether the index follows Docker's events right now.
     live: AtomicBool,
-    /// Running containers the runtime could not describe, left out (for `/metrics`).
-    unreadable: AtomicUsize,
+    /// The ids of running containers the runtime could not describe, left out: a caller in
+    /// one is refused, not taken for a non-container (`/metrics` counts them).
+    unreadable: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Default for ContainerIndex {
@@ -140,7 +141,7 @@ impl Default for ContainerIndex {
             state: RwLock::default(),
             generation: watch::Sender::new(0),
             live: AtomicBool::new(false),
-            unreadable: AtomicUsize::new(0),
+            unreadable: std::sync::Mutex::default(),
         }
     }
 }
@@ -164,12 +165,26 @@ impl ContainerIndex {
 
     /// How many running containers the runtime could not describe (left out of the index).
     pub fn unreadable(&self) -> usize {
-        self.unreadable.load(Ordering::Relaxed)
+        self.unreadable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
-    /// Sets [`Self::unreadable`].
-    pub fn set_unreadable(&self, count: usize) {
-        self.unreadable.store(count, Ordering::Relaxed);
+    /// Whether container `id` runs but the runtime could not describe it.
+    pub fn is_unreadable(&self, id: &str) -> bool {
+        self.unreadable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(id)
+    }
+
+    /// The running containers the runtime could not describe now.
+    pub fn set_unreadable(&self, ids: impl IntoIterator<Item = String>) {
+        *self
+            .unreadable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = ids.into_iter().collect();
     }
 
     fn bump(&self) {

@@ -229,7 +229,7 @@ impl Syncer {
             }
         }
         drop(inspections);
-        self.index.set_unreadable(unreadable.len());
+        self.index.set_unreadable(unreadable.ids());
         let change = self.index.replace_all(containers);
         self.notify(&change);
         drop(change);
@@ -253,7 +253,7 @@ impl Syncer {
             }
             Event::Start(id) | Event::Changed(id) => self.describe(conn, id, unreadable).await?,
         };
-        self.index.set_unreadable(unreadable.len());
+        self.index.set_unreadable(unreadable.ids());
         tracing::debug!(
             ?event,
             containers = self.index.len(),
@@ -304,7 +304,7 @@ impl Syncer {
             let change = self.describe(conn, &id, unreadable).await?;
             self.notify(&change);
         }
-        self.index.set_unreadable(unreadable.len());
+        self.index.set_unreadable(unreadable.ids());
         Ok(())
     }
 

@@ -142,6 +142,12 @@ impl DockerCgroup {
                 crate::refused!(ERROR, &crate::caller::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, id = short(&named.id), pid = kernel.pid, "caller's cgroup names a Docker container, and Docker's events are not followed: no credentials until they are");
                 return CgroupMatch::Refused;
             }
+            if self.index.is_unreadable(&named.id) {
+                // Fail closed: Docker runs this container but cannot describe it, so its role
+                // is unknown, and DEFAULT_ROLE is no answer for a container that may have one.
+                crate::refused!(WARN, &crate::caller::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, id = short(&named.id), pid = kernel.pid, "caller's cgroup is a Docker container's that Docker cannot describe: no credentials until it can");
+                return CgroupMatch::Refused;
+            }
             // A cgroup named like a container may be one whose start event is on its way.
             let soon = self
                 .index

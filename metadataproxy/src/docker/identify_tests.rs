@@ -538,3 +538,39 @@ async fn a_connections_later_requests_find_the_same_container_and_not_a_removed_
         "a removed container was found: {gone:?}"
     );
 }
+
+#[tokio::test]
+async fn a_container_docker_cannot_describe_is_refused_not_defaulted() {
+    let (a, blind) = ("a".repeat(64), "9".repeat(64));
+    let blind_dir = format!("/system.slice/docker-{blind}.scope");
+    let tree = Tree::new(&[&format!("/docker/{a}"), &blind_dir]);
+    let index = index(&[in_cgroup(
+        "a",
+        Some(&format!("/docker/{a}")),
+        &["IAM_ROLE=role-a"],
+    )]);
+    index.set_live(true);
+    let chain = Chain::new(
+        vec![
+            Box::new(DockerCgroup::new(Arc::clone(&index), tree.paths())),
+            Box::new(DockerIp::new(Arc::clone(&index))),
+        ],
+        Some(fallback()),
+    );
+    // Docker runs it but cannot describe it: its role is unknown, so it gets none, at once
+    // (nothing is on its way to wait for); not DEFAULT_ROLE.
+    index.set_unreadable([blind.clone()]);
+    let started = std::time::Instant::now();
+    assert_eq!(who_in(&chain, &tree, &blind_dir).await, "none");
+    assert!(started.elapsed() < START_GRACE, "{:?}", started.elapsed());
+    assert_eq!(
+        who_in(&chain, &tree, &format!("/docker/{a}")).await,
+        "role-a@docker_cgroup"
+    );
+    // Described (or gone) since: the chain goes on as for any cgroup merely named like one.
+    index.set_unreadable([]);
+    assert_eq!(
+        who_in(&chain, &tree, &blind_dir).await,
+        "fallback@default_role"
+    );
+}
