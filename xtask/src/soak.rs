@@ -315,14 +315,7 @@ async fn round(i: usize, addr: SocketAddr, v2: bool) -> Result<(String, Served)>
     let mut conn = Conn::open(Some(caller(i)), addr).await?;
     let token;
     let headers: Vec<(&str, &str)> = if v2 {
-        let put = conn
-            .send(
-                "PUT",
-                "/latest/api/token",
-                &[("X-aws-ec2-metadata-token-ttl-seconds", "21600")],
-                b"",
-            )
-            .await?;
+        let put = conn.put_token().await?;
         ensure!(put.status == 200, "token PUT -> {}", put.status);
         token = put.text();
         vec![("X-aws-ec2-metadata-token", token.as_str())]

@@ -77,6 +77,17 @@ impl Conn {
             .with_context(|| format!("{method} {path}: no response within {REQUEST_TIMEOUT:?}"))?
     }
 
+    /// `PUT /latest/api/token` for a 6-hour IMDSv2 token, as the SDKs ask for one.
+    pub async fn put_token(&mut self) -> Result<Response> {
+        self.send(
+            "PUT",
+            "/latest/api/token",
+            &[("X-aws-ec2-metadata-token-ttl-seconds", "21600")],
+            b"",
+        )
+        .await
+    }
+
     async fn exchange(
         &mut self,
         method: &str,

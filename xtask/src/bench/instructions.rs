@@ -293,14 +293,7 @@ impl Run<'_> {
             let token = match self.sequence {
                 Sequence::Get => None,
                 Sequence::TokenThenGet => {
-                    let resp = conn
-                        .send(
-                            "PUT",
-                            "/latest/api/token",
-                            &[("X-aws-ec2-metadata-token-ttl-seconds", "21600")],
-                            b"",
-                        )
-                        .await?;
+                    let resp = conn.put_token().await?;
                     ensure!(resp.status == 200, "token PUT {i}: {}", resp.status);
                     Some(resp.text())
                 }

@@ -108,14 +108,7 @@ async fn new_connection(load: &Load) -> Result<()> {
 /// Returns whether the server refused the token (and was asked without one).
 async fn token_then_get(load: &Load) -> Result<bool> {
     let mut conn = Conn::open(None, load.addr).await?;
-    let put = conn
-        .send(
-            "PUT",
-            "/latest/api/token",
-            &[("X-aws-ec2-metadata-token-ttl-seconds", "21600")],
-            b"",
-        )
-        .await?;
+    let put = conn.put_token().await?;
     let refused = put.status != 200;
     if conn.closed() {
         conn = Conn::open(None, load.addr).await?;
