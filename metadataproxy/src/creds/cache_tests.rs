@@ -287,11 +287,31 @@ fn cache_key_debug_hides_external_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_sts_calls_are_bounded_and_callers_never_wait_behind_them() {
     let (_, sts, cache) = setup_with(Duration::from_millis(30), 100);
+    // STS holds every call until released, so what is in flight at once does not depend on how
+    // fast this machine runs the tasks.
+    sts.hold();
     for i in 0..40 {
         cache.prefetch(&key(&format!("r{i}"), None, "s"));
     }
-    // A caller's own miss is not queued behind the 40 prefetches: it runs beside the 16.
-    cache.get(&key("caller", None, "s")).await.unwrap();
+    let until = |n: u64| {
+        let sts = Arc::clone(&sts);
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while sts.in_flight() < n {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("never {n} STS calls in flight: {}", sts.in_flight()));
+        }
+    };
+    until(16).await;
+    // A caller's own miss is not queued behind the other 24 prefetches: it runs beside the 16.
+    let asking = Arc::clone(&cache);
+    let caller = tokio::spawn(async move { asking.get(&key("caller", None, "s")).await });
+    until(17).await;
+    sts.release();
+    caller.await.unwrap().unwrap();
     while sts.calls.load(Ordering::SeqCst) < 41 || cache.get(&key("r39", None, "s")).await.is_err()
     {
         tokio::time::sleep(Duration::from_millis(10)).await;

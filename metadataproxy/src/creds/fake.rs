@@ -27,6 +27,8 @@ pub struct FakeSts {
     /// The role ARN of every `sts:AssumeRole` call, in order.
     pub assumed: std::sync::Mutex<Vec<String>>,
     delay: Duration,
+    /// Whether calls may answer: while closed ([`Self::hold`]), each call waits in progress.
+    open: tokio::sync::watch::Sender<bool>,
 }
 
 impl FakeSts {
@@ -42,7 +44,23 @@ impl FakeSts {
             max_in_flight: AtomicU64::new(0),
             assumed: std::sync::Mutex::default(),
             delay,
+            open: tokio::sync::watch::Sender::new(true),
         })
+    }
+
+    /// Holds every call, started or to come, in progress until [`Self::release`].
+    pub fn hold(&self) {
+        self.open.send_replace(false);
+    }
+
+    /// Lets the held calls (and later ones) answer.
+    pub fn release(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// The calls in progress now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
     }
 }
 
@@ -64,6 +82,8 @@ impl Sts for FakeSts {
                 .push(tokio::time::Instant::now());
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            // The sender lives as long as `self`, so the wait ends only when released.
+            let _ = self.open.subscribe().wait_for(|open| *open).await;
             tokio::time::sleep(self.delay).await;
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
             if self.throttling.load(Ordering::SeqCst) {
