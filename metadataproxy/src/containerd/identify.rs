@@ -99,7 +99,7 @@ impl Identify for ContainerdCgroup {
                     if unreadable > 0 {
                         // Fail closed: it may be one of the containers containerd runs but
                         // cannot describe (their cgroups are unknown too), whose role is unknown.
-                        crate::refused!(WARN, &crate::caller::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, pid = kernel.pid, unreadable, "caller's cgroup looks like a containerd container's that no followed container has, and containerd cannot describe some it runs: no credentials until it can");
+                        crate::refused!(WARN, &crate::caller::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, pid = kernel.pid, unreadable, "caller's cgroup looks like a containerd container's, but no followed container has it, and containerd cannot describe some it runs: no credentials until it can");
                         return Some(Found::new(Answer::Refused, Source::ContainerdCgroup));
                     }
                     crate::refused!(INFO, &crate::caller::Identity::Cgroup(kernel.cgroup_id), cgroup = %path, pid = kernel.pid, "caller's cgroup looks like a containerd container's, but no followed container has it");

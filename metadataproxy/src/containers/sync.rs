@@ -136,8 +136,8 @@ impl Syncer {
             .checked_sub(REPLAY)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let mut events = conn.events(since);
-        // Running containers this connection could not describe: left out, asked about again at
-        // every liveness check. A new connection lists and inspects everything anew.
+        // Running containers this connection could not describe: left out, asked about again
+        // soon, then less often. A new connection lists and inspects everything anew.
         let mut unreadable = Unreadable::default();
         if let Err(e) = self.resync(conn.as_ref(), &mut unreadable).await {
             return e;
@@ -152,34 +152,47 @@ impl Syncer {
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut suspects = HashSet::new();
+        // The undescribed are asked about again soon (a container being created may answer an
+        // error for a moment), then less and less often, at least once per liveness interval.
+        let mut retry_in = self.config.min_backoff;
+        let retry = tokio::time::sleep(retry_in);
+        tokio::pin!(retry);
         loop {
             tokio::select! {
                 item = events.next() => match item {
                     None => return SourceError::StreamEnded,
                     Some(Err(e)) => return e,
                     Some(Ok(event)) => {
+                        let before = unreadable.len();
                         if let Err(e) = self.apply(conn.as_ref(), event, &mut unreadable).await {
                             return e;
                         }
+                        if unreadable.len() > before {
+                            retry_in = self.config.min_backoff;
+                            retry.as_mut().reset(tokio::time::Instant::now() + retry_in);
+                        }
                     }
                 },
+                () = &mut retry, if !unreadable.is_empty() => {
+                    match tokio::time::timeout(every, self.retry(conn.as_ref(), &mut unreadable)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return e,
+                        Err(_) => return SourceError::Unresponsive(every),
+                    }
+                    retry_in = retry_in.saturating_mul(2).min(every);
+                    retry.as_mut().reset(tokio::time::Instant::now() + retry_in);
+                },
                 _ = ping.tick() => match tokio::time::timeout(every, conn.ping()).await {
-                    Ok(Ok(running)) => {
-                        if let Some(running) = running {
-                            // An event on its way makes a difference once; a missed one, every
-                            // time. The unreadable run but are left out on purpose.
-                            let now = self.differences(running, &unreadable);
-                            let kept = now.intersection(&suspects).count();
-                            if kept > 0 {
-                                return SourceError::Drifted(kept);
-                            }
-                            suspects = now;
+                    Ok(Ok(None)) => {}
+                    Ok(Ok(Some(running))) => {
+                        // An event on its way makes a difference once; a missed one, every time.
+                        // The undescribed run but are left out on purpose.
+                        let now = self.differences(running, &unreadable);
+                        let kept = now.intersection(&suspects).count();
+                        if kept > 0 {
+                            return SourceError::Drifted(kept);
                         }
-                        match tokio::time::timeout(every, self.retry(conn.as_ref(), &mut unreadable)).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => return e,
-                            Err(_) => return SourceError::Unresponsive(every),
-                        }
+                        suspects = now;
                     }
                     // Refused or failed at once: dockerd is shutting down or restarting, and the
                     // stream may still bring the last events (a graceful stop's `die`s) before it

@@ -434,3 +434,29 @@ impl Connection for BrokenInspections {
         Box::pin(async { Ok(None) })
     }
 }
+
+#[tokio::test]
+async fn a_container_undescribed_for_a_moment_is_asked_about_again_before_the_next_check() {
+    // A container being created may answer an error for a moment: it is asked about again
+    // after the first backoff, not a whole liveness interval later.
+    let docker = FakeRuntime::default();
+    let config = SyncConfig {
+        min_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+        ping_interval: Duration::from_secs(30),
+        ..SyncConfig::default()
+    };
+    let (index, task) =
+        crate::containers::spawn(Arc::new(docker.clone()), Arc::new(NoListener), config);
+    eventually("the index is live", || index.is_live()).await;
+    let e = full_id("e");
+    docker.set_unreadable(&e, true);
+    docker.start(info("e", "172.17.0.6", &["IAM_ROLE=re"]));
+    eventually("e is noted", || index.unreadable() == 1).await;
+    docker.set_unreadable(&e, false);
+    eventually("e is indexed long before the 30 s check", || {
+        role_at(&index, "172.17.0.6").is_some()
+    })
+    .await;
+    task.abort();
+}

@@ -1,5 +1,6 @@
 //! The containers a runtime runs but could not describe: left out of the index (fail closed:
-//! their callers get nothing), asked about again at every liveness check, logged once each.
+//! their callers get nothing), asked about again (soon, then at least once per liveness
+//! interval), logged once each.
 
 use std::collections::HashMap;
 
@@ -19,7 +20,7 @@ impl Unreadable {
         let count = self.failures.entry(id.to_owned()).or_insert(0);
         *count = count.saturating_add(1);
         if *count == 1 {
-            tracing::warn!(runtime, id = short(id), error = %error, "{runtime} runs a container it cannot describe: it is left out of the index, so its callers get no credentials; asked again at every liveness check");
+            tracing::warn!(runtime, id = short(id), error = %error, "{runtime} runs a container it cannot describe: it is left out of the index, so its callers get no credentials; asked again soon, then at least every liveness interval");
         } else {
             tracing::debug!(runtime, id = short(id), error = %error, attempts = *count, "container still cannot be described");
         }

@@ -274,7 +274,7 @@ impl Metrics {
         let containers_unreadable = Gauge::default();
         registry.register(
             "docker_containers_unreadable",
-            "Running Docker containers that Docker could not describe (an error answer, or a description that does not decode): left out of the index, so their callers get no credentials; asked about again every DOCKER_PING_INTERVAL",
+            "Running Docker containers that Docker could not describe (an error answer, or a description that does not decode): left out of the index, so their callers get no credentials; asked about again, at least every DOCKER_PING_INTERVAL",
             containers_unreadable.clone(),
         );
         let docker_synchronised = Gauge::default();

@@ -11,8 +11,8 @@
 //!
 //! A container dockerd cannot describe (a relay answers `500` to its inspection) is left out
 //! alone: the others are served, it gets nothing, the connection is kept, it is asked about again
-//! at every liveness check, and it is served once dockerd describes it; logs, `/readyz` and
-//! `/metrics` say so.
+//! soon and then at least every liveness interval, and it is served once dockerd describes it;
+//! logs, `/readyz` and `/metrics` say so.
 //!
 //! Needs root and a real dockerd (IP mode: containers call the daemon at their gateway).
 
@@ -522,7 +522,7 @@ async fn a_container_dockerd_cannot_describe_is_left_out_alone_until_it_can() {
         ],
         "why the container gets nothing",
     );
-    // Asked about again at the liveness checks (every second here), on the same connection: an
+    // Asked about again (soon, then at least every second here), on the same connection: an
     // undescribed container running is not taken for missed events.
     let asked = relay.inspections(&blind);
     until(&daemon, "asked about again", || {
